@@ -1,0 +1,33 @@
+# Errors as classed R conditions. Engine errors arrive tagged ("[scviR:input] ...") and are
+# re-signalled with classes a caller can catch: scvir_input_error, scvir_interrupted, ...
+
+scvir_abort <- function(message, class = "scvir_input_error", call = NULL) {
+  stop(structure(class = c(class, "scvir_error", "error", "condition"),
+                 list(message = message, call = call)))
+}
+
+# Runs an engine call and maps its tagged errors (and Rust panics) to classed conditions.
+.engine <- function(expr) {
+  tryCatch(expr, error = function(e) {
+    msg <- conditionMessage(e)
+    m <- regmatches(msg, regexec("\\[scviR:([a-z]+)\\] ?(.*)", msg))[[1]]
+    if (length(m) == 3) {
+      kind <- m[2]
+      text <- m[3]
+      class <- switch(kind,
+        input = "scvir_input_error", config = "scvir_config_error",
+        interrupted = "scvir_interrupted", numerical = "scvir_numerical_error",
+        model = "scvir_model_error", "scvir_engine_error")
+      if (kind == "interrupted") {
+        text <- paste0(text, "; nothing was modified")
+      }
+      scvir_abort(text, class)
+    }
+    if (grepl("panicked", msg, fixed = TRUE)) {
+      scvir_abort(paste("internal error in the scviR engine:", msg,
+                        "(please report it; your R session and data are unaffected)"),
+                  "scvir_engine_error")
+    }
+    stop(e)
+  })
+}

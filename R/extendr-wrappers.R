@@ -1,0 +1,23 @@
+# Thin R wrappers over the Rust routines registered by the extendr module `scviR`.
+# Internal: user-facing functions validate their inputs before calling these.
+
+.rs_train <- function(indptr, indices, values, n_cells, n_genes, batch_codes, genes, batches,
+                      batch_key, model_json, train_json, n_threads, progress_every) {
+  .Call(wrap__scvir_train, indptr, indices, values, n_cells, n_genes, batch_codes, genes, batches,
+        batch_key, model_json, train_json, n_threads, progress_every)
+}
+.rs_model_meta <- function(model) .Call(wrap__scvir_model_meta, model)
+.rs_latent <- function(model, indptr, indices, values, n_cells, n_genes, batch_codes, give_mean,
+                       seed, batch_size, n_threads) {
+  .Call(wrap__scvir_latent, model, indptr, indices, values, n_cells, n_genes, batch_codes,
+        give_mean, seed, batch_size, n_threads)
+}
+.rs_normalized_expression <- function(model, indptr, indices, values, n_cells, n_genes, batch_codes,
+                                      transform_batch, library_size, n_samples, seed, batch_size,
+                                      n_threads) {
+  .Call(wrap__scvir_normalized_expression, model, indptr, indices, values, n_cells, n_genes,
+        batch_codes, transform_batch, library_size, n_samples, seed, batch_size, n_threads)
+}
+.rs_read_h5ad <- function(path, layer) .Call(wrap__scvir_read_h5ad, path, layer)
+.rs_cuda_available <- function() .Call(wrap__scvir_cuda_available)
+.rs_debug_panic <- function() .Call(wrap__scvir_debug_panic)

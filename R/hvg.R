@@ -1,0 +1,191 @@
+#' Select highly variable genes (Seurat v3 / scanpy "seurat_v3" flavour)
+#'
+#' Ranks genes by their variance after variance-stabilisation, following the
+#' Seurat v3 procedure (Stuart et al. 2019) as implemented by scanpy's
+#' `highly_variable_genes(flavor = "seurat_v3")`, and flags the top
+#' `n_top_genes`. It works on raw counts.
+#'
+#' Within each batch, the mean and unbiased variance of every gene are computed;
+#' a local quadratic regression (`stats::loess`, `degree = 2`) of `log10(variance)`
+#' on `log10(mean)` is fitted over the genes that are not constant in that batch,
+#' giving a regularised standard deviation `sd = sqrt(10^fitted)` (1 for constant
+#' genes). Each count is clipped at `mean + sqrt(n_cells) * sd` and the variance of
+#' the standardised, clipped values is the gene's normalised variance in that
+#' batch. Genes are ranked per batch (0 = most variable); across batches a gene's
+#' rank is the median of its ranks over the batches where it is among the top
+#' `n_top_genes` (`NA` if there are none), and its number of batches is how many
+#' batches that is. With `flavor = "seurat_v3"` (scanpy's default) genes are
+#' ordered by median rank (ascending), ties broken by the number of batches
+#' (descending); with `flavor = "seurat_v3_paper"` by the number of batches first
+#' and then the median rank. Without `batch` both give the same result. Exactly
+#' tied normalised variances (genes with identical counts) are ranked in gene
+#' order, which may differ from scanpy's unstable sort. The matrix is never
+#' densified: clipping only touches non-zero entries.
+#'
+#' @param counts A genes x cells matrix of raw counts, ideally a
+#'   `Matrix::dgCMatrix` (a base matrix or another `Matrix` class is converted),
+#'   with gene names as row names.
+#' @param n_top_genes Number of genes to flag as highly variable.
+#' @param batch `NULL`, or a vector or factor with one entry per cell (column of
+#'   `counts`) giving its batch; genes are then ranked within each batch and the
+#'   ranks combined.
+#' @param span The loess span (fraction of genes in each local fit).
+#' @param flavor `"seurat_v3"` or `"seurat_v3_paper"`: how per-batch ranks are
+#'   combined into the final order (see Details); only
+#'   matters when `batch` is given.
+#' @return A `data.frame` with one row per gene, in the order of `counts`, row
+#'   names the gene names, and columns `means` and `variances` (over all cells),
+#'   `variances_norm` (normalised variance, averaged over batches),
+#'   `highly_variable_rank` (0-based median rank over the batches where the gene is
+#'   in the top `n_top_genes`, `NA` where it never is; same convention as scanpy),
+#'   `highly_variable_nbatches` (only when `batch` is given: in how many batches the
+#'   gene is in the top `n_top_genes`) and `highly_variable` (logical).
+#' @examples
+#' set.seed(1)
+#' m <- Matrix::rsparsematrix(200, 100, density = 0.2,
+#'   rand.x = function(n) stats::rpois(n, 3) + 1)
+#' rownames(m) <- paste0("g", seq_len(nrow(m)))
+#' hvg <- select_hvg_seurat_v3(m, n_top_genes = 20)
+#' head(hvg[order(hvg$highly_variable_rank), ])
+#' @export
+select_hvg_seurat_v3 <- function(counts, n_top_genes = 2000L, batch = NULL, span = 0.3,
+                                 flavor = c("seurat_v3", "seurat_v3_paper")) {
+  flavor <- match.arg(flavor)
+  counts <- hvg_as_dgc(counts)
+  n_genes <- nrow(counts)
+  n_cells <- ncol(counts)
+  genes <- rownames(counts)
+  if (is.null(genes)) genes <- as.character(seq_len(n_genes))
+
+  n_top_genes <- as.integer(n_top_genes)
+  if (length(n_top_genes) != 1L || is.na(n_top_genes) || n_top_genes < 1L) {
+    stop("`n_top_genes` must be a single positive integer")
+  }
+  if (n_top_genes > n_genes) {
+    warning("`n_top_genes` > number of genes; flagging all genes")
+    n_top_genes <- n_genes
+  }
+  if (!is.numeric(span) || length(span) != 1L || !(span > 0)) {
+    stop("`span` must be a single positive number")
+  }
+  if (length(counts@x) && any(counts@x != round(counts@x))) {
+    warning("`counts` does not look like integer counts; seurat_v3 expects raw counts")
+  }
+
+  if (is.null(batch)) {
+    batch_f <- factor(rep("1", n_cells))
+  } else {
+    if (length(batch) != n_cells) {
+      stop("`batch` must have one entry per cell (ncol(counts))")
+    }
+    if (anyNA(batch)) stop("`batch` must not contain NA")
+    batch_f <- droplevels(as.factor(batch))
+  }
+
+  stats_all <- hvg_mean_var(counts)
+
+  batches <- levels(batch_f)
+  norm_var <- matrix(0, nrow = length(batches), ncol = n_genes)
+  for (b in seq_along(batches)) {
+    cols <- which(batch_f == batches[b])
+    norm_var[b, ] <- hvg_norm_var_batch(counts[, cols, drop = FALSE], span = span)
+  }
+
+  # 0-based ranks within each batch, highest normalised variance first.
+  ranks <- matrix(NA_real_, nrow = length(batches), ncol = n_genes)
+  for (b in seq_along(batches)) {
+    ord <- order(-norm_var[b, ], method = "radix") # stable: ties in gene order
+    r <- integer(n_genes)
+    r[ord] <- seq_len(n_genes) - 1L
+    ranks[b, ] <- r
+  }
+  in_top <- ranks < n_top_genes
+  nbatches <- as.integer(colSums(in_top))
+  ranks[!in_top] <- NA_real_
+  if (length(batches) == 1L) {
+    median_rank <- ranks[1L, ]
+  } else {
+    median_rank <- apply(ranks, 2L, function(r) {
+      if (all(is.na(r))) NA_real_ else stats::median(r, na.rm = TRUE)
+    })
+  }
+
+  out <- data.frame(
+    means = stats_all$mean,
+    variances = stats_all$var,
+    variances_norm = colMeans(norm_var),
+    highly_variable_rank = as.numeric(median_rank),
+    row.names = genes,
+    stringsAsFactors = FALSE
+  )
+  if (!is.null(batch)) out$highly_variable_nbatches <- nbatches
+
+  sel <- if (flavor == "seurat_v3") {
+    order(median_rank, -nbatches, na.last = TRUE)
+  } else {
+    order(-nbatches, median_rank, na.last = TRUE)
+  }
+  sel <- sel[seq_len(n_top_genes)]
+  hv <- logical(n_genes)
+  hv[sel] <- TRUE
+  out$highly_variable <- hv
+  out
+}
+
+# Coerce input to a dgCMatrix (double, general, column-compressed).
+hvg_as_dgc <- function(x) {
+  if (inherits(x, "dgCMatrix")) return(x)
+  if (!inherits(x, "Matrix")) {
+    if (!is.matrix(x) || !is.numeric(x)) {
+      stop("`counts` must be a numeric matrix or a Matrix (genes x cells)")
+    }
+    x <- Matrix::Matrix(x, sparse = TRUE)
+  }
+  x <- methods::as(x, "CsparseMatrix")
+  x <- methods::as(x, "generalMatrix")
+  methods::as(x, "dMatrix")
+}
+
+# Per-gene mean and unbiased variance of a genes x cells dgCMatrix.
+hvg_mean_var <- function(m) {
+  n <- ncol(m)
+  mu <- Matrix::rowSums(m) / n
+  sq <- m
+  sq@x <- sq@x^2
+  mean_sq <- Matrix::rowSums(sq) / n
+  v <- if (n > 1L) (mean_sq - mu^2) * (n / (n - 1)) else rep(0, length(mu))
+  v[v < 0] <- 0 # rounding
+  list(mean = mu, var = v)
+}
+
+# Normalised (clipped, standardised) variance of every gene within one batch.
+hvg_norm_var_batch <- function(m, span) {
+  n <- ncol(m)
+  mv <- hvg_mean_var(m)
+  mu <- mv$mean
+  v <- mv$var
+  non_const <- v > 0
+  fitted_log10_var <- numeric(length(mu))
+  if (any(non_const)) {
+    x <- log10(mu[non_const])
+    y <- log10(v[non_const])
+    fit <- stats::loess(y ~ x, span = span, degree = 2)
+    fitted_log10_var[non_const] <- stats::fitted(fit)
+  }
+  reg_std <- sqrt(10^fitted_log10_var)
+
+  # Clip each (non-zero) count at mean + sqrt(n) * reg_std; zeros stay zero.
+  clip_val <- reg_std * sqrt(n) + mu
+  row <- m@i + 1L
+  m@x <- pmin(m@x, clip_val[row])
+  s1 <- Matrix::rowSums(m)
+  m@x <- m@x^2
+  s2 <- Matrix::rowSums(m)
+
+  # sum_j (x_ij - mu_i)^2 over the clipped values, standardised by reg_std.
+  if (n > 1L) {
+    (n * mu^2 + s2 - 2 * s1 * mu) / ((n - 1) * reg_std^2)
+  } else {
+    numeric(length(mu))
+  }
+}

@@ -1,0 +1,293 @@
+#' Train an scVI model on a count matrix
+#'
+#' Fits scvi-tools' SCVI model (a variational autoencoder over raw UMI counts; Lopez et al. 2018)
+#' natively, with scvi-tools' defaults: encoder on log1p counts, 128 hidden units, 10 latent
+#' dimensions, one layer, dropout 0.1 in the encoder, BatchNorm, zero-inflated negative binomial
+#' likelihood with per-gene dispersion and the observed library size. Training uses Adam
+#' (lr 1e-3, eps 0.01, weight decay 1e-6), minibatches of 128 cells, a KL warm-up over 400
+#' epochs and a 90/10 train/validation split.
+#'
+#' Differences from scvi-tools, by choice: the validation set is evaluated every epoch
+#' (`check_val_every_n_epoch = 1`) so that [history()] always holds `elbo_validation`;
+#' scvi-tools' seed-less default draws a random seed, here `seed = NULL` draws it from R's
+#' random number generator, so [set.seed()] makes runs repeatable too.
+#'
+#' @param counts Raw UMI counts, genes x cells: a `dgCMatrix` (used without copying), any
+#'   `Matrix`, or a base matrix. Gene names are row names, cell names column names.
+#' @param batch Optional batch of each cell (vector or factor, one per cell).
+#' @param n_top_genes Number of highly variable genes to train on, selected with the
+#'   `seurat_v3` method on the counts (per batch when `batch` is given). Used only when the
+#'   input has more genes; `NULL` uses all genes.
+#' @param features Explicit genes to train on (overrides `n_top_genes`).
+#' @param n_hidden,n_latent,n_layers,dropout_rate Architecture, as in scvi-tools.
+#' @param dispersion `"gene"`, `"gene-batch"` or `"gene-cell"`.
+#' @param gene_likelihood `"zinb"`, `"nb"` or `"poisson"`.
+#' @param use_observed_lib_size `TRUE` uses the observed library size; `FALSE` learns it
+#'   with a per-batch log-normal prior.
+#' @param max_epochs Number of epochs; `NULL` uses scvi-tools' rule
+#'   `min(round(20000 / n_cells * 400), 400)`.
+#' @param batch_size Minibatch size.
+#' @param train_size,validation_size Fractions of cells for training and validation (`NULL`:
+#'   0.9 and the rest).
+#' @param lr,weight_decay,eps Adam settings.
+#' @param n_epochs_kl_warmup Epochs of linear KL warm-up from 0 to 1.
+#' @param check_val_every_n_epoch Validation frequency in epochs (`NULL`: never).
+#' @param seed Integer seed for the split, the minibatch order and libtorch; `NULL` draws one
+#'   from R's random number generator.
+#' @param n_threads CPU threads for libtorch (default: all cores, or option `scviR.threads`).
+#' @param verbose Print training progress (about ten lines per run).
+#' @param keep_data Keep the (gene-selected) counts inside the model so that queries need no
+#'   `newdata`.
+#' @return An object of class `scvi_model`: use [get_latent_representation()],
+#'   [get_normalized_expression()], [history()], `plot()`, [save_model()].
+#' @examples
+#' \donttest{
+#' data("pbmc_small", package = "SeuratObject")
+#' counts <- SeuratObject::GetAssayData(pbmc_small, slot = "counts")
+#' fit <- scvi_model(counts, max_epochs = 20, seed = 1)
+#' head(get_latent_representation(fit))
+#' }
+#' @export
+scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NULL,
+                       n_hidden = 128L, n_latent = 10L, n_layers = 1L, dropout_rate = 0.1,
+                       dispersion = "gene", gene_likelihood = "zinb",
+                       use_observed_lib_size = TRUE, max_epochs = NULL, batch_size = 128L,
+                       train_size = NULL, validation_size = NULL, lr = 1e-3,
+                       weight_decay = 1e-6, eps = 0.01, n_epochs_kl_warmup = 400L,
+                       check_val_every_n_epoch = 1L, seed = NULL, n_threads = NULL,
+                       verbose = TRUE, keep_data = TRUE) {
+  counts <- .check_counts(.as_dgc(counts))
+  batch <- .check_batch(batch, ncol(counts))
+  .scvi_fit(counts, batch, batch_key = NULL, n_top_genes = n_top_genes, features = features,
+            model = list(n_hidden = .check_count_arg(n_hidden, "n_hidden"),
+                         n_latent = .check_count_arg(n_latent, "n_latent"),
+                         n_layers = .check_count_arg(n_layers, "n_layers"),
+                         dropout_rate = .check_number(dropout_rate, "dropout_rate", 0, 0.999),
+                         dispersion = .check_choice(dispersion, c("gene", "gene-batch", "gene-cell"), "dispersion"),
+                         gene_likelihood = .check_choice(gene_likelihood, c("zinb", "nb", "poisson"), "gene_likelihood"),
+                         use_observed_lib_size = isTRUE(use_observed_lib_size)),
+            train = list(max_epochs = .check_count_arg(max_epochs, "max_epochs", null_ok = TRUE),
+                         batch_size = .check_count_arg(batch_size, "batch_size"),
+                         train_size = .check_number(train_size, "train_size", 0, 1, null_ok = TRUE),
+                         validation_size = .check_number(validation_size, "validation_size", 0, 1, null_ok = TRUE),
+                         lr = .check_number(lr, "lr", 0),
+                         weight_decay = .check_number(weight_decay, "weight_decay", 0),
+                         eps = .check_number(eps, "eps", 0),
+                         n_epochs_kl_warmup = .check_count_arg(n_epochs_kl_warmup, "n_epochs_kl_warmup", 0, null_ok = TRUE),
+                         check_val_every_n_epoch = .check_count_arg(check_val_every_n_epoch, "check_val_every_n_epoch", null_ok = TRUE)),
+            seed = seed, n_threads = n_threads, verbose = verbose, keep_data = keep_data)
+}
+
+.default_threads <- function(n_threads = NULL) {
+  n <- n_threads %||% getOption("scviR.threads", parallel::detectCores())
+  .check_count_arg(n, "n_threads")
+}
+
+`%||%` <- function(a, b) if (is.null(a)) b else a
+
+.default_max_epochs <- function(n_cells) max(min(round(20000 / n_cells * 400), 400), 1)
+
+.resolve_seed <- function(seed) {
+  if (is.null(seed)) return(sample.int(.Machine$integer.max, 1L) - 1L)
+  .check_count_arg(seed, "seed", min = 0)
+}
+
+.to_json <- function(x) jsonlite::toJSON(x, auto_unbox = TRUE, null = "null", digits = NA)
+
+# Gene selection, checks, engine call, model object.
+.scvi_fit <- function(counts, batch, batch_key, n_top_genes, features, model, train, seed,
+                      n_threads, verbose, keep_data, source = NULL) {
+  hvg <- NULL
+  if (!is.null(features)) {
+    features <- unique(as.character(features))
+    missing <- setdiff(features, rownames(counts))
+    if (length(missing)) {
+      scvir_abort(sprintf("%d of the requested features are not genes of the data (e.g. %s)",
+                          length(missing), paste0("\"", utils::head(missing, 3), "\"", collapse = ", ")))
+    }
+    counts <- counts[rownames(counts) %in% features, , drop = FALSE]
+  } else if (!is.null(n_top_genes)) {
+    n_top_genes <- .check_count_arg(n_top_genes, "n_top_genes", min = 2)
+    if (nrow(counts) > n_top_genes) {
+      hvg <- select_hvg_seurat_v3(counts, n_top_genes = n_top_genes, batch = batch)
+      counts <- counts[hvg$highly_variable, , drop = FALSE]
+    }
+  }
+  if (nrow(counts) < 2) scvir_abort("fewer than 2 genes are left after gene selection")
+  .check_no_empty_cells(counts, sprintf("in the %d selected genes", nrow(counts)))
+  batches <- if (is.null(batch)) "0" else levels(batch)
+  codes <- if (is.null(batch)) integer(ncol(counts)) else as.integer(batch) - 1L
+  seed <- .resolve_seed(seed)
+  n_threads <- .default_threads(n_threads)
+  train$seed <- seed
+  max_epochs <- train$max_epochs %||% .default_max_epochs(ncol(counts))
+  progress_every <- if (isTRUE(verbose)) max(1L, as.integer(ceiling(max_epochs / 10))) else 0L
+  if (isTRUE(verbose)) {
+    message(sprintf("Training scVI on %d cells x %d genes for %d epochs (%d thread%s, seed %d)",
+                    ncol(counts), nrow(counts), max_epochs, n_threads,
+                    if (n_threads == 1) "" else "s", seed))
+  }
+  started <- proc.time()[["elapsed"]]
+  res <- .engine(.rs_train(counts@p, counts@i, counts@x, ncol(counts), nrow(counts), codes,
+                           rownames(counts), batches, batch_key %||% "", .to_json(model),
+                           .to_json(train), n_threads, progress_every))
+  elapsed <- proc.time()[["elapsed"]] - started
+  fit <- .new_fit(res$model, cells = colnames(counts),
+                  data = if (isTRUE(keep_data)) list(counts = counts, batch = batch) else NULL,
+                  seed = seed, n_threads = n_threads, hvg = hvg, source = source)
+  fit$train_seconds <- elapsed
+  fit
+}
+
+# Builds the R model object around the engine's bytes; everything else is read from them.
+.new_fit <- function(bytes, cells, data, seed, n_threads, hvg = NULL, source = NULL) {
+  meta <- jsonlite::fromJSON(.engine(.rs_model_meta(bytes)), simplifyVector = TRUE)
+  history <- meta$history$epochs
+  if (is.data.frame(history) && nrow(history)) {
+    history$epoch <- history$epoch + 1L
+  }
+  split <- meta$split
+  structure(list(
+    model = bytes,
+    model_type = meta$model,
+    config = meta$vae,
+    train_config = meta$train,
+    genes = meta$registry$genes,
+    batches = meta$registry$batches,
+    batch_key = meta$registry$batch_key,
+    cells = cells,
+    history = history,
+    train_indices = as.integer(split$train) + 1L,
+    validation_indices = as.integer(split$validation) + 1L,
+    test_indices = as.integer(split$test) + 1L,
+    seed = seed,
+    n_threads = n_threads,
+    hvg = hvg,
+    source = source,
+    data = data,
+    engine_version = meta$engine_version,
+    is_trained = TRUE
+  ), class = "scvi_model")
+}
+
+#' Print or summarise a model
+#'
+#' @param x,object An `scvi_model`.
+#' @param ... Unused.
+#' @return The model, invisibly (`summary()`: a list of its settings, invisibly).
+#' @method print scvi_model
+#' @export
+print.scvi_model <- function(x, ...) {
+  cfg <- x$config
+  h <- x$history
+  cat(sprintf("%s model (scviR %s), trained for %d epochs\n", x$model_type, x$engine_version,
+              if (is.data.frame(h)) nrow(h) else 0L))
+  cat(sprintf("  data:     %d genes x %d cells (train %d, validation %d, test %d)\n",
+              length(x$genes), length(x$cells), length(x$train_indices),
+              length(x$validation_indices), length(x$test_indices)))
+  if (length(x$batches) > 1) {
+    cat(sprintf("  batch:    \"%s\" with %d categories (%s)\n", x$batch_key %||% "batch",
+                length(x$batches), paste(utils::head(x$batches, 5), collapse = ", ")))
+  } else {
+    cat("  batch:    none\n")
+  }
+  cat(sprintf("  model:    n_hidden %d, n_latent %d, n_layers %d, dropout %.2f\n",
+              cfg$n_hidden, cfg$n_latent, cfg$n_layers, cfg$dropout_rate))
+  cat(sprintf("            %s likelihood, %s dispersion, %s library size\n",
+              cfg$gene_likelihood, cfg$dispersion,
+              if (isTRUE(cfg$use_observed_lib_size)) "observed" else "latent"))
+  if (is.data.frame(h) && nrow(h)) {
+    last <- h[nrow(h), ]
+    cat(sprintf("  final:    elbo_train %.2f%s\n", last$elbo_train,
+                if (!is.null(last$elbo_validation) && !is.na(last$elbo_validation))
+                  sprintf(", elbo_validation %.2f", last$elbo_validation) else ""))
+  }
+  invisible(x)
+}
+
+#' @rdname print.scvi_model
+#' @method summary scvi_model
+#' @export
+summary.scvi_model <- function(object, ...) {
+  print(object)
+  cat("  training: ", paste(sprintf("%s = %s", names(object$train_config),
+                                    vapply(object$train_config, function(v) paste(format(v), collapse = ","), "")),
+                            collapse = ", "), "\n", sep = "")
+  invisible(list(config = object$config, train_config = object$train_config,
+                 genes = object$genes, batches = object$batches))
+}
+
+#' Training history of a model
+#'
+#' Per-epoch series logged during training, in scvi-tools' names and per-cell units:
+#' `elbo_train`, `reconstruction_loss_train`, `kl_local_train`, `kl_global_train`,
+#' `train_loss_epoch`, `kl_weight` and, on validation epochs, `elbo_validation`,
+#' `reconstruction_loss_validation`, `kl_local_validation`, `kl_global_validation`,
+#' `validation_loss`; plus `train_seconds` (wall time of the epoch's training part).
+#' Called with no argument, or on anything else, it is [utils::history()].
+#'
+#' @param x An `scvi_model`, or a Seurat / SingleCellExperiment object holding one.
+#' @param ... Passed to [utils::history()] for other objects.
+#' @return A data.frame with one row per epoch (`epoch` starts at 1).
+#' @export
+history <- function(x, ...) {
+  if (missing(x)) return(utils::history(...))
+  UseMethod("history")
+}
+
+#' @export
+history.default <- function(x, ...) utils::history(x, ...)
+
+#' @export
+history.scvi_model <- function(x, ...) x$history
+
+#' @export
+history.Seurat <- function(x, ...) history(.fit_of(x))
+
+#' @export
+history.SingleCellExperiment <- function(x, ...) history(.fit_of(x))
+
+#' Plot the training history of a model
+#'
+#' Draws the ELBO per cell on the training set and, where evaluated, on the validation set,
+#' by epoch.
+#' @param x An `scvi_model`.
+#' @param y Unused.
+#' @param ... Passed to [graphics::plot()].
+#' @return `x`, invisibly.
+#' @export
+plot.scvi_model <- function(x, y, ...) {
+  h <- x$history
+  if (!is.data.frame(h) || !nrow(h)) scvir_abort("this model has no training history")
+  val <- if (!is.null(h$elbo_validation)) h$elbo_validation else rep(NA_real_, nrow(h))
+  yr <- range(c(h$elbo_train, val), na.rm = TRUE)
+  graphics::plot(h$epoch, h$elbo_train, type = "l", col = "#1f77b4", lwd = 2, ylim = yr,
+                 xlab = "epoch", ylab = "ELBO per cell (negative, lower is better)",
+                 main = sprintf("%s training history", x$model_type), ...)
+  if (any(!is.na(val))) {
+    graphics::lines(h$epoch, val, col = "#d62728", lwd = 2)
+  }
+  graphics::legend("topright", legend = c("elbo_train", "elbo_validation"),
+                   col = c("#1f77b4", "#d62728"), lwd = 2, bty = "n")
+  invisible(x)
+}
+
+#' Cells used for training, validation and testing
+#'
+#' @param x An `scvi_model`.
+#' @return Integer positions (1-based) of the cells, in the order of the data the model was
+#'   fitted on.
+#' @name split_indices
+NULL
+
+#' @rdname split_indices
+#' @export
+train_indices <- function(x) .fit_of(x)$train_indices
+
+#' @rdname split_indices
+#' @export
+validation_indices <- function(x) .fit_of(x)$validation_indices
+
+#' @rdname split_indices
+#' @export
+test_indices <- function(x) .fit_of(x)$test_indices

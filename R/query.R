@@ -1,0 +1,171 @@
+# Queries on a trained model: latent representation and normalized expression.
+
+# The model held by an object (an scvi_model, a Seurat or a SingleCellExperiment).
+.fit_of <- function(x) {
+  if (inherits(x, "scvi_model")) return(x)
+  fit <- NULL
+  if (inherits(x, "Seurat")) fit <- x@misc$scvi
+  if (methods::is(x, "SingleCellExperiment")) fit <- S4Vectors::metadata(x)$scvi
+  if (is.null(fit)) {
+    if (inherits(x, "Seurat") || methods::is(x, "SingleCellExperiment")) {
+      scvir_abort("this object holds no scVI model; run scvi() on it first")
+    }
+    scvir_abort(sprintf("expected an scvi_model, a Seurat or a SingleCellExperiment object, not %s",
+                        class(x)[1]))
+  }
+  fit
+}
+
+# Counts (model genes, in model order) and 0-based batch codes for a query.
+.query_data <- function(fit, newdata = NULL, batch = NULL) {
+  if (is.null(newdata)) {
+    if (is.null(fit$data)) {
+      scvir_abort("this model keeps no data (keep_data = FALSE or loaded without data); pass newdata")
+    }
+    counts <- fit$data$counts
+    batch <- fit$data$batch
+  } else {
+    counts <- .check_counts(.as_dgc(newdata, "newdata"), "newdata")
+    missing <- setdiff(fit$genes, rownames(counts))
+    if (length(missing)) {
+      scvir_abort(sprintf(paste("newdata lacks %d of the model's %d genes (e.g. %s); it must contain",
+                                "every gene the model was trained on"),
+                          length(missing), length(fit$genes),
+                          paste0("\"", utils::head(missing, 3), "\"", collapse = ", ")))
+    }
+    if (!identical(rownames(counts), fit$genes)) counts <- counts[fit$genes, , drop = FALSE]
+  }
+  list(counts = counts, codes = .batch_codes(fit, batch, ncol(counts)))
+}
+
+.batch_codes <- function(fit, batch, n_cells) {
+  if (length(fit$batches) <= 1) return(integer(n_cells))
+  if (is.null(batch)) {
+    scvir_abort(sprintf("the model was trained with %d batches; give the batch of each cell",
+                        length(fit$batches)))
+  }
+  if (length(batch) != n_cells) scvir_abort("batch must have one value per cell")
+  codes <- match(as.character(batch), fit$batches)
+  if (anyNA(codes)) {
+    unknown <- unique(as.character(batch)[is.na(codes)])
+    scvir_abort(sprintf("batch %s not seen in training (known: %s)",
+                        paste0("\"", utils::head(unknown, 3), "\"", collapse = ", "),
+                        paste(utils::head(fit$batches, 10), collapse = ", ")))
+  }
+  codes - 1L
+}
+
+.latent_colnames <- function(n) paste0("scvi_", seq_len(n))
+
+#' Latent representation of cells
+#'
+#' The posterior mean (or one sample) of each cell's latent variable z, as scvi-tools'
+#' `get_latent_representation()`.
+#'
+#' @param object An `scvi_model`, or a Seurat / SingleCellExperiment object on which [scvi()] ran.
+#' @param newdata Optional counts (genes x cells) to embed instead of the training data; must
+#'   contain every gene of the model.
+#' @param batch Batch of each cell of `newdata` (needed when the model has batches).
+#' @param give_mean `TRUE` for the posterior mean, `FALSE` for one posterior sample.
+#' @param batch_size Cells per minibatch.
+#' @param seed Seed for the sample when `give_mean = FALSE` (default: the model's seed).
+#' @param n_threads CPU threads (default: the model's).
+#' @param ... Unused.
+#' @return A cells x n_latent matrix (row names: cells).
+#' @export
+get_latent_representation <- function(object, ...) UseMethod("get_latent_representation")
+
+#' @rdname get_latent_representation
+#' @export
+get_latent_representation.scvi_model <- function(object, newdata = NULL, batch = NULL,
+                                                 give_mean = TRUE, batch_size = 128L,
+                                                 seed = NULL, n_threads = NULL, ...) {
+  d <- .query_data(object, newdata, batch)
+  z <- .engine(.rs_latent(object$model, d$counts@p, d$counts@i, d$counts@x, ncol(d$counts),
+                          nrow(d$counts), d$codes, isTRUE(give_mean),
+                          as.numeric(seed %||% object$seed),
+                          .check_count_arg(batch_size, "batch_size"),
+                          .default_threads(n_threads %||% object$n_threads)))
+  dimnames(z) <- list(colnames(d$counts), .latent_colnames(ncol(z)))
+  z
+}
+
+#' @rdname get_latent_representation
+#' @export
+get_latent_representation.Seurat <- function(object, ...) {
+  d <- .seurat_query_inputs(object)
+  get_latent_representation(d$fit, newdata = d$counts, batch = d$batch, ...)
+}
+
+#' @rdname get_latent_representation
+#' @export
+get_latent_representation.SingleCellExperiment <- function(object, ...) {
+  d <- .sce_query_inputs(object)
+  get_latent_representation(d$fit, newdata = d$counts, batch = d$batch, ...)
+}
+
+#' Normalized (denoised) expression
+#'
+#' Expected expression of each gene in each cell under the model, `px_scale * library_size`,
+#' averaged over `n_samples` posterior samples of z (as scvi-tools, even a single sample is a
+#' draw from the posterior, so `seed` fixes it). Note the orientation: genes x cells, the R
+#' convention (scvi-tools returns cells x genes).
+#'
+#' @inheritParams get_latent_representation
+#' @param transform_batch Decode every cell as if it came from this batch (a batch name);
+#'   `NULL` uses each cell's own batch.
+#' @param gene_list Genes to return (default: all model genes).
+#' @param library_size Library size the proportions are scaled to (1 gives proportions).
+#' @param n_samples Posterior samples averaged per cell.
+#' @return A genes x cells matrix.
+#' @export
+get_normalized_expression <- function(object, ...) UseMethod("get_normalized_expression")
+
+#' @rdname get_normalized_expression
+#' @export
+get_normalized_expression.scvi_model <- function(object, newdata = NULL, batch = NULL,
+                                                 transform_batch = NULL, gene_list = NULL,
+                                                 library_size = 1, n_samples = 1L,
+                                                 batch_size = 128L, seed = NULL,
+                                                 n_threads = NULL, ...) {
+  d <- .query_data(object, newdata, batch)
+  tb <- -1L
+  if (!is.null(transform_batch)) {
+    if (length(transform_batch) != 1) scvir_abort("transform_batch must be a single batch name")
+    tb <- match(as.character(transform_batch), object$batches) - 1L
+    if (is.na(tb)) {
+      scvir_abort(sprintf("transform_batch \"%s\" is not a batch of the model (batches: %s)",
+                          transform_batch, paste(object$batches, collapse = ", ")))
+    }
+  }
+  if (!is.null(gene_list)) {
+    unknown <- setdiff(gene_list, object$genes)
+    if (length(unknown)) {
+      scvir_abort(sprintf("gene_list has %d gene(s) the model does not know (e.g. \"%s\")",
+                          length(unknown), unknown[1]))
+    }
+  }
+  e <- .engine(.rs_normalized_expression(
+    object$model, d$counts@p, d$counts@i, d$counts@x, ncol(d$counts), nrow(d$counts), d$codes,
+    tb, .check_number(library_size, "library_size", 0), .check_count_arg(n_samples, "n_samples"),
+    as.numeric(seed %||% object$seed), .check_count_arg(batch_size, "batch_size"),
+    .default_threads(n_threads %||% object$n_threads)))
+  e <- t(e)
+  dimnames(e) <- list(object$genes, colnames(d$counts))
+  if (!is.null(gene_list)) e <- e[gene_list, , drop = FALSE]
+  e
+}
+
+#' @rdname get_normalized_expression
+#' @export
+get_normalized_expression.Seurat <- function(object, ...) {
+  d <- .seurat_query_inputs(object)
+  get_normalized_expression(d$fit, newdata = d$counts, batch = d$batch, ...)
+}
+
+#' @rdname get_normalized_expression
+#' @export
+get_normalized_expression.SingleCellExperiment <- function(object, ...) {
+  d <- .sce_query_inputs(object)
+  get_normalized_expression(d$fit, newdata = d$counts, batch = d$batch, ...)
+}

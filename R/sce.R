@@ -1,0 +1,20 @@
+# SingleCellExperiment input.
+
+.sce_counts <- function(object, assay = "counts") {
+  names <- SummarizedExperiment::assayNames(object)
+  if (!assay %in% names) {
+    scvir_abort(sprintf("assay \"%s\" not found (assays: %s)", assay,
+                        if (length(names)) paste(names, collapse = ", ") else "none"))
+  }
+  m <- .as_dgc(SummarizedExperiment::assay(object, assay, withDimnames = TRUE),
+               sprintf("assay \"%s\"", assay))
+  if (is.null(colnames(m))) colnames(m) <- paste0("cell", seq_len(ncol(m)))
+  m
+}
+
+.sce_query_inputs <- function(object) {
+  fit <- .fit_of(object)
+  m <- .sce_counts(object, fit$source$assay %||% "counts")
+  batch <- .metadata_column(as.data.frame(SummarizedExperiment::colData(object)), fit$batch_key)
+  list(fit = fit, counts = m, batch = batch)
+}

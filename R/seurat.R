@@ -1,0 +1,39 @@
+# Seurat input: counts from v4 assays (slots) or v5 layers, joining split layers.
+
+.seurat_counts <- function(object, assay = NULL, layer = "counts") {
+  assay <- assay %||% SeuratObject::DefaultAssay(object)
+  if (!assay %in% names(object@assays)) {
+    scvir_abort(sprintf("assay \"%s\" not found (assays: %s)", assay,
+                        paste(names(object@assays), collapse = ", ")))
+  }
+  a <- object[[assay]]
+  if (inherits(a, "Assay5")) {
+    found <- SeuratObject::Layers(a, search = layer)
+    if (!length(found)) {
+      scvir_abort(sprintf("layer \"%s\" not found in assay \"%s\" (layers: %s)", layer, assay,
+                          paste(SeuratObject::Layers(a), collapse = ", ")))
+    }
+    if (length(found) > 1) {
+      # Split layers (counts.<batch>): join them for training, cells back in object order.
+      a <- SeuratObject::JoinLayers(a, layers = layer)
+    }
+    m <- SeuratObject::LayerData(a, layer = layer)
+  } else {
+    if (!layer %in% c("counts", "data", "scale.data")) {
+      scvir_abort(sprintf("layer \"%s\" not found in assay \"%s\" (a v4 assay has counts, data, scale.data)",
+                          layer, assay))
+    }
+    m <- SeuratObject::GetAssayData(object, slot = layer, assay = assay)
+  }
+  if (!nrow(m) || !ncol(m)) scvir_abort(sprintf("layer \"%s\" of assay \"%s\" is empty", layer, assay))
+  m <- .as_dgc(m, sprintf("layer \"%s\" of assay \"%s\"", layer, assay))
+  if (!identical(colnames(m), colnames(object))) m <- m[, colnames(object), drop = FALSE]
+  list(counts = m, assay = assay)
+}
+
+.seurat_query_inputs <- function(object) {
+  fit <- .fit_of(object)
+  src <- fit$source %||% list()
+  input <- .seurat_counts(object, src$assay, src$layer %||% "counts")
+  list(fit = fit, counts = input$counts, batch = .metadata_column(object@meta.data, fit$batch_key))
+}

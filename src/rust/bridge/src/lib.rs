@@ -1,0 +1,207 @@
+//! extendr bridge between R and scvir-engine. Thin by design: R vectors in, engine calls, R
+//! vectors out. Engine errors become R errors whose message starts with a tag naming their kind
+//! ("[scviR:input]", "[scviR:interrupted]", ...), which the R side turns into condition classes.
+#![allow(non_snake_case)]
+
+mod convert;
+mod observer;
+
+use convert::{column_to_robj, engine_error, row_major_to_matrix};
+use extendr_api::prelude::*;
+use extendr_api::Result;
+use observer::RObserver;
+use scvir_engine::data::{Counts, Registry};
+use scvir_engine::io::{h5ad, model_file};
+use scvir_engine::module::{Vae, VaeConfig};
+use scvir_engine::train::{self, TrainConfig};
+use scvir_engine::{infer, runtime};
+use tch::Device;
+
+fn counts<'a>(n_cells: i32, n_genes: i32, indptr: &'a [i32], indices: &'a [i32], values: &'a [f64]) -> Result<Counts<'a>> {
+    Counts::from_csr(n_cells as usize, n_genes as usize, indptr, indices, values).map_err(engine_error)
+}
+
+fn prepare(n_threads: i32) {
+    runtime::init();
+    runtime::set_threads((n_threads > 0).then_some(n_threads as usize));
+}
+
+/// Trains an SCVI model. Counts come as a cells x genes CSR matrix (the slots of R's genes x cells
+/// dgCMatrix, passed without copying). Returns the model bytes and the training record.
+/// @noRd
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn scvir_train(
+    indptr: &[i32],
+    indices: &[i32],
+    values: &[f64],
+    n_cells: i32,
+    n_genes: i32,
+    batch_codes: &[i32],
+    genes: Vec<String>,
+    batches: Vec<String>,
+    batch_key: &str,
+    model_json: &str,
+    train_json: &str,
+    n_threads: i32,
+    progress_every: i32,
+) -> Result<List> {
+    prepare(n_threads);
+    let x = counts(n_cells, n_genes, indptr, indices, values)?;
+    let mut vae_cfg: VaeConfig = serde_json::from_str(model_json).map_err(|e| Error::Other(format!("[scviR:config] {e}")))?;
+    vae_cfg.n_genes = n_genes as i64;
+    vae_cfg.n_batch = batches.len().max(1) as i64;
+    let train_cfg: TrainConfig = serde_json::from_str(train_json).map_err(|e| Error::Other(format!("[scviR:config] {e}")))?;
+    let mut registry = Registry::with_library_prior(genes, x, batch_codes, batches.len().max(1));
+    registry.batches = batches;
+    registry.batch_key = (!batch_key.is_empty()).then(|| batch_key.to_string());
+    let prior = (registry.library_log_means.clone(), registry.library_log_vars.clone());
+    let mut vae = Vae::new(vae_cfg.clone(), Device::Cpu, Some((&prior.0, &prior.1))).map_err(engine_error)?;
+    let mut obs = RObserver::new(progress_every.max(0) as usize);
+    let outcome = train::train(&mut vae, x, batch_codes, &train_cfg, &mut obs).map_err(engine_error)?;
+    let meta = model_file::ModelMeta {
+        model: "SCVI".into(),
+        engine_version: env!("CARGO_PKG_VERSION").into(),
+        vae: vae_cfg,
+        train: TrainConfig { max_epochs: Some(outcome.max_epochs), ..train_cfg },
+        registry,
+        history: outcome.history.clone(),
+        split: outcome.split.clone(),
+        tensors: vec![],
+    };
+    let bytes = model_file::to_bytes(&vae, &meta).map_err(engine_error)?;
+    let one_based = |v: &[usize]| v.iter().map(|&i| (i + 1) as i32).collect::<Vec<i32>>();
+    List::from_names_and_values(
+        ["model", "history_json", "train", "validation", "test", "max_epochs", "n_parameters"],
+        [
+            Raw::from_bytes(&bytes).into_robj(),
+            serde_json::to_string(&outcome.history).unwrap_or_default().into_robj(),
+            one_based(&outcome.split.train).into_robj(),
+            one_based(&outcome.split.validation).into_robj(),
+            one_based(&outcome.split.test).into_robj(),
+            (outcome.max_epochs as i32).into_robj(),
+            (vae.n_parameters() as f64).into_robj(),
+        ],
+    )
+}
+
+fn load(model: &Raw) -> Result<(Vae, model_file::ModelMeta)> {
+    model_file::from_bytes(model.as_slice(), Device::Cpu).map_err(engine_error)
+}
+
+/// The model's header (config, registry, history, split) as JSON.
+/// @noRd
+#[extendr]
+fn scvir_model_meta(model: Raw) -> Result<String> {
+    let (meta, _) = model_file::read_meta(model.as_slice()).map_err(engine_error)?;
+    serde_json::to_string(&meta).map_err(|e| Error::Other(e.to_string()))
+}
+
+/// Cells x n_latent posterior means (or samples).
+/// @noRd
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn scvir_latent(
+    model: Raw,
+    indptr: &[i32],
+    indices: &[i32],
+    values: &[f64],
+    n_cells: i32,
+    n_genes: i32,
+    batch_codes: &[i32],
+    give_mean: bool,
+    seed: f64,
+    batch_size: i32,
+    n_threads: i32,
+) -> Result<RMatrix<f64>> {
+    prepare(n_threads);
+    let (vae, _) = load(&model)?;
+    let x = counts(n_cells, n_genes, indptr, indices, values)?;
+    tch::manual_seed(seed as i64);
+    let z = infer::latent_representation(&vae, x, batch_codes, give_mean, batch_size.max(1) as usize).map_err(engine_error)?;
+    Ok(row_major_to_matrix(&z, n_cells as usize, vae.config.n_latent as usize))
+}
+
+/// Cells x genes normalized expression (px_scale * library_size, averaged over samples).
+/// `transform_batch` is a 0-based batch code or -1 for each cell's own batch.
+/// @noRd
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn scvir_normalized_expression(
+    model: Raw,
+    indptr: &[i32],
+    indices: &[i32],
+    values: &[f64],
+    n_cells: i32,
+    n_genes: i32,
+    batch_codes: &[i32],
+    transform_batch: i32,
+    library_size: f64,
+    n_samples: i32,
+    seed: f64,
+    batch_size: i32,
+    n_threads: i32,
+) -> Result<RMatrix<f64>> {
+    prepare(n_threads);
+    let (vae, _) = load(&model)?;
+    let x = counts(n_cells, n_genes, indptr, indices, values)?;
+    tch::manual_seed(seed as i64);
+    let tb = (transform_batch >= 0).then_some(transform_batch as usize);
+    let e = infer::normalized_expression(&vae, x, batch_codes, tb, library_size, n_samples.max(1) as usize, batch_size.max(1) as usize)
+        .map_err(engine_error)?;
+    Ok(row_major_to_matrix(&e, n_cells as usize, n_genes as usize))
+}
+
+/// Reads an .h5ad file: CSR counts (cells x genes) and the obs / var data frames.
+/// @noRd
+#[extendr]
+fn scvir_read_h5ad(path: &str, layer: &str) -> Result<List> {
+    let data = h5ad::read(path, (!layer.is_empty()).then_some(layer)).map_err(engine_error)?;
+    let frame = |f: &h5ad::Frame| -> Result<List> {
+        let names: Vec<&str> = f.columns.iter().map(|(n, _)| n.as_str()).collect();
+        let cols: Vec<Robj> = f.columns.iter().map(|(_, c)| column_to_robj(c)).collect();
+        let columns = List::from_names_and_values(names, cols)?;
+        List::from_names_and_values(
+            ["index", "columns", "skipped"],
+            [f.index.clone().into_robj(), columns.into_robj(), f.skipped.clone().into_robj()],
+        )
+    };
+    let c = &data.counts;
+    List::from_names_and_values(
+        ["indptr", "indices", "values", "n_cells", "n_genes", "obs", "var"],
+        [
+            c.indptr.clone().into_robj(),
+            c.indices.clone().into_robj(),
+            c.data.clone().into_robj(),
+            (c.n_cells as i32).into_robj(),
+            (c.n_genes as i32).into_robj(),
+            frame(&data.obs)?.into_robj(),
+            frame(&data.var)?.into_robj(),
+        ],
+    )
+}
+
+/// Whether the linked libtorch can run on a CUDA device here.
+/// @noRd
+#[extendr]
+fn scvir_cuda_available() -> bool {
+    runtime::cuda_available()
+}
+
+/// Panics on purpose, so tests can check that a Rust panic surfaces as an R error.
+/// @noRd
+#[extendr]
+fn scvir_debug_panic() {
+    panic!("deliberate panic for testing");
+}
+
+extendr_module! {
+    mod scviR;
+    fn scvir_train;
+    fn scvir_model_meta;
+    fn scvir_latent;
+    fn scvir_normalized_expression;
+    fn scvir_read_h5ad;
+    fn scvir_cuda_available;
+    fn scvir_debug_panic;
+}

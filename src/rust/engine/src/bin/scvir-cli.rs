@@ -1,0 +1,130 @@
+//! Command-line front end of the engine, for benchmarks and GPU runs without R:
+//!
+//!   scvir-cli train FILE.h5ad [--epochs N] [--seed S] [--threads T] [--batch-size B]
+//!             [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--quiet]
+//!
+//! Prints one line per epoch and a final `RESULT {json}` line with timing and ELBO figures.
+
+use scvir_engine::data::Registry;
+use scvir_engine::distributions::GeneLikelihood;
+use scvir_engine::io::h5ad;
+use scvir_engine::module::{Vae, VaeConfig};
+use scvir_engine::train::{self, EpochRecord, TrainConfig, TrainingObserver};
+use std::time::Instant;
+
+struct Printer {
+    quiet: bool,
+}
+
+impl TrainingObserver for Printer {
+    fn on_epoch_end(&mut self, r: &EpochRecord, max_epochs: usize) {
+        if !self.quiet {
+            eprintln!(
+                "epoch {:>4}/{max_epochs}  {:.3}s  elbo_train {:.2}  elbo_validation {}",
+                r.epoch + 1,
+                r.train_seconds,
+                r.elbo_train,
+                r.elbo_validation.map_or("-".into(), |v| format!("{v:.2}"))
+            );
+        }
+    }
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 { v[m] } else { 0.5 * (v[m - 1] + v[m]) }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("train") || args.len() < 2 {
+        return Err("usage: scvir-cli train FILE.h5ad [--epochs N] [--seed S] [--threads T] [--batch-size B] \
+                    [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--quiet]"
+            .into());
+    }
+    let path = &args[1];
+    let mut cfg = TrainConfig { max_epochs: Some(50), ..Default::default() };
+    let mut threads = None;
+    let mut likelihood = GeneLikelihood::Zinb;
+    let mut latent_library = false;
+    let mut device = tch::Device::Cpu;
+    let mut quiet = false;
+    let mut it = args[2..].iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().cloned().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--epochs" => cfg.max_epochs = Some(val()?.parse()?),
+            "--seed" => cfg.seed = val()?.parse()?,
+            "--threads" => threads = Some(val()?.parse()?),
+            "--batch-size" => cfg.batch_size = val()?.parse()?,
+            "--likelihood" => likelihood = GeneLikelihood::parse(&val()?)?,
+            "--latent-library" => latent_library = true,
+            "--device" => {
+                device = match val()?.as_str() {
+                    "cpu" => tch::Device::Cpu,
+                    "cuda" => tch::Device::Cuda(0),
+                    d => return Err(format!("unknown device {d}").into()),
+                }
+            }
+            "--quiet" => quiet = true,
+            other => return Err(format!("unknown option {other}").into()),
+        }
+    }
+    scvir_engine::runtime::init();
+    scvir_engine::runtime::set_threads(threads);
+    let data = h5ad::read(path, None)?;
+    let counts = data.counts.view()?;
+    let batch = vec![0i32; counts.n_cells()];
+    let mut vae_cfg = VaeConfig::new(counts.n_genes() as i64, 1);
+    vae_cfg.gene_likelihood = likelihood;
+    vae_cfg.use_observed_lib_size = !latent_library;
+    let registry = Registry::with_library_prior(data.var.index.clone(), counts, &batch, 1);
+    let prior = (registry.library_log_means.as_slice(), registry.library_log_vars.as_slice());
+    let mut vae = Vae::new(vae_cfg, device, Some(prior))?;
+    let started = Instant::now();
+    let out = train::train(&mut vae, counts, &batch, &cfg, &mut Printer { quiet })?;
+    let total = started.elapsed().as_secs_f64();
+    let epochs = &out.history.epochs;
+    let secs: Vec<f64> = epochs.iter().skip(2).map(|r| r.train_seconds).collect();
+    let sec_per_epoch = median(if secs.is_empty() { epochs.iter().map(|r| r.train_seconds).collect() } else { secs });
+    let last = epochs.last().ok_or("no epoch ran")?;
+    let result = serde_json::json!({
+        "tool": "scviR",
+        "version": env!("CARGO_PKG_VERSION"),
+        "threads": tch::get_num_threads(),
+        "device": format!("{device:?}"),
+        "epochs": epochs.len(),
+        "n_train": out.split.train.len(),
+        "n_parameters": vae.n_parameters(),
+        "sec_per_epoch": sec_per_epoch,
+        "cells_per_s": out.split.train.len() as f64 / sec_per_epoch,
+        "total_train_s": total,
+        "peak_rss_mb": peak_rss_mb(),
+        "elbo_validation_final": last.elbo_validation,
+        "elbo_train_final": last.elbo_train,
+        "reconstruction_loss_validation_final": last.reconstruction_loss_validation,
+    });
+    println!("RESULT {result}");
+    Ok(())
+}

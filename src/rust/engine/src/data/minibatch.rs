@@ -1,0 +1,118 @@
+//! Minibatches: the one place where counts become dense. Besides the dense block, a minibatch
+//! carries its nonzero entries (positions and values) so that the likelihood can evaluate the
+//! expensive count-dependent terms (lgamma, x log mu) on nonzeros only.
+
+use super::counts::Counts;
+use tch::{Device, Kind, Tensor};
+
+pub struct Minibatch {
+    /// Dense counts, cells x genes, f32.
+    pub x: Tensor,
+    /// log of the observed library size, cells x 1.
+    pub log_library: Tensor,
+    /// Batch code of every cell (0-based), i64.
+    pub batch_index: Tensor,
+    /// Flat position (row * n_genes + gene) of each nonzero entry, i64.
+    pub nz_flat: Tensor,
+    /// Row of each nonzero entry within the minibatch, i64.
+    pub nz_row: Tensor,
+    /// Gene of each nonzero entry, i64.
+    pub nz_gene: Tensor,
+    /// Value of each nonzero entry, f32.
+    pub nz_x: Tensor,
+    /// Sum over the cell's genes of lgamma(x + 1): a constant of the likelihood, per cell.
+    pub lgamma_x1: Tensor,
+    pub n_cells: usize,
+}
+
+/// Builds minibatches from CSR counts; per-cell constants are computed once.
+pub struct MinibatchBuilder<'a> {
+    counts: Counts<'a>,
+    batch_codes: &'a [i32],
+    device: Device,
+    lgamma_x1: Vec<f32>,
+    log_library: Vec<f32>,
+    // Reused host buffers: building a minibatch allocates nothing after the first call.
+    dense: Vec<f32>,
+    nz_flat: Vec<i64>,
+    nz_row: Vec<i64>,
+    nz_gene: Vec<i64>,
+    nz_x: Vec<f32>,
+}
+
+impl<'a> MinibatchBuilder<'a> {
+    pub fn new(counts: Counts<'a>, batch_codes: &'a [i32], device: Device) -> Self {
+        let n = counts.n_cells();
+        let mut lgamma_x1 = Vec::with_capacity(n);
+        let mut log_library = Vec::with_capacity(n);
+        for c in 0..n {
+            let (_, vals) = counts.cell(c);
+            lgamma_x1.push(vals.iter().map(|&v| libm::lgamma(v + 1.0)).sum::<f64>() as f32);
+            log_library.push((vals.iter().sum::<f64>()).ln() as f32);
+        }
+        MinibatchBuilder {
+            counts,
+            batch_codes,
+            device,
+            lgamma_x1,
+            log_library,
+            dense: Vec::new(),
+            nz_flat: Vec::new(),
+            nz_row: Vec::new(),
+            nz_gene: Vec::new(),
+            nz_x: Vec::new(),
+        }
+    }
+
+    pub fn n_genes(&self) -> usize {
+        self.counts.n_genes()
+    }
+
+    pub fn build(&mut self, cells: &[usize]) -> Minibatch {
+        let g = self.counts.n_genes();
+        let b = cells.len();
+        self.dense.clear();
+        self.dense.resize(b * g, 0.0);
+        self.nz_flat.clear();
+        self.nz_row.clear();
+        self.nz_gene.clear();
+        self.nz_x.clear();
+        let mut lg = Vec::with_capacity(b);
+        let mut ll = Vec::with_capacity(b);
+        let mut bi = Vec::with_capacity(b);
+        for (row, &cell) in cells.iter().enumerate() {
+            let (genes, vals) = self.counts.cell(cell);
+            for (&gene, &v) in genes.iter().zip(vals) {
+                if v == 0.0 {
+                    continue; // explicit zeros stored in the sparse matrix
+                }
+                let flat = row * g + gene as usize;
+                self.dense[flat] = v as f32;
+                self.nz_flat.push(flat as i64);
+                self.nz_row.push(row as i64);
+                self.nz_gene.push(gene as i64);
+                self.nz_x.push(v as f32);
+            }
+            lg.push(self.lgamma_x1[cell]);
+            ll.push(self.log_library[cell]);
+            bi.push(self.batch_codes[cell] as i64);
+        }
+        let dev = self.device;
+        Minibatch {
+            x: Tensor::from_slice(&self.dense).view([b as i64, g as i64]).to_device(dev),
+            log_library: Tensor::from_slice(&ll).view([b as i64, 1]).to_device(dev),
+            batch_index: Tensor::from_slice(&bi).to_device(dev),
+            nz_flat: Tensor::from_slice(&self.nz_flat).to_device(dev),
+            nz_row: Tensor::from_slice(&self.nz_row).to_device(dev),
+            nz_gene: Tensor::from_slice(&self.nz_gene).to_device(dev),
+            nz_x: Tensor::from_slice(&self.nz_x).to_device(dev),
+            lgamma_x1: Tensor::from_slice(&lg).to_device(dev),
+            n_cells: b,
+        }
+    }
+}
+
+/// One-hot encoding of codes (cells) into `n` columns, f32.
+pub fn one_hot(codes: &Tensor, n: i64) -> Tensor {
+    codes.one_hot(n).to_kind(Kind::Float)
+}

@@ -1,0 +1,12 @@
+//! Data layer: sparse counts, the registry of categories, train/validation/test splits and
+//! minibatches (the only place counts are densified).
+
+pub mod counts;
+pub mod minibatch;
+pub mod registry;
+pub mod split;
+
+pub use counts::Counts;
+pub use minibatch::{Minibatch, MinibatchBuilder};
+pub use registry::Registry;
+pub use split::DataSplit;

@@ -1,0 +1,68 @@
+//! Per-cell log-likelihood for training, split into dense cheap terms and nonzero-only terms.
+//!
+//! For ZINB with logits pi, A = theta (log(theta + eps) - log(theta + mu + eps)) and
+//! s = softplus(-pi), scvi-tools' density is
+//!   x = 0: softplus(A - pi) - s
+//!   x > 0: A - pi - s + x (log(mu + eps) - log(theta + mu + eps)) + lgamma(x + theta)
+//!          - lgamma(theta) - lgamma(x + 1).
+//! The first line and the first three terms of the second are dense element-wise work; the rest
+//! depends on x and is gathered at the nonzero entries only. Summing both parts per cell gives the
+//! same number as the dense formula (tests check it), at a fraction of the lgamma/digamma cost.
+
+use super::{GeneLikelihood, EPS};
+use crate::data::Minibatch;
+use tch::{Kind, Tensor};
+
+/// Values of a cells x genes (or genes-only) tensor at the minibatch's nonzero entries.
+fn at_nonzeros(t: &Tensor, mb: &Minibatch) -> Tensor {
+    if t.dim() == 1 {
+        t.index_select(0, &mb.nz_gene)
+    } else {
+        t.reshape([-1]).index_select(0, &mb.nz_flat)
+    }
+}
+
+/// Sums per-entry values of the nonzeros into one value per cell.
+fn per_cell(values: &Tensor, mb: &Minibatch) -> Tensor {
+    Tensor::zeros([mb.n_cells as i64], (Kind::Float, values.device())).index_add(0, &mb.nz_row, values)
+}
+
+/// Per-cell log p(x | mu, theta, pi), summed over genes; includes the -lgamma(x + 1) constant so
+/// that numbers match scvi-tools' reconstruction loss.
+pub fn log_likelihood(
+    kind: GeneLikelihood,
+    mb: &Minibatch,
+    mu: &Tensor,
+    theta: Option<&Tensor>,
+    zi_logits: Option<&Tensor>,
+) -> Tensor {
+    match kind {
+        GeneLikelihood::Poisson => {
+            // x log mu - mu - lgamma(x + 1); x log mu vanishes on zeros.
+            let nz = &mb.nz_x * at_nonzeros(mu, mb).log();
+            per_cell(&nz, mb) - mu.sum_dim_intlist(1, false, Kind::Float) - &mb.lgamma_x1
+        }
+        GeneLikelihood::Nb | GeneLikelihood::Zinb => {
+            let theta = theta.expect("NB-type likelihoods need a dispersion");
+            let log_theta_mu_eps = (theta + mu + EPS).log();
+            let a = theta * ((theta + EPS).log() - &log_theta_mu_eps);
+            let dense = match (kind, zi_logits) {
+                (GeneLikelihood::Zinb, Some(pi)) => {
+                    let s = (-pi).softplus();
+                    let zero_case = (&a - pi).softplus() - &s;
+                    let nonzero_case = &a - pi - &s;
+                    let is_nonzero = mb.x.gt(EPS);
+                    nonzero_case.where_self(&is_nonzero, &zero_case)
+                }
+                _ => a,
+            };
+            let theta_nz = at_nonzeros(theta, mb);
+            let x = &mb.nz_x;
+            let nz = x * (at_nonzeros(mu, mb) + EPS).log()
+                - x * at_nonzeros(&log_theta_mu_eps, mb)
+                + (x + &theta_nz).lgamma()
+                - at_nonzeros(&theta.lgamma(), mb);
+            dense.sum_dim_intlist(1, false, Kind::Float) + per_cell(&nz, mb) - &mb.lgamma_x1
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Native reader for AnnData `.h5ad` files (anndata's on-disk encoding 0.1/0.2): the count
+//! matrix (X or a layer; CSR, CSC or dense) as cells x genes CSR, plus obs / var data frames with
+//! numeric, boolean, string and categorical columns.
+
+use crate::data::counts::OwnedCounts;
+use crate::error::{Error, Result};
+use hdf5::types::{VarLenAscii, VarLenUnicode};
+use hdf5::{Dataset, File, Group};
+
+#[derive(Clone, Debug)]
+pub enum Column {
+    Numeric(Vec<f64>),
+    Boolean(Vec<bool>),
+    Strings(Vec<String>),
+    Categorical { codes: Vec<i32>, categories: Vec<String>, ordered: bool },
+}
+
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub index: Vec<String>,
+    pub columns: Vec<(String, Column)>,
+    /// Columns present but in an encoding this reader does not understand.
+    pub skipped: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct H5ad {
+    pub counts: OwnedCounts,
+    pub obs: Frame,
+    pub var: Frame,
+}
+
+fn fmt_err(path: &str, what: impl std::fmt::Display) -> Error {
+    Error::InvalidInput(format!("{path}: {what}"))
+}
+
+fn string_attr(loc: &hdf5::Location, name: &str) -> Option<String> {
+    let a = loc.attr(name).ok()?;
+    a.read_scalar::<VarLenUnicode>()
+        .map(|s| s.as_str().to_string())
+        .or_else(|_| a.read_scalar::<VarLenAscii>().map(|s| s.as_str().to_string()))
+        .ok()
+}
+
+fn string_list_attr(loc: &hdf5::Location, name: &str) -> Option<Vec<String>> {
+    let a = loc.attr(name).ok()?;
+    if let Ok(v) = a.read_raw::<VarLenUnicode>() {
+        return Some(v.iter().map(|s| s.as_str().to_string()).collect());
+    }
+    a.read_raw::<VarLenAscii>().ok().map(|v| v.iter().map(|s| s.as_str().to_string()).collect())
+}
+
+fn read_strings(ds: &Dataset) -> Result<Vec<String>> {
+    if let Ok(v) = ds.read_raw::<VarLenUnicode>() {
+        return Ok(v.iter().map(|s| s.as_str().to_string()).collect());
+    }
+    Ok(ds.read_raw::<VarLenAscii>()?.iter().map(|s| s.as_str().to_string()).collect())
+}
+
+fn is_string_dataset(ds: &Dataset) -> bool {
+    ds.dtype().map(|t| t.is::<VarLenUnicode>() || t.is::<VarLenAscii>()).unwrap_or(false)
+}
+
+fn read_i64(ds: &Dataset) -> Result<Vec<i64>> {
+    Ok(ds.read_raw::<i64>()?)
+}
+
+/// Opens a file for reading with a clear error when it is missing or not HDF5.
+pub fn open(path: &str) -> Result<File> {
+    if !std::path::Path::new(path).exists() {
+        return Err(fmt_err(path, "file not found"));
+    }
+    File::open(path).map_err(|e| fmt_err(path, format!("not a readable HDF5/h5ad file ({e})")))
+}
+
+pub fn read(path: &str, layer: Option<&str>) -> Result<H5ad> {
+    let file = open(path)?;
+    let obs = read_frame(&file.group("obs").map_err(|_| fmt_err(path, "no obs group"))?)?;
+    let var = read_frame(&file.group("var").map_err(|_| fmt_err(path, "no var group"))?)?;
+    let (n_cells, n_genes) = (obs.index.len(), var.index.len());
+    let counts = match layer {
+        None => read_matrix(&file, "X", n_cells, n_genes, path)?,
+        Some(l) => {
+            let layers = file.group("layers").map_err(|_| fmt_err(path, "no layers group"))?;
+            if layers.link_exists(l) {
+                read_matrix(&layers, l, n_cells, n_genes, path)?
+            } else {
+                let names = layers.member_names().unwrap_or_default();
+                return Err(fmt_err(path, format!("layer \"{l}\" not found (layers: {})", names.join(", "))));
+            }
+        }
+    };
+    Ok(H5ad { counts, obs, var })
+}
+
+fn read_matrix(parent: &Group, name: &str, n_cells: usize, n_genes: usize, path: &str) -> Result<OwnedCounts> {
+    if let Ok(ds) = parent.dataset(name) {
+        // Dense matrix, cells x genes.
+        let shape = ds.shape();
+        if shape != [n_cells, n_genes] {
+            return Err(fmt_err(path, format!("{name} has shape {shape:?}, expected [{n_cells}, {n_genes}]")));
+        }
+        let values = ds.read_raw::<f64>()?;
+        let mut m = OwnedCounts { n_cells, n_genes, indptr: vec![0], ..Default::default() };
+        for row in values.chunks(n_genes.max(1)) {
+            for (g, &v) in row.iter().enumerate() {
+                if v != 0.0 {
+                    m.indices.push(g as i32);
+                    m.data.push(v);
+                }
+            }
+            m.indptr.push(m.data.len() as i32);
+        }
+        return Ok(m);
+    }
+    let g = parent.group(name).map_err(|_| fmt_err(path, format!("no matrix {name}")))?;
+    let enc = string_attr(&g, "encoding-type")
+        .or_else(|| string_attr(&g, "h5sparse_format").map(|f| format!("{f}_matrix")))
+        .unwrap_or_default();
+    let data = g.dataset("data")?.read_raw::<f64>()?;
+    let indices = read_i64(&g.dataset("indices")?)?;
+    let indptr = read_i64(&g.dataset("indptr")?)?;
+    if data.len() > i32::MAX as usize {
+        return Err(fmt_err(path, "more than 2^31 nonzero entries are not supported"));
+    }
+    let to_i32 = |v: Vec<i64>| v.into_iter().map(|x| x as i32).collect::<Vec<i32>>();
+    match enc.as_str() {
+        "csr_matrix" => {
+            if indptr.len() != n_cells + 1 {
+                return Err(fmt_err(path, format!("{name}: indptr length does not match {n_cells} cells")));
+            }
+            Ok(OwnedCounts { n_cells, n_genes, indptr: to_i32(indptr), indices: to_i32(indices), data })
+        }
+        "csc_matrix" => {
+            if indptr.len() != n_genes + 1 {
+                return Err(fmt_err(path, format!("{name}: indptr length does not match {n_genes} genes")));
+            }
+            Ok(csc_to_csr(n_cells, n_genes, &indptr, &indices, &data))
+        }
+        other => Err(fmt_err(path, format!("{name} has an unsupported encoding \"{other}\""))),
+    }
+}
+
+/// Transposes compressed-column storage into compressed-row storage (counting sort by row).
+fn csc_to_csr(n_cells: usize, n_genes: usize, indptr: &[i64], rows: &[i64], data: &[f64]) -> OwnedCounts {
+    let mut counts = vec![0i32; n_cells + 1];
+    for &r in rows {
+        counts[r as usize + 1] += 1;
+    }
+    for i in 0..n_cells {
+        counts[i + 1] += counts[i];
+    }
+    let indptr_out = counts.clone();
+    let mut next = counts;
+    let mut indices = vec![0i32; data.len()];
+    let mut values = vec![0f64; data.len()];
+    for gene in 0..n_genes {
+        for k in indptr[gene] as usize..indptr[gene + 1] as usize {
+            let r = rows[k] as usize;
+            let dst = next[r] as usize;
+            indices[dst] = gene as i32;
+            values[dst] = data[k];
+            next[r] += 1;
+        }
+    }
+    OwnedCounts { n_cells, n_genes, indptr: indptr_out, indices, data: values }
+}
+
+fn read_frame(g: &Group) -> Result<Frame> {
+    let index_name = string_attr(g, "_index").unwrap_or_else(|| "_index".to_string());
+    let index = read_strings(&g.dataset(&index_name)?)?;
+    let order = string_list_attr(g, "column-order")
+        .unwrap_or_else(|| g.member_names().unwrap_or_default().into_iter().filter(|n| *n != index_name).collect());
+    let mut columns = Vec::new();
+    let mut skipped = Vec::new();
+    for name in order {
+        match read_column(g, &name)? {
+            Some(col) => columns.push((name, col)),
+            None => skipped.push(name),
+        }
+    }
+    Ok(Frame { index, columns, skipped })
+}
+
+fn read_column(g: &Group, name: &str) -> Result<Option<Column>> {
+    if let Ok(sub) = g.group(name) {
+        let enc = string_attr(&sub, "encoding-type").unwrap_or_default();
+        if enc == "categorical" {
+            let categories = read_strings(&sub.dataset("categories")?)?;
+            let codes: Vec<i32> = sub.dataset("codes")?.read_raw::<i32>()?;
+            let ordered = sub.attr("ordered").and_then(|a| a.read_scalar::<bool>()).unwrap_or(false);
+            return Ok(Some(Column::Categorical { codes, categories, ordered }));
+        }
+        return Ok(None);
+    }
+    let ds = g.dataset(name)?;
+    if is_string_dataset(&ds) {
+        return Ok(Some(Column::Strings(read_strings(&ds)?)));
+    }
+    if ds.dtype().map(|t| t.is::<bool>()).unwrap_or(false) {
+        return Ok(Some(Column::Boolean(ds.read_raw::<bool>()?)));
+    }
+    match ds.read_raw::<f64>() {
+        Ok(v) => Ok(Some(Column::Numeric(v))),
+        Err(_) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csc_to_csr;
+
+    #[test]
+    fn csc_transposes_to_csr() {
+        // 2 cells x 3 genes: [[1, 0, 2], [0, 3, 4]] in CSC.
+        let m = csc_to_csr(2, 3, &[0, 1, 2, 4], &[0, 1, 0, 1], &[1.0, 3.0, 2.0, 4.0]);
+        assert_eq!(m.indptr, vec![0, 2, 4]);
+        assert_eq!(m.indices, vec![0, 2, 1, 2]);
+        assert_eq!(m.data, vec![1.0, 2.0, 3.0, 4.0]);
+    }
+}

@@ -1,0 +1,100 @@
+//! Architecture options of the VAE, with scvi-tools' defaults. Serialised into model files.
+
+use crate::distributions::GeneLikelihood;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Dispersion {
+    #[serde(rename = "gene")]
+    Gene,
+    #[serde(rename = "gene-batch")]
+    GeneBatch,
+    #[serde(rename = "gene-cell")]
+    GeneCell,
+}
+
+impl Dispersion {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "gene" => Ok(Self::Gene),
+            "gene-batch" => Ok(Self::GeneBatch),
+            "gene-cell" => Ok(Self::GeneCell),
+            "gene-label" => Err(Error::InvalidConfig(
+                "dispersion = \"gene-label\" needs cell labels, which this version does not register yet".into(),
+            )),
+            other => Err(Error::InvalidConfig(format!(
+                "dispersion must be one of \"gene\", \"gene-batch\", \"gene-cell\"; got \"{other}\""
+            ))),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct VaeConfig {
+    pub n_genes: i64,
+    pub n_batch: i64,
+    pub n_hidden: i64,
+    pub n_latent: i64,
+    pub n_layers: i64,
+    pub dropout_rate: f64,
+    pub dispersion: Dispersion,
+    pub gene_likelihood: GeneLikelihood,
+    pub log_variational: bool,
+    pub use_observed_lib_size: bool,
+    pub encode_covariates: bool,
+    pub deeply_inject_covariates: bool,
+    pub use_batch_norm_encoder: bool,
+    pub use_batch_norm_decoder: bool,
+    pub use_layer_norm_encoder: bool,
+    pub use_layer_norm_decoder: bool,
+}
+
+impl Default for VaeConfig {
+    fn default() -> Self {
+        VaeConfig::new(2, 1)
+    }
+}
+
+impl VaeConfig {
+    /// scvi-tools' `SCVI` defaults for `n_genes` genes and `n_batch` batches.
+    pub fn new(n_genes: i64, n_batch: i64) -> Self {
+        VaeConfig {
+            n_genes,
+            n_batch: n_batch.max(1),
+            n_hidden: 128,
+            n_latent: 10,
+            n_layers: 1,
+            dropout_rate: 0.1,
+            dispersion: Dispersion::Gene,
+            gene_likelihood: GeneLikelihood::Zinb,
+            log_variational: true,
+            use_observed_lib_size: true,
+            encode_covariates: false,
+            deeply_inject_covariates: true,
+            use_batch_norm_encoder: true,
+            use_batch_norm_decoder: true,
+            use_layer_norm_encoder: false,
+            use_layer_norm_decoder: false,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidConfig(m));
+        if self.n_genes < 2 {
+            return bad(format!("at least 2 genes are needed, got {}", self.n_genes));
+        }
+        if self.n_hidden < 1 || self.n_latent < 1 || self.n_layers < 1 {
+            return bad("n_hidden, n_latent and n_layers must be positive integers".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout_rate) {
+            return bad(format!("dropout_rate must be in [0, 1), got {}", self.dropout_rate));
+        }
+        if self.gene_likelihood == GeneLikelihood::Poisson && self.dispersion != Dispersion::Gene {
+            // Poisson has no dispersion; scvi-tools ignores the option, we accept only the default.
+            return bad("dispersion has no meaning with gene_likelihood = \"poisson\"; leave it at \"gene\"".into());
+        }
+        Ok(())
+    }
+}

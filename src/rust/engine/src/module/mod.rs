@@ -1,0 +1,7 @@
+//! Models as scvi-tools' modules: `inference` (q(z|x), library) -> `generative` (p(x|z)) -> `loss`.
+
+pub mod config;
+pub mod vae;
+
+pub use config::{Dispersion, VaeConfig};
+pub use vae::{Inference, LossOutput, Vae};

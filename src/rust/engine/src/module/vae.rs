@@ -1,0 +1,205 @@
+//! The scVI variational autoencoder (Lopez et al. 2018) with scvi-tools' parameterisation.
+
+use super::config::{Dispersion, VaeConfig};
+use crate::data::minibatch::one_hot;
+use crate::data::Minibatch;
+use crate::distributions::{self, GeneLikelihood};
+use crate::nn::{DecoderScvi, Encoder, EncoderOutput, FcLayersConfig};
+use tch::{nn, Device, Kind, Tensor};
+
+pub struct Vae {
+    pub config: VaeConfig,
+    pub vs: nn::VarStore,
+    z_encoder: Encoder,
+    l_encoder: Option<Encoder>,
+    decoder: DecoderScvi,
+    /// Log dispersion: genes (gene) or genes x batches (gene-batch); absent for gene-cell/Poisson.
+    px_r: Option<Tensor>,
+    /// Latent-library prior per batch (1 x n_batch), only when the library is latent.
+    library_log_means: Option<Tensor>,
+    library_log_vars: Option<Tensor>,
+}
+
+pub struct Inference {
+    pub qz: EncoderOutput,
+    pub z: Tensor,
+    /// Log library size, cells x 1.
+    pub library: Tensor,
+    pub ql: Option<EncoderOutput>,
+}
+
+pub struct Generative {
+    pub px_scale: Tensor,
+    pub px_rate: Tensor,
+    /// Dispersion theta (not its log), genes or cells x genes.
+    pub theta: Option<Tensor>,
+    pub px_dropout: Option<Tensor>,
+}
+
+/// Per-cell loss components (cells), and the minibatch objective.
+pub struct LossOutput {
+    pub loss: Tensor,
+    pub reconstruction: Tensor,
+    pub kl_z: Tensor,
+    pub kl_library: Tensor,
+}
+
+impl Vae {
+    /// Builds a freshly initialised model. `library_prior` holds per-batch (means, variances) of
+    /// the log library size and is required when the library is latent.
+    pub fn new(config: VaeConfig, device: Device, library_prior: Option<(&[f64], &[f64])>) -> crate::Result<Self> {
+        config.validate()?;
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let c = &config;
+        let cat_list = vec![c.n_batch];
+        let encoder_fc = FcLayersConfig {
+            n_in: c.n_genes,
+            n_out: c.n_hidden,
+            n_cat_list: if c.encode_covariates { cat_list.clone() } else { vec![] },
+            n_layers: c.n_layers,
+            n_hidden: c.n_hidden,
+            dropout_rate: c.dropout_rate,
+            use_batch_norm: c.use_batch_norm_encoder,
+            use_layer_norm: c.use_layer_norm_encoder,
+            inject_covariates: c.deeply_inject_covariates,
+        };
+        let z_encoder = Encoder::new(&root / "z_encoder", &encoder_fc, c.n_latent);
+        let l_encoder = (!c.use_observed_lib_size).then(|| {
+            let fc = FcLayersConfig { n_layers: 1, ..encoder_fc.clone() };
+            Encoder::new(&root / "l_encoder", &fc, 1)
+        });
+        let decoder_fc = FcLayersConfig {
+            n_in: c.n_latent,
+            n_out: c.n_hidden,
+            n_cat_list: cat_list,
+            n_layers: c.n_layers,
+            n_hidden: c.n_hidden,
+            dropout_rate: 0.0,
+            use_batch_norm: c.use_batch_norm_decoder,
+            use_layer_norm: c.use_layer_norm_decoder,
+            inject_covariates: c.deeply_inject_covariates,
+        };
+        let decoder = DecoderScvi::new(
+            &root / "decoder",
+            &decoder_fc,
+            c.n_genes,
+            c.gene_likelihood.has_zero_inflation(),
+            c.dispersion == Dispersion::GeneCell && c.gene_likelihood.has_dispersion(),
+        );
+        let randn = nn::Init::Randn { mean: 0.0, stdev: 1.0 };
+        let px_r = match (c.gene_likelihood.has_dispersion(), c.dispersion) {
+            (false, _) | (true, Dispersion::GeneCell) => None,
+            (true, Dispersion::Gene) => Some(root.var("px_r", &[c.n_genes], randn)),
+            (true, Dispersion::GeneBatch) => Some(root.var("px_r", &[c.n_genes, c.n_batch], randn)),
+        };
+        let (library_log_means, library_log_vars) = if c.use_observed_lib_size {
+            (None, None)
+        } else {
+            let (m, v) = library_prior.ok_or_else(|| {
+                crate::Error::InvalidConfig("a latent library needs the per-batch library prior".into())
+            })?;
+            let mut means = root.zeros_no_train("library_log_means", &[1, c.n_batch]);
+            let mut vars = root.zeros_no_train("library_log_vars", &[1, c.n_batch]);
+            tch::no_grad(|| {
+                means.copy_(&Tensor::from_slice(m).to_kind(Kind::Float).view([1, -1]));
+                vars.copy_(&Tensor::from_slice(v).to_kind(Kind::Float).view([1, -1]));
+            });
+            (Some(means), Some(vars))
+        };
+        Ok(Vae { config, vs, z_encoder, l_encoder, decoder, px_r, library_log_means, library_log_vars })
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub fn n_parameters(&self) -> i64 {
+        self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+    }
+
+    /// q(z | x) and the library: observed log total counts, or a sample of q(l | x).
+    pub fn inference(&self, mb: &Minibatch, train: bool) -> Inference {
+        let x_in = if self.config.log_variational { mb.x.log1p() } else { mb.x.shallow_clone() };
+        let cats = [&mb.batch_index];
+        let qz = self.z_encoder.forward(&x_in, &cats, train);
+        let z = qz.rsample();
+        let (library, ql) = match &self.l_encoder {
+            None => (mb.log_library.shallow_clone(), None),
+            Some(enc) => {
+                let ql = enc.forward(&x_in, &cats, train);
+                (ql.rsample(), Some(ql))
+            }
+        };
+        Inference { qz, z, library, ql }
+    }
+
+    /// p(x | z, library, batch) parameters. `batch_index` may differ from the data's batch
+    /// (transform_batch).
+    pub fn generative(&self, z: &Tensor, library: &Tensor, batch_index: &Tensor, train: bool) -> Generative {
+        let out = self.decoder.forward(z, &[batch_index], train);
+        let px_rate = library.exp() * &out.px_scale;
+        let log_theta = match (&self.px_r, out.px_r) {
+            (Some(r), _) if r.dim() == 2 => Some(one_hot(batch_index, self.config.n_batch).matmul(&r.tr())),
+            (Some(r), _) => Some(r.shallow_clone()),
+            (None, Some(per_cell)) => Some(per_cell),
+            (None, None) => None,
+        };
+        Generative { px_scale: out.px_scale, px_rate, theta: log_theta.map(|t| t.exp()), px_dropout: out.px_dropout }
+    }
+
+    /// Per-cell reconstruction loss (-log p(x | z)) of a minibatch.
+    pub fn reconstruction_loss(&self, mb: &Minibatch, gen: &Generative) -> Tensor {
+        -distributions::log_likelihood(
+            self.config.gene_likelihood,
+            mb,
+            &gen.px_rate,
+            gen.theta.as_ref(),
+            gen.px_dropout.as_ref(),
+        )
+    }
+
+    /// scvi-tools' VAE loss: mean over cells of reconstruction + kl_weight * KL(z) + KL(library);
+    /// the library KL is not warmed up.
+    pub fn loss(&self, mb: &Minibatch, train: bool, kl_weight: f64) -> LossOutput {
+        let inf = self.inference(mb, train);
+        let gen = self.generative(&inf.z, &inf.library, &mb.batch_index, train);
+        let reconstruction = self.reconstruction_loss(mb, &gen);
+        let kl_z = kl_normal_std_normal(&inf.qz.q_mean, &inf.qz.q_var).sum_dim_intlist(1, false, Kind::Float);
+        let kl_library = match (&inf.ql, &self.library_log_means, &self.library_log_vars) {
+            (Some(ql), Some(m), Some(v)) => {
+                let codes = one_hot(&mb.batch_index, self.config.n_batch);
+                let prior_mean = codes.matmul(&m.tr());
+                let prior_var = codes.matmul(&v.tr());
+                kl_normal_normal(&ql.q_mean, &ql.q_var, &prior_mean, &prior_var).sum_dim_intlist(1, false, Kind::Float)
+            }
+            _ => Tensor::zeros_like(&kl_z),
+        };
+        let loss = (&reconstruction + &kl_z * kl_weight + &kl_library).mean(Kind::Float);
+        LossOutput { loss, reconstruction, kl_z, kl_library }
+    }
+
+    /// Per-cell, per-gene log p(x | z) written as scvi-tools writes it (no sparse shortcut).
+    pub fn log_prob_dense(&self, x: &Tensor, gen: &Generative) -> Tensor {
+        match self.config.gene_likelihood {
+            GeneLikelihood::Poisson => distributions::dense::log_poisson(x, &gen.px_rate),
+            GeneLikelihood::Nb => distributions::dense::log_nb(x, &gen.px_rate, gen.theta.as_ref().unwrap()),
+            GeneLikelihood::Zinb => distributions::dense::log_zinb(
+                x,
+                &gen.px_rate,
+                gen.theta.as_ref().unwrap(),
+                gen.px_dropout.as_ref().unwrap(),
+            ),
+        }
+    }
+}
+
+/// KL(N(m, v) || N(0, 1)) element-wise.
+pub fn kl_normal_std_normal(mean: &Tensor, var: &Tensor) -> Tensor {
+    (var + mean.square() - 1.0 - var.log()) * 0.5
+}
+
+/// KL(N(m1, v1) || N(m2, v2)) element-wise.
+pub fn kl_normal_normal(m1: &Tensor, v1: &Tensor, m2: &Tensor, v2: &Tensor) -> Tensor {
+    ((v2.log() - v1.log()) + (v1 + (m1 - m2).square()) / v2 - 1.0) * 0.5
+}

@@ -1,0 +1,94 @@
+//! A stack of Linear -> BatchNorm -> LayerNorm -> ReLU -> Dropout blocks. Categorical covariates
+//! enter as one-hot columns appended to the input of the first block, and of later blocks too when
+//! `inject_covariates` (scvi-tools' `FCLayers`). Covariates with a single category are dropped.
+
+use super::init;
+use tch::{nn, nn::ModuleT, Tensor};
+
+#[derive(Clone, Debug)]
+pub struct FcLayersConfig {
+    pub n_in: i64,
+    pub n_out: i64,
+    /// Number of categories of each categorical covariate (one-hot width).
+    pub n_cat_list: Vec<i64>,
+    pub n_layers: i64,
+    pub n_hidden: i64,
+    pub dropout_rate: f64,
+    pub use_batch_norm: bool,
+    pub use_layer_norm: bool,
+    pub inject_covariates: bool,
+}
+
+struct Block {
+    linear: nn::Linear,
+    batch_norm: Option<nn::BatchNorm>,
+    layer_norm_width: Option<i64>,
+    takes_covariates: bool,
+}
+
+pub struct FcLayers {
+    blocks: Vec<Block>,
+    dropout_rate: f64,
+    /// Widths of the covariates actually injected (single-category ones removed).
+    n_cat_list: Vec<i64>,
+}
+
+impl FcLayers {
+    pub fn new(path: nn::Path, cfg: &FcLayersConfig) -> Self {
+        let n_cat_list: Vec<i64> = cfg.n_cat_list.iter().map(|&n| if n > 1 { n } else { 0 }).collect();
+        let cat_width: i64 = n_cat_list.iter().sum();
+        let mut dims = vec![cfg.n_in];
+        dims.extend(std::iter::repeat(cfg.n_hidden).take((cfg.n_layers - 1).max(0) as usize));
+        dims.push(cfg.n_out);
+        let blocks = dims
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| {
+                let takes_covariates = i == 0 || cfg.inject_covariates;
+                let p = &path / format!("layer_{i}");
+                let n_in = w[0] + if takes_covariates { cat_width } else { 0 };
+                Block {
+                    linear: init::linear(&p / "linear", n_in, w[1], true),
+                    batch_norm: cfg.use_batch_norm.then(|| init::batch_norm(&p / "batch_norm", w[1])),
+                    layer_norm_width: cfg.use_layer_norm.then_some(w[1]),
+                    takes_covariates,
+                }
+            })
+            .collect();
+        FcLayers { blocks, dropout_rate: cfg.dropout_rate, n_cat_list }
+    }
+
+    /// `cats` holds one tensor of category codes (i64, per cell) for each covariate.
+    pub fn forward(&self, x: &Tensor, cats: &[&Tensor], train: bool) -> Tensor {
+        let one_hots: Vec<Tensor> = self
+            .n_cat_list
+            .iter()
+            .zip(cats)
+            .filter(|(&n, _)| n > 0)
+            .map(|(&n, c)| crate::data::minibatch::one_hot(c, n))
+            .collect();
+        let mut h = x.shallow_clone();
+        for block in &self.blocks {
+            let input = if block.takes_covariates && !one_hots.is_empty() {
+                let mut parts = vec![h.shallow_clone()];
+                parts.extend(one_hots.iter().map(|t| t.shallow_clone()));
+                Tensor::cat(&parts, 1)
+            } else {
+                h
+            };
+            let mut y = input.apply(&block.linear);
+            if let Some(bn) = &block.batch_norm {
+                y = bn.forward_t(&y, train);
+            }
+            if let Some(w) = block.layer_norm_width {
+                y = y.layer_norm([w], None::<&Tensor>, None::<&Tensor>, 1e-5, false);
+            }
+            y = y.relu();
+            if self.dropout_rate > 0.0 {
+                y = y.dropout(self.dropout_rate, train);
+            }
+            h = y;
+        }
+        h
+    }
+}

@@ -1,0 +1,11 @@
+//! Network blocks of scVI: fully connected layers with covariate injection, the Gaussian
+//! encoder and the scVI decoder.
+
+pub mod decoder;
+pub mod encoder;
+pub mod fc_layers;
+pub mod init;
+
+pub use decoder::DecoderScvi;
+pub use encoder::{Encoder, EncoderOutput};
+pub use fc_layers::{FcLayers, FcLayersConfig};

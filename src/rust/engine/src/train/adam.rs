@@ -1,0 +1,116 @@
+//! Adam with PyTorch's semantics (coupled L2 weight decay for "Adam", decoupled for "AdamW"),
+//! done in one pass over each parameter's raw buffer on CPU: read the gradient, update both
+//! moments and the parameter, and zero the gradient, without the dozen temporaries libtorch's
+//! optimiser creates. Other devices use the same update as tensor operations.
+
+use tch::{Device, Kind, Tensor};
+
+pub struct Adam {
+    params: Vec<Tensor>,
+    exp_avg: Vec<Tensor>,
+    exp_avg_sq: Vec<Tensor>,
+    step: i32,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub decoupled_weight_decay: bool,
+}
+
+impl Adam {
+    pub fn new(params: Vec<Tensor>, lr: f64, eps: f64, weight_decay: f64, decoupled_weight_decay: bool) -> Self {
+        let exp_avg = params.iter().map(|p| p.zeros_like()).collect();
+        let exp_avg_sq = params.iter().map(|p| p.zeros_like()).collect();
+        Adam { params, exp_avg, exp_avg_sq, step: 0, lr, beta1: 0.9, beta2: 0.999, eps, weight_decay, decoupled_weight_decay }
+    }
+
+    /// Gradients of all parameters set to zero (before the first backward they do not exist).
+    pub fn zero_grad(&mut self) {
+        for p in &self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+    }
+
+    /// One update; zeroes the gradients it consumed. Parameters without a gradient are skipped,
+    /// as PyTorch skips parameters whose `.grad` is None.
+    pub fn step(&mut self) {
+        self.step += 1;
+        let bc1 = 1.0 - self.beta1.powi(self.step);
+        let bc2_sqrt = (1.0 - self.beta2.powi(self.step)).sqrt();
+        let step_size = self.lr / bc1;
+        for i in 0..self.params.len() {
+            let p = &self.params[i];
+            let g = p.grad();
+            if !g.defined() {
+                continue;
+            }
+            let fast = p.device() == Device::Cpu
+                && p.kind() == Kind::Float
+                && g.kind() == Kind::Float
+                && p.is_contiguous()
+                && g.is_contiguous();
+            if fast {
+                let n = p.numel();
+                // SAFETY: p, g, m and v are distinct contiguous f32 CPU buffers of n elements that
+                // nothing else touches during the optimiser step.
+                unsafe {
+                    let pv = std::slice::from_raw_parts_mut(p.data_ptr() as *mut f32, n);
+                    let gv = std::slice::from_raw_parts_mut(g.data_ptr() as *mut f32, n);
+                    let mv = std::slice::from_raw_parts_mut(self.exp_avg[i].data_ptr() as *mut f32, n);
+                    let vv = std::slice::from_raw_parts_mut(self.exp_avg_sq[i].data_ptr() as *mut f32, n);
+                    self.update_slice(pv, gv, mv, vv, step_size, bc2_sqrt);
+                }
+            } else {
+                self.update_tensor(i, &g, step_size, bc2_sqrt);
+            }
+        }
+    }
+
+    fn update_slice(&self, p: &mut [f32], g: &mut [f32], m: &mut [f32], v: &mut [f32], step_size: f64, bc2_sqrt: f64) {
+        let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
+        let (eps, lr) = (self.eps as f32, self.lr as f32);
+        let wd = self.weight_decay as f32;
+        let step_size = step_size as f32;
+        let inv_bc2_sqrt = (1.0 / bc2_sqrt) as f32;
+        let decay = if self.decoupled_weight_decay { 1.0 - lr * wd } else { 1.0 };
+        let coupled_wd = if self.decoupled_weight_decay { 0.0 } else { wd };
+        for j in 0..p.len() {
+            let grad = g[j] + coupled_wd * p[j];
+            let mj = b1 * m[j] + (1.0 - b1) * grad;
+            let vj = b2 * v[j] + (1.0 - b2) * grad * grad;
+            m[j] = mj;
+            v[j] = vj;
+            let denom = vj.sqrt() * inv_bc2_sqrt + eps;
+            p[j] = p[j] * decay - step_size * mj / denom;
+            g[j] = 0.0;
+        }
+    }
+
+    fn update_tensor(&mut self, i: usize, g: &Tensor, step_size: f64, bc2_sqrt: f64) {
+        tch::no_grad(|| {
+            let mut p = self.params[i].shallow_clone();
+            let grad = if self.decoupled_weight_decay || self.weight_decay == 0.0 {
+                g.shallow_clone()
+            } else {
+                g + &p * self.weight_decay
+            };
+            if self.decoupled_weight_decay {
+                let _ = p.g_mul_scalar_(1.0 - self.lr * self.weight_decay);
+            }
+            let m = &mut self.exp_avg[i];
+            let _ = m.g_mul_scalar_(self.beta1);
+            let _ = m.g_add_(&(&grad * (1.0 - self.beta1)));
+            let v = &mut self.exp_avg_sq[i];
+            let _ = v.g_mul_scalar_(self.beta2);
+            let _ = v.g_add_(&(grad.square() * (1.0 - self.beta2)));
+            let denom = v.sqrt() / bc2_sqrt + self.eps;
+            let _ = p.g_sub_(&(&*m / denom * step_size));
+            let mut g = g.shallow_clone();
+            let _ = g.zero_();
+        });
+    }
+}

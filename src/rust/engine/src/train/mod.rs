@@ -1,0 +1,11 @@
+//! Training: optimiser, KL warm-up, data split, per-epoch history and the loop itself.
+
+pub mod adam;
+pub mod config;
+pub mod history;
+pub mod kl_schedule;
+pub mod trainer;
+
+pub use config::{default_max_epochs, TrainConfig};
+pub use history::{EpochRecord, History};
+pub use trainer::{train, NoObserver, TrainOutcome, TrainingObserver};

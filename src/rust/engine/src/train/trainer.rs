@@ -1,0 +1,167 @@
+//! The training loop: split, KL warm-up, Adam, per-epoch history, progress and interruption.
+
+use super::adam::Adam;
+use super::config::{default_max_epochs, TrainConfig};
+use super::history::{EpochRecord, History};
+use super::kl_schedule::kl_weight;
+use crate::data::split::make_split;
+use crate::data::{Counts, DataSplit, MinibatchBuilder};
+use crate::error::{Error, Result};
+use crate::module::Vae;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::time::Instant;
+use tch::Kind;
+
+/// Hooks the caller (R bridge, CLI) gives the loop.
+pub trait TrainingObserver {
+    fn on_epoch_end(&mut self, _record: &EpochRecord, _max_epochs: usize) {}
+    /// Polled between minibatches; true stops training with `Error::Interrupted`.
+    fn interrupt_requested(&mut self) -> bool {
+        false
+    }
+}
+
+pub struct NoObserver;
+impl TrainingObserver for NoObserver {}
+
+pub struct TrainOutcome {
+    pub history: History,
+    pub split: DataSplit,
+    pub max_epochs: usize,
+}
+
+/// Sums of per-cell loss components over one pass of a data set.
+#[derive(Default)]
+struct PassTotals {
+    n_cells: usize,
+    reconstruction: f64,
+    kl_local: f64,
+    loss_sum: f64,
+    n_steps: usize,
+}
+
+impl PassTotals {
+    fn elbo(&self) -> f64 {
+        (self.reconstruction + self.kl_local) / self.n_cells as f64
+    }
+}
+
+fn scalar(t: &tch::Tensor) -> f64 {
+    t.double_value(&[])
+}
+
+/// Trains `vae` on `counts` (cells in rows) with batch codes per cell.
+pub fn train(
+    vae: &mut Vae,
+    counts: Counts<'_>,
+    batch_codes: &[i32],
+    cfg: &TrainConfig,
+    observer: &mut dyn TrainingObserver,
+) -> Result<TrainOutcome> {
+    let n = counts.n_cells();
+    if n < 2 {
+        return Err(Error::InvalidInput(format!("at least 2 cells are needed to train, got {n}")));
+    }
+    if batch_codes.len() != n {
+        return Err(Error::InvalidInput("one batch code per cell is needed".into()));
+    }
+    if let Some(&c) = counts.empty_cells().first() {
+        return Err(Error::InvalidInput(format!(
+            "cell {} has no counts in the selected genes; remove empty cells before training",
+            c + 1
+        )));
+    }
+    if cfg.batch_size < 1 {
+        return Err(Error::InvalidConfig("batch_size must be a positive integer".into()));
+    }
+    let decoupled = match cfg.optimizer.as_str() {
+        "Adam" => false,
+        "AdamW" => true,
+        other => return Err(Error::InvalidConfig(format!("optimizer must be \"Adam\" or \"AdamW\", got \"{other}\""))),
+    };
+    crate::runtime::flush_denormals();
+    let max_epochs = cfg.max_epochs.unwrap_or_else(|| default_max_epochs(n));
+    tch::manual_seed(cfg.seed as i64);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let split = make_split(n, cfg.train_size, cfg.validation_size, cfg.batch_size, cfg.shuffle_set_split, &mut rng)?;
+
+    let mut builder = MinibatchBuilder::new(counts, batch_codes, vae.device());
+    let mut optimizer = Adam::new(vae.vs.trainable_variables(), cfg.lr, cfg.eps, cfg.weight_decay, decoupled);
+    let mut history = History::default();
+    let mut global_step = 0usize;
+    let mut order = split.train.clone();
+
+    for epoch in 0..max_epochs {
+        let started = Instant::now();
+        order.shuffle(&mut rng);
+        let mut totals = PassTotals::default();
+        let mut weight = 0.0;
+        for cells in order.chunks(cfg.batch_size) {
+            if observer.interrupt_requested() {
+                return Err(Error::Interrupted { epoch: epoch + 1, max_epochs });
+            }
+            weight = kl_weight(epoch, global_step, cfg.n_epochs_kl_warmup, cfg.n_steps_kl_warmup, cfg.max_kl_weight, cfg.min_kl_weight);
+            let mb = builder.build(cells);
+            let out = vae.loss(&mb, true, weight);
+            let loss = scalar(&out.loss);
+            if !loss.is_finite() {
+                return Err(Error::NumericalFailure(format!(
+                    "the training loss became {loss} at epoch {} of {max_epochs}; try a smaller learning \
+                     rate (lr), check that the counts are raw UMI counts, or remove extreme cells",
+                    epoch + 1
+                )));
+            }
+            out.loss.backward();
+            optimizer.step();
+            totals.n_cells += cells.len();
+            totals.n_steps += 1;
+            totals.loss_sum += loss;
+            totals.reconstruction += scalar(&out.reconstruction.detach().sum(Kind::Double));
+            totals.kl_local += scalar(&(&out.kl_z + &out.kl_library).detach().sum(Kind::Double));
+            global_step += 1;
+        }
+        let train_seconds = started.elapsed().as_secs_f64();
+        let mut record = EpochRecord {
+            epoch,
+            kl_weight: weight,
+            train_loss_epoch: totals.loss_sum / totals.n_steps.max(1) as f64,
+            elbo_train: totals.elbo(),
+            reconstruction_loss_train: totals.reconstruction / totals.n_cells as f64,
+            kl_local_train: totals.kl_local / totals.n_cells as f64,
+            kl_global_train: 0.0,
+            train_seconds,
+            ..Default::default()
+        };
+        let validate = cfg.check_val_every_n_epoch.map_or(false, |k| k > 0 && (epoch + 1) % k == 0);
+        if validate && !split.validation.is_empty() {
+            let v = evaluate(vae, &mut builder, &split.validation, cfg.batch_size, weight);
+            record.validation_loss = Some(v.loss_sum / v.n_steps.max(1) as f64);
+            record.elbo_validation = Some(v.elbo());
+            record.reconstruction_loss_validation = Some(v.reconstruction / v.n_cells as f64);
+            record.kl_local_validation = Some(v.kl_local / v.n_cells as f64);
+            record.kl_global_validation = Some(0.0);
+        }
+        observer.on_epoch_end(&record, max_epochs);
+        history.epochs.push(record);
+    }
+    Ok(TrainOutcome { history, split, max_epochs })
+}
+
+/// One pass in evaluation mode (BatchNorm running statistics, no dropout), no gradients.
+fn evaluate(vae: &Vae, builder: &mut MinibatchBuilder<'_>, cells: &[usize], batch_size: usize, kl_weight: f64) -> PassTotals {
+    tch::no_grad(|| {
+        let mut totals = PassTotals::default();
+        for chunk in cells.chunks(batch_size) {
+            let mb = builder.build(chunk);
+            let out = vae.loss(&mb, false, kl_weight);
+            totals.n_cells += chunk.len();
+            totals.n_steps += 1;
+            totals.loss_sum += scalar(&out.loss);
+            totals.reconstruction += scalar(&out.reconstruction.sum(Kind::Double));
+            totals.kl_local += scalar(&(&out.kl_z + &out.kl_library).sum(Kind::Double));
+        }
+        totals
+    })
+}
