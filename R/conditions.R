@@ -9,6 +9,8 @@ scvir_abort <- function(message, class = "scvir_input_error", call = NULL) {
 # Runs an engine call and maps its tagged errors (and Rust panics) to classed conditions.
 .engine <- function(expr) {
   tryCatch(expr, error = function(e) {
+    # Arguments are evaluated lazily, inside this handler's reach: R-side checks pass through.
+    if (inherits(e, "scvir_error")) stop(e)
     msg <- conditionMessage(e)
     m <- regmatches(msg, regexec("\\[scviR:([a-z]+)\\] ?(.*)", msg))[[1]]
     if (length(m) == 3) {
@@ -23,11 +25,9 @@ scvir_abort <- function(message, class = "scvir_input_error", call = NULL) {
       }
       scvir_abort(text, class)
     }
-    if (grepl("panicked", msg, fixed = TRUE)) {
-      scvir_abort(paste("internal error in the scviR engine:", msg,
-                        "(please report it; your R session and data are unaffected)"),
-                  "scvir_engine_error")
-    }
-    stop(e)
+    # Every engine error is tagged; anything else is a caught Rust panic or a conversion bug.
+    scvir_abort(paste0("internal error in the scviR engine: ", msg,
+                       " (please report it; your R session and data are unaffected)"),
+                "scvir_engine_error")
   })
 }

@@ -291,3 +291,10 @@ validation_indices <- function(x) .fit_of(x)$validation_indices
 #' @rdname split_indices
 #' @export
 test_indices <- function(x) .fit_of(x)$test_indices
+
+# Names and shapes of the model's tensors (parameters and BatchNorm statistics).
+.model_tensors <- function(fit) {
+  meta <- jsonlite::fromJSON(.engine(.rs_model_meta(.fit_of(fit)$model)), simplifyVector = FALSE)
+  stats::setNames(lapply(meta$tensors, function(t) as.integer(unlist(t$shape))),
+                  vapply(meta$tensors, function(t) t$name, ""))
+}

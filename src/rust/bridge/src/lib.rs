@@ -21,7 +21,15 @@ fn counts<'a>(n_cells: i32, n_genes: i32, indptr: &'a [i32], indices: &'a [i32],
     Counts::from_csr(n_cells as usize, n_genes as usize, indptr, indices, values).map_err(engine_error)
 }
 
+/// Rust's default panic hook prints a backtrace to stderr; the panic message already reaches R
+/// as an error (extendr catches the unwind), so the hook stays silent.
+fn quiet_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::panic::set_hook(Box::new(|_| {})));
+}
+
 fn prepare(n_threads: i32) {
+    quiet_panics();
     runtime::init();
     runtime::set_threads((n_threads > 0).then_some(n_threads as usize));
 }
@@ -56,6 +64,7 @@ fn scvir_train(
     registry.batches = batches;
     registry.batch_key = (!batch_key.is_empty()).then(|| batch_key.to_string());
     let prior = (registry.library_log_means.clone(), registry.library_log_vars.clone());
+    runtime::seed_everything(train_cfg.seed);
     let mut vae = Vae::new(vae_cfg.clone(), Device::Cpu, Some((&prior.0, &prior.1))).map_err(engine_error)?;
     let mut obs = RObserver::new(progress_every.max(0) as usize);
     let outcome = train::train(&mut vae, x, batch_codes, &train_cfg, &mut obs).map_err(engine_error)?;
@@ -192,6 +201,7 @@ fn scvir_cuda_available() -> bool {
 /// @noRd
 #[extendr]
 fn scvir_debug_panic() {
+    quiet_panics();
     panic!("deliberate panic for testing");
 }
 

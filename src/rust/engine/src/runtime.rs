@@ -47,3 +47,9 @@ pub fn flush_denormals() {
         _mm_setcsr(_mm_getcsr() | 0x8040);
     }
 }
+
+/// Seeds libtorch's generator (initial weights, dropout, posterior samples). Call it before
+/// building a model so that the initial weights are repeatable too; training seeds again.
+pub fn seed_everything(seed: u64) {
+    tch::manual_seed(seed as i64);
+}

@@ -101,6 +101,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     vae_cfg.use_observed_lib_size = !latent_library;
     let registry = Registry::with_library_prior(data.var.index.clone(), counts, &batch, 1);
     let prior = (registry.library_log_means.as_slice(), registry.library_log_vars.as_slice());
+    scvir_engine::runtime::seed_everything(cfg.seed);
     let mut vae = Vae::new(vae_cfg, device, Some(prior))?;
     let started = Instant::now();
     let out = train::train(&mut vae, counts, &batch, &cfg, &mut Printer { quiet })?;

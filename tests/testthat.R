@@ -1,0 +1,3 @@
+library(testthat)
+library(scviR)
+test_check("scviR")

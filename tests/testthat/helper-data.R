@@ -1,0 +1,26 @@
+# Real counts for the tests: SeuratObject's pbmc_small (230 genes x 80 cells, raw UMI counts;
+# its `groups` column g1/g2 serves as a batch) and the bundled PBMC 3k (2,000 genes x 2,638 cells).
+
+pbmc_small_seurat <- function() {
+  e <- new.env()
+  utils::data("pbmc_small", package = "SeuratObject", envir = e)
+  SeuratObject::UpdateSeuratObject(e$pbmc_small)
+}
+
+pbmc_small_counts <- function() {
+  SeuratObject::GetAssayData(pbmc_small_seurat(), slot = "counts")
+}
+
+pbmc_small_sce <- function() {
+  seu <- pbmc_small_seurat()
+  SingleCellExperiment::SingleCellExperiment(
+    assays = list(counts = SeuratObject::GetAssayData(seu, slot = "counts")),
+    colData = S4Vectors::DataFrame(seu@meta.data))
+}
+
+pbmc3k_path <- function() system.file("extdata", "pbmc3k_hvg2000.h5ad", package = "scviR")
+
+# Short, single-threaded, seeded fits keep the suite fast and repeatable.
+quick_fit <- function(counts = pbmc_small_counts(), ..., max_epochs = 15L, seed = 1L) {
+  scvi_model(counts, ..., max_epochs = max_epochs, seed = seed, n_threads = 1L, verbose = FALSE)
+}
