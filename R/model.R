@@ -262,7 +262,7 @@ plot.scvi_model <- function(x, y, ...) {
   val <- if (!is.null(h$elbo_validation)) h$elbo_validation else rep(NA_real_, nrow(h))
   yr <- range(c(h$elbo_train, val), na.rm = TRUE)
   graphics::plot(h$epoch, h$elbo_train, type = "l", col = "#1f77b4", lwd = 2, ylim = yr,
-                 xlab = "epoch", ylab = "ELBO per cell (negative, lower is better)",
+                 xlab = "epoch", ylab = "negative ELBO per cell (lower is better)",
                  main = sprintf("%s training history", x$model_type), ...)
   if (any(!is.na(val))) {
     graphics::lines(h$epoch, val, col = "#d62728", lwd = 2)

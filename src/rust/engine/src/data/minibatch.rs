@@ -8,6 +8,8 @@ use tch::{Device, Kind, Tensor};
 pub struct Minibatch {
     /// Dense counts, cells x genes, f32.
     pub x: Tensor,
+    /// log1p of the dense counts (the encoder's input), built on the host from the nonzeros.
+    pub x_log1p: Tensor,
     /// log of the observed library size, cells x 1.
     pub log_library: Tensor,
     /// Batch code of every cell (0-based), i64.
@@ -34,6 +36,7 @@ pub struct MinibatchBuilder<'a> {
     log_library: Vec<f32>,
     // Reused host buffers: building a minibatch allocates nothing after the first call.
     dense: Vec<f32>,
+    dense_log1p: Vec<f32>,
     nz_flat: Vec<i64>,
     nz_row: Vec<i64>,
     nz_gene: Vec<i64>,
@@ -57,6 +60,7 @@ impl<'a> MinibatchBuilder<'a> {
             lgamma_x1,
             log_library,
             dense: Vec::new(),
+            dense_log1p: Vec::new(),
             nz_flat: Vec::new(),
             nz_row: Vec::new(),
             nz_gene: Vec::new(),
@@ -73,6 +77,8 @@ impl<'a> MinibatchBuilder<'a> {
         let b = cells.len();
         self.dense.clear();
         self.dense.resize(b * g, 0.0);
+        self.dense_log1p.clear();
+        self.dense_log1p.resize(b * g, 0.0);
         self.nz_flat.clear();
         self.nz_row.clear();
         self.nz_gene.clear();
@@ -88,6 +94,7 @@ impl<'a> MinibatchBuilder<'a> {
                 }
                 let flat = row * g + gene as usize;
                 self.dense[flat] = v as f32;
+                self.dense_log1p[flat] = v.ln_1p() as f32;
                 self.nz_flat.push(flat as i64);
                 self.nz_row.push(row as i64);
                 self.nz_gene.push(gene as i64);
@@ -100,6 +107,7 @@ impl<'a> MinibatchBuilder<'a> {
         let dev = self.device;
         Minibatch {
             x: Tensor::from_slice(&self.dense).view([b as i64, g as i64]).to_device(dev),
+            x_log1p: Tensor::from_slice(&self.dense_log1p).view([b as i64, g as i64]).to_device(dev),
             log_library: Tensor::from_slice(&ll).view([b as i64, 1]).to_device(dev),
             batch_index: Tensor::from_slice(&bi).to_device(dev),
             nz_flat: Tensor::from_slice(&self.nz_flat).to_device(dev),

@@ -3,6 +3,7 @@
 
 pub mod counts;
 pub mod minibatch;
+pub mod numpy_rng;
 pub mod registry;
 pub mod split;
 

@@ -1,8 +1,6 @@
 //! Train / validation / test split with scvi-tools' `DataSplitter` sizes.
 
 use crate::error::{invalid, Result};
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
@@ -49,20 +47,22 @@ pub fn split_sizes(
     Ok((n_train, n_val))
 }
 
-/// Validation first, then train, from one permutation (or the identity when not shuffling).
+/// Validation first, then train, from numpy's `RandomState(seed).permutation(n)` (or the
+/// identity when not shuffling): the same cells scvi-tools picks for the same seed.
 pub fn make_split(
     n: usize,
     train_size: Option<f64>,
     validation_size: Option<f64>,
     batch_size: usize,
     shuffle: bool,
-    rng: &mut ChaCha8Rng,
+    seed: u64,
 ) -> Result<DataSplit> {
     let (n_train, n_val) = split_sizes(n, train_size, validation_size, batch_size)?;
-    let mut perm: Vec<usize> = (0..n).collect();
-    if shuffle {
-        perm.shuffle(rng);
-    }
+    let perm: Vec<usize> = if shuffle {
+        super::numpy_rng::permutation(n, (seed & 0xffff_ffff) as u32)
+    } else {
+        (0..n).collect()
+    };
     Ok(DataSplit {
         validation: perm[..n_val].to_vec(),
         train: perm[n_val..n_val + n_train].to_vec(),
@@ -73,7 +73,6 @@ pub fn make_split(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
 
     #[test]
     fn sizes_follow_scvi_tools() {
@@ -105,14 +104,22 @@ mod tests {
 
     #[test]
     fn split_is_a_partition_and_repeatable() {
-        let mut r1 = ChaCha8Rng::seed_from_u64(0);
-        let mut r2 = ChaCha8Rng::seed_from_u64(0);
-        let a = make_split(500, Some(0.7), Some(0.2), 128, true, &mut r1).unwrap();
-        let b = make_split(500, Some(0.7), Some(0.2), 128, true, &mut r2).unwrap();
+        let a = make_split(500, Some(0.7), Some(0.2), 128, true, 0).unwrap();
+        let b = make_split(500, Some(0.7), Some(0.2), 128, true, 0).unwrap();
         assert_eq!(a, b);
         let mut all: Vec<usize> = a.train.iter().chain(&a.validation).chain(&a.test).copied().collect();
         all.sort();
         assert_eq!(all, (0..500).collect::<Vec<_>>());
         assert_eq!((a.train.len(), a.validation.len(), a.test.len()), (350, 100, 50));
+    }
+
+    #[test]
+    fn split_picks_scvi_tools_cells() {
+        // numpy's RandomState(0).permutation(10) = [2, 8, 4, 9, 1, 6, 7, 3, 0, 5]; 1 validation cell.
+        let s = make_split(10, None, None, 128, true, 0).unwrap();
+        assert_eq!(s.validation, vec![2]);
+        assert_eq!(s.train, vec![8, 4, 9, 1, 6, 7, 3, 0, 5]);
+        let fixed = make_split(10, None, None, 128, false, 0).unwrap();
+        assert_eq!(fixed.validation, vec![0]);
     }
 }

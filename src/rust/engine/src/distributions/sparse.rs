@@ -1,7 +1,7 @@
 //! Per-cell log-likelihood for training, split into dense cheap terms and nonzero-only terms.
 //!
 //! For ZINB with logits pi, A = theta (log(theta + eps) - log(theta + mu + eps)) and
-//! s = softplus(-pi), scvi-tools' density is
+//! s = softplus(-pi) (= softplus(pi) - pi), scvi-tools' density is
 //!   x = 0: softplus(A - pi) - s
 //!   x > 0: A - pi - s + x (log(mu + eps) - log(theta + mu + eps)) + lgamma(x + theta)
 //!          - lgamma(theta) - lgamma(x + 1).
@@ -48,11 +48,10 @@ pub fn log_likelihood(
             let a = theta * ((theta + EPS).log() - &log_theta_mu_eps);
             let dense = match (kind, zi_logits) {
                 (GeneLikelihood::Zinb, Some(pi)) => {
-                    let s = (-pi).softplus();
-                    let zero_case = (&a - pi).softplus() - &s;
-                    let nonzero_case = &a - pi - &s;
-                    let is_nonzero = mb.x.gt(EPS);
-                    nonzero_case.where_self(&is_nonzero, &zero_case)
+                    // With softplus(-pi) = softplus(pi) - pi the two cases share -softplus(pi):
+                    //   x = 0: softplus(A - pi) + pi - softplus(pi);  x > 0: A - softplus(pi).
+                    let zero_case = (&a - pi).softplus() + pi;
+                    a.where_self(&mb.x.gt(EPS), &zero_case) - pi.softplus()
                 }
                 _ => a,
             };

@@ -120,7 +120,7 @@ impl Vae {
 
     /// q(z | x) and the library: observed log total counts, or a sample of q(l | x).
     pub fn inference(&self, mb: &Minibatch, train: bool) -> Inference {
-        let x_in = if self.config.log_variational { mb.x.log1p() } else { mb.x.shallow_clone() };
+        let x_in = if self.config.log_variational { mb.x_log1p.shallow_clone() } else { mb.x.shallow_clone() };
         let cats = [&mb.batch_index];
         let qz = self.z_encoder.forward(&x_in, &cats, train);
         let z = qz.rsample();

@@ -85,7 +85,7 @@ pub fn train(
     let max_epochs = cfg.max_epochs.unwrap_or_else(|| default_max_epochs(n));
     tch::manual_seed(cfg.seed as i64);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let split = make_split(n, cfg.train_size, cfg.validation_size, cfg.batch_size, cfg.shuffle_set_split, &mut rng)?;
+    let split = make_split(n, cfg.train_size, cfg.validation_size, cfg.batch_size, cfg.shuffle_set_split, cfg.seed)?;
 
     let mut builder = MinibatchBuilder::new(counts, batch_codes, vae.device());
     let mut optimizer = Adam::new(vae.vs.trainable_variables(), cfg.lr, cfg.eps, cfg.weight_decay, decoupled);
