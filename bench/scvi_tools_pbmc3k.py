@@ -90,6 +90,7 @@ def main() -> int:
     scvi.model.SCVI.setup_anndata(adata)
     model = scvi.model.SCVI(adata)  # defaults: n_latent=10, zinb, gene dispersion
 
+    load_start = os.getloadavg()[0]
     timer = EpochTimer()
     t0 = time.perf_counter()
     model.train(
@@ -122,6 +123,10 @@ def main() -> int:
         "batch_size": args.batch_size,
         "sec_per_epoch": round(sec_per_epoch, 5),
         "cells_per_s": round(n_train / sec_per_epoch, 1),
+        # min epoch and the 1-min load average help spot runs disturbed by other
+        # processes (then total_train_s >> epochs * (sec_per_epoch + val_sec_per_epoch)).
+        "sec_per_epoch_min": round(min(steady), 5),
+        "loadavg_1m_start": round(load_start, 2),
         "val_sec_per_epoch": round(statistics.median(timer.val_s[2:] or timer.val_s), 5),
         "total_train_s": round(total_train_s, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),

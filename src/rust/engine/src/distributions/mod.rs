@@ -6,6 +6,8 @@
 //! as scvi-tools states them; tests check that both agree.
 
 pub mod dense;
+pub mod fastmath;
+pub mod fused;
 pub mod sparse;
 
 use serde::{Deserialize, Serialize};

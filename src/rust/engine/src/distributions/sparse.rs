@@ -44,24 +44,35 @@ pub fn log_likelihood(
         }
         GeneLikelihood::Nb | GeneLikelihood::Zinb => {
             let theta = theta.expect("NB-type likelihoods need a dispersion");
-            let log_theta_mu_eps = (theta + mu + EPS).log();
-            let a = theta * ((theta + EPS).log() - &log_theta_mu_eps);
-            let dense = match (kind, zi_logits) {
-                (GeneLikelihood::Zinb, Some(pi)) => {
-                    // With softplus(-pi) = softplus(pi) - pi the two cases share -softplus(pi):
-                    //   x = 0: softplus(A - pi) + pi - softplus(pi);  x > 0: A - softplus(pi).
-                    let zero_case = (&a - pi).softplus() + pi;
-                    a.where_self(&mb.x.gt(EPS), &zero_case) - pi.softplus()
-                }
-                _ => a,
-            };
-            let theta_nz = at_nonzeros(theta, mb);
+            let pi = if kind == GeneLikelihood::Zinb { zi_logits } else { None };
             let x = &mb.nz_x;
-            let nz = x * (at_nonzeros(mu, mb) + EPS).log()
-                - x * at_nonzeros(&log_theta_mu_eps, mb)
-                + (x + &theta_nz).lgamma()
+            let theta_nz = at_nonzeros(theta, mb);
+            let mu_nz = at_nonzeros(mu, mb);
+            // Count-dependent terms, on the nonzeros only.
+            let nz = x * ((&mu_nz + EPS).log() - (&theta_nz + &mu_nz + EPS).log()) + (x + &theta_nz).lgamma()
                 - at_nonzeros(&theta.lgamma(), mb);
-            dense.sum_dim_intlist(1, false, Kind::Float) + per_cell(&nz, mb) - &mb.lgamma_x1
+            let dense = if super::fused::supported(mu) {
+                let terms = super::fused::dense_terms(&mb.x, mu, theta, pi);
+                super::fused::attach(&terms, mu, theta, pi)
+            } else {
+                dense_terms_by_tensor_ops(&mb.x, mu, theta, pi)
+            };
+            dense + per_cell(&nz, mb) - &mb.lgamma_x1
         }
     }
+}
+
+/// The dense terms with libtorch operations (any device); the CPU path uses `fused` instead.
+pub fn dense_terms_by_tensor_ops(x: &Tensor, mu: &Tensor, theta: &Tensor, pi: Option<&Tensor>) -> Tensor {
+    let a = theta * ((theta + EPS).log() - (theta + mu + EPS).log());
+    let dense = match pi {
+        Some(pi) => {
+            // With softplus(-pi) = softplus(pi) - pi the two cases share -softplus(pi):
+            //   x = 0: softplus(A - pi) + pi - softplus(pi);  x > 0: A - softplus(pi).
+            let zero_case = (&a - pi).softplus() + pi;
+            a.where_self(&x.gt(EPS), &zero_case) - pi.softplus()
+        }
+        None => a,
+    };
+    dense.sum_dim_intlist(1, false, Kind::Float)
 }
