@@ -21,3 +21,4 @@
 .rs_read_h5ad <- function(path, layer) .Call(wrap__scvir_read_h5ad, path, layer)
 .rs_cuda_available <- function() .Call(wrap__scvir_cuda_available)
 .rs_debug_panic <- function() .Call(wrap__scvir_debug_panic)
+.rs_tune_blas <- function() .Call(wrap__scvir_tune_blas)

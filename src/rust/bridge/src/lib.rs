@@ -3,6 +3,7 @@
 //! ("[scviR:input]", "[scviR:interrupted]", ...), which the R side turns into condition classes.
 #![allow(non_snake_case)]
 
+mod blas;
 mod convert;
 mod observer;
 
@@ -31,7 +32,18 @@ fn quiet_panics() {
 fn prepare(n_threads: i32) {
     quiet_panics();
     runtime::init();
-    runtime::set_threads((n_threads > 0).then_some(n_threads as usize));
+    if n_threads > 0 {
+        runtime::set_threads(Some(n_threads as usize));
+        blas::set_openblas_threads(n_threads as usize);
+    }
+}
+
+/// Called from .onLoad: picks OpenBLAS kernels that fit the CPU when it fell back to generic ones.
+/// @noRd
+#[extendr]
+fn scvir_tune_blas() -> String {
+    quiet_panics();
+    blas::tune_openblas()
 }
 
 /// Trains an SCVI model. Counts come as a cells x genes CSR matrix (the slots of R's genes x cells
@@ -213,5 +225,6 @@ extendr_module! {
     fn scvir_normalized_expression;
     fn scvir_read_h5ad;
     fn scvir_cuda_available;
+    fn scvir_tune_blas;
     fn scvir_debug_panic;
 }
