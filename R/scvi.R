@@ -76,13 +76,11 @@ scvi.default <- function(object, ...) scvi_model(object, ...)
   args$keep_data <- FALSE
   counts <- .check_counts(counts)
   batch <- .check_batch(batch, ncol(counts), sprintf("batch_key \"%s\"", batch_key %||% ""))
-  defaults <- formals(scvi_model)
-  call_args <- utils::modifyList(defaults[setdiff(names(defaults), c("counts", "batch"))], args)
-  unknown <- setdiff(names(args), names(defaults))
+  unknown <- setdiff(names(args), names(formals(scvi_model)))
   if (length(unknown)) {
     scvir_abort(sprintf("unknown argument(s): %s", paste(unknown, collapse = ", ")), "scvir_config_error")
   }
-  fit <- do.call(scvi_model, c(list(counts = counts, batch = batch), call_args))
+  fit <- do.call(scvi_model, c(list(counts = counts, batch = batch), args))
   fit$batch_key <- batch_key
   fit$source <- source
   fit
