@@ -22,3 +22,8 @@
 .rs_cuda_available <- function() .Call(wrap__scvir_cuda_available)
 .rs_debug_panic <- function() .Call(wrap__scvir_debug_panic)
 .rs_tune_blas <- function() .Call(wrap__scvir_tune_blas)
+.rs_evaluate <- function(model, indptr, indices, values, n_cells, n_genes, batch_codes, what, n,
+                         give_mean, seed, batch_size, n_threads) {
+  .Call(wrap__scvir_evaluate, model, indptr, indices, values, n_cells, n_genes, batch_codes, what,
+        n, give_mean, seed, batch_size, n_threads)
+}

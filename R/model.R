@@ -24,14 +24,37 @@
 #' @param gene_likelihood `"zinb"`, `"nb"` or `"poisson"`.
 #' @param use_observed_lib_size `TRUE` uses the observed library size; `FALSE` learns it
 #'   with a per-batch log-normal prior.
+#' @param log_variational Encode log1p(counts) (`TRUE`, scvi-tools' default) or raw counts.
+#' @param encode_covariates Give the encoders the batch too (scvi-tools: `FALSE`).
+#' @param deeply_inject_covariates Inject the batch into every hidden layer, not just the first.
+#' @param use_batch_norm,use_layer_norm Where to normalise hidden layers: `"both"`,
+#'   `"encoder"`, `"decoder"` or `"none"` (scvi-tools: BatchNorm `"both"`, LayerNorm `"none"`).
+#' @param var_activation Variance activation of the encoders, `"exp"` or `"softplus"`.
 #' @param max_epochs Number of epochs; `NULL` uses scvi-tools' rule
 #'   `min(round(20000 / n_cells * 400), 400)`.
 #' @param batch_size Minibatch size.
 #' @param train_size,validation_size Fractions of cells for training and validation (`NULL`:
 #'   0.9 and the rest).
-#' @param lr,weight_decay,eps Adam settings.
-#' @param n_epochs_kl_warmup Epochs of linear KL warm-up from 0 to 1.
+#' @param shuffle_set_split Draw the split at random (`FALSE`: validation cells first, in order).
+#' @param lr,weight_decay,eps Optimiser settings.
+#' @param optimizer `"Adam"` (L2 weight decay, scvi-tools' default) or `"AdamW"` (decoupled).
+#' @param n_epochs_kl_warmup Epochs of linear KL warm-up from `min_kl_weight` to
+#'   `max_kl_weight`; `NULL` or 0 switches to `n_steps_kl_warmup`.
+#' @param n_steps_kl_warmup Minibatch steps of KL warm-up when `n_epochs_kl_warmup` is unset.
+#' @param max_kl_weight,min_kl_weight End points of the KL warm-up.
 #' @param check_val_every_n_epoch Validation frequency in epochs (`NULL`: never).
+#' @param early_stopping Stop when `early_stopping_monitor` has not improved by more than
+#'   `early_stopping_min_delta` for `early_stopping_patience` validation epochs (validation then
+#'   runs every epoch).
+#' @param early_stopping_monitor `"elbo_validation"`, `"reconstruction_loss_validation"`,
+#'   `"kl_local_validation"` or `"validation_loss"`.
+#' @param early_stopping_patience,early_stopping_min_delta,early_stopping_mode,early_stopping_warmup_epochs
+#'   Early-stopping rule (Lightning's, with scvi-tools' defaults 45, 0, `"min"`, 0).
+#' @param reduce_lr_on_plateau Multiply the learning rate by `lr_factor` after more than
+#'   `lr_patience` validation epochs without an improvement larger than `lr_threshold` of
+#'   `lr_scheduler_metric` (PyTorch's ReduceLROnPlateau), never below `lr_min`.
+#' @param lr_factor,lr_patience,lr_threshold,lr_min,lr_scheduler_metric Plateau rule
+#'   (scvi-tools' defaults 0.6, 30, 0, 0, `"elbo_validation"`).
 #' @param seed Integer seed for the split, the minibatch order and libtorch; `NULL` draws one
 #'   from R's random number generator.
 #' @param n_threads CPU threads for libtorch (default: all cores, or option `scviR.threads`).
@@ -51,11 +74,25 @@
 scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NULL,
                        n_hidden = 128L, n_latent = 10L, n_layers = 1L, dropout_rate = 0.1,
                        dispersion = "gene", gene_likelihood = "zinb",
-                       use_observed_lib_size = TRUE, max_epochs = NULL, batch_size = 128L,
-                       train_size = NULL, validation_size = NULL, lr = 1e-3,
-                       weight_decay = 1e-6, eps = 0.01, n_epochs_kl_warmup = 400L,
-                       check_val_every_n_epoch = 1L, seed = NULL, n_threads = NULL,
-                       verbose = TRUE, keep_data = TRUE) {
+                       use_observed_lib_size = TRUE, log_variational = TRUE,
+                       encode_covariates = FALSE, deeply_inject_covariates = TRUE,
+                       use_batch_norm = "both", use_layer_norm = "none", var_activation = "exp",
+                       max_epochs = NULL, batch_size = 128L,
+                       train_size = NULL, validation_size = NULL, shuffle_set_split = TRUE,
+                       lr = 1e-3, weight_decay = 1e-6, eps = 0.01, optimizer = "Adam",
+                       n_epochs_kl_warmup = 400L, n_steps_kl_warmup = NULL,
+                       max_kl_weight = 1, min_kl_weight = 0, check_val_every_n_epoch = 1L,
+                       early_stopping = FALSE, early_stopping_monitor = "elbo_validation",
+                       early_stopping_patience = 45L, early_stopping_min_delta = 0,
+                       early_stopping_mode = "min", early_stopping_warmup_epochs = 0L,
+                       reduce_lr_on_plateau = FALSE, lr_factor = 0.6, lr_patience = 30L,
+                       lr_threshold = 0, lr_min = 0, lr_scheduler_metric = "elbo_validation",
+                       seed = NULL, n_threads = NULL, verbose = TRUE, keep_data = TRUE) {
+  norm_where <- c("both", "encoder", "decoder", "none")
+  monitors <- c("elbo_validation", "reconstruction_loss_validation", "kl_local_validation",
+                "validation_loss")
+  bn <- .check_choice(use_batch_norm, norm_where, "use_batch_norm")
+  ln <- .check_choice(use_layer_norm, norm_where, "use_layer_norm")
   counts <- .check_counts(.as_dgc(counts))
   batch <- .check_batch(batch, ncol(counts))
   .scvi_fit(counts, batch, batch_key = NULL, n_top_genes = n_top_genes, features = features,
@@ -65,16 +102,41 @@ scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NUL
                          dropout_rate = .check_number(dropout_rate, "dropout_rate", 0, 0.999),
                          dispersion = .check_choice(dispersion, c("gene", "gene-batch", "gene-cell"), "dispersion"),
                          gene_likelihood = .check_choice(gene_likelihood, c("zinb", "nb", "poisson"), "gene_likelihood"),
-                         use_observed_lib_size = isTRUE(use_observed_lib_size)),
+                         use_observed_lib_size = .check_flag(use_observed_lib_size, "use_observed_lib_size"),
+                         log_variational = .check_flag(log_variational, "log_variational"),
+                         encode_covariates = .check_flag(encode_covariates, "encode_covariates"),
+                         deeply_inject_covariates = .check_flag(deeply_inject_covariates, "deeply_inject_covariates"),
+                         use_batch_norm_encoder = bn %in% c("both", "encoder"),
+                         use_batch_norm_decoder = bn %in% c("both", "decoder"),
+                         use_layer_norm_encoder = ln %in% c("both", "encoder"),
+                         use_layer_norm_decoder = ln %in% c("both", "decoder"),
+                         var_activation = .check_choice(var_activation, c("exp", "softplus"), "var_activation")),
             train = list(max_epochs = .check_count_arg(max_epochs, "max_epochs", null_ok = TRUE),
                          batch_size = .check_count_arg(batch_size, "batch_size"),
                          train_size = .check_number(train_size, "train_size", 0, 1, null_ok = TRUE),
                          validation_size = .check_number(validation_size, "validation_size", 0, 1, null_ok = TRUE),
+                         shuffle_set_split = .check_flag(shuffle_set_split, "shuffle_set_split"),
                          lr = .check_number(lr, "lr", 0),
                          weight_decay = .check_number(weight_decay, "weight_decay", 0),
                          eps = .check_number(eps, "eps", 0),
+                         optimizer = .check_choice(optimizer, c("Adam", "AdamW"), "optimizer"),
                          n_epochs_kl_warmup = .check_count_arg(n_epochs_kl_warmup, "n_epochs_kl_warmup", 0, null_ok = TRUE),
-                         check_val_every_n_epoch = .check_count_arg(check_val_every_n_epoch, "check_val_every_n_epoch", null_ok = TRUE)),
+                         n_steps_kl_warmup = .check_count_arg(n_steps_kl_warmup, "n_steps_kl_warmup", 0, null_ok = TRUE),
+                         max_kl_weight = .check_number(max_kl_weight, "max_kl_weight", 0),
+                         min_kl_weight = .check_number(min_kl_weight, "min_kl_weight", 0),
+                         check_val_every_n_epoch = .check_count_arg(check_val_every_n_epoch, "check_val_every_n_epoch", null_ok = TRUE),
+                         early_stopping = .check_flag(early_stopping, "early_stopping"),
+                         early_stopping_monitor = .check_choice(early_stopping_monitor, monitors, "early_stopping_monitor"),
+                         early_stopping_patience = .check_count_arg(early_stopping_patience, "early_stopping_patience"),
+                         early_stopping_min_delta = .check_number(early_stopping_min_delta, "early_stopping_min_delta", 0),
+                         early_stopping_mode = .check_choice(early_stopping_mode, c("min", "max"), "early_stopping_mode"),
+                         early_stopping_warmup_epochs = .check_count_arg(early_stopping_warmup_epochs, "early_stopping_warmup_epochs", 0),
+                         reduce_lr_on_plateau = .check_flag(reduce_lr_on_plateau, "reduce_lr_on_plateau"),
+                         lr_factor = .check_number(lr_factor, "lr_factor", 0, 1),
+                         lr_patience = .check_count_arg(lr_patience, "lr_patience", 0),
+                         lr_threshold = .check_number(lr_threshold, "lr_threshold", 0),
+                         lr_min = .check_number(lr_min, "lr_min", 0),
+                         lr_scheduler_metric = .check_choice(lr_scheduler_metric, monitors, "lr_scheduler_metric")),
             seed = seed, n_threads = n_threads, verbose = verbose, keep_data = keep_data)
 }
 
@@ -148,6 +210,7 @@ scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NUL
   }
   split <- meta$split
   structure(list(
+    stopped_early_at = meta$history$stopped_early_at,
     model = bytes,
     model_type = meta$model,
     config = meta$vae,
@@ -180,8 +243,9 @@ scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NUL
 print.scvi_model <- function(x, ...) {
   cfg <- x$config
   h <- x$history
-  cat(sprintf("%s model (scviR %s), trained for %d epochs\n", x$model_type, x$engine_version,
-              if (is.data.frame(h)) nrow(h) else 0L))
+  cat(sprintf("%s model (scviR %s), trained for %d epochs%s\n", x$model_type, x$engine_version,
+              if (is.data.frame(h)) nrow(h) else 0L,
+              if (!is.null(x$stopped_early_at)) " (stopped early)" else ""))
   cat(sprintf("  data:     %d genes x %d cells (train %d, validation %d, test %d)\n",
               length(x$genes), length(x$cells), length(x$train_indices),
               length(x$validation_indices), length(x$test_indices)))

@@ -17,7 +17,7 @@
 }
 
 # Counts (model genes, in model order) and 0-based batch codes for a query.
-.query_data <- function(fit, newdata = NULL, batch = NULL) {
+.query_data <- function(fit, newdata = NULL, batch = NULL, indices = NULL) {
   if (is.null(newdata)) {
     if (is.null(fit$data)) {
       scvir_abort("this model keeps no data (keep_data = FALSE or loaded without data); pass newdata")
@@ -35,7 +35,20 @@
     }
     if (!identical(rownames(counts), fit$genes)) counts <- counts[fit$genes, , drop = FALSE]
   }
-  list(counts = counts, codes = .batch_codes(fit, batch, ncol(counts)))
+  codes <- .batch_codes(fit, batch, ncol(counts))
+  if (!is.null(indices)) {
+    if (is.logical(indices)) {
+      if (length(indices) != ncol(counts)) scvir_abort("a logical indices vector needs one value per cell")
+      indices <- which(indices)
+    }
+    if (!is.numeric(indices) || anyNA(indices) || any(indices < 1 | indices > ncol(counts) | indices != round(indices))) {
+      scvir_abort(sprintf("indices must be cell positions between 1 and %d", ncol(counts)))
+    }
+    if (!length(indices)) scvir_abort("indices selects no cells")
+    counts <- counts[, indices, drop = FALSE]
+    codes <- codes[indices]
+  }
+  list(counts = counts, codes = codes)
 }
 
 .batch_codes <- function(fit, batch, n_cells) {
@@ -70,6 +83,7 @@
 #' @param batch_size Cells per minibatch.
 #' @param seed Seed for the sample when `give_mean = FALSE` (default: the model's seed).
 #' @param n_threads CPU threads (default: the model's).
+#' @param indices Cells to use (positions or a logical vector over the data's cells).
 #' @param ... Unused.
 #' @return A cells x n_latent matrix (row names: cells).
 #' @export
@@ -79,8 +93,8 @@ get_latent_representation <- function(object, ...) UseMethod("get_latent_represe
 #' @export
 get_latent_representation.scvi_model <- function(object, newdata = NULL, batch = NULL,
                                                  give_mean = TRUE, batch_size = 128L,
-                                                 seed = NULL, n_threads = NULL, ...) {
-  d <- .query_data(object, newdata, batch)
+                                                 seed = NULL, n_threads = NULL, indices = NULL, ...) {
+  d <- .query_data(object, newdata, batch, indices)
   z <- .engine(.rs_latent(object$model, d$counts@p, d$counts@i, d$counts@x, ncol(d$counts),
                           nrow(d$counts), d$codes, isTRUE(give_mean),
                           as.numeric(seed %||% object$seed),
@@ -127,8 +141,8 @@ get_normalized_expression.scvi_model <- function(object, newdata = NULL, batch =
                                                  transform_batch = NULL, gene_list = NULL,
                                                  library_size = 1, n_samples = 1L,
                                                  batch_size = 128L, seed = NULL,
-                                                 n_threads = NULL, ...) {
-  d <- .query_data(object, newdata, batch)
+                                                 n_threads = NULL, indices = NULL, ...) {
+  d <- .query_data(object, newdata, batch, indices)
   tb <- -1L
   if (!is.null(transform_batch)) {
     if (length(transform_batch) != 1) scvir_abort("transform_batch must be a single batch name")

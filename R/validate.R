@@ -110,3 +110,10 @@
   }
   as.numeric(value)
 }
+
+.check_flag <- function(value, name) {
+  if (!is.logical(value) || length(value) != 1 || is.na(value)) {
+    scvir_abort(sprintf("%s must be TRUE or FALSE", name), "scvir_config_error")
+  }
+  value
+}

@@ -4,7 +4,7 @@
 pbmc_small_seurat <- function() {
   e <- new.env()
   utils::data("pbmc_small", package = "SeuratObject", envir = e)
-  SeuratObject::UpdateSeuratObject(e$pbmc_small)
+  suppressMessages(SeuratObject::UpdateSeuratObject(e$pbmc_small))
 }
 
 pbmc_small_counts <- function() {

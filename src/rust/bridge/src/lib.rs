@@ -173,6 +173,42 @@ fn scvir_normalized_expression(
     Ok(row_major_to_matrix(&e, n_cells as usize, n_genes as usize))
 }
 
+/// Per-cell evaluation of a trained model: `what` is "losses" (list of reconstruction and
+/// kl_local), "marginal_ll" (`n` importance samples) or "library_size" (`give_mean`).
+/// @noRd
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn scvir_evaluate(
+    model: Raw,
+    indptr: &[i32],
+    indices: &[i32],
+    values: &[f64],
+    n_cells: i32,
+    n_genes: i32,
+    batch_codes: &[i32],
+    what: &str,
+    n: i32,
+    give_mean: bool,
+    seed: f64,
+    batch_size: i32,
+    n_threads: i32,
+) -> Result<Robj> {
+    prepare(n_threads);
+    let (vae, _) = load(&model)?;
+    let x = counts(n_cells, n_genes, indptr, indices, values)?;
+    tch::manual_seed(seed as i64);
+    let bs = batch_size.max(1) as usize;
+    match what {
+        "losses" => {
+            let l = infer::cell_losses(&vae, x, batch_codes, bs).map_err(engine_error)?;
+            Ok(List::from_names_and_values(["reconstruction", "kl_local"], [l.reconstruction, l.kl_local])?.into_robj())
+        }
+        "marginal_ll" => Ok(infer::marginal_ll(&vae, x, batch_codes, n.max(0) as usize, bs).map_err(engine_error)?.into_robj()),
+        "library_size" => Ok(infer::latent_library_size(&vae, x, batch_codes, give_mean, bs).map_err(engine_error)?.into_robj()),
+        other => Err(Error::Other(format!("[scviR:config] unknown evaluation \"{other}\""))),
+    }
+}
+
 /// Reads an .h5ad file: CSR counts (cells x genes) and the obs / var data frames.
 /// @noRd
 #[extendr]
@@ -223,6 +259,7 @@ extendr_module! {
     fn scvir_model_meta;
     fn scvir_latent;
     fn scvir_normalized_expression;
+    fn scvir_evaluate;
     fn scvir_read_h5ad;
     fn scvir_cuda_available;
     fn scvir_tune_blas;

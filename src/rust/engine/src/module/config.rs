@@ -49,6 +49,8 @@ pub struct VaeConfig {
     pub use_batch_norm_decoder: bool,
     pub use_layer_norm_encoder: bool,
     pub use_layer_norm_decoder: bool,
+    /// Activation giving the encoders' variances: "exp" (scvi-tools' default) or "softplus".
+    pub var_activation: String,
 }
 
 impl Default for VaeConfig {
@@ -77,6 +79,7 @@ impl VaeConfig {
             use_batch_norm_decoder: true,
             use_layer_norm_encoder: false,
             use_layer_norm_decoder: false,
+            var_activation: "exp".into(),
         }
     }
 
@@ -90,6 +93,9 @@ impl VaeConfig {
         }
         if !(0.0..1.0).contains(&self.dropout_rate) {
             return bad(format!("dropout_rate must be in [0, 1), got {}", self.dropout_rate));
+        }
+        if !["exp", "softplus"].contains(&self.var_activation.as_str()) {
+            return bad(format!("var_activation must be \"exp\" or \"softplus\", got \"{}\"", self.var_activation));
         }
         if self.gene_likelihood == GeneLikelihood::Poisson && self.dispersion != Dispersion::Gene {
             // Poisson has no dispersion; scvi-tools ignores the option, we accept only the default.

@@ -64,10 +64,11 @@ impl Vae {
             use_layer_norm: c.use_layer_norm_encoder,
             inject_covariates: c.deeply_inject_covariates,
         };
-        let z_encoder = Encoder::new(&root / "z_encoder", &encoder_fc, c.n_latent);
+        let softplus_var = c.var_activation == "softplus";
+        let z_encoder = Encoder::new(&root / "z_encoder", &encoder_fc, c.n_latent, softplus_var);
         let l_encoder = (!c.use_observed_lib_size).then(|| {
             let fc = FcLayersConfig { n_layers: 1, ..encoder_fc.clone() };
-            Encoder::new(&root / "l_encoder", &fc, 1)
+            Encoder::new(&root / "l_encoder", &fc, 1, softplus_var)
         });
         let decoder_fc = FcLayersConfig {
             n_in: c.n_latent,
@@ -166,17 +167,22 @@ impl Vae {
         let gen = self.generative(&inf.z, &inf.library, &mb.batch_index, train);
         let reconstruction = self.reconstruction_loss(mb, &gen);
         let kl_z = kl_normal_std_normal(&inf.qz.q_mean, &inf.qz.q_var).sum_dim_intlist(1, false, Kind::Float);
-        let kl_library = match (&inf.ql, &self.library_log_means, &self.library_log_vars) {
-            (Some(ql), Some(m), Some(v)) => {
-                let codes = one_hot(&mb.batch_index, self.config.n_batch);
-                let prior_mean = codes.matmul(&m.tr());
-                let prior_var = codes.matmul(&v.tr());
+        let kl_library = match (&inf.ql, self.library_prior(&mb.batch_index)) {
+            (Some(ql), Some((prior_mean, prior_var))) => {
                 kl_normal_normal(&ql.q_mean, &ql.q_var, &prior_mean, &prior_var).sum_dim_intlist(1, false, Kind::Float)
             }
             _ => Tensor::zeros_like(&kl_z),
         };
         let loss = (&reconstruction + &kl_z * kl_weight + &kl_library).mean(Kind::Float);
         LossOutput { loss, reconstruction, kl_z, kl_library }
+    }
+
+    /// Mean and variance (cells x 1) of the log-library prior of each cell's batch, when the
+    /// library is latent.
+    pub fn library_prior(&self, batch_index: &Tensor) -> Option<(Tensor, Tensor)> {
+        let (m, v) = (self.library_log_means.as_ref()?, self.library_log_vars.as_ref()?);
+        let codes = one_hot(batch_index, self.config.n_batch);
+        Some((codes.matmul(&m.tr()), codes.matmul(&v.tr())))
     }
 
     /// Per-cell, per-gene log p(x | z) written as scvi-tools writes it (no sparse shortcut).

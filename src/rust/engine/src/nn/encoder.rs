@@ -1,5 +1,5 @@
 //! Gaussian encoder q(z | x): FC layers, then a mean head and a variance head with
-//! variance = exp(.) + 1e-4 (scvi-tools' `var_eps`).
+//! variance = exp(.) + 1e-4 (scvi-tools' `var_eps`; softplus instead of exp on request).
 
 use super::fc_layers::{FcLayers, FcLayersConfig};
 use super::init;
@@ -11,6 +11,7 @@ pub struct Encoder {
     fc: FcLayers,
     mean: nn::Linear,
     var: nn::Linear,
+    softplus_variance: bool,
 }
 
 pub struct EncoderOutput {
@@ -26,16 +27,20 @@ impl EncoderOutput {
 }
 
 impl Encoder {
-    pub fn new(path: nn::Path, fc: &FcLayersConfig, n_output: i64) -> Self {
+    /// `softplus_variance` selects softplus instead of exp for the variance head.
+    pub fn new(path: nn::Path, fc: &FcLayersConfig, n_output: i64, softplus_variance: bool) -> Self {
         Encoder {
             fc: FcLayers::new(&path / "encoder", fc),
             mean: init::linear(&path / "mean_encoder", fc.n_out, n_output, true),
             var: init::linear(&path / "var_encoder", fc.n_out, n_output, true),
+            softplus_variance,
         }
     }
 
     pub fn forward(&self, x: &Tensor, cats: &[&Tensor], train: bool) -> EncoderOutput {
         let h = self.fc.forward(x, cats, train);
-        EncoderOutput { q_mean: h.apply(&self.mean), q_var: h.apply(&self.var).exp() + VAR_EPS }
+        let v = h.apply(&self.var);
+        let v = if self.softplus_variance { v.softplus() } else { v.exp() };
+        EncoderOutput { q_mean: h.apply(&self.mean), q_var: v + VAR_EPS }
     }
 }

@@ -24,6 +24,21 @@ pub struct TrainConfig {
     /// that `history()` always has elbo_validation; scvi-tools defaults to never.
     pub check_val_every_n_epoch: Option<usize>,
     pub seed: u64,
+    /// Stop when `early_stopping_monitor` has not improved for `early_stopping_patience`
+    /// validation epochs (validation then runs every epoch, as in scvi-tools).
+    pub early_stopping: bool,
+    /// "elbo_validation", "reconstruction_loss_validation" or "kl_local_validation".
+    pub early_stopping_monitor: String,
+    pub early_stopping_patience: usize,
+    pub early_stopping_min_delta: f64,
+    pub early_stopping_mode: super::callbacks::Mode,
+    pub early_stopping_warmup_epochs: usize,
+    pub reduce_lr_on_plateau: bool,
+    pub lr_factor: f64,
+    pub lr_patience: usize,
+    pub lr_threshold: f64,
+    pub lr_min: f64,
+    pub lr_scheduler_metric: String,
 }
 
 impl Default for TrainConfig {
@@ -44,6 +59,18 @@ impl Default for TrainConfig {
             min_kl_weight: 0.0,
             check_val_every_n_epoch: Some(1),
             seed: 0,
+            early_stopping: false,
+            early_stopping_monitor: "elbo_validation".into(),
+            early_stopping_patience: 45,
+            early_stopping_min_delta: 0.0,
+            early_stopping_mode: super::callbacks::Mode::Min,
+            early_stopping_warmup_epochs: 0,
+            reduce_lr_on_plateau: false,
+            lr_factor: 0.6,
+            lr_patience: 30,
+            lr_threshold: 0.0,
+            lr_min: 0.0,
+            lr_scheduler_metric: "elbo_validation".into(),
         }
     }
 }

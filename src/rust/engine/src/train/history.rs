@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 pub struct EpochRecord {
     pub epoch: usize,
     pub kl_weight: f64,
+    /// Learning rate used in the epoch.
+    pub lr: f64,
     /// Mean of the minibatch objectives (with the KL weight) over the epoch.
     pub train_loss_epoch: f64,
     pub elbo_train: f64,
@@ -25,4 +27,23 @@ pub struct EpochRecord {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct History {
     pub epochs: Vec<EpochRecord>,
+    /// Epoch (1-based) at which early stopping ended training, if it did.
+    #[serde(default)]
+    pub stopped_early_at: Option<usize>,
 }
+
+impl EpochRecord {
+    /// A validation metric by its scvi-tools name.
+    pub fn validation_metric(&self, name: &str) -> Option<f64> {
+        match name {
+            "elbo_validation" => self.elbo_validation,
+            "reconstruction_loss_validation" => self.reconstruction_loss_validation,
+            "kl_local_validation" => self.kl_local_validation,
+            "validation_loss" => self.validation_loss,
+            _ => None,
+        }
+    }
+}
+
+/// Validation metrics that early stopping and the LR scheduler can monitor.
+pub const MONITORS: [&str; 4] = ["elbo_validation", "reconstruction_loss_validation", "kl_local_validation", "validation_loss"];

@@ -1,6 +1,7 @@
 //! Training: optimiser, KL warm-up, data split, per-epoch history and the loop itself.
 
 pub mod adam;
+pub mod callbacks;
 pub mod config;
 pub mod history;
 pub mod kl_schedule;

@@ -2,7 +2,8 @@
 
 use super::adam::Adam;
 use super::config::{default_max_epochs, TrainConfig};
-use super::history::{EpochRecord, History};
+use super::callbacks::{EarlyStopping, ReduceLrOnPlateau};
+use super::history::{EpochRecord, History, MONITORS};
 use super::kl_schedule::kl_weight;
 use crate::data::split::make_split;
 use crate::data::{Counts, DataSplit, MinibatchBuilder};
@@ -81,6 +82,14 @@ pub fn train(
         "AdamW" => true,
         other => return Err(Error::InvalidConfig(format!("optimizer must be \"Adam\" or \"AdamW\", got \"{other}\""))),
     };
+    for (on, name, what) in [
+        (cfg.early_stopping, &cfg.early_stopping_monitor, "early_stopping_monitor"),
+        (cfg.reduce_lr_on_plateau, &cfg.lr_scheduler_metric, "lr_scheduler_metric"),
+    ] {
+        if on && !MONITORS.contains(&name.as_str()) {
+            return Err(Error::InvalidConfig(format!("{what} must be one of {}; got \"{name}\"", MONITORS.join(", "))));
+        }
+    }
     crate::runtime::flush_denormals();
     let max_epochs = cfg.max_epochs.unwrap_or_else(|| default_max_epochs(n));
     tch::manual_seed(cfg.seed as i64);
@@ -92,6 +101,20 @@ pub fn train(
     let mut history = History::default();
     let mut global_step = 0usize;
     let mut order = split.train.clone();
+    let watches_validation = cfg.early_stopping || cfg.reduce_lr_on_plateau;
+    if watches_validation && split.validation.is_empty() {
+        return Err(Error::InvalidConfig(
+            "early stopping and reduce_lr_on_plateau monitor the validation set, which is empty; lower train_size".into(),
+        ));
+    }
+    // As in scvi-tools, monitoring a validation metric means validating every epoch.
+    let check_val_every = if watches_validation { Some(1) } else { cfg.check_val_every_n_epoch };
+    let mut early_stopping = cfg.early_stopping.then(|| {
+        EarlyStopping::new(cfg.early_stopping_patience, cfg.early_stopping_min_delta, cfg.early_stopping_mode, cfg.early_stopping_warmup_epochs)
+    });
+    let mut plateau = cfg
+        .reduce_lr_on_plateau
+        .then(|| ReduceLrOnPlateau::new(cfg.lr_factor, cfg.lr_patience, cfg.lr_threshold, cfg.lr_min, super::callbacks::Mode::Min));
 
     for epoch in 0..max_epochs {
         let started = Instant::now();
@@ -126,6 +149,7 @@ pub fn train(
         let mut record = EpochRecord {
             epoch,
             kl_weight: weight,
+            lr: optimizer.lr,
             train_loss_epoch: totals.loss_sum / totals.n_steps.max(1) as f64,
             elbo_train: totals.elbo(),
             reconstruction_loss_train: totals.reconstruction / totals.n_cells as f64,
@@ -134,7 +158,7 @@ pub fn train(
             train_seconds,
             ..Default::default()
         };
-        let validate = cfg.check_val_every_n_epoch.map_or(false, |k| k > 0 && (epoch + 1) % k == 0);
+        let validate = check_val_every.map_or(false, |k| k > 0 && (epoch + 1) % k == 0);
         if validate && !split.validation.is_empty() {
             let v = evaluate(vae, &mut builder, &split.validation, cfg.batch_size, weight);
             record.validation_loss = Some(v.loss_sum / v.n_steps.max(1) as f64);
@@ -144,7 +168,18 @@ pub fn train(
             record.kl_global_validation = Some(0.0);
         }
         observer.on_epoch_end(&record, max_epochs);
+        let mut stop = false;
+        if let (Some(p), Some(m)) = (plateau.as_mut(), record.validation_metric(&cfg.lr_scheduler_metric)) {
+            optimizer.lr = p.step(m, optimizer.lr);
+        }
+        if let (Some(es), Some(m)) = (early_stopping.as_mut(), record.validation_metric(&cfg.early_stopping_monitor)) {
+            stop = es.update(epoch, m);
+        }
         history.epochs.push(record);
+        if stop {
+            history.stopped_early_at = Some(epoch + 1);
+            break;
+        }
     }
     Ok(TrainOutcome { history, split, max_epochs })
 }

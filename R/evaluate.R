@@ -1,0 +1,109 @@
+# Model evaluation on cells: ELBO, reconstruction error, marginal log-likelihood, library size.
+# Signs follow scvi-tools: get_elbo() and get_marginal_ll() are log-likelihood bounds/estimates
+# (higher is better); get_reconstruction_error() is a loss (-log p(x | z), lower is better).
+
+.evaluate <- function(object, what, newdata, batch, indices, n = 0L, give_mean = FALSE,
+                      batch_size = 128L, seed = NULL, n_threads = NULL) {
+  d <- .query_data(object, newdata, batch, indices)
+  res <- .engine(.rs_evaluate(object$model, d$counts@p, d$counts@i, d$counts@x, ncol(d$counts),
+                              nrow(d$counts), d$codes, what, as.integer(n), isTRUE(give_mean),
+                              as.numeric(seed %||% object$seed),
+                              .check_count_arg(batch_size, "batch_size"),
+                              .default_threads(n_threads %||% object$n_threads)))
+  list(values = res, cells = colnames(d$counts))
+}
+
+#' Evidence lower bound, reconstruction error and marginal log-likelihood
+#'
+#' Evaluate a trained model on cells (the training data by default), in evaluation mode, with
+#' scvi-tools' sign conventions:
+#' * `get_elbo()`: the ELBO, `-(reconstruction loss + KL)` per cell (higher is better); note that
+#'   `history()`'s `elbo_*` columns are the training objective, its negative.
+#' * `get_reconstruction_error()`: `list(reconstruction_loss = )`, the mean of `-log p(x | z)`
+#'   (lower is better), as scvi-tools' dictionary.
+#' * `get_marginal_ll()`: an importance-sampling estimate of `log p(x)` with `n_mc_samples`
+#'   samples of the encoder's posterior as proposal (higher is better; on average at least the
+#'   ELBO).
+#'
+#' With `return_mean = TRUE`, `get_marginal_ll()` averages the means of minibatches of
+#' `batch_size` cells, as scvi-tools does; the other two average over cells.
+#'
+#' @inheritParams get_latent_representation
+#' @param return_mean Return the mean over cells (`TRUE`) or one value per cell.
+#' @param n_mc_samples Importance samples per cell.
+#' @return A number, or a named vector with one value per cell.
+#' @name evaluation
+NULL
+
+.per_cell_or_mean <- function(v, cells, return_mean) {
+  if (isTRUE(return_mean)) return(mean(v))
+  stats::setNames(v, cells)
+}
+
+#' @rdname evaluation
+#' @export
+get_elbo <- function(object, newdata = NULL, batch = NULL, indices = NULL, batch_size = 128L,
+                     return_mean = TRUE, seed = NULL, n_threads = NULL) {
+  fit <- .fit_of(object)
+  d <- .object_inputs(object, newdata, batch)
+  r <- .evaluate(fit, "losses", d$newdata, d$batch, indices, batch_size = batch_size, seed = seed,
+                 n_threads = n_threads)
+  .per_cell_or_mean(-(r$values$reconstruction + r$values$kl_local), r$cells, return_mean)
+}
+
+#' @rdname evaluation
+#' @export
+get_reconstruction_error <- function(object, newdata = NULL, batch = NULL, indices = NULL,
+                                     batch_size = 128L, return_mean = TRUE, seed = NULL,
+                                     n_threads = NULL) {
+  fit <- .fit_of(object)
+  d <- .object_inputs(object, newdata, batch)
+  r <- .evaluate(fit, "losses", d$newdata, d$batch, indices, batch_size = batch_size, seed = seed,
+                 n_threads = n_threads)
+  list(reconstruction_loss = .per_cell_or_mean(r$values$reconstruction, r$cells, return_mean))
+}
+
+#' @rdname evaluation
+#' @export
+get_marginal_ll <- function(object, newdata = NULL, batch = NULL, indices = NULL,
+                            n_mc_samples = 1000L, batch_size = 128L, return_mean = TRUE,
+                            seed = NULL, n_threads = NULL) {
+  fit <- .fit_of(object)
+  d <- .object_inputs(object, newdata, batch)
+  bs <- .check_count_arg(batch_size, "batch_size")
+  r <- .evaluate(fit, "marginal_ll", d$newdata, d$batch, indices,
+                 n = .check_count_arg(n_mc_samples, "n_mc_samples"), batch_size = bs, seed = seed,
+                 n_threads = n_threads)
+  if (isTRUE(return_mean)) {
+    chunk <- (seq_along(r$values) - 1L) %/% bs
+    return(mean(tapply(r$values, chunk, mean)))
+  }
+  stats::setNames(r$values, r$cells)
+}
+
+#' Library size of each cell
+#'
+#' As scvi-tools' `get_latent_library_size()`: with `give_mean = TRUE` the mean of the posterior
+#' of the library size (log-normal; models with `use_observed_lib_size = FALSE` only), otherwise
+#' the library size used by the model (the observed total counts, or a posterior sample).
+#'
+#' @inheritParams get_latent_representation
+#' @param give_mean Posterior mean (`TRUE`) or the library the model uses (`FALSE`).
+#' @return A named vector with one value per cell.
+#' @export
+get_latent_library_size <- function(object, newdata = NULL, batch = NULL, indices = NULL,
+                                    give_mean = TRUE, batch_size = 128L, seed = NULL,
+                                    n_threads = NULL) {
+  fit <- .fit_of(object)
+  d <- .object_inputs(object, newdata, batch)
+  r <- .evaluate(fit, "library_size", d$newdata, d$batch, indices, give_mean = give_mean,
+                 batch_size = batch_size, seed = seed, n_threads = n_threads)
+  stats::setNames(r$values, r$cells)
+}
+
+# For Seurat / SCE objects the data come from the object unless newdata is given.
+.object_inputs <- function(object, newdata, batch) {
+  if (!is.null(newdata) || inherits(object, "scvi_model")) return(list(newdata = newdata, batch = batch))
+  d <- if (inherits(object, "Seurat")) .seurat_query_inputs(object) else .sce_query_inputs(object)
+  list(newdata = d$counts, batch = d$batch)
+}

@@ -1,0 +1,60 @@
+# get_elbo(), get_reconstruction_error(), get_marginal_ll(), get_latent_library_size() and the
+# indices argument, with scvi-tools' sign conventions.
+
+test_that("the ELBO, reconstruction error and marginal LL are consistent", {
+  fit <- quick_fit(max_epochs = 60L)
+  elbo <- get_elbo(fit)
+  rec <- get_reconstruction_error(fit)
+  expect_named(rec, "reconstruction_loss")
+  expect_lt(elbo, 0)                                    # a log-likelihood bound
+  expect_gt(rec$reconstruction_loss, 0)                 # a loss
+  expect_lt(rec$reconstruction_loss, -elbo)             # the KL term is positive
+  # The validation ELBO of the history is the negative bound on the validation cells.
+  val <- get_elbo(fit, indices = validation_indices(fit))
+  expect_equal(-val, tail(history(fit)$elbo_validation, 1), tolerance = 0.03)
+  # Importance sampling: log p(x) is at least the ELBO on average.
+  per_cell_elbo <- get_elbo(fit, return_mean = FALSE)
+  per_cell_mll <- get_marginal_ll(fit, n_mc_samples = 50L, return_mean = FALSE)
+  expect_length(per_cell_mll, 80L)
+  expect_identical(names(per_cell_mll), colnames(pbmc_small_counts()))
+  expect_gt(mean(per_cell_mll), mean(per_cell_elbo))
+  expect_gt(mean(per_cell_mll > per_cell_elbo), 0.8)
+  # return_mean averages minibatch means (one minibatch of 80 cells here, two of 40 below).
+  expect_equal(get_marginal_ll(fit, n_mc_samples = 50L, seed = 3),
+               mean(get_marginal_ll(fit, n_mc_samples = 50L, seed = 3, return_mean = FALSE)))
+  v40 <- get_marginal_ll(fit, n_mc_samples = 20L, batch_size = 40L, seed = 4, return_mean = FALSE)
+  expect_equal(get_marginal_ll(fit, n_mc_samples = 20L, batch_size = 40L, seed = 4),
+               mean(c(mean(v40[1:40]), mean(v40[41:80]))))
+})
+
+test_that("library sizes: observed, or the posterior mean of a latent library", {
+  counts <- pbmc_small_counts()
+  fit <- quick_fit(counts)
+  lib <- get_latent_library_size(fit, give_mean = FALSE)
+  expect_equal(unname(lib), unname(Matrix::colSums(counts)), tolerance = 1e-5)
+  expect_error(get_latent_library_size(fit), "observed library size")
+  latent <- quick_fit(counts, use_observed_lib_size = FALSE, max_epochs = 5L)
+  m <- get_latent_library_size(latent)
+  expect_length(m, 80L)
+  expect_true(all(m > 0 & is.finite(m)))
+  expect_false(isTRUE(all.equal(unname(m), unname(get_latent_library_size(latent, give_mean = FALSE)))))
+})
+
+test_that("indices select cells in every query", {
+  fit <- quick_fit()
+  z <- get_latent_representation(fit)
+  # float32 products over 2 rows and over 80 rows round differently in the last bits.
+  expect_equal(get_latent_representation(fit, indices = c(5, 2)), z[c(5, 2), ], tolerance = 1e-5)
+  mask <- rep(c(TRUE, FALSE), 40)
+  expect_equal(get_latent_representation(fit, indices = mask), z[mask, ], tolerance = 1e-5)
+  expect_equal(dim(get_normalized_expression(fit, indices = 1:3)), c(230L, 3L))
+  expect_length(get_elbo(fit, indices = 1:10, return_mean = FALSE), 10L)
+  expect_error(get_latent_representation(fit, indices = 0), "indices must be cell positions")
+  expect_error(get_latent_representation(fit, indices = integer()), "selects no cells")
+})
+
+test_that("evaluation works on objects holding a model", {
+  seu <- scvi(pbmc_small_seurat(), max_epochs = 5, seed = 1, n_threads = 1, verbose = FALSE)
+  expect_lt(get_elbo(seu), 0)
+  expect_length(get_marginal_ll(seu, n_mc_samples = 5L, return_mean = FALSE), 80L)
+})
