@@ -107,3 +107,70 @@ get_latent_library_size <- function(object, newdata = NULL, batch = NULL, indice
   d <- if (inherits(object, "Seurat")) .seurat_query_inputs(object) else .sce_query_inputs(object)
   list(newdata = d$counts, batch = d$batch)
 }
+
+# Row-major cells x genes vector -> genes x cells matrix.
+.genes_by_cells <- function(v, genes, cells) {
+  matrix(v, nrow = length(genes), ncol = length(cells), dimnames = list(genes, cells))
+}
+
+#' Parameters of the likelihood for each cell
+#'
+#' As scvi-tools' `get_likelihood_parameters()`: for each of `n_samples` posterior samples of z,
+#' the mean `mean` (mu, in counts), the dispersion `dispersions` (theta; NB and ZINB) and the
+#' zero-inflation probability `dropout` (ZINB), averaged over the samples when `give_mean`.
+#' Matrices are genes x cells (the R convention); with several samples and `give_mean = FALSE`,
+#' arrays genes x cells x samples.
+#'
+#' @inheritParams get_latent_representation
+#' @param n_samples Posterior samples of z.
+#' @param give_mean Average over the samples.
+#' @return A list with `mean` and, where the likelihood has them, `dispersions` and `dropout`.
+#' @export
+get_likelihood_parameters <- function(object, newdata = NULL, batch = NULL, indices = NULL,
+                                      n_samples = 1L, give_mean = FALSE, batch_size = 128L,
+                                      seed = NULL, n_threads = NULL) {
+  fit <- .fit_of(object)
+  d <- .object_inputs(object, newdata, batch)
+  n_samples <- .check_count_arg(n_samples, "n_samples")
+  r <- .evaluate(fit, "likelihood_parameters", d$newdata, d$batch, indices, n = n_samples,
+                 give_mean = give_mean, batch_size = batch_size, seed = seed, n_threads = n_threads)
+  shape <- function(samples) {
+    if (is.null(samples)) return(NULL)
+    mats <- lapply(samples, .genes_by_cells, fit$genes, r$cells)
+    if (length(mats) == 1) return(mats[[1]])
+    array(unlist(mats), dim = c(length(fit$genes), length(r$cells), length(mats)),
+          dimnames = list(fit$genes, r$cells, NULL))
+  }
+  Filter(Negate(is.null), lapply(r$values, shape))
+}
+
+#' Sample counts from the posterior predictive distribution
+#'
+#' Draws z from the encoder's posterior and counts from the model's likelihood given z, as
+#' scvi-tools' `posterior_predictive_sample()` (NB/ZINB through the Gamma-Poisson mixture).
+#' The result is sparse: a genes x cells `dgCMatrix` for one sample, a list of them for several.
+#'
+#' @inheritParams get_latent_representation
+#' @param n_samples Number of samples.
+#' @param gene_list Genes to return (default: all model genes).
+#' @return A `dgCMatrix` (genes x cells), or a list of `n_samples` of them.
+#' @export
+posterior_predictive_sample <- function(object, newdata = NULL, batch = NULL, indices = NULL,
+                                        n_samples = 1L, gene_list = NULL, batch_size = 128L,
+                                        seed = NULL, n_threads = NULL) {
+  fit <- .fit_of(object)
+  d <- .object_inputs(object, newdata, batch)
+  if (!is.null(gene_list) && length(setdiff(gene_list, fit$genes))) {
+    scvir_abort(sprintf("gene_list has gene(s) the model does not know (e.g. \"%s\")",
+                        setdiff(gene_list, fit$genes)[1]))
+  }
+  r <- .evaluate(fit, "posterior_predictive", d$newdata, d$batch, indices,
+                 n = .check_count_arg(n_samples, "n_samples"), batch_size = batch_size,
+                 seed = seed, n_threads = n_threads)
+  out <- lapply(r$values, function(v) {
+    m <- methods::as(.genes_by_cells(v, fit$genes, r$cells), "CsparseMatrix")
+    if (!is.null(gene_list)) m <- m[gene_list, , drop = FALSE]
+    m
+  })
+  if (length(out) == 1) out[[1]] else out
+}

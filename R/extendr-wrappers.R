@@ -7,10 +7,10 @@
         batch_key, model_json, train_json, n_threads, progress_every)
 }
 .rs_model_meta <- function(model) .Call(wrap__scvir_model_meta, model)
-.rs_latent <- function(model, indptr, indices, values, n_cells, n_genes, batch_codes, give_mean,
-                       seed, batch_size, n_threads) {
+.rs_latent <- function(model, indptr, indices, values, n_cells, n_genes, batch_codes, what,
+                       mc_samples, seed, batch_size, n_threads) {
   .Call(wrap__scvir_latent, model, indptr, indices, values, n_cells, n_genes, batch_codes,
-        give_mean, seed, batch_size, n_threads)
+        what, mc_samples, seed, batch_size, n_threads)
 }
 .rs_normalized_expression <- function(model, indptr, indices, values, n_cells, n_genes, batch_codes,
                                       transform_batch, library_size, n_samples, seed, batch_size,

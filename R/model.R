@@ -30,6 +30,8 @@
 #' @param use_batch_norm,use_layer_norm Where to normalise hidden layers: `"both"`,
 #'   `"encoder"`, `"decoder"` or `"none"` (scvi-tools: BatchNorm `"both"`, LayerNorm `"none"`).
 #' @param var_activation Variance activation of the encoders, `"exp"` or `"softplus"`.
+#' @param latent_distribution `"normal"` or `"ln"` (logistic normal: the decoder sees the
+#'   softmax of the Gaussian sample).
 #' @param max_epochs Number of epochs; `NULL` uses scvi-tools' rule
 #'   `min(round(20000 / n_cells * 400), 400)`.
 #' @param batch_size Minibatch size.
@@ -77,6 +79,7 @@ scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NUL
                        use_observed_lib_size = TRUE, log_variational = TRUE,
                        encode_covariates = FALSE, deeply_inject_covariates = TRUE,
                        use_batch_norm = "both", use_layer_norm = "none", var_activation = "exp",
+                       latent_distribution = "normal",
                        max_epochs = NULL, batch_size = 128L,
                        train_size = NULL, validation_size = NULL, shuffle_set_split = TRUE,
                        lr = 1e-3, weight_decay = 1e-6, eps = 0.01, optimizer = "Adam",
@@ -110,7 +113,8 @@ scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NUL
                          use_batch_norm_decoder = bn %in% c("both", "decoder"),
                          use_layer_norm_encoder = ln %in% c("both", "encoder"),
                          use_layer_norm_decoder = ln %in% c("both", "decoder"),
-                         var_activation = .check_choice(var_activation, c("exp", "softplus"), "var_activation")),
+                         var_activation = .check_choice(var_activation, c("exp", "softplus"), "var_activation"),
+                         latent_distribution = .check_choice(latent_distribution, c("normal", "ln"), "latent_distribution")),
             train = list(max_epochs = .check_count_arg(max_epochs, "max_epochs", null_ok = TRUE),
                          batch_size = .check_count_arg(batch_size, "batch_size"),
                          train_size = .check_number(train_size, "train_size", 0, 1, null_ok = TRUE),

@@ -73,13 +73,17 @@
 #' Latent representation of cells
 #'
 #' The posterior mean (or one sample) of each cell's latent variable z, as scvi-tools'
-#' `get_latent_representation()`.
+#' `get_latent_representation()`. For a logistic-normal latent (`latent_distribution = "ln"`)
+#' the mean is a Monte Carlo average of `mc_samples` softmax-transformed samples.
 #'
 #' @param object An `scvi_model`, or a Seurat / SingleCellExperiment object on which [scvi()] ran.
 #' @param newdata Optional counts (genes x cells) to embed instead of the training data; must
 #'   contain every gene of the model.
 #' @param batch Batch of each cell of `newdata` (needed when the model has batches).
 #' @param give_mean `TRUE` for the posterior mean, `FALSE` for one posterior sample.
+#' @param mc_samples Samples for the logistic-normal mean.
+#' @param return_dist Return the Gaussian posterior itself: `list(mean = , var = )`, both
+#'   cells x n_latent (untransformed for a logistic-normal latent).
 #' @param batch_size Cells per minibatch.
 #' @param seed Seed for the sample when `give_mean = FALSE` (default: the model's seed).
 #' @param n_threads CPU threads (default: the model's).
@@ -92,16 +96,24 @@ get_latent_representation <- function(object, ...) UseMethod("get_latent_represe
 #' @rdname get_latent_representation
 #' @export
 get_latent_representation.scvi_model <- function(object, newdata = NULL, batch = NULL,
-                                                 give_mean = TRUE, batch_size = 128L,
+                                                 give_mean = TRUE, mc_samples = 5000L,
+                                                 return_dist = FALSE, batch_size = 128L,
                                                  seed = NULL, n_threads = NULL, indices = NULL, ...) {
   d <- .query_data(object, newdata, batch, indices)
-  z <- .engine(.rs_latent(object$model, d$counts@p, d$counts@i, d$counts@x, ncol(d$counts),
-                          nrow(d$counts), d$codes, isTRUE(give_mean),
-                          as.numeric(seed %||% object$seed),
-                          .check_count_arg(batch_size, "batch_size"),
-                          .default_threads(n_threads %||% object$n_threads)))
-  dimnames(z) <- list(colnames(d$counts), .latent_colnames(ncol(z)))
-  z
+  what <- if (isTRUE(return_dist)) "dist" else if (isTRUE(give_mean)) "mean" else "sample"
+  res <- .engine(.rs_latent(object$model, d$counts@p, d$counts@i, d$counts@x, ncol(d$counts),
+                            nrow(d$counts), d$codes, what,
+                            .check_count_arg(mc_samples, "mc_samples"),
+                            as.numeric(seed %||% object$seed),
+                            .check_count_arg(batch_size, "batch_size"),
+                            .default_threads(n_threads %||% object$n_threads)))
+  names <- list(colnames(d$counts), .latent_colnames(ncol(res$z)))
+  dimnames(res$z) <- names
+  if (isTRUE(return_dist)) {
+    dimnames(res$var) <- names
+    return(list(mean = res$z, var = res$var))
+  }
+  res$z
 }
 
 #' @rdname get_latent_representation

@@ -28,6 +28,11 @@ def parse_args():
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--likelihood", default="zinb", choices=["zinb", "nb", "poisson"])
+    p.add_argument("--latent-library", action="store_true",
+                   help="use_observed_lib_size=False (per-batch log-normal library prior)")
+    p.add_argument("--marginal-ll-samples", type=int, default=0,
+                   help="if > 0, also report the validation cells' marginal LL with this many samples")
     p.add_argument(
         "--input",
         default=os.environ.get(
@@ -88,7 +93,9 @@ def main() -> int:
 
     adata = ad.read_h5ad(args.input)
     scvi.model.SCVI.setup_anndata(adata)
-    model = scvi.model.SCVI(adata)  # defaults: n_latent=10, zinb, gene dispersion
+    model = scvi.model.SCVI(  # defaults: n_latent=10, zinb, gene dispersion
+        adata, gene_likelihood=args.likelihood, use_observed_lib_size=not args.latent_library
+    )
 
     load_start = os.getloadavg()[0]
     timer = EpochTimer()
@@ -133,7 +140,14 @@ def main() -> int:
         "elbo_validation_final": last("elbo_validation"),
         "elbo_train_final": last("elbo_train"),
         "reconstruction_loss_validation_final": last("reconstruction_loss_validation"),
+        "likelihood": args.likelihood,
+        "library": "latent" if args.latent_library else "observed",
     }
+    if args.marginal_ll_samples > 0:
+        torch.manual_seed(args.seed)
+        result["marginal_ll_validation"] = float(
+            model.get_marginal_ll(indices=model.validation_indices, n_mc_samples=args.marginal_ll_samples)
+        )
     sys.stdout.flush()
     print("RESULT " + json.dumps(result), flush=True)
     return 0

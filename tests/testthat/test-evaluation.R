@@ -58,3 +58,61 @@ test_that("evaluation works on objects holding a model", {
   expect_lt(get_elbo(seu), 0)
   expect_length(get_marginal_ll(seu, n_mc_samples = 5L, return_mean = FALSE), 80L)
 })
+
+test_that("a logistic-normal latent: simplex means by Monte Carlo, Gaussian posterior on request", {
+  fit <- quick_fit(latent_distribution = "ln", max_epochs = 10L)
+  expect_identical(fit$config$latent_distribution, "ln")
+  z <- get_latent_representation(fit, mc_samples = 200L)
+  expect_equal(unname(rowSums(z)), rep(1, 80), tolerance = 1e-5)
+  expect_true(all(z > 0))
+  d <- get_latent_representation(fit, return_dist = TRUE)
+  expect_named(d, c("mean", "var"))
+  expect_true(all(d$var > 0))
+  expect_false(isTRUE(all.equal(d$mean, z)))
+  # More samples, a better average: two seeds agree more closely with 2000 samples than with 20.
+  gap <- function(k) max(abs(get_latent_representation(fit, mc_samples = k, seed = 1) -
+                             get_latent_representation(fit, mc_samples = k, seed = 2)))
+  expect_lt(gap(2000L), gap(20L))
+  normal <- quick_fit(max_epochs = 3L)
+  d2 <- get_latent_representation(normal, return_dist = TRUE)
+  expect_equal(d2$mean, get_latent_representation(normal))
+  expect_gt(get_marginal_ll(fit, n_mc_samples = 20L), get_elbo(fit))
+})
+
+test_that("likelihood parameters have the model's shapes and meaning", {
+  counts <- pbmc_small_counts()
+  fit <- quick_fit(counts, max_epochs = 10L)
+  p <- get_likelihood_parameters(fit)
+  expect_named(p, c("mean", "dispersions", "dropout"))
+  expect_equal(dim(p$mean), c(230L, 80L))
+  # mu = library * proportions: columns sum to the observed library size.
+  expect_equal(unname(colSums(p$mean)), unname(Matrix::colSums(counts)), tolerance = 1e-4)
+  # Gene dispersion: the same theta in every cell.
+  expect_equal(p$dispersions[, 1], p$dispersions[, 80])
+  expect_true(all(p$dropout > 0 & p$dropout < 1))
+  three <- get_likelihood_parameters(fit, n_samples = 3L)
+  expect_equal(dim(three$mean), c(230L, 80L, 3L))
+  avg <- get_likelihood_parameters(fit, n_samples = 3L, give_mean = TRUE, seed = 9)
+  all3 <- get_likelihood_parameters(fit, n_samples = 3L, seed = 9)
+  expect_equal(avg$mean, apply(all3$mean, c(1, 2), mean), tolerance = 1e-5)
+  nb <- get_likelihood_parameters(quick_fit(counts, gene_likelihood = "nb", max_epochs = 3L))
+  expect_named(nb, c("mean", "dispersions"))
+  expect_named(get_likelihood_parameters(quick_fit(counts, gene_likelihood = "poisson", max_epochs = 3L)), "mean")
+})
+
+test_that("posterior predictive samples are sparse counts that track the data", {
+  counts <- pbmc_small_counts()
+  fit <- quick_fit(counts, max_epochs = 60L)
+  x <- posterior_predictive_sample(fit)
+  expect_s4_class(x, "dgCMatrix")
+  expect_equal(dim(x), c(230L, 80L))
+  expect_true(all(x@x == round(x@x) & x@x > 0))
+  xs <- posterior_predictive_sample(fit, n_samples = 5L, gene_list = c("LYZ", "MS4A1"), seed = 2)
+  expect_length(xs, 5L)
+  expect_identical(rownames(xs[[1]]), c("LYZ", "MS4A1"))
+  # Sampled library sizes follow the observed ones.
+  sampled <- Reduce(`+`, posterior_predictive_sample(fit, n_samples = 20L, seed = 3)) / 20
+  expect_gt(cor(Matrix::colSums(sampled), Matrix::colSums(counts)), 0.8)
+  # Gene means follow the data.
+  expect_gt(cor(log1p(Matrix::rowMeans(sampled)), log1p(Matrix::rowMeans(counts))), 0.8)
+})

@@ -118,7 +118,7 @@ fn scvir_model_meta(model: Raw) -> Result<String> {
     serde_json::to_string(&meta).map_err(|e| Error::Other(e.to_string()))
 }
 
-/// Cells x n_latent posterior means (or samples).
+/// Cells x n_latent posterior means, samples, or the Gaussian posterior's means and variances.
 /// @noRd
 #[extendr]
 #[allow(clippy::too_many_arguments)]
@@ -130,17 +130,26 @@ fn scvir_latent(
     n_cells: i32,
     n_genes: i32,
     batch_codes: &[i32],
-    give_mean: bool,
+    what: &str,
+    mc_samples: i32,
     seed: f64,
     batch_size: i32,
     n_threads: i32,
-) -> Result<RMatrix<f64>> {
+) -> Result<List> {
     prepare(n_threads);
     let (vae, _) = load(&model)?;
     let x = counts(n_cells, n_genes, indptr, indices, values)?;
     tch::manual_seed(seed as i64);
-    let z = infer::latent_representation(&vae, x, batch_codes, give_mean, batch_size.max(1) as usize).map_err(engine_error)?;
-    Ok(row_major_to_matrix(&z, n_cells as usize, vae.config.n_latent as usize))
+    let query = match what {
+        "mean" => infer::LatentQuery::Mean { mc_samples: mc_samples.max(1) as usize },
+        "sample" => infer::LatentQuery::Sample,
+        "dist" => infer::LatentQuery::Distribution,
+        other => return Err(Error::Other(format!("[scviR:config] unknown latent query \"{other}\""))),
+    };
+    let (a, b) = infer::latent_representation(&vae, x, batch_codes, query, batch_size.max(1) as usize).map_err(engine_error)?;
+    let k = vae.config.n_latent as usize;
+    let second = b.map_or(().into_robj(), |v| row_major_to_matrix(&v, n_cells as usize, k).into_robj());
+    List::from_names_and_values(["z", "var"], [row_major_to_matrix(&a, n_cells as usize, k).into_robj(), second])
 }
 
 /// Cells x genes normalized expression (px_scale * library_size, averaged over samples).
@@ -174,7 +183,9 @@ fn scvir_normalized_expression(
 }
 
 /// Per-cell evaluation of a trained model: `what` is "losses" (list of reconstruction and
-/// kl_local), "marginal_ll" (`n` importance samples) or "library_size" (`give_mean`).
+/// kl_local), "marginal_ll" (`n` importance samples), "library_size" (`give_mean`),
+/// "likelihood_parameters" (`n` samples, `give_mean`) or "posterior_predictive" (`n` samples);
+/// matrices come back as row-major cells x genes vectors.
 /// @noRd
 #[extendr]
 #[allow(clippy::too_many_arguments)]
@@ -205,6 +216,17 @@ fn scvir_evaluate(
         }
         "marginal_ll" => Ok(infer::marginal_ll(&vae, x, batch_codes, n.max(0) as usize, bs).map_err(engine_error)?.into_robj()),
         "library_size" => Ok(infer::latent_library_size(&vae, x, batch_codes, give_mean, bs).map_err(engine_error)?.into_robj()),
+        "likelihood_parameters" => {
+            let p = infer::likelihood_parameters(&vae, x, batch_codes, n.max(1) as usize, give_mean, bs).map_err(engine_error)?;
+            let as_list = |v: Option<Vec<Vec<f32>>>| -> Robj {
+                v.map_or(().into_robj(), |v| List::from_values(v.into_iter().map(|m| m.into_iter().map(f64::from).collect::<Vec<f64>>())).into_robj())
+            };
+            Ok(List::from_names_and_values(["mean", "dispersions", "dropout"], [as_list(Some(p.mean)), as_list(p.dispersions), as_list(p.dropout)])?.into_robj())
+        }
+        "posterior_predictive" => {
+            let samples = infer::posterior_predictive_sample(&vae, x, batch_codes, n.max(1) as usize, bs).map_err(engine_error)?;
+            Ok(List::from_values(samples.into_iter().map(|m| m.into_iter().map(f64::from).collect::<Vec<f64>>())).into_robj())
+        }
         other => Err(Error::Other(format!("[scviR:config] unknown evaluation \"{other}\""))),
     }
 }

@@ -84,8 +84,9 @@ fn model_file_round_trip_gives_identical_latent() {
     let (loaded, meta2) = model_file::from_bytes(&bytes, Device::Cpu).unwrap();
     assert_eq!(meta2.vae, vae.config);
     assert_eq!(meta2.registry.genes.len(), 2000);
-    let z1 = infer::latent_representation(&vae, counts, &batch, true, 128).unwrap();
-    let z2 = infer::latent_representation(&loaded, counts, &batch, true, 128).unwrap();
+    let mean = infer::LatentQuery::Mean { mc_samples: 1 };
+    let z1 = infer::latent_representation(&vae, counts, &batch, mean, 128).unwrap().0;
+    let z2 = infer::latent_representation(&loaded, counts, &batch, mean, 128).unwrap().0;
     assert_eq!(z1, z2);
     assert!(model_file::from_bytes(&bytes[..100], Device::Cpu).is_err());
     let mut bad = bytes.clone();

@@ -8,6 +8,7 @@
 pub mod dense;
 pub mod fastmath;
 pub mod fused;
+pub mod sample;
 pub mod sparse;
 
 use serde::{Deserialize, Serialize};

@@ -34,27 +34,55 @@ fn to_vec(t: &Tensor) -> Vec<f32> {
     out
 }
 
-/// Cells x n_latent, row-major: the posterior mean (`give_mean`) or one posterior sample.
+/// What `latent_representation` returns.
+#[derive(Clone, Copy, Debug)]
+pub enum LatentQuery {
+    /// Posterior mean: q's mean for a normal latent, a Monte Carlo average of `mc_samples`
+    /// softmax-transformed samples for a logistic-normal one.
+    Mean { mc_samples: usize },
+    /// One posterior sample (transformed for a logistic-normal latent).
+    Sample,
+    /// The Gaussian posterior's mean and variance (two matrices).
+    Distribution,
+}
+
+/// Cells x n_latent matrices, row-major (a second one, the variances, for `Distribution`).
 pub fn latent_representation(
     vae: &Vae,
     counts: Counts<'_>,
     batch_codes: &[i32],
-    give_mean: bool,
+    query: LatentQuery,
     batch_size: usize,
-) -> Result<Vec<f32>> {
+) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
     check_genes(vae, &counts)?;
     check_batches(vae, batch_codes, counts.n_cells())?;
     let mut builder = MinibatchBuilder::new(counts, batch_codes, vae.device());
     let cells: Vec<usize> = (0..counts.n_cells()).collect();
-    let mut out = Vec::with_capacity(counts.n_cells() * vae.config.n_latent as usize);
+    let n = counts.n_cells() * vae.config.n_latent as usize;
+    let (mut first, mut second) = (Vec::with_capacity(n), Vec::new());
     tch::no_grad(|| {
         for chunk in cells.chunks(batch_size.max(1)) {
             let mb = builder.build(chunk);
             let inf = vae.inference(&mb, false);
-            out.extend(to_vec(if give_mean { &inf.qz.q_mean } else { &inf.z }));
+            match query {
+                LatentQuery::Mean { .. } if !vae.config.logistic_normal() => first.extend(to_vec(&inf.qz.q_mean)),
+                LatentQuery::Mean { mc_samples } => {
+                    // Samples x cells x latent, softmax over the latent, averaged over samples.
+                    let k = mc_samples.max(1) as i64;
+                    let sd = inf.qz.q_var.sqrt();
+                    let eps = Tensor::randn([k, chunk.len() as i64, vae.config.n_latent], (Kind::Float, vae.device()));
+                    let samples = (eps * sd.unsqueeze(0) + inf.qz.q_mean.unsqueeze(0)).softmax(-1, Kind::Float);
+                    first.extend(to_vec(&samples.mean_dim([0i64].as_slice(), false, Kind::Float)));
+                }
+                LatentQuery::Sample => first.extend(to_vec(&inf.z)),
+                LatentQuery::Distribution => {
+                    first.extend(to_vec(&inf.qz.q_mean));
+                    second.extend(to_vec(&inf.qz.q_var));
+                }
+            }
         }
     });
-    Ok(out)
+    Ok((first, matches!(query, LatentQuery::Distribution).then_some(second)))
 }
 
 /// Cells x genes, row-major: expected expression px_scale * library_size, averaged over
@@ -154,8 +182,11 @@ pub fn marginal_ll(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], n_mc_samp
                 let inf = vae.inference(&mb, false);
                 let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, false);
                 let log_p_x = -vae.reconstruction_loss(&mb, &gen);
-                let log_p_z = normal_log_prob(&inf.z, &inf.z.zeros_like(), &inf.z.ones_like());
-                let log_q_z = normal_log_prob(&inf.z, &inf.qz.q_mean, &inf.qz.q_var);
+                // Densities of the Gaussian sample (for a logistic-normal latent this is where the
+                // prior and q live; scvi-tools evaluates them at the softmax-transformed z).
+                let u = &inf.z_untransformed;
+                let log_p_z = normal_log_prob(u, &u.zeros_like(), &u.ones_like());
+                let log_q_z = normal_log_prob(u, &inf.qz.q_mean, &inf.qz.q_var);
                 let mut t = log_p_z + log_p_x - log_q_z;
                 if let (Some(ql), Some((prior_mean, prior_var))) = (&inf.ql, vae.library_prior(&mb.batch_index)) {
                     t = t + normal_log_prob(&inf.library, &prior_mean, &prior_var)
@@ -193,6 +224,122 @@ pub fn latent_library_size(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], g
                 _ => inf.library.exp(),
             };
             out.extend(to_f64(&lib.reshape([-1])));
+        }
+    });
+    Ok(out)
+}
+
+/// Likelihood parameters per posterior sample (or averaged over samples): each field holds one
+/// cells x genes row-major matrix per output sample.
+pub struct LikelihoodParameters {
+    pub mean: Vec<Vec<f32>>,
+    pub dispersions: Option<Vec<Vec<f32>>>,
+    /// Zero-inflation probabilities (ZINB only).
+    pub dropout: Option<Vec<Vec<f32>>>,
+}
+
+/// scvi-tools' `get_likelihood_parameters`: for each of `n_samples` posterior samples of z, the
+/// mean mu, the dispersion theta (broadcast to cells) and the zero probability; averaged over
+/// samples when `give_mean`.
+pub fn likelihood_parameters(
+    vae: &Vae,
+    counts: Counts<'_>,
+    batch_codes: &[i32],
+    n_samples: usize,
+    give_mean: bool,
+    batch_size: usize,
+) -> Result<LikelihoodParameters> {
+    check_genes(vae, &counts)?;
+    check_batches(vae, batch_codes, counts.n_cells())?;
+    let n_samples = n_samples.max(1);
+    let n_out = if give_mean { 1 } else { n_samples };
+    let lik = vae.config.gene_likelihood;
+    let mut out = LikelihoodParameters {
+        mean: vec![Vec::new(); n_out],
+        dispersions: lik.has_dispersion().then(|| vec![Vec::new(); n_out]),
+        dropout: lik.has_zero_inflation().then(|| vec![Vec::new(); n_out]),
+    };
+    let mut builder = MinibatchBuilder::new(counts, batch_codes, vae.device());
+    let cells: Vec<usize> = (0..counts.n_cells()).collect();
+    tch::no_grad(|| {
+        for chunk in cells.chunks(batch_size.max(1)) {
+            let mb = builder.build(chunk);
+            let shape = [chunk.len() as i64, vae.config.n_genes];
+            let mut acc: [Option<Tensor>; 3] = [None, None, None];
+            for s in 0..n_samples {
+                let inf = vae.inference(&mb, false);
+                let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, false);
+                let values = [
+                    Some(gen.px_rate.shallow_clone()),
+                    gen.theta.as_ref().map(|t| t.expand(shape, false)),
+                    gen.px_dropout.as_ref().map(|p| p.sigmoid()),
+                ];
+                if give_mean {
+                    for (a, v) in acc.iter_mut().zip(values) {
+                        if let Some(v) = v {
+                            *a = Some(match a.take() {
+                                Some(prev) => prev + v,
+                                None => v,
+                            });
+                        }
+                    }
+                } else {
+                    push_sample(&mut out, s, values);
+                }
+            }
+            if give_mean {
+                let values = acc.map(|a| a.map(|t| t / n_samples as f64));
+                push_sample(&mut out, 0, values);
+            }
+        }
+    });
+    Ok(out)
+}
+
+fn push_sample(out: &mut LikelihoodParameters, s: usize, values: [Option<Tensor>; 3]) {
+    let [mean, disp, drop] = values;
+    if let Some(m) = mean {
+        out.mean[s].extend(to_vec(&m));
+    }
+    if let (Some(d), Some(o)) = (disp, out.dispersions.as_mut()) {
+        o[s].extend(to_vec(&d));
+    }
+    if let (Some(d), Some(o)) = (drop, out.dropout.as_mut()) {
+        o[s].extend(to_vec(&d));
+    }
+}
+
+/// Counts drawn from the posterior predictive distribution, `n_samples` cells x genes row-major
+/// matrices: z ~ q(z | x), then x ~ p(x | z). NB and ZINB sample as scvi-tools does, through the
+/// Gamma-Poisson mixture (w ~ Gamma(theta, theta / mu), x ~ Poisson(w), w capped at 1e8),
+/// ZINB then zeroes entries with the zero-inflation probability.
+pub fn posterior_predictive_sample(
+    vae: &Vae,
+    counts: Counts<'_>,
+    batch_codes: &[i32],
+    n_samples: usize,
+    batch_size: usize,
+) -> Result<Vec<Vec<f32>>> {
+    check_genes(vae, &counts)?;
+    check_batches(vae, batch_codes, counts.n_cells())?;
+    let n_samples = n_samples.max(1);
+    let mut out = vec![Vec::new(); n_samples];
+    let mut builder = MinibatchBuilder::new(counts, batch_codes, vae.device());
+    let cells: Vec<usize> = (0..counts.n_cells()).collect();
+    let lik = vae.config.gene_likelihood;
+    tch::no_grad(|| {
+        for chunk in cells.chunks(batch_size.max(1)) {
+            let mb = builder.build(chunk);
+            for sample in out.iter_mut() {
+                let inf = vae.inference(&mb, false);
+                let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, false);
+                let x = crate::distributions::sample::sample_counts(
+                    &gen.px_rate,
+                    gen.theta.as_ref().filter(|_| lik.has_dispersion()),
+                    gen.px_dropout.as_ref(),
+                );
+                sample.extend(to_vec(&x));
+            }
         }
     });
     Ok(out)

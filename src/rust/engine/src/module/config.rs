@@ -51,6 +51,8 @@ pub struct VaeConfig {
     pub use_layer_norm_decoder: bool,
     /// Activation giving the encoders' variances: "exp" (scvi-tools' default) or "softplus".
     pub var_activation: String,
+    /// "normal" (z Gaussian) or "ln" (logistic normal: z = softmax of a Gaussian sample).
+    pub latent_distribution: String,
 }
 
 impl Default for VaeConfig {
@@ -80,7 +82,12 @@ impl VaeConfig {
             use_layer_norm_encoder: false,
             use_layer_norm_decoder: false,
             var_activation: "exp".into(),
+            latent_distribution: "normal".into(),
         }
+    }
+
+    pub fn logistic_normal(&self) -> bool {
+        self.latent_distribution == "ln"
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -93,6 +100,9 @@ impl VaeConfig {
         }
         if !(0.0..1.0).contains(&self.dropout_rate) {
             return bad(format!("dropout_rate must be in [0, 1), got {}", self.dropout_rate));
+        }
+        if !["normal", "ln"].contains(&self.latent_distribution.as_str()) {
+            return bad(format!("latent_distribution must be \"normal\" or \"ln\", got \"{}\"", self.latent_distribution));
         }
         if !["exp", "softplus"].contains(&self.var_activation.as_str()) {
             return bad(format!("var_activation must be \"exp\" or \"softplus\", got \"{}\"", self.var_activation));

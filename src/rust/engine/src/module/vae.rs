@@ -22,6 +22,9 @@ pub struct Vae {
 
 pub struct Inference {
     pub qz: EncoderOutput,
+    /// The Gaussian sample behind z (equal to z for a normal latent).
+    pub z_untransformed: Tensor,
+    /// What the decoder sees: the sample, or its softmax for a logistic-normal latent.
     pub z: Tensor,
     /// Log library size, cells x 1.
     pub library: Tensor,
@@ -124,7 +127,8 @@ impl Vae {
         let x_in = if self.config.log_variational { mb.x_log1p.shallow_clone() } else { mb.x.shallow_clone() };
         let cats = [&mb.batch_index];
         let qz = self.z_encoder.forward(&x_in, &cats, train);
-        let z = qz.rsample();
+        let z_untransformed = qz.rsample();
+        let z = if self.config.logistic_normal() { z_untransformed.softmax(-1, Kind::Float) } else { z_untransformed.shallow_clone() };
         let (library, ql) = match &self.l_encoder {
             None => (mb.log_library.shallow_clone(), None),
             Some(enc) => {
@@ -132,7 +136,7 @@ impl Vae {
                 (ql.rsample(), Some(ql))
             }
         };
-        Inference { qz, z, library, ql }
+        Inference { qz, z_untransformed, z, library, ql }
     }
 
     /// p(x | z, library, batch) parameters. `batch_index` may differ from the data's batch
