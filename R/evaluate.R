@@ -9,7 +9,8 @@
                               nrow(d$counts), d$codes, what, as.integer(n), isTRUE(give_mean),
                               as.numeric(seed %||% object$seed),
                               .check_count_arg(batch_size, "batch_size"),
-                              .default_threads(n_threads %||% object$n_threads)))
+                              .default_threads(n_threads %||% object$n_threads),
+                              .query_accelerator(object), object$device_index %||% 0L))
   list(values = res, cells = colnames(d$counts))
 }
 

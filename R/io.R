@@ -44,6 +44,9 @@ load_model <- function(dir) {
                   source = r_side$source)
   fit$batch_key <- r_side$batch_key %||% fit$batch_key
   fit$train_seconds <- r_side$train_seconds
+  fit$accelerator <- r_side$accelerator %||% "auto"
+  fit$device_index <- r_side$device_index %||% 0L
+  fit$device <- r_side$device
   fit
 }
 

@@ -60,6 +60,9 @@
 #' @param seed Integer seed for the split, the minibatch order and libtorch; `NULL` draws one
 #'   from R's random number generator.
 #' @param n_threads CPU threads for libtorch (default: all cores, or option `scviR.threads`).
+#' @param accelerator `"auto"` (a CUDA GPU when the libtorch scviR was built against has one,
+#'   else the CPU), `"cpu"` or `"gpu"`.
+#' @param device CUDA device index (0-based) for `"gpu"`/`"auto"`; `"auto"` means 0.
 #' @param verbose Print training progress (about ten lines per run).
 #' @param keep_data Keep the (gene-selected) counts inside the model so that queries need no
 #'   `newdata`.
@@ -90,7 +93,8 @@ scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NUL
                        early_stopping_mode = "min", early_stopping_warmup_epochs = 0L,
                        reduce_lr_on_plateau = FALSE, lr_factor = 0.6, lr_patience = 30L,
                        lr_threshold = 0, lr_min = 0, lr_scheduler_metric = "elbo_validation",
-                       seed = NULL, n_threads = NULL, verbose = TRUE, keep_data = TRUE) {
+                       seed = NULL, n_threads = NULL, accelerator = "auto", device = "auto",
+                       verbose = TRUE, keep_data = TRUE) {
   norm_where <- c("both", "encoder", "decoder", "none")
   monitors <- c("elbo_validation", "reconstruction_loss_validation", "kl_local_validation",
                 "validation_loss")
@@ -141,7 +145,9 @@ scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NUL
                          lr_threshold = .check_number(lr_threshold, "lr_threshold", 0),
                          lr_min = .check_number(lr_min, "lr_min", 0),
                          lr_scheduler_metric = .check_choice(lr_scheduler_metric, monitors, "lr_scheduler_metric")),
-            seed = seed, n_threads = n_threads, verbose = verbose, keep_data = keep_data)
+            seed = seed, n_threads = n_threads, verbose = verbose, keep_data = keep_data,
+            accelerator = .check_choice(accelerator, c("auto", "cpu", "gpu"), "accelerator"),
+            device_index = if (identical(device, "auto")) 0L else .check_count_arg(device, "device", min = 0))
 }
 
 .default_threads <- function(n_threads = NULL) {
@@ -162,7 +168,8 @@ scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NUL
 
 # Gene selection, checks, engine call, model object.
 .scvi_fit <- function(counts, batch, batch_key, n_top_genes, features, model, train, seed,
-                      n_threads, verbose, keep_data, source = NULL) {
+                      n_threads, verbose, keep_data, accelerator = "auto", device_index = 0L,
+                      source = NULL) {
   hvg <- NULL
   if (!is.null(features)) {
     features <- unique(as.character(features))
@@ -196,12 +203,16 @@ scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NUL
   started <- proc.time()[["elapsed"]]
   res <- .engine(.rs_train(counts@p, counts@i, counts@x, ncol(counts), nrow(counts), codes,
                            rownames(counts), batches, batch_key %||% "", .to_json(model),
-                           .to_json(train), n_threads, progress_every))
+                           .to_json(train), n_threads, progress_every, accelerator,
+                           as.integer(device_index)))
   elapsed <- proc.time()[["elapsed"]] - started
   fit <- .new_fit(res$model, cells = colnames(counts),
                   data = if (isTRUE(keep_data)) list(counts = counts, batch = batch) else NULL,
                   seed = seed, n_threads = n_threads, hvg = hvg, source = source)
   fit$train_seconds <- elapsed
+  fit$accelerator <- accelerator
+  fit$device_index <- as.integer(device_index)
+  fit$device <- res$device
   fit
 }
 

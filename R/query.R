@@ -68,6 +68,10 @@
   codes - 1L
 }
 
+# Queries run where training ran when possible: on the CPU when the model was trained there by
+# request, else wherever "auto" finds (so a GPU-trained model still answers on a CPU machine).
+.query_accelerator <- function(fit) if (identical(fit$accelerator, "cpu")) "cpu" else "auto"
+
 .latent_colnames <- function(n) paste0("scvi_", seq_len(n))
 
 #' Latent representation of cells
@@ -106,7 +110,8 @@ get_latent_representation.scvi_model <- function(object, newdata = NULL, batch =
                             .check_count_arg(mc_samples, "mc_samples"),
                             as.numeric(seed %||% object$seed),
                             .check_count_arg(batch_size, "batch_size"),
-                            .default_threads(n_threads %||% object$n_threads)))
+                            .default_threads(n_threads %||% object$n_threads),
+                            .query_accelerator(object), object$device_index %||% 0L))
   names <- list(colnames(d$counts), .latent_colnames(ncol(res$z)))
   dimnames(res$z) <- names
   if (isTRUE(return_dist)) {
@@ -133,17 +138,23 @@ get_latent_representation.SingleCellExperiment <- function(object, ...) {
 #' Normalized (denoised) expression
 #'
 #' Expected expression of each gene in each cell under the model, `px_scale * library_size`,
-#' averaged over `n_samples` posterior samples of z (as scvi-tools, even a single sample is a
-#' draw from the posterior, so `seed` fixes it). Note the orientation: genes x cells, the R
-#' convention (scvi-tools returns cells x genes).
+#' from posterior samples of z (as scvi-tools, even a single sample is a draw from the
+#' posterior, so `seed` fixes it). Note the orientation: genes x cells, the R convention
+#' (scvi-tools returns cells x genes).
 #'
 #' @inheritParams get_latent_representation
-#' @param transform_batch Decode every cell as if it came from this batch (a batch name);
-#'   `NULL` uses each cell's own batch.
+#' @param transform_batch Decode every cell as if it came from this batch, or from each of
+#'   several batches with the results averaged; `NULL` uses each cell's own batch.
 #' @param gene_list Genes to return (default: all model genes).
-#' @param library_size Library size the proportions are scaled to (1 gives proportions).
-#' @param n_samples Posterior samples averaged per cell.
-#' @return A genes x cells matrix.
+#' @param library_size Library size the proportions are scaled to (1 gives proportions), or
+#'   `"latent"` for the model's own library (the expected counts).
+#' @param n_samples Posterior samples per cell.
+#' @param n_samples_overall Instead of per-cell values, this many draws, each the expression of
+#'   a cell chosen at random (with replacement) in one posterior sample; columns are named by
+#'   the cell drawn. Needs `n_samples = 1`.
+#' @param return_mean Average over the `n_samples` samples (`FALSE`: an array genes x cells x
+#'   samples).
+#' @return A genes x cells matrix (see `return_mean` and `n_samples_overall` for the others).
 #' @export
 get_normalized_expression <- function(object, ...) UseMethod("get_normalized_expression")
 
@@ -152,16 +163,17 @@ get_normalized_expression <- function(object, ...) UseMethod("get_normalized_exp
 get_normalized_expression.scvi_model <- function(object, newdata = NULL, batch = NULL,
                                                  transform_batch = NULL, gene_list = NULL,
                                                  library_size = 1, n_samples = 1L,
+                                                 n_samples_overall = NULL, return_mean = TRUE,
                                                  batch_size = 128L, seed = NULL,
                                                  n_threads = NULL, indices = NULL, ...) {
   d <- .query_data(object, newdata, batch, indices)
-  tb <- -1L
+  tb <- integer()
   if (!is.null(transform_batch)) {
-    if (length(transform_batch) != 1) scvir_abort("transform_batch must be a single batch name")
     tb <- match(as.character(transform_batch), object$batches) - 1L
-    if (is.na(tb)) {
+    if (anyNA(tb)) {
       scvir_abort(sprintf("transform_batch \"%s\" is not a batch of the model (batches: %s)",
-                          transform_batch, paste(object$batches, collapse = ", ")))
+                          as.character(transform_batch)[is.na(tb)][1],
+                          paste(object$batches, collapse = ", ")))
     }
   }
   if (!is.null(gene_list)) {
@@ -171,15 +183,42 @@ get_normalized_expression.scvi_model <- function(object, newdata = NULL, batch =
                           length(unknown), unknown[1]))
     }
   }
+  lib <- if (identical(library_size, "latent")) -1 else .check_number(library_size, "library_size", 0)
+  n_samples <- .check_count_arg(n_samples, "n_samples")
+  seed <- as.numeric(seed %||% object$seed)
+  if (!is.null(n_samples_overall)) {
+    n_samples_overall <- .check_count_arg(n_samples_overall, "n_samples_overall")
+    if (n_samples != 1) scvir_abort("n_samples_overall needs n_samples = 1")
+    n_samples <- n_samples_overall %/% ncol(d$counts) + 1L
+    return_mean <- FALSE
+  }
   e <- .engine(.rs_normalized_expression(
     object$model, d$counts@p, d$counts@i, d$counts@x, ncol(d$counts), nrow(d$counts), d$codes,
-    tb, .check_number(library_size, "library_size", 0), .check_count_arg(n_samples, "n_samples"),
-    as.numeric(seed %||% object$seed), .check_count_arg(batch_size, "batch_size"),
-    .default_threads(n_threads %||% object$n_threads)))
-  e <- t(e)
-  dimnames(e) <- list(object$genes, colnames(d$counts))
-  if (!is.null(gene_list)) e <- e[gene_list, , drop = FALSE]
-  e
+    tb, lib, n_samples, isTRUE(return_mean), seed, .check_count_arg(batch_size, "batch_size"),
+    .default_threads(n_threads %||% object$n_threads), .query_accelerator(object),
+    object$device_index %||% 0L))
+  genes <- object$genes
+  keep <- if (is.null(gene_list)) seq_along(genes) else match(gene_list, genes)
+  mats <- lapply(e, function(v) {
+    m <- matrix(v, nrow = length(genes), dimnames = list(genes, colnames(d$counts)))
+    m[keep, , drop = FALSE]
+  })
+  if (!is.null(n_samples_overall)) {
+    all <- do.call(cbind, mats)
+    pick <- .with_seed(seed, sample.int(ncol(all), n_samples_overall, replace = TRUE))
+    return(all[, pick, drop = FALSE])
+  }
+  if (length(mats) == 1) return(mats[[1]])
+  array(unlist(mats), dim = c(length(keep), ncol(d$counts), length(mats)),
+        dimnames = list(genes[keep], colnames(d$counts), NULL))
+}
+
+# Evaluates expr with R's RNG seeded, leaving the user's RNG state as it was.
+.with_seed <- function(seed, expr) {
+  old <- if (exists(".Random.seed", globalenv())) get(".Random.seed", globalenv()) else NULL
+  on.exit(if (is.null(old)) rm(".Random.seed", envir = globalenv()) else assign(".Random.seed", old, globalenv()))
+  set.seed(seed %% .Machine$integer.max)
+  expr
 }
 
 #' @rdname get_normalized_expression

@@ -127,3 +127,26 @@ test_that("highly variable genes are selected when the input has more than n_top
   fit2 <- quick_fit(counts, features = rev(chosen), max_epochs = 3L)
   expect_setequal(fit2$genes, chosen)
 })
+
+test_that("normalized expression: several transform batches, latent library, samples", {
+  counts <- pbmc_small_counts()
+  b <- pbmc_small_seurat()$groups
+  fit <- quick_fit(counts, batch = b, max_epochs = 10L)
+  g1 <- get_normalized_expression(fit, transform_batch = "g1", seed = 5)
+  g2 <- get_normalized_expression(fit, transform_batch = "g2", seed = 5)
+  both <- get_normalized_expression(fit, transform_batch = c("g1", "g2"), seed = 5)
+  expect_equal(both, (g1 + g2) / 2, tolerance = 1e-5)
+  mu <- get_normalized_expression(fit, library_size = "latent")
+  expect_equal(unname(colSums(mu)), unname(Matrix::colSums(counts)), tolerance = 1e-4)
+  arr <- get_normalized_expression(fit, n_samples = 4L, return_mean = FALSE, seed = 6)
+  expect_equal(dim(arr), c(230L, 80L, 4L))
+  expect_equal(get_normalized_expression(fit, n_samples = 4L, seed = 6), apply(arr, c(1, 2), mean),
+               tolerance = 1e-5)
+  over <- get_normalized_expression(fit, n_samples_overall = 200L, gene_list = c("LYZ", "CD79A"))
+  expect_equal(dim(over), c(2L, 200L))
+  expect_true(all(colnames(over) %in% colnames(counts)))
+  set.seed(1); r1 <- runif(1)
+  set.seed(1); invisible(get_normalized_expression(fit, n_samples_overall = 10L)); r2 <- runif(1)
+  expect_identical(r1, r2)  # the user's random stream is left alone
+  expect_error(get_normalized_expression(fit, n_samples = 2L, n_samples_overall = 10L), "needs n_samples = 1")
+})

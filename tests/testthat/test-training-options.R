@@ -89,3 +89,13 @@ test_that("layer norm, raw-count encoding and softplus variances train", {
   expect_error(quick_fit(var_activation = "relu"), "var_activation must be one of")
   expect_error(quick_fit(early_stopping = "yes"), "early_stopping must be TRUE or FALSE")
 })
+
+test_that("accelerator: the CPU on request, a clear error for an unavailable GPU", {
+  fit <- quick_fit(accelerator = "cpu", max_epochs = 2L)
+  expect_identical(fit$device, "Cpu")
+  if (!scviR:::.rs_cuda_available()) {
+    expect_error(quick_fit(accelerator = "gpu"), "needs CUDA", class = "scvir_config_error")
+    expect_identical(quick_fit(accelerator = "auto", max_epochs = 2L)$device, "Cpu")
+  }
+  expect_error(quick_fit(accelerator = "tpu"), "accelerator must be one of")
+})

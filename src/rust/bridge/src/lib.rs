@@ -29,6 +29,28 @@ fn quiet_panics() {
     ONCE.call_once(|| std::panic::set_hook(Box::new(|_| {})));
 }
 
+/// "cpu", "gpu"/"cuda" (device index `index`) or "auto" (the first CUDA device when the linked
+/// libtorch has one, else the CPU).
+fn device(accelerator: &str, index: i32) -> Result<Device> {
+    match accelerator {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(if runtime::cuda_available() { Device::Cuda(index.max(0) as usize) } else { Device::Cpu }),
+        "gpu" | "cuda" => {
+            if !runtime::cuda_available() {
+                return Err(Error::Other(
+                    "[scviR:config] accelerator = \"gpu\" needs CUDA, but no CUDA device is available to the libtorch scviR was built with (a CPU-only libtorch, or no GPU); use \"cpu\" or \"auto\"".into(),
+                ));
+            }
+            let n = tch::Cuda::device_count();
+            if index < 0 || index as i64 >= n {
+                return Err(Error::Other(format!("[scviR:config] device {index} does not exist ({n} CUDA device(s))")));
+            }
+            Ok(Device::Cuda(index as usize))
+        }
+        other => Err(Error::Other(format!("[scviR:config] accelerator must be \"auto\", \"cpu\" or \"gpu\"; got \"{other}\""))),
+    }
+}
+
 fn prepare(n_threads: i32) {
     quiet_panics();
     runtime::init();
@@ -65,8 +87,11 @@ fn scvir_train(
     train_json: &str,
     n_threads: i32,
     progress_every: i32,
+    accelerator: &str,
+    device_index: i32,
 ) -> Result<List> {
     prepare(n_threads);
+    let dev = device(accelerator, device_index)?;
     let x = counts(n_cells, n_genes, indptr, indices, values)?;
     let mut vae_cfg: VaeConfig = serde_json::from_str(model_json).map_err(|e| Error::Other(format!("[scviR:config] {e}")))?;
     vae_cfg.n_genes = n_genes as i64;
@@ -77,7 +102,7 @@ fn scvir_train(
     registry.batch_key = (!batch_key.is_empty()).then(|| batch_key.to_string());
     let prior = (registry.library_log_means.clone(), registry.library_log_vars.clone());
     runtime::seed_everything(train_cfg.seed);
-    let mut vae = Vae::new(vae_cfg.clone(), Device::Cpu, Some((&prior.0, &prior.1))).map_err(engine_error)?;
+    let mut vae = Vae::new(vae_cfg.clone(), dev, Some((&prior.0, &prior.1))).map_err(engine_error)?;
     let mut obs = RObserver::new(progress_every.max(0) as usize);
     let outcome = train::train(&mut vae, x, batch_codes, &train_cfg, &mut obs).map_err(engine_error)?;
     let meta = model_file::ModelMeta {
@@ -93,7 +118,7 @@ fn scvir_train(
     let bytes = model_file::to_bytes(&vae, &meta).map_err(engine_error)?;
     let one_based = |v: &[usize]| v.iter().map(|&i| (i + 1) as i32).collect::<Vec<i32>>();
     List::from_names_and_values(
-        ["model", "history_json", "train", "validation", "test", "max_epochs", "n_parameters"],
+        ["model", "history_json", "train", "validation", "test", "max_epochs", "n_parameters", "device"],
         [
             Raw::from_bytes(&bytes).into_robj(),
             serde_json::to_string(&outcome.history).unwrap_or_default().into_robj(),
@@ -102,12 +127,13 @@ fn scvir_train(
             one_based(&outcome.split.test).into_robj(),
             (outcome.max_epochs as i32).into_robj(),
             (vae.n_parameters() as f64).into_robj(),
+            format!("{dev:?}").into_robj(),
         ],
     )
 }
 
-fn load(model: &Raw) -> Result<(Vae, model_file::ModelMeta)> {
-    model_file::from_bytes(model.as_slice(), Device::Cpu).map_err(engine_error)
+fn load(model: &Raw, accelerator: &str, device_index: i32) -> Result<(Vae, model_file::ModelMeta)> {
+    model_file::from_bytes(model.as_slice(), device(accelerator, device_index)?).map_err(engine_error)
 }
 
 /// The model's header (config, registry, history, split) as JSON.
@@ -135,9 +161,11 @@ fn scvir_latent(
     seed: f64,
     batch_size: i32,
     n_threads: i32,
+    accelerator: &str,
+    device_index: i32,
 ) -> Result<List> {
     prepare(n_threads);
-    let (vae, _) = load(&model)?;
+    let (vae, _) = load(&model, accelerator, device_index)?;
     let x = counts(n_cells, n_genes, indptr, indices, values)?;
     tch::manual_seed(seed as i64);
     let query = match what {
@@ -152,8 +180,9 @@ fn scvir_latent(
     List::from_names_and_values(["z", "var"], [row_major_to_matrix(&a, n_cells as usize, k).into_robj(), second])
 }
 
-/// Cells x genes normalized expression (px_scale * library_size, averaged over samples).
-/// `transform_batch` is a 0-based batch code or -1 for each cell's own batch.
+/// Normalized expression, one row-major cells x genes vector per output sample.
+/// `transform_batches` holds 0-based batch codes (empty: each cell's own batch);
+/// `library_size` < 0 means the model's own library ("latent").
 /// @noRd
 #[extendr]
 #[allow(clippy::too_many_arguments)]
@@ -165,21 +194,25 @@ fn scvir_normalized_expression(
     n_cells: i32,
     n_genes: i32,
     batch_codes: &[i32],
-    transform_batch: i32,
+    transform_batches: &[i32],
     library_size: f64,
     n_samples: i32,
+    return_mean: bool,
     seed: f64,
     batch_size: i32,
     n_threads: i32,
-) -> Result<RMatrix<f64>> {
+    accelerator: &str,
+    device_index: i32,
+) -> Result<List> {
     prepare(n_threads);
-    let (vae, _) = load(&model)?;
+    let (vae, _) = load(&model, accelerator, device_index)?;
     let x = counts(n_cells, n_genes, indptr, indices, values)?;
     tch::manual_seed(seed as i64);
-    let tb = (transform_batch >= 0).then_some(transform_batch as usize);
-    let e = infer::normalized_expression(&vae, x, batch_codes, tb, library_size, n_samples.max(1) as usize, batch_size.max(1) as usize)
+    let tb: Vec<usize> = transform_batches.iter().map(|&b| b.max(0) as usize).collect();
+    let lib = if library_size < 0.0 { infer::LibrarySize::Latent } else { infer::LibrarySize::Constant(library_size) };
+    let e = infer::normalized_expression(&vae, x, batch_codes, &tb, lib, n_samples.max(1) as usize, return_mean, batch_size.max(1) as usize)
         .map_err(engine_error)?;
-    Ok(row_major_to_matrix(&e, n_cells as usize, n_genes as usize))
+    Ok(List::from_values(e.into_iter().map(|m| m.into_iter().map(f64::from).collect::<Vec<f64>>())))
 }
 
 /// Per-cell evaluation of a trained model: `what` is "losses" (list of reconstruction and
@@ -203,9 +236,11 @@ fn scvir_evaluate(
     seed: f64,
     batch_size: i32,
     n_threads: i32,
+    accelerator: &str,
+    device_index: i32,
 ) -> Result<Robj> {
     prepare(n_threads);
-    let (vae, _) = load(&model)?;
+    let (vae, _) = load(&model, accelerator, device_index)?;
     let x = counts(n_cells, n_genes, indptr, indices, values)?;
     tch::manual_seed(seed as i64);
     let bs = batch_size.max(1) as usize;

@@ -85,43 +85,67 @@ pub fn latent_representation(
     Ok((first, matches!(query, LatentQuery::Distribution).then_some(second)))
 }
 
-/// Cells x genes, row-major: expected expression px_scale * library_size, averaged over
-/// `n_samples` posterior samples of z (scvi-tools samples z even for one sample). With
-/// `transform_batch`, every cell is decoded as if it came from that batch.
+/// How expression is scaled in `normalized_expression`.
+#[derive(Clone, Copy, Debug)]
+pub enum LibrarySize {
+    /// Proportions times this constant.
+    Constant(f64),
+    /// The model's own library (observed, or sampled from q(l | x)): the mean mu in counts.
+    Latent,
+}
+
+/// Expected expression per cell and gene, one cells x genes row-major matrix per posterior sample
+/// (or one averaged over `n_samples` when `return_mean`). scvi-tools samples z even for a single
+/// sample. With `transform_batches`, every cell is decoded as if from each of those batches and
+/// the results are averaged; empty means each cell's own batch.
 pub fn normalized_expression(
     vae: &Vae,
     counts: Counts<'_>,
     batch_codes: &[i32],
-    transform_batch: Option<usize>,
-    library_size: f64,
+    transform_batches: &[usize],
+    library_size: LibrarySize,
     n_samples: usize,
+    return_mean: bool,
     batch_size: usize,
-) -> Result<Vec<f32>> {
+) -> Result<Vec<Vec<f32>>> {
     check_genes(vae, &counts)?;
     check_batches(vae, batch_codes, counts.n_cells())?;
-    if let Some(b) = transform_batch {
-        if b as i64 >= vae.config.n_batch {
-            return Err(Error::InvalidInput("transform_batch is outside the model's batches".into()));
-        }
+    if transform_batches.iter().any(|&b| b as i64 >= vae.config.n_batch) {
+        return Err(Error::InvalidInput("transform_batch is outside the model's batches".into()));
     }
     let n_samples = n_samples.max(1);
+    let mut out = vec![Vec::new(); if return_mean { 1 } else { n_samples }];
     let mut builder = MinibatchBuilder::new(counts, batch_codes, vae.device());
     let cells: Vec<usize> = (0..counts.n_cells()).collect();
-    let mut out = Vec::with_capacity(counts.n_cells() * counts.n_genes());
     tch::no_grad(|| {
         for chunk in cells.chunks(batch_size.max(1)) {
             let mb = builder.build(chunk);
-            let decode_batch = match transform_batch {
-                Some(b) => mb.batch_index.full_like(b as i64),
-                None => mb.batch_index.shallow_clone(),
+            let decode_batches: Vec<Tensor> = if transform_batches.is_empty() {
+                vec![mb.batch_index.shallow_clone()]
+            } else {
+                transform_batches.iter().map(|&b| mb.batch_index.full_like(b as i64)).collect()
             };
             let mut acc = Tensor::zeros([chunk.len() as i64, vae.config.n_genes], (Kind::Float, vae.device()));
-            for _ in 0..n_samples {
+            for s in 0..n_samples {
                 let inf = vae.inference(&mb, false);
-                let gen = vae.generative(&inf.z, &inf.library, &decode_batch, false);
-                acc += gen.px_scale;
+                let mut sample = Tensor::zeros_like(&acc);
+                for b in &decode_batches {
+                    let gen = vae.generative(&inf.z, &inf.library, b, false);
+                    sample += match library_size {
+                        LibrarySize::Constant(c) => gen.px_scale * c,
+                        LibrarySize::Latent => gen.px_rate,
+                    };
+                }
+                let sample = sample / decode_batches.len() as f64;
+                if return_mean {
+                    acc += sample;
+                } else {
+                    out[s].extend(to_vec(&sample));
+                }
             }
-            out.extend(to_vec(&(acc * (library_size / n_samples as f64))));
+            if return_mean {
+                out[0].extend(to_vec(&(acc / n_samples as f64)));
+            }
         }
     });
     Ok(out)
