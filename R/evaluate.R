@@ -175,3 +175,51 @@ posterior_predictive_sample <- function(object, newdata = NULL, batch = NULL, in
   })
   if (length(out) == 1) out[[1]] else out
 }
+
+#' Gene-gene correlation under the model
+#'
+#' As scvi-tools' `get_feature_correlation_matrix()`: for each cell, `n_samples` posterior samples
+#' of z; for each, a draw of the Gamma part of the Gamma-Poisson likelihood with mean
+#' `rna_size_factor * px_scale` (denoised expression with sampling noise of the biological
+#' variation only); genes are then correlated across all (cell, sample) rows. With several
+#' `transform_batch` values the correlation matrices are averaged. For a Poisson model, which has
+#' no Gamma part, the scaled expression itself is used.
+#'
+#' @inheritParams get_latent_representation
+#' @param n_samples Posterior samples per cell.
+#' @param rna_size_factor Library size the expression is scaled to before sampling.
+#' @param transform_batch Batch names to condition on (`NULL`: each cell's own batch).
+#' @param correlation_type `"spearman"` or `"pearson"`.
+#' @return A genes x genes correlation matrix.
+#' @export
+get_feature_correlation_matrix <- function(object, newdata = NULL, batch = NULL, indices = NULL,
+                                           n_samples = 10L, batch_size = 64L,
+                                           rna_size_factor = 1000, transform_batch = NULL,
+                                           correlation_type = "spearman", seed = NULL,
+                                           n_threads = NULL) {
+  fit <- .fit_of(object)
+  correlation_type <- .check_choice(correlation_type, c("spearman", "pearson"), "correlation_type")
+  d0 <- .object_inputs(object, newdata, batch)
+  d <- .query_data(fit, d0$newdata, d0$batch, indices)
+  codes <- -1L
+  if (!is.null(transform_batch)) {
+    codes <- match(as.character(transform_batch), fit$batches) - 1L
+    if (anyNA(codes)) {
+      scvir_abort(sprintf("transform_batch \"%s\" is not a batch of the model",
+                          as.character(transform_batch)[is.na(codes)][1]))
+    }
+  }
+  mats <- lapply(codes, function(b) {
+    v <- .engine(.rs_denoised_samples(
+      fit$model, d$counts@p, d$counts@i, d$counts@x, ncol(d$counts), nrow(d$counts), d$codes,
+      b, .check_count_arg(n_samples, "n_samples"), .check_number(rna_size_factor, "rna_size_factor", 0),
+      as.numeric(seed %||% fit$seed), .check_count_arg(batch_size, "batch_size"),
+      .default_threads(n_threads %||% fit$n_threads), .query_accelerator(fit),
+      fit$device_index %||% 0L))
+    x <- matrix(v, ncol = length(fit$genes), byrow = TRUE)
+    stats::cor(x, method = correlation_type)
+  })
+  out <- Reduce(`+`, mats) / length(mats)
+  dimnames(out) <- list(fit$genes, fit$genes)
+  out
+}

@@ -29,3 +29,10 @@
   .Call(wrap__scvir_evaluate, model, indptr, indices, values, n_cells, n_genes, batch_codes, what,
         n, give_mean, seed, batch_size, n_threads, accelerator, device_index)
 }
+.rs_denoised_samples <- function(model, indptr, indices, values, n_cells, n_genes, batch_codes,
+                                 transform_batch, n_samples, rna_size_factor, seed, batch_size,
+                                 n_threads, accelerator, device_index) {
+  .Call(wrap__scvir_denoised_samples, model, indptr, indices, values, n_cells, n_genes,
+        batch_codes, transform_batch, n_samples, rna_size_factor, seed, batch_size, n_threads,
+        accelerator, device_index)
+}

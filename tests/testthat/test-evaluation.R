@@ -116,3 +116,24 @@ test_that("posterior predictive samples are sparse counts that track the data", 
   # Gene means follow the data.
   expect_gt(cor(log1p(Matrix::rowMeans(sampled)), log1p(Matrix::rowMeans(counts))), 0.8)
 })
+
+test_that("gene-gene correlations under the model", {
+  counts <- pbmc_small_counts()
+  b <- pbmc_small_seurat()$groups
+  fit <- quick_fit(counts, batch = b, max_epochs = 60L)
+  genes <- rownames(counts)
+  cm <- get_feature_correlation_matrix(fit, n_samples = 5L)
+  expect_equal(dim(cm), c(230L, 230L))
+  expect_identical(rownames(cm), fit$genes)
+  expect_equal(unname(diag(cm)), rep(1, 230))
+  expect_true(isSymmetric(unname(cm)))
+  # Genes that co-vary in the data co-vary under the model: the B-cell markers MS4A1 and CD79A
+  # are in the top 10% of gene pairs, and above a B / monocyte pair.
+  pairs <- cm[upper.tri(cm)]
+  expect_gt(cm["MS4A1", "CD79A"], stats::quantile(pairs, 0.9))
+  expect_gt(cm["MS4A1", "CD79A"], cm["MS4A1", "LYZ"])
+  p <- get_feature_correlation_matrix(fit, n_samples = 2L, correlation_type = "pearson",
+                                      transform_batch = c("g1", "g2"))
+  expect_false(isTRUE(all.equal(p, cm)))
+  expect_error(get_feature_correlation_matrix(fit, correlation_type = "kendall"), "must be one of")
+})

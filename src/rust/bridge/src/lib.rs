@@ -266,6 +266,37 @@ fn scvir_evaluate(
     }
 }
 
+/// Denoised Gamma samples (rows: cell x sample, row-major over genes) for gene correlations.
+/// @noRd
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn scvir_denoised_samples(
+    model: Raw,
+    indptr: &[i32],
+    indices: &[i32],
+    values: &[f64],
+    n_cells: i32,
+    n_genes: i32,
+    batch_codes: &[i32],
+    transform_batch: i32,
+    n_samples: i32,
+    rna_size_factor: f64,
+    seed: f64,
+    batch_size: i32,
+    n_threads: i32,
+    accelerator: &str,
+    device_index: i32,
+) -> Result<Vec<f64>> {
+    prepare(n_threads);
+    let (vae, _) = load(&model, accelerator, device_index)?;
+    let x = counts(n_cells, n_genes, indptr, indices, values)?;
+    tch::manual_seed(seed as i64);
+    let tb = (transform_batch >= 0).then_some(transform_batch as usize);
+    let v = infer::denoised_samples(&vae, x, batch_codes, tb, n_samples.max(1) as usize, rna_size_factor, batch_size.max(1) as usize)
+        .map_err(engine_error)?;
+    Ok(v.into_iter().map(f64::from).collect())
+}
+
 /// Reads an .h5ad file: CSR counts (cells x genes) and the obs / var data frames.
 /// @noRd
 #[extendr]
@@ -317,6 +348,7 @@ extendr_module! {
     fn scvir_latent;
     fn scvir_normalized_expression;
     fn scvir_evaluate;
+    fn scvir_denoised_samples;
     fn scvir_read_h5ad;
     fn scvir_cuda_available;
     fn scvir_tune_blas;

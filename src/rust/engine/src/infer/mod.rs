@@ -368,3 +368,49 @@ pub fn posterior_predictive_sample(
     });
     Ok(out)
 }
+
+/// scvi-tools' "denoised samples" behind `get_feature_correlation_matrix`: per posterior sample
+/// of z, a draw of the Gamma part of the Gamma-Poisson mixture, Gamma(theta, theta / mu'), with
+/// mu' = `rna_size_factor` * px_scale (for Poisson, which has no theta, mu' itself). Rows are
+/// (cell, sample) pairs, row-major with genes as columns. `transform_batch` decodes as that batch.
+pub fn denoised_samples(
+    vae: &Vae,
+    counts: Counts<'_>,
+    batch_codes: &[i32],
+    transform_batch: Option<usize>,
+    n_samples: usize,
+    rna_size_factor: f64,
+    batch_size: usize,
+) -> Result<Vec<f32>> {
+    check_genes(vae, &counts)?;
+    check_batches(vae, batch_codes, counts.n_cells())?;
+    if transform_batch.is_some_and(|b| b as i64 >= vae.config.n_batch) {
+        return Err(Error::InvalidInput("transform_batch is outside the model's batches".into()));
+    }
+    let mut builder = MinibatchBuilder::new(counts, batch_codes, vae.device());
+    let cells: Vec<usize> = (0..counts.n_cells()).collect();
+    let mut out = Vec::with_capacity(counts.n_cells() * n_samples.max(1) * counts.n_genes());
+    tch::no_grad(|| {
+        for chunk in cells.chunks(batch_size.max(1)) {
+            let mb = builder.build(chunk);
+            let decode_batch = match transform_batch {
+                Some(b) => mb.batch_index.full_like(b as i64),
+                None => mb.batch_index.shallow_clone(),
+            };
+            for _ in 0..n_samples.max(1) {
+                let inf = vae.inference(&mb, false);
+                let gen = vae.generative(&inf.z, &inf.library, &decode_batch, false);
+                let rate = &gen.px_scale * rna_size_factor;
+                let draw = match &gen.theta {
+                    Some(theta) => {
+                        let theta = theta.expand_as(&rate);
+                        theta.internal_standard_gamma() * &rate / &theta
+                    }
+                    None => rate,
+                };
+                out.extend(to_vec(&draw));
+            }
+        }
+    });
+    Ok(out)
+}
