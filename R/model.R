@@ -21,7 +21,9 @@
 #' @param features Explicit genes to train on (overrides `n_top_genes`).
 #' @param n_hidden,n_latent,n_layers,dropout_rate Architecture, as in scvi-tools.
 #' @param dispersion `"gene"`, `"gene-batch"` or `"gene-cell"`.
-#' @param gene_likelihood `"zinb"`, `"nb"` or `"poisson"`.
+#' @param gene_likelihood `"zinb"`, `"nb"`, `"poisson"` or `"normal"` (scvi-tools' experimental
+#'   Gaussian: mean library x proportion, standard deviation exp(px_r) per gene; the input must
+#'   still be counts, as the encoder and library use them).
 #' @param use_observed_lib_size `TRUE` uses the observed library size; `FALSE` learns it
 #'   with a per-batch log-normal prior.
 #' @param log_variational Encode log1p(counts) (`TRUE`, scvi-tools' default) or raw counts.
@@ -108,7 +110,7 @@ scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NUL
                          n_layers = .check_count_arg(n_layers, "n_layers"),
                          dropout_rate = .check_number(dropout_rate, "dropout_rate", 0, 0.999),
                          dispersion = .check_choice(dispersion, c("gene", "gene-batch", "gene-cell"), "dispersion"),
-                         gene_likelihood = .check_choice(gene_likelihood, c("zinb", "nb", "poisson"), "gene_likelihood"),
+                         gene_likelihood = .check_choice(gene_likelihood, c("zinb", "nb", "poisson", "normal"), "gene_likelihood"),
                          use_observed_lib_size = .check_flag(use_observed_lib_size, "use_observed_lib_size"),
                          log_variational = .check_flag(log_variational, "log_variational"),
                          encode_covariates = .check_flag(encode_covariates, "encode_covariates"),

@@ -98,6 +98,10 @@ test_that("likelihood parameters have the model's shapes and meaning", {
   nb <- get_likelihood_parameters(quick_fit(counts, gene_likelihood = "nb", max_epochs = 3L))
   expect_named(nb, c("mean", "dispersions"))
   expect_named(get_likelihood_parameters(quick_fit(counts, gene_likelihood = "poisson", max_epochs = 3L)), "mean")
+  normal <- quick_fit(counts, gene_likelihood = "normal", max_epochs = 5L)
+  expect_named(get_likelihood_parameters(normal), c("mean", "dispersions"))
+  expect_true(all(is.finite(history(normal)$elbo_train)))
+  expect_s4_class(posterior_predictive_sample(normal), "dgCMatrix")
 })
 
 test_that("posterior predictive samples are sparse counts that track the data", {

@@ -53,7 +53,7 @@ test_that("print(), summary() and plot() describe the model", {
 test_that("likelihoods and dispersions train and change the parameters they should", {
   counts <- pbmc_small_counts()
   b <- pbmc_small_seurat()$groups
-  for (lik in c("zinb", "nb", "poisson")) {
+  for (lik in c("zinb", "nb", "poisson", "normal")) {
     fit <- quick_fit(counts, gene_likelihood = lik, max_epochs = 5L)
     expect_identical(fit$config$gene_likelihood, lik)
     expect_true(all(is.finite(history(fit)$elbo_train)))

@@ -31,6 +31,10 @@ fn zinb_ref(x: f64, mu: f64, theta: f64, pi: f64) -> f64 {
     }
 }
 
+fn normal_ref(x: f64, mu: f64, sd: f64) -> f64 {
+    -(x - mu).powi(2) / (2.0 * sd * sd) - sd.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln()
+}
+
 fn poisson_ref(x: f64, mu: f64) -> f64 {
     (if x == 0.0 { 0.0 } else { x * mu.ln() }) - mu - lg(x + 1.0)
 }
@@ -74,6 +78,7 @@ fn check(kind: GeneLikelihood, theta: &[f64], pi: &[Vec<f64>]) {
         GeneLikelihood::Zinb => dense::log_zinb(&mb.x, &t2(&mu), &theta_t, &pi_t),
         GeneLikelihood::Nb => dense::log_nb(&mb.x, &t2(&mu), &theta_t),
         GeneLikelihood::Poisson => dense::log_poisson(&mb.x, &t2(&mu)),
+        GeneLikelihood::Normal => dense::log_normal(&mb.x, &t2(&mu), &theta_t),
     }
     .sum_dim_intlist(1, false, Kind::Float);
     for c in 0..3 {
@@ -82,6 +87,7 @@ fn check(kind: GeneLikelihood, theta: &[f64], pi: &[Vec<f64>]) {
                 GeneLikelihood::Zinb => zinb_ref(x[c][g], mu[c][g], theta[g], pi[c][g]),
                 GeneLikelihood::Nb => nb_ref(x[c][g], mu[c][g], theta[g]),
                 GeneLikelihood::Poisson => poisson_ref(x[c][g], mu[c][g]),
+                GeneLikelihood::Normal => normal_ref(x[c][g], mu[c][g], theta[g]),
             })
             .sum();
         let a = got.double_value(&[c as i64]);
@@ -109,6 +115,12 @@ fn nb_matches_formula() {
 fn poisson_matches_formula() {
     let pi = vec![vec![0.0; 4]; 3];
     check(GeneLikelihood::Poisson, &[1.0; 4], &pi);
+}
+
+#[test]
+fn normal_matches_formula() {
+    let pi = vec![vec![0.0; 4]; 3];
+    check(GeneLikelihood::Normal, &[0.7, 12.0, 3.0, 250.0], &pi);
 }
 
 #[test]

@@ -41,3 +41,8 @@ pub fn log_zinb(x: &Tensor, mu: &Tensor, theta: &Tensor, pi: &Tensor) -> Tensor 
 pub fn log_poisson(x: &Tensor, mu: &Tensor) -> Tensor {
     x.xlogy(mu) - mu - (x + 1.0).lgamma()
 }
+
+/// log Normal(x; mu, sd).
+pub fn log_normal(x: &Tensor, mu: &Tensor, sd: &Tensor) -> Tensor {
+    -(x - mu).square() / (sd.square() * 2.0) - sd.log() - 0.5 * (2.0 * std::f64::consts::PI).ln()
+}

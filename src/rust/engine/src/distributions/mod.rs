@@ -22,6 +22,8 @@ pub enum GeneLikelihood {
     Zinb,
     Nb,
     Poisson,
+    /// Gaussian with mean mu and standard deviation theta (scvi-tools' experimental "normal").
+    Normal,
 }
 
 impl GeneLikelihood {
@@ -30,8 +32,9 @@ impl GeneLikelihood {
             "zinb" => Ok(Self::Zinb),
             "nb" => Ok(Self::Nb),
             "poisson" => Ok(Self::Poisson),
+            "normal" => Ok(Self::Normal),
             other => Err(crate::Error::InvalidConfig(format!(
-                "gene_likelihood must be one of \"zinb\", \"nb\", \"poisson\"; got \"{other}\""
+                "gene_likelihood must be one of \"zinb\", \"nb\", \"poisson\", \"normal\"; got \"{other}\""
             ))),
         }
     }

@@ -4,6 +4,11 @@
 
 use tch::Tensor;
 
+/// Gaussian draws mu + sd * eps for the normal likelihood (not counts; may be negative).
+pub fn sample_normal(mu: &Tensor, sd: &Tensor) -> Tensor {
+    tch::no_grad(|| mu + sd.expand_as(mu) * mu.randn_like())
+}
+
 /// Counts with the shape of `mu`; `theta` broadcasts against it; `zi_logits` only for ZINB.
 pub fn sample_counts(mu: &Tensor, theta: Option<&Tensor>, zi_logits: Option<&Tensor>) -> Tensor {
     tch::no_grad(|| match theta {

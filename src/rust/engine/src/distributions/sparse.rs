@@ -37,6 +37,10 @@ pub fn log_likelihood(
     zi_logits: Option<&Tensor>,
 ) -> Tensor {
     match kind {
+        GeneLikelihood::Normal => {
+            let sd = theta.expect("the normal likelihood needs a standard deviation");
+            super::dense::log_normal(&mb.x, mu, sd).sum_dim_intlist(1, false, Kind::Float)
+        }
         GeneLikelihood::Poisson => {
             // x log mu - mu - lgamma(x + 1); x log mu vanishes on zeros.
             let nz = &mb.nz_x * at_nonzeros(mu, mb).log();

@@ -357,11 +357,16 @@ pub fn posterior_predictive_sample(
             for sample in out.iter_mut() {
                 let inf = vae.inference(&mb, false);
                 let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, false);
-                let x = crate::distributions::sample::sample_counts(
-                    &gen.px_rate,
-                    gen.theta.as_ref().filter(|_| lik.has_dispersion()),
-                    gen.px_dropout.as_ref(),
-                );
+                let x = match (lik, &gen.theta) {
+                    (crate::distributions::GeneLikelihood::Normal, Some(sd)) => {
+                        crate::distributions::sample::sample_normal(&gen.px_rate, sd)
+                    }
+                    _ => crate::distributions::sample::sample_counts(
+                        &gen.px_rate,
+                        gen.theta.as_ref().filter(|_| lik.has_dispersion()),
+                        gen.px_dropout.as_ref(),
+                    ),
+                };
                 sample.extend(to_vec(&x));
             }
         }
@@ -402,11 +407,11 @@ pub fn denoised_samples(
                 let gen = vae.generative(&inf.z, &inf.library, &decode_batch, false);
                 let rate = &gen.px_scale * rna_size_factor;
                 let draw = match &gen.theta {
-                    Some(theta) => {
+                    Some(theta) if vae.config.gene_likelihood != crate::distributions::GeneLikelihood::Normal => {
                         let theta = theta.expand_as(&rate);
                         theta.internal_standard_gamma() * &rate / &theta
                     }
-                    None => rate,
+                    _ => rate,
                 };
                 out.extend(to_vec(&draw));
             }

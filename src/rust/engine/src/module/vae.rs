@@ -193,6 +193,7 @@ impl Vae {
     pub fn log_prob_dense(&self, x: &Tensor, gen: &Generative) -> Tensor {
         match self.config.gene_likelihood {
             GeneLikelihood::Poisson => distributions::dense::log_poisson(x, &gen.px_rate),
+            GeneLikelihood::Normal => distributions::dense::log_normal(x, &gen.px_rate, gen.theta.as_ref().unwrap()),
             GeneLikelihood::Nb => distributions::dense::log_nb(x, &gen.px_rate, gen.theta.as_ref().unwrap()),
             GeneLikelihood::Zinb => distributions::dense::log_zinb(
                 x,
