@@ -3,10 +3,10 @@
 # (higher is better); get_reconstruction_error() is a loss (-log p(x | z), lower is better).
 
 .evaluate <- function(object, what, newdata, batch, indices, n = 0L, give_mean = FALSE,
-                      batch_size = 128L, seed = NULL, n_threads = NULL) {
-  d <- .query_data(object, newdata, batch, indices)
+                      batch_size = 128L, seed = NULL, n_threads = NULL, covariates = NULL) {
+  d <- .query_data(object, newdata, batch, indices, covariates)
   res <- .engine(.rs_evaluate(object$model, d$counts@p, d$counts@i, d$counts@x, ncol(d$counts),
-                              nrow(d$counts), d$codes, what, as.integer(n), isTRUE(give_mean),
+                              nrow(d$counts), d$codes, d$cov, what, as.integer(n), isTRUE(give_mean),
                               as.numeric(seed %||% object$seed),
                               .check_count_arg(batch_size, "batch_size"),
                               .default_threads(n_threads %||% object$n_threads),
@@ -44,11 +44,11 @@ NULL
 #' @rdname evaluation
 #' @export
 get_elbo <- function(object, newdata = NULL, batch = NULL, indices = NULL, batch_size = 128L,
-                     return_mean = TRUE, seed = NULL, n_threads = NULL) {
+                     return_mean = TRUE, seed = NULL, n_threads = NULL, covariates = NULL) {
   fit <- .fit_of(object)
-  d <- .object_inputs(object, newdata, batch)
+  d <- .object_inputs(object, newdata, batch, covariates)
   r <- .evaluate(fit, "losses", d$newdata, d$batch, indices, batch_size = batch_size, seed = seed,
-                 n_threads = n_threads)
+                 n_threads = n_threads, covariates = d$covariates)
   .per_cell_or_mean(-(r$values$reconstruction + r$values$kl_local), r$cells, return_mean)
 }
 
@@ -56,11 +56,11 @@ get_elbo <- function(object, newdata = NULL, batch = NULL, indices = NULL, batch
 #' @export
 get_reconstruction_error <- function(object, newdata = NULL, batch = NULL, indices = NULL,
                                      batch_size = 128L, return_mean = TRUE, seed = NULL,
-                                     n_threads = NULL) {
+                                     n_threads = NULL, covariates = NULL) {
   fit <- .fit_of(object)
-  d <- .object_inputs(object, newdata, batch)
+  d <- .object_inputs(object, newdata, batch, covariates)
   r <- .evaluate(fit, "losses", d$newdata, d$batch, indices, batch_size = batch_size, seed = seed,
-                 n_threads = n_threads)
+                 n_threads = n_threads, covariates = d$covariates)
   list(reconstruction_loss = .per_cell_or_mean(r$values$reconstruction, r$cells, return_mean))
 }
 
@@ -68,13 +68,13 @@ get_reconstruction_error <- function(object, newdata = NULL, batch = NULL, indic
 #' @export
 get_marginal_ll <- function(object, newdata = NULL, batch = NULL, indices = NULL,
                             n_mc_samples = 1000L, batch_size = 128L, return_mean = TRUE,
-                            seed = NULL, n_threads = NULL) {
+                            seed = NULL, n_threads = NULL, covariates = NULL) {
   fit <- .fit_of(object)
-  d <- .object_inputs(object, newdata, batch)
+  d <- .object_inputs(object, newdata, batch, covariates)
   bs <- .check_count_arg(batch_size, "batch_size")
   r <- .evaluate(fit, "marginal_ll", d$newdata, d$batch, indices,
                  n = .check_count_arg(n_mc_samples, "n_mc_samples"), batch_size = bs, seed = seed,
-                 n_threads = n_threads)
+                 n_threads = n_threads, covariates = d$covariates)
   if (isTRUE(return_mean)) {
     chunk <- (seq_along(r$values) - 1L) %/% bs
     return(mean(tapply(r$values, chunk, mean)))
@@ -94,19 +94,21 @@ get_marginal_ll <- function(object, newdata = NULL, batch = NULL, indices = NULL
 #' @export
 get_latent_library_size <- function(object, newdata = NULL, batch = NULL, indices = NULL,
                                     give_mean = TRUE, batch_size = 128L, seed = NULL,
-                                    n_threads = NULL) {
+                                    n_threads = NULL, covariates = NULL) {
   fit <- .fit_of(object)
-  d <- .object_inputs(object, newdata, batch)
+  d <- .object_inputs(object, newdata, batch, covariates)
   r <- .evaluate(fit, "library_size", d$newdata, d$batch, indices, give_mean = give_mean,
-                 batch_size = batch_size, seed = seed, n_threads = n_threads)
+                 batch_size = batch_size, seed = seed, n_threads = n_threads, covariates = d$covariates)
   stats::setNames(r$values, r$cells)
 }
 
 # For Seurat / SCE objects the data come from the object unless newdata is given.
-.object_inputs <- function(object, newdata, batch) {
-  if (!is.null(newdata) || inherits(object, "scvi_model")) return(list(newdata = newdata, batch = batch))
+.object_inputs <- function(object, newdata, batch, covariates = NULL) {
+  if (!is.null(newdata) || inherits(object, "scvi_model")) {
+    return(list(newdata = newdata, batch = batch, covariates = covariates))
+  }
   d <- if (inherits(object, "Seurat")) .seurat_query_inputs(object) else .sce_query_inputs(object)
-  list(newdata = d$counts, batch = d$batch)
+  list(newdata = d$counts, batch = d$batch, covariates = d$covariates)
 }
 
 # Row-major cells x genes vector -> genes x cells matrix.
@@ -129,12 +131,12 @@ get_latent_library_size <- function(object, newdata = NULL, batch = NULL, indice
 #' @export
 get_likelihood_parameters <- function(object, newdata = NULL, batch = NULL, indices = NULL,
                                       n_samples = 1L, give_mean = FALSE, batch_size = 128L,
-                                      seed = NULL, n_threads = NULL) {
+                                      seed = NULL, n_threads = NULL, covariates = NULL) {
   fit <- .fit_of(object)
-  d <- .object_inputs(object, newdata, batch)
+  d <- .object_inputs(object, newdata, batch, covariates)
   n_samples <- .check_count_arg(n_samples, "n_samples")
   r <- .evaluate(fit, "likelihood_parameters", d$newdata, d$batch, indices, n = n_samples,
-                 give_mean = give_mean, batch_size = batch_size, seed = seed, n_threads = n_threads)
+                 give_mean = give_mean, batch_size = batch_size, seed = seed, n_threads = n_threads, covariates = d$covariates)
   shape <- function(samples) {
     if (is.null(samples)) return(NULL)
     mats <- lapply(samples, .genes_by_cells, fit$genes, r$cells)
@@ -158,16 +160,16 @@ get_likelihood_parameters <- function(object, newdata = NULL, batch = NULL, indi
 #' @export
 posterior_predictive_sample <- function(object, newdata = NULL, batch = NULL, indices = NULL,
                                         n_samples = 1L, gene_list = NULL, batch_size = 128L,
-                                        seed = NULL, n_threads = NULL) {
+                                        seed = NULL, n_threads = NULL, covariates = NULL) {
   fit <- .fit_of(object)
-  d <- .object_inputs(object, newdata, batch)
+  d <- .object_inputs(object, newdata, batch, covariates)
   if (!is.null(gene_list) && length(setdiff(gene_list, fit$genes))) {
     scvir_abort(sprintf("gene_list has gene(s) the model does not know (e.g. \"%s\")",
                         setdiff(gene_list, fit$genes)[1]))
   }
   r <- .evaluate(fit, "posterior_predictive", d$newdata, d$batch, indices,
                  n = .check_count_arg(n_samples, "n_samples"), batch_size = batch_size,
-                 seed = seed, n_threads = n_threads)
+                 seed = seed, n_threads = n_threads, covariates = d$covariates)
   out <- lapply(r$values, function(v) {
     m <- methods::as(.genes_by_cells(v, fit$genes, r$cells), "CsparseMatrix")
     if (!is.null(gene_list)) m <- m[gene_list, , drop = FALSE]
@@ -196,11 +198,11 @@ get_feature_correlation_matrix <- function(object, newdata = NULL, batch = NULL,
                                            n_samples = 10L, batch_size = 64L,
                                            rna_size_factor = 1000, transform_batch = NULL,
                                            correlation_type = "spearman", seed = NULL,
-                                           n_threads = NULL) {
+                                           n_threads = NULL, covariates = NULL) {
   fit <- .fit_of(object)
   correlation_type <- .check_choice(correlation_type, c("spearman", "pearson"), "correlation_type")
-  d0 <- .object_inputs(object, newdata, batch)
-  d <- .query_data(fit, d0$newdata, d0$batch, indices)
+  d0 <- .object_inputs(object, newdata, batch, covariates)
+  d <- .query_data(fit, d0$newdata, d0$batch, indices, d0$covariates)
   codes <- -1L
   if (!is.null(transform_batch)) {
     codes <- match(as.character(transform_batch), fit$batches) - 1L
@@ -212,7 +214,7 @@ get_feature_correlation_matrix <- function(object, newdata = NULL, batch = NULL,
   mats <- lapply(codes, function(b) {
     v <- .engine(.rs_denoised_samples(
       fit$model, d$counts@p, d$counts@i, d$counts@x, ncol(d$counts), nrow(d$counts), d$codes,
-      b, .check_count_arg(n_samples, "n_samples"), .check_number(rna_size_factor, "rna_size_factor", 0),
+      d$cov, b, .check_count_arg(n_samples, "n_samples"), .check_number(rna_size_factor, "rna_size_factor", 0),
       as.numeric(seed %||% fit$seed), .check_count_arg(batch_size, "batch_size"),
       .default_threads(n_threads %||% fit$n_threads), .query_accelerator(fit),
       fit$device_index %||% 0L))

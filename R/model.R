@@ -15,12 +15,20 @@
 #' @param counts Raw UMI counts, genes x cells: a `dgCMatrix` (used without copying), any
 #'   `Matrix`, or a base matrix. Gene names are row names, cell names column names.
 #' @param batch Optional batch of each cell (vector or factor, one per cell).
+#' @param labels Optional label of each cell (needed for `dispersion = "gene-label"`).
+#' @param categorical_covariates Optional extra categorical covariates: a named list or data
+#'   frame of per-cell vectors, injected into the networks like the batch.
+#' @param continuous_covariates Optional continuous covariates: a named list, data frame or
+#'   matrix (cells in rows), concatenated to the decoder's input (and the encoders' with
+#'   `encode_covariates`).
+#' @param size_factor Optional positive size factor of each cell, used as the library size
+#'   (gene proportions then use softplus instead of softmax, as in scvi-tools).
 #' @param n_top_genes Number of highly variable genes to train on, selected with the
 #'   `seurat_v3` method on the counts (per batch when `batch` is given). Used only when the
 #'   input has more genes; `NULL` uses all genes.
 #' @param features Explicit genes to train on (overrides `n_top_genes`).
 #' @param n_hidden,n_latent,n_layers,dropout_rate Architecture, as in scvi-tools.
-#' @param dispersion `"gene"`, `"gene-batch"` or `"gene-cell"`.
+#' @param dispersion `"gene"`, `"gene-batch"`, `"gene-label"` or `"gene-cell"`.
 #' @param gene_likelihood `"zinb"`, `"nb"`, `"poisson"` or `"normal"` (scvi-tools' experimental
 #'   Gaussian: mean library x proportion, standard deviation exp(px_r) per gene; the input must
 #'   still be counts, as the encoder and library use them).
@@ -78,7 +86,9 @@
 #' head(get_latent_representation(fit))
 #' }
 #' @export
-scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NULL,
+scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariates = NULL,
+                       continuous_covariates = NULL, size_factor = NULL,
+                       n_top_genes = 2000L, features = NULL,
                        n_hidden = 128L, n_latent = 10L, n_layers = 1L, dropout_rate = 0.1,
                        dispersion = "gene", gene_likelihood = "zinb",
                        use_observed_lib_size = TRUE, log_variational = TRUE,
@@ -104,12 +114,14 @@ scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NUL
   ln <- .check_choice(use_layer_norm, norm_where, "use_layer_norm")
   counts <- .check_counts(.as_dgc(counts))
   batch <- .check_batch(batch, ncol(counts))
-  .scvi_fit(counts, batch, batch_key = NULL, n_top_genes = n_top_genes, features = features,
+  covariates <- list(labels = labels, categorical = categorical_covariates,
+                     continuous = continuous_covariates, size_factor = size_factor)
+  .scvi_fit(counts, batch, batch_key = NULL, covariates = covariates, n_top_genes = n_top_genes, features = features,
             model = list(n_hidden = .check_count_arg(n_hidden, "n_hidden"),
                          n_latent = .check_count_arg(n_latent, "n_latent"),
                          n_layers = .check_count_arg(n_layers, "n_layers"),
                          dropout_rate = .check_number(dropout_rate, "dropout_rate", 0, 0.999),
-                         dispersion = .check_choice(dispersion, c("gene", "gene-batch", "gene-cell"), "dispersion"),
+                         dispersion = .check_choice(dispersion, c("gene", "gene-batch", "gene-label", "gene-cell"), "dispersion"),
                          gene_likelihood = .check_choice(gene_likelihood, c("zinb", "nb", "poisson", "normal"), "gene_likelihood"),
                          use_observed_lib_size = .check_flag(use_observed_lib_size, "use_observed_lib_size"),
                          log_variational = .check_flag(log_variational, "log_variational"),
@@ -169,7 +181,7 @@ scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NUL
 .to_json <- function(x) jsonlite::toJSON(x, auto_unbox = TRUE, null = "null", digits = NA)
 
 # Gene selection, checks, engine call, model object.
-.scvi_fit <- function(counts, batch, batch_key, n_top_genes, features, model, train, seed,
+.scvi_fit <- function(counts, batch, batch_key, covariates, n_top_genes, features, model, train, seed,
                       n_threads, verbose, keep_data, accelerator = "auto", device_index = 0L,
                       source = NULL) {
   hvg <- NULL
@@ -190,6 +202,18 @@ scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NUL
   }
   if (nrow(counts) < 2) scvir_abort("fewer than 2 genes are left after gene selection")
   .check_no_empty_cells(counts, sprintf("in the %d selected genes", nrow(counts)))
+  cov <- .encode_covariates(covariates, ncol(counts))
+  model$n_labels <- length(cov$registry$labels)
+  model$n_cats_per_cov <- I(vapply(cov$registry$categorical, length, 1L))
+  model$n_continuous_cov <- length(cov$registry$continuous)
+  model$use_size_factor_key <- isTRUE(cov$registry$size_factor)
+  if (identical(model$dispersion, "gene-label") && model$n_labels == 0) {
+    scvir_abort("dispersion = \"gene-label\" needs labels (labels / labels_key)", "scvir_config_error")
+  }
+  registry <- list(labels = I(cov$registry$labels),
+                   categorical_covariates = unname(Map(function(k, l) list(k, I(l)),
+                                                       names(cov$registry$categorical), cov$registry$categorical)),
+                   continuous_covariates = I(cov$registry$continuous))
   batches <- if (is.null(batch)) "0" else levels(batch)
   codes <- if (is.null(batch)) integer(ncol(counts)) else as.integer(batch) - 1L
   seed <- .resolve_seed(seed)
@@ -204,12 +228,13 @@ scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NUL
   }
   started <- proc.time()[["elapsed"]]
   res <- .engine(.rs_train(counts@p, counts@i, counts@x, ncol(counts), nrow(counts), codes,
-                           rownames(counts), batches, batch_key %||% "", .to_json(model),
+                           cov$engine, rownames(counts), batches, batch_key %||% "",
+                           .to_json(registry), .to_json(model),
                            .to_json(train), n_threads, progress_every, accelerator,
                            as.integer(device_index)))
   elapsed <- proc.time()[["elapsed"]] - started
   fit <- .new_fit(res$model, cells = colnames(counts),
-                  data = if (isTRUE(keep_data)) list(counts = counts, batch = batch) else NULL,
+                  data = if (isTRUE(keep_data)) list(counts = counts, batch = batch, covariates = covariates) else NULL,
                   seed = seed, n_threads = n_threads, hvg = hvg, source = source)
   fit$train_seconds <- elapsed
   fit$accelerator <- accelerator
@@ -221,6 +246,7 @@ scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NUL
 # Builds the R model object around the engine's bytes; everything else is read from them.
 .new_fit <- function(bytes, cells, data, seed, n_threads, hvg = NULL, source = NULL) {
   meta <- jsonlite::fromJSON(.engine(.rs_model_meta(bytes)), simplifyVector = TRUE)
+  reg <- jsonlite::fromJSON(.engine(.rs_model_meta(bytes)), simplifyVector = FALSE)$registry
   history <- meta$history$epochs
   if (is.data.frame(history) && nrow(history)) {
     history$epoch <- history$epoch + 1L
@@ -235,6 +261,11 @@ scvi_model <- function(counts, batch = NULL, n_top_genes = 2000L, features = NUL
     genes = meta$registry$genes,
     batches = meta$registry$batches,
     batch_key = meta$registry$batch_key,
+    labels = unlist(reg$labels),
+    categorical_covariates = stats::setNames(lapply(reg$categorical_covariates, function(x) unlist(x[[2]])),
+                                             vapply(reg$categorical_covariates, function(x) x[[1]], "")),
+    continuous_covariates = unlist(reg$continuous_covariates),
+    uses_size_factor = isTRUE(meta$vae$use_size_factor_key),
     cells = cells,
     history = history,
     train_indices = as.integer(split$train) + 1L,

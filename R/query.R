@@ -17,13 +17,14 @@
 }
 
 # Counts (model genes, in model order) and 0-based batch codes for a query.
-.query_data <- function(fit, newdata = NULL, batch = NULL, indices = NULL) {
+.query_data <- function(fit, newdata = NULL, batch = NULL, indices = NULL, covariates = NULL) {
   if (is.null(newdata)) {
     if (is.null(fit$data)) {
       scvir_abort("this model keeps no data (keep_data = FALSE or loaded without data); pass newdata")
     }
     counts <- fit$data$counts
     batch <- fit$data$batch
+    covariates <- covariates %||% fit$data$covariates
   } else {
     counts <- .check_counts(.as_dgc(newdata, "newdata"), "newdata")
     missing <- setdiff(fit$genes, rownames(counts))
@@ -36,6 +37,7 @@
     if (!identical(rownames(counts), fit$genes)) counts <- counts[fit$genes, , drop = FALSE]
   }
   codes <- .batch_codes(fit, batch, ncol(counts))
+  cov <- .encode_covariates(covariates, ncol(counts), fit)$engine
   if (!is.null(indices)) {
     if (is.logical(indices)) {
       if (length(indices) != ncol(counts)) scvir_abort("a logical indices vector needs one value per cell")
@@ -47,8 +49,9 @@
     if (!length(indices)) scvir_abort("indices selects no cells")
     counts <- counts[, indices, drop = FALSE]
     codes <- codes[indices]
+    cov <- .subset_covariates(cov, indices)
   }
-  list(counts = counts, codes = codes)
+  list(counts = counts, codes = codes, cov = cov)
 }
 
 .batch_codes <- function(fit, batch, n_cells) {
@@ -92,6 +95,9 @@
 #' @param seed Seed for the sample when `give_mean = FALSE` (default: the model's seed).
 #' @param n_threads CPU threads (default: the model's).
 #' @param indices Cells to use (positions or a logical vector over the data's cells).
+#' @param covariates For `newdata` of a model trained with covariates: `list(labels = ,
+#'   categorical = , continuous = , size_factor = )` with the cells' values (as given to
+#'   [scvi_model()]); objects supply them from their metadata.
 #' @param ... Unused.
 #' @return A cells x n_latent matrix (row names: cells).
 #' @export
@@ -102,11 +108,12 @@ get_latent_representation <- function(object, ...) UseMethod("get_latent_represe
 get_latent_representation.scvi_model <- function(object, newdata = NULL, batch = NULL,
                                                  give_mean = TRUE, mc_samples = 5000L,
                                                  return_dist = FALSE, batch_size = 128L,
-                                                 seed = NULL, n_threads = NULL, indices = NULL, ...) {
-  d <- .query_data(object, newdata, batch, indices)
+                                                 seed = NULL, n_threads = NULL, indices = NULL,
+                                                 covariates = NULL, ...) {
+  d <- .query_data(object, newdata, batch, indices, covariates)
   what <- if (isTRUE(return_dist)) "dist" else if (isTRUE(give_mean)) "mean" else "sample"
   res <- .engine(.rs_latent(object$model, d$counts@p, d$counts@i, d$counts@x, ncol(d$counts),
-                            nrow(d$counts), d$codes, what,
+                            nrow(d$counts), d$codes, d$cov, what,
                             .check_count_arg(mc_samples, "mc_samples"),
                             as.numeric(seed %||% object$seed),
                             .check_count_arg(batch_size, "batch_size"),
@@ -125,14 +132,14 @@ get_latent_representation.scvi_model <- function(object, newdata = NULL, batch =
 #' @export
 get_latent_representation.Seurat <- function(object, ...) {
   d <- .seurat_query_inputs(object)
-  get_latent_representation(d$fit, newdata = d$counts, batch = d$batch, ...)
+  get_latent_representation(d$fit, newdata = d$counts, batch = d$batch, covariates = d$covariates, ...)
 }
 
 #' @rdname get_latent_representation
 #' @export
 get_latent_representation.SingleCellExperiment <- function(object, ...) {
   d <- .sce_query_inputs(object)
-  get_latent_representation(d$fit, newdata = d$counts, batch = d$batch, ...)
+  get_latent_representation(d$fit, newdata = d$counts, batch = d$batch, covariates = d$covariates, ...)
 }
 
 #' Normalized (denoised) expression
@@ -165,8 +172,9 @@ get_normalized_expression.scvi_model <- function(object, newdata = NULL, batch =
                                                  library_size = 1, n_samples = 1L,
                                                  n_samples_overall = NULL, return_mean = TRUE,
                                                  batch_size = 128L, seed = NULL,
-                                                 n_threads = NULL, indices = NULL, ...) {
-  d <- .query_data(object, newdata, batch, indices)
+                                                 n_threads = NULL, indices = NULL,
+                                                 covariates = NULL, ...) {
+  d <- .query_data(object, newdata, batch, indices, covariates)
   tb <- integer()
   if (!is.null(transform_batch)) {
     tb <- match(as.character(transform_batch), object$batches) - 1L
@@ -194,7 +202,7 @@ get_normalized_expression.scvi_model <- function(object, newdata = NULL, batch =
   }
   e <- .engine(.rs_normalized_expression(
     object$model, d$counts@p, d$counts@i, d$counts@x, ncol(d$counts), nrow(d$counts), d$codes,
-    tb, lib, n_samples, isTRUE(return_mean), seed, .check_count_arg(batch_size, "batch_size"),
+    d$cov, tb, lib, n_samples, isTRUE(return_mean), seed, .check_count_arg(batch_size, "batch_size"),
     .default_threads(n_threads %||% object$n_threads), .query_accelerator(object),
     object$device_index %||% 0L))
   genes <- object$genes
@@ -225,12 +233,12 @@ get_normalized_expression.scvi_model <- function(object, newdata = NULL, batch =
 #' @export
 get_normalized_expression.Seurat <- function(object, ...) {
   d <- .seurat_query_inputs(object)
-  get_normalized_expression(d$fit, newdata = d$counts, batch = d$batch, ...)
+  get_normalized_expression(d$fit, newdata = d$counts, batch = d$batch, covariates = d$covariates, ...)
 }
 
 #' @rdname get_normalized_expression
 #' @export
 get_normalized_expression.SingleCellExperiment <- function(object, ...) {
   d <- .sce_query_inputs(object)
-  get_normalized_expression(d$fit, newdata = d$counts, batch = d$batch, ...)
+  get_normalized_expression(d$fit, newdata = d$counts, batch = d$batch, covariates = d$covariates, ...)
 }

@@ -15,6 +15,7 @@
 .sce_query_inputs <- function(object) {
   fit <- .fit_of(object)
   m <- .sce_counts(object, fit$source$assay %||% "counts")
-  batch <- .metadata_column(as.data.frame(SummarizedExperiment::colData(object)), fit$batch_key)
-  list(fit = fit, counts = m, batch = batch)
+  cd <- as.data.frame(SummarizedExperiment::colData(object))
+  batch <- .metadata_column(cd, fit$batch_key)
+  list(fit = fit, counts = m, batch = batch, covariates = .source_covariates(cd, fit$source))
 }

@@ -35,5 +35,6 @@
   fit <- .fit_of(object)
   src <- fit$source %||% list()
   input <- .seurat_counts(object, src$assay, src$layer %||% "counts")
-  list(fit = fit, counts = input$counts, batch = .metadata_column(object@meta.data, fit$batch_key))
+  list(fit = fit, counts = input$counts, batch = .metadata_column(object@meta.data, fit$batch_key),
+       covariates = .source_covariates(object@meta.data, src))
 }

@@ -56,7 +56,8 @@ test_that("unknown keys, layers and assays are errors and leave the object untou
 test_that("unknown option values are errors", {
   expect_error(quick_fit(gene_likelihood = "gaussian"), "gene_likelihood must be one of",
                class = "scvir_config_error")
-  expect_error(quick_fit(dispersion = "gene-label"), "dispersion must be one of")
+  expect_error(quick_fit(dispersion = "gene-labels"), "dispersion must be one of")
+  expect_error(quick_fit(dispersion = "gene-label"), "needs labels")
   expect_error(quick_fit(n_latent = 0), "n_latent must be a single integer")
   expect_error(quick_fit(train_size = 2), "train_size must be")
   expect_error(scvi(pbmc_small_seurat(), not_an_argument = 1, verbose = FALSE), "unknown argument")

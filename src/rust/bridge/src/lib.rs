@@ -7,7 +7,7 @@ mod blas;
 mod convert;
 mod observer;
 
-use convert::{column_to_robj, engine_error, row_major_to_matrix};
+use convert::{column_to_robj, engine_error, row_major_to_matrix, OwnedCovariates};
 use extendr_api::prelude::*;
 use extendr_api::Result;
 use observer::RObserver;
@@ -80,9 +80,11 @@ fn scvir_train(
     n_cells: i32,
     n_genes: i32,
     batch_codes: &[i32],
+    covariates: List,
     genes: Vec<String>,
     batches: Vec<String>,
     batch_key: &str,
+    registry_json: &str,
     model_json: &str,
     train_json: &str,
     n_threads: i32,
@@ -93,6 +95,8 @@ fn scvir_train(
     prepare(n_threads);
     let dev = device(accelerator, device_index)?;
     let x = counts(n_cells, n_genes, indptr, indices, values)?;
+    let cov_owned = OwnedCovariates::from_list(&covariates)?;
+    let cov = cov_owned.view();
     let mut vae_cfg: VaeConfig = serde_json::from_str(model_json).map_err(|e| Error::Other(format!("[scviR:config] {e}")))?;
     vae_cfg.n_genes = n_genes as i64;
     vae_cfg.n_batch = batches.len().max(1) as i64;
@@ -100,11 +104,17 @@ fn scvir_train(
     let mut registry = Registry::with_library_prior(genes, x, batch_codes, batches.len().max(1));
     registry.batches = batches;
     registry.batch_key = (!batch_key.is_empty()).then(|| batch_key.to_string());
+    let extra: Registry = serde_json::from_str(registry_json).map_err(|e| Error::Other(format!("[scviR:config] {e}")))?;
+    registry.labels_key = extra.labels_key;
+    registry.labels = extra.labels;
+    registry.categorical_covariates = extra.categorical_covariates;
+    registry.continuous_covariates = extra.continuous_covariates;
+    registry.size_factor_key = extra.size_factor_key;
     let prior = (registry.library_log_means.clone(), registry.library_log_vars.clone());
     runtime::seed_everything(train_cfg.seed);
     let mut vae = Vae::new(vae_cfg.clone(), dev, Some((&prior.0, &prior.1))).map_err(engine_error)?;
     let mut obs = RObserver::new(progress_every.max(0) as usize);
-    let outcome = train::train(&mut vae, x, batch_codes, &train_cfg, &mut obs).map_err(engine_error)?;
+    let outcome = train::train(&mut vae, x, batch_codes, &cov, &train_cfg, &mut obs).map_err(engine_error)?;
     let meta = model_file::ModelMeta {
         model: "SCVI".into(),
         engine_version: env!("CARGO_PKG_VERSION").into(),
@@ -156,6 +166,7 @@ fn scvir_latent(
     n_cells: i32,
     n_genes: i32,
     batch_codes: &[i32],
+    covariates: List,
     what: &str,
     mc_samples: i32,
     seed: f64,
@@ -167,6 +178,8 @@ fn scvir_latent(
     prepare(n_threads);
     let (vae, _) = load(&model, accelerator, device_index)?;
     let x = counts(n_cells, n_genes, indptr, indices, values)?;
+    let cov_owned = OwnedCovariates::from_list(&covariates)?;
+    let cov = cov_owned.view();
     tch::manual_seed(seed as i64);
     let query = match what {
         "mean" => infer::LatentQuery::Mean { mc_samples: mc_samples.max(1) as usize },
@@ -174,7 +187,7 @@ fn scvir_latent(
         "dist" => infer::LatentQuery::Distribution,
         other => return Err(Error::Other(format!("[scviR:config] unknown latent query \"{other}\""))),
     };
-    let (a, b) = infer::latent_representation(&vae, x, batch_codes, query, batch_size.max(1) as usize).map_err(engine_error)?;
+    let (a, b) = infer::latent_representation(&vae, x, batch_codes, &cov, query, batch_size.max(1) as usize).map_err(engine_error)?;
     let k = vae.config.n_latent as usize;
     let second = b.map_or(().into_robj(), |v| row_major_to_matrix(&v, n_cells as usize, k).into_robj());
     List::from_names_and_values(["z", "var"], [row_major_to_matrix(&a, n_cells as usize, k).into_robj(), second])
@@ -194,6 +207,7 @@ fn scvir_normalized_expression(
     n_cells: i32,
     n_genes: i32,
     batch_codes: &[i32],
+    covariates: List,
     transform_batches: &[i32],
     library_size: f64,
     n_samples: i32,
@@ -207,10 +221,12 @@ fn scvir_normalized_expression(
     prepare(n_threads);
     let (vae, _) = load(&model, accelerator, device_index)?;
     let x = counts(n_cells, n_genes, indptr, indices, values)?;
+    let cov_owned = OwnedCovariates::from_list(&covariates)?;
+    let cov = cov_owned.view();
     tch::manual_seed(seed as i64);
     let tb: Vec<usize> = transform_batches.iter().map(|&b| b.max(0) as usize).collect();
     let lib = if library_size < 0.0 { infer::LibrarySize::Latent } else { infer::LibrarySize::Constant(library_size) };
-    let e = infer::normalized_expression(&vae, x, batch_codes, &tb, lib, n_samples.max(1) as usize, return_mean, batch_size.max(1) as usize)
+    let e = infer::normalized_expression(&vae, x, batch_codes, &cov, &tb, lib, n_samples.max(1) as usize, return_mean, batch_size.max(1) as usize)
         .map_err(engine_error)?;
     Ok(List::from_values(e.into_iter().map(|m| m.into_iter().map(f64::from).collect::<Vec<f64>>())))
 }
@@ -230,6 +246,7 @@ fn scvir_evaluate(
     n_cells: i32,
     n_genes: i32,
     batch_codes: &[i32],
+    covariates: List,
     what: &str,
     n: i32,
     give_mean: bool,
@@ -242,24 +259,26 @@ fn scvir_evaluate(
     prepare(n_threads);
     let (vae, _) = load(&model, accelerator, device_index)?;
     let x = counts(n_cells, n_genes, indptr, indices, values)?;
+    let cov_owned = OwnedCovariates::from_list(&covariates)?;
+    let cov = cov_owned.view();
     tch::manual_seed(seed as i64);
     let bs = batch_size.max(1) as usize;
     match what {
         "losses" => {
-            let l = infer::cell_losses(&vae, x, batch_codes, bs).map_err(engine_error)?;
+            let l = infer::cell_losses(&vae, x, batch_codes, &cov, bs).map_err(engine_error)?;
             Ok(List::from_names_and_values(["reconstruction", "kl_local"], [l.reconstruction, l.kl_local])?.into_robj())
         }
-        "marginal_ll" => Ok(infer::marginal_ll(&vae, x, batch_codes, n.max(0) as usize, bs).map_err(engine_error)?.into_robj()),
-        "library_size" => Ok(infer::latent_library_size(&vae, x, batch_codes, give_mean, bs).map_err(engine_error)?.into_robj()),
+        "marginal_ll" => Ok(infer::marginal_ll(&vae, x, batch_codes, &cov, n.max(0) as usize, bs).map_err(engine_error)?.into_robj()),
+        "library_size" => Ok(infer::latent_library_size(&vae, x, batch_codes, &cov, give_mean, bs).map_err(engine_error)?.into_robj()),
         "likelihood_parameters" => {
-            let p = infer::likelihood_parameters(&vae, x, batch_codes, n.max(1) as usize, give_mean, bs).map_err(engine_error)?;
+            let p = infer::likelihood_parameters(&vae, x, batch_codes, &cov, n.max(1) as usize, give_mean, bs).map_err(engine_error)?;
             let as_list = |v: Option<Vec<Vec<f32>>>| -> Robj {
                 v.map_or(().into_robj(), |v| List::from_values(v.into_iter().map(|m| m.into_iter().map(f64::from).collect::<Vec<f64>>())).into_robj())
             };
             Ok(List::from_names_and_values(["mean", "dispersions", "dropout"], [as_list(Some(p.mean)), as_list(p.dispersions), as_list(p.dropout)])?.into_robj())
         }
         "posterior_predictive" => {
-            let samples = infer::posterior_predictive_sample(&vae, x, batch_codes, n.max(1) as usize, bs).map_err(engine_error)?;
+            let samples = infer::posterior_predictive_sample(&vae, x, batch_codes, &cov, n.max(1) as usize, bs).map_err(engine_error)?;
             Ok(List::from_values(samples.into_iter().map(|m| m.into_iter().map(f64::from).collect::<Vec<f64>>())).into_robj())
         }
         other => Err(Error::Other(format!("[scviR:config] unknown evaluation \"{other}\""))),
@@ -278,6 +297,7 @@ fn scvir_denoised_samples(
     n_cells: i32,
     n_genes: i32,
     batch_codes: &[i32],
+    covariates: List,
     transform_batch: i32,
     n_samples: i32,
     rna_size_factor: f64,
@@ -290,9 +310,11 @@ fn scvir_denoised_samples(
     prepare(n_threads);
     let (vae, _) = load(&model, accelerator, device_index)?;
     let x = counts(n_cells, n_genes, indptr, indices, values)?;
+    let cov_owned = OwnedCovariates::from_list(&covariates)?;
+    let cov = cov_owned.view();
     tch::manual_seed(seed as i64);
     let tb = (transform_batch >= 0).then_some(transform_batch as usize);
-    let v = infer::denoised_samples(&vae, x, batch_codes, tb, n_samples.max(1) as usize, rna_size_factor, batch_size.max(1) as usize)
+    let v = infer::denoised_samples(&vae, x, batch_codes, &cov, tb, n_samples.max(1) as usize, rna_size_factor, batch_size.max(1) as usize)
         .map_err(engine_error)?;
     Ok(v.into_iter().map(f64::from).collect())
 }

@@ -68,7 +68,7 @@ fn check(kind: GeneLikelihood, theta: &[f64], pi: &[Vec<f64>]) {
     let (m, x) = data();
     let counts = m.view().unwrap();
     let codes = vec![0i32; 3];
-    let mut builder = MinibatchBuilder::new(counts, &codes, Device::Cpu);
+    let mut builder = MinibatchBuilder::new(counts, &codes, &Default::default(), Device::Cpu);
     let mb = builder.build(&[0, 1, 2]);
     let mu = mu_values();
     let theta_t = Tensor::from_slice(&theta.iter().map(|&v| v as f32).collect::<Vec<_>>());
@@ -129,7 +129,7 @@ fn per_cell_dispersion_matches_formula() {
     let (m, x) = data();
     let counts = m.view().unwrap();
     let codes = vec![0i32; 3];
-    let mut builder = MinibatchBuilder::new(counts, &codes, Device::Cpu);
+    let mut builder = MinibatchBuilder::new(counts, &codes, &Default::default(), Device::Cpu);
     let mb = builder.build(&[2, 0]);
     let mu = vec![mu_values()[2].clone(), mu_values()[0].clone()];
     let theta = vec![vec![0.3, 4.0, 1e-4, 90.0], vec![2.0, 0.01, 7.0, 0.5]];

@@ -35,7 +35,7 @@ fn fit(counts: Counts<'_>, seed: u64, epochs: usize) -> (Vae, train::TrainOutcom
     runtime::seed_everything(seed);
     let mut vae = Vae::new(VaeConfig::new(counts.n_genes() as i64, 1), Device::Cpu, None).unwrap();
     let cfg = TrainConfig { max_epochs: Some(epochs), seed, ..Default::default() };
-    let out = train::train(&mut vae, counts, &batch, &cfg, &mut NoObserver).unwrap();
+    let out = train::train(&mut vae, counts, &batch, &Default::default(), &cfg, &mut NoObserver).unwrap();
     (vae, out)
 }
 
@@ -85,8 +85,8 @@ fn model_file_round_trip_gives_identical_latent() {
     assert_eq!(meta2.vae, vae.config);
     assert_eq!(meta2.registry.genes.len(), 2000);
     let mean = infer::LatentQuery::Mean { mc_samples: 1 };
-    let z1 = infer::latent_representation(&vae, counts, &batch, mean, 128).unwrap().0;
-    let z2 = infer::latent_representation(&loaded, counts, &batch, mean, 128).unwrap().0;
+    let z1 = infer::latent_representation(&vae, counts, &batch, &Default::default(), mean, 128).unwrap().0;
+    let z2 = infer::latent_representation(&loaded, counts, &batch, &Default::default(), mean, 128).unwrap().0;
     assert_eq!(z1, z2);
     assert!(model_file::from_bytes(&bytes[..100], Device::Cpu).is_err());
     let mut bad = bytes.clone();

@@ -104,7 +104,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     scvir_engine::runtime::seed_everything(cfg.seed);
     let mut vae = Vae::new(vae_cfg, device, Some(prior))?;
     let started = Instant::now();
-    let out = train::train(&mut vae, counts, &batch, &cfg, &mut Printer { quiet })?;
+    let out = train::train(&mut vae, counts, &batch, &Default::default(), &cfg, &mut Printer { quiet })?;
     let total = started.elapsed().as_secs_f64();
     let epochs = &out.history.epochs;
     let secs: Vec<f64> = epochs.iter().skip(2).map(|r| r.train_seconds).collect();

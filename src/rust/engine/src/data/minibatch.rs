@@ -3,6 +3,7 @@
 //! expensive count-dependent terms (lgamma, x log mu) on nonzeros only.
 
 use super::counts::Counts;
+use super::covariates::Covariates;
 use tch::{Device, Kind, Tensor};
 
 pub struct Minibatch {
@@ -24,6 +25,14 @@ pub struct Minibatch {
     pub nz_x: Tensor,
     /// Sum over the cell's genes of lgamma(x + 1): a constant of the likelihood, per cell.
     pub lgamma_x1: Tensor,
+    /// Label codes (zeros without labels), i64.
+    pub labels: Tensor,
+    /// Codes of each extra categorical covariate, i64.
+    pub categorical: Vec<Tensor>,
+    /// Continuous covariates, cells x k, f32.
+    pub continuous: Option<Tensor>,
+    /// log of the size factors, cells x 1.
+    pub log_size_factor: Option<Tensor>,
     pub n_cells: usize,
 }
 
@@ -31,6 +40,7 @@ pub struct Minibatch {
 pub struct MinibatchBuilder<'a> {
     counts: Counts<'a>,
     batch_codes: &'a [i32],
+    covariates: Covariates<'a>,
     device: Device,
     lgamma_x1: Vec<f32>,
     log_library: Vec<f32>,
@@ -44,7 +54,7 @@ pub struct MinibatchBuilder<'a> {
 }
 
 impl<'a> MinibatchBuilder<'a> {
-    pub fn new(counts: Counts<'a>, batch_codes: &'a [i32], device: Device) -> Self {
+    pub fn new(counts: Counts<'a>, batch_codes: &'a [i32], covariates: &Covariates<'a>, device: Device) -> Self {
         let n = counts.n_cells();
         let mut lgamma_x1 = Vec::with_capacity(n);
         let mut log_library = Vec::with_capacity(n);
@@ -56,6 +66,7 @@ impl<'a> MinibatchBuilder<'a> {
         MinibatchBuilder {
             counts,
             batch_codes,
+            covariates: covariates.clone(),
             device,
             lgamma_x1,
             log_library,
@@ -105,7 +116,30 @@ impl<'a> MinibatchBuilder<'a> {
             bi.push(self.batch_codes[cell] as i64);
         }
         let dev = self.device;
+        let cov = &self.covariates;
+        let pick_i = |codes: &[i32]| Tensor::from_slice(&cells.iter().map(|&c| codes[c] as i64).collect::<Vec<i64>>()).to_device(dev);
+        let labels = match cov.labels {
+            Some(l) => pick_i(l),
+            None => Tensor::zeros([b as i64], (tch::Kind::Int64, dev)),
+        };
+        let categorical = cov.categorical.iter().map(|c| pick_i(c)).collect();
+        let continuous = (!cov.continuous.is_empty()).then(|| {
+            let k = cov.continuous.len();
+            let mut v = Vec::with_capacity(b * k);
+            for &c in cells {
+                v.extend(cov.continuous.iter().map(|col| col[c] as f32));
+            }
+            Tensor::from_slice(&v).view([b as i64, k as i64]).to_device(dev)
+        });
+        let log_size_factor = cov.size_factor.map(|s| {
+            let v: Vec<f32> = cells.iter().map(|&c| s[c].ln() as f32).collect();
+            Tensor::from_slice(&v).view([b as i64, 1]).to_device(dev)
+        });
         Minibatch {
+            labels,
+            categorical,
+            continuous,
+            log_size_factor,
             x: Tensor::from_slice(&self.dense).view([b as i64, g as i64]).to_device(dev),
             x_log1p: Tensor::from_slice(&self.dense_log1p).view([b as i64, g as i64]).to_device(dev),
             log_library: Tensor::from_slice(&ll).view([b as i64, 1]).to_device(dev),

@@ -2,12 +2,14 @@
 //! minibatches (the only place counts are densified).
 
 pub mod counts;
+pub mod covariates;
 pub mod minibatch;
 pub mod numpy_rng;
 pub mod registry;
 pub mod split;
 
 pub use counts::Counts;
+pub use covariates::Covariates;
 pub use minibatch::{Minibatch, MinibatchBuilder};
 pub use registry::Registry;
 pub use split::DataSplit;

@@ -5,6 +5,7 @@ use super::counts::Counts;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Registry {
     pub genes: Vec<String>,
     /// Batch categories; a single "0" category stands for "no batch key" as in scvi-tools.
@@ -14,6 +15,18 @@ pub struct Registry {
     pub library_log_means: Vec<f64>,
     pub library_log_vars: Vec<f64>,
     pub n_cells_fitted: usize,
+    /// Label categories (labels_key), extra categorical covariates (key and categories),
+    /// continuous covariate keys and the size-factor key, in the order the model takes them.
+    #[serde(default)]
+    pub labels_key: Option<String>,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub categorical_covariates: Vec<(String, Vec<String>)>,
+    #[serde(default)]
+    pub continuous_covariates: Vec<String>,
+    #[serde(default)]
+    pub size_factor_key: Option<String>,
 }
 
 impl Registry {
@@ -36,6 +49,7 @@ impl Registry {
             library_log_means,
             library_log_vars,
             n_cells_fitted: counts.n_cells(),
+            ..Default::default()
         }
     }
 }

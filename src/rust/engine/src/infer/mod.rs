@@ -1,12 +1,13 @@
 //! Queries on a trained model: latent representation and normalized expression. All run in
 //! evaluation mode (BatchNorm running statistics, no dropout) without gradients, in minibatches.
 
-use crate::data::{Counts, MinibatchBuilder};
+use crate::data::{Counts, Covariates, MinibatchBuilder};
 use crate::error::{Error, Result};
 use crate::module::Vae;
 use tch::{Kind, Tensor};
 
-fn check_batches(vae: &Vae, batch_codes: &[i32], n: usize) -> Result<()> {
+fn check_batches(vae: &Vae, batch_codes: &[i32], cov: &Covariates<'_>, n: usize) -> Result<()> {
+    cov.check(n, &vae.config)?;
     if batch_codes.len() != n {
         return Err(Error::InvalidInput("one batch code per cell is needed".into()));
     }
@@ -51,12 +52,13 @@ pub fn latent_representation(
     vae: &Vae,
     counts: Counts<'_>,
     batch_codes: &[i32],
+    cov: &Covariates<'_>,
     query: LatentQuery,
     batch_size: usize,
 ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
     check_genes(vae, &counts)?;
-    check_batches(vae, batch_codes, counts.n_cells())?;
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, vae.device());
+    check_batches(vae, batch_codes, cov, counts.n_cells())?;
+    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
     let cells: Vec<usize> = (0..counts.n_cells()).collect();
     let n = counts.n_cells() * vae.config.n_latent as usize;
     let (mut first, mut second) = (Vec::with_capacity(n), Vec::new());
@@ -102,6 +104,7 @@ pub fn normalized_expression(
     vae: &Vae,
     counts: Counts<'_>,
     batch_codes: &[i32],
+    cov: &Covariates<'_>,
     transform_batches: &[usize],
     library_size: LibrarySize,
     n_samples: usize,
@@ -109,13 +112,13 @@ pub fn normalized_expression(
     batch_size: usize,
 ) -> Result<Vec<Vec<f32>>> {
     check_genes(vae, &counts)?;
-    check_batches(vae, batch_codes, counts.n_cells())?;
+    check_batches(vae, batch_codes, cov, counts.n_cells())?;
     if transform_batches.iter().any(|&b| b as i64 >= vae.config.n_batch) {
         return Err(Error::InvalidInput("transform_batch is outside the model's batches".into()));
     }
     let n_samples = n_samples.max(1);
     let mut out = vec![Vec::new(); if return_mean { 1 } else { n_samples }];
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, vae.device());
+    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
     let cells: Vec<usize> = (0..counts.n_cells()).collect();
     tch::no_grad(|| {
         for chunk in cells.chunks(batch_size.max(1)) {
@@ -130,7 +133,7 @@ pub fn normalized_expression(
                 let inf = vae.inference(&mb, false);
                 let mut sample = Tensor::zeros_like(&acc);
                 for b in &decode_batches {
-                    let gen = vae.generative(&inf.z, &inf.library, b, false);
+                    let gen = vae.generative(&inf.z, &inf.library, b, &mb, false);
                     sample += match library_size {
                         LibrarySize::Constant(c) => gen.px_scale * c,
                         LibrarySize::Latent => gen.px_rate,
@@ -162,10 +165,10 @@ fn to_f64(t: &Tensor) -> Vec<f64> {
     to_vec(t).into_iter().map(f64::from).collect()
 }
 
-pub fn cell_losses(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], batch_size: usize) -> Result<CellLosses> {
+pub fn cell_losses(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>, batch_size: usize) -> Result<CellLosses> {
     check_genes(vae, &counts)?;
-    check_batches(vae, batch_codes, counts.n_cells())?;
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, vae.device());
+    check_batches(vae, batch_codes, cov, counts.n_cells())?;
+    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
     let cells: Vec<usize> = (0..counts.n_cells()).collect();
     let mut out = CellLosses { reconstruction: Vec::new(), kl_local: Vec::new() };
     tch::no_grad(|| {
@@ -189,13 +192,13 @@ fn normal_log_prob(x: &Tensor, mean: &Tensor, var: &Tensor) -> Tensor {
 /// Importance-sampled log p(x) per cell with q as proposal (scvi-tools' `marginal_ll`):
 /// logsumexp_k [log p(z_k) + log p(x | z_k, l_k) - log q(z_k | x) (+ log p(l_k) - log q(l_k | x))]
 /// - log K.
-pub fn marginal_ll(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], n_mc_samples: usize, batch_size: usize) -> Result<Vec<f64>> {
+pub fn marginal_ll(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>, n_mc_samples: usize, batch_size: usize) -> Result<Vec<f64>> {
     check_genes(vae, &counts)?;
-    check_batches(vae, batch_codes, counts.n_cells())?;
+    check_batches(vae, batch_codes, cov, counts.n_cells())?;
     if n_mc_samples == 0 {
         return Err(Error::InvalidInput("n_mc_samples must be at least 1".into()));
     }
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, vae.device());
+    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
     let cells: Vec<usize> = (0..counts.n_cells()).collect();
     let mut out = Vec::with_capacity(counts.n_cells());
     tch::no_grad(|| {
@@ -204,7 +207,7 @@ pub fn marginal_ll(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], n_mc_samp
             let mut terms = Vec::with_capacity(n_mc_samples);
             for _ in 0..n_mc_samples {
                 let inf = vae.inference(&mb, false);
-                let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, false);
+                let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, &mb, false);
                 let log_p_x = -vae.reconstruction_loss(&mb, &gen);
                 // Densities of the Gaussian sample (for a logistic-normal latent this is where the
                 // prior and q live; scvi-tools evaluates them at the softmax-transformed z).
@@ -228,15 +231,15 @@ pub fn marginal_ll(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], n_mc_samp
 
 /// Library size per cell: exp of the observed log library (`give_mean = false`), or the mean of
 /// the log-normal posterior q(l | x), exp(m + v / 2), when the library is latent.
-pub fn latent_library_size(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], give_mean: bool, batch_size: usize) -> Result<Vec<f64>> {
+pub fn latent_library_size(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>, give_mean: bool, batch_size: usize) -> Result<Vec<f64>> {
     check_genes(vae, &counts)?;
-    check_batches(vae, batch_codes, counts.n_cells())?;
+    check_batches(vae, batch_codes, cov, counts.n_cells())?;
     if give_mean && vae.config.use_observed_lib_size {
         return Err(Error::InvalidInput(
             "this model uses the observed library size and has no posterior for it; use give_mean = FALSE".into(),
         ));
     }
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, vae.device());
+    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
     let cells: Vec<usize> = (0..counts.n_cells()).collect();
     let mut out = Vec::with_capacity(counts.n_cells());
     tch::no_grad(|| {
@@ -269,12 +272,13 @@ pub fn likelihood_parameters(
     vae: &Vae,
     counts: Counts<'_>,
     batch_codes: &[i32],
+    cov: &Covariates<'_>,
     n_samples: usize,
     give_mean: bool,
     batch_size: usize,
 ) -> Result<LikelihoodParameters> {
     check_genes(vae, &counts)?;
-    check_batches(vae, batch_codes, counts.n_cells())?;
+    check_batches(vae, batch_codes, cov, counts.n_cells())?;
     let n_samples = n_samples.max(1);
     let n_out = if give_mean { 1 } else { n_samples };
     let lik = vae.config.gene_likelihood;
@@ -283,7 +287,7 @@ pub fn likelihood_parameters(
         dispersions: lik.has_dispersion().then(|| vec![Vec::new(); n_out]),
         dropout: lik.has_zero_inflation().then(|| vec![Vec::new(); n_out]),
     };
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, vae.device());
+    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
     let cells: Vec<usize> = (0..counts.n_cells()).collect();
     tch::no_grad(|| {
         for chunk in cells.chunks(batch_size.max(1)) {
@@ -292,7 +296,7 @@ pub fn likelihood_parameters(
             let mut acc: [Option<Tensor>; 3] = [None, None, None];
             for s in 0..n_samples {
                 let inf = vae.inference(&mb, false);
-                let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, false);
+                let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, &mb, false);
                 let values = [
                     Some(gen.px_rate.shallow_clone()),
                     gen.theta.as_ref().map(|t| t.expand(shape, false)),
@@ -341,14 +345,15 @@ pub fn posterior_predictive_sample(
     vae: &Vae,
     counts: Counts<'_>,
     batch_codes: &[i32],
+    cov: &Covariates<'_>,
     n_samples: usize,
     batch_size: usize,
 ) -> Result<Vec<Vec<f32>>> {
     check_genes(vae, &counts)?;
-    check_batches(vae, batch_codes, counts.n_cells())?;
+    check_batches(vae, batch_codes, cov, counts.n_cells())?;
     let n_samples = n_samples.max(1);
     let mut out = vec![Vec::new(); n_samples];
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, vae.device());
+    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
     let cells: Vec<usize> = (0..counts.n_cells()).collect();
     let lik = vae.config.gene_likelihood;
     tch::no_grad(|| {
@@ -356,7 +361,7 @@ pub fn posterior_predictive_sample(
             let mb = builder.build(chunk);
             for sample in out.iter_mut() {
                 let inf = vae.inference(&mb, false);
-                let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, false);
+                let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, &mb, false);
                 let x = match (lik, &gen.theta) {
                     (crate::distributions::GeneLikelihood::Normal, Some(sd)) => {
                         crate::distributions::sample::sample_normal(&gen.px_rate, sd)
@@ -382,17 +387,18 @@ pub fn denoised_samples(
     vae: &Vae,
     counts: Counts<'_>,
     batch_codes: &[i32],
+    cov: &Covariates<'_>,
     transform_batch: Option<usize>,
     n_samples: usize,
     rna_size_factor: f64,
     batch_size: usize,
 ) -> Result<Vec<f32>> {
     check_genes(vae, &counts)?;
-    check_batches(vae, batch_codes, counts.n_cells())?;
+    check_batches(vae, batch_codes, cov, counts.n_cells())?;
     if transform_batch.is_some_and(|b| b as i64 >= vae.config.n_batch) {
         return Err(Error::InvalidInput("transform_batch is outside the model's batches".into()));
     }
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, vae.device());
+    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
     let cells: Vec<usize> = (0..counts.n_cells()).collect();
     let mut out = Vec::with_capacity(counts.n_cells() * n_samples.max(1) * counts.n_genes());
     tch::no_grad(|| {
@@ -404,7 +410,7 @@ pub fn denoised_samples(
             };
             for _ in 0..n_samples.max(1) {
                 let inf = vae.inference(&mb, false);
-                let gen = vae.generative(&inf.z, &inf.library, &decode_batch, false);
+                let gen = vae.generative(&inf.z, &inf.library, &decode_batch, &mb, false);
                 let rate = &gen.px_scale * rna_size_factor;
                 let draw = match &gen.theta {
                     Some(theta) if vae.config.gene_likelihood != crate::distributions::GeneLikelihood::Normal => {

@@ -12,6 +12,8 @@ pub enum Dispersion {
     GeneBatch,
     #[serde(rename = "gene-cell")]
     GeneCell,
+    #[serde(rename = "gene-label")]
+    GeneLabel,
 }
 
 impl Dispersion {
@@ -20,11 +22,9 @@ impl Dispersion {
             "gene" => Ok(Self::Gene),
             "gene-batch" => Ok(Self::GeneBatch),
             "gene-cell" => Ok(Self::GeneCell),
-            "gene-label" => Err(Error::InvalidConfig(
-                "dispersion = \"gene-label\" needs cell labels, which this version does not register yet".into(),
-            )),
+            "gene-label" => Ok(Self::GeneLabel),
             other => Err(Error::InvalidConfig(format!(
-                "dispersion must be one of \"gene\", \"gene-batch\", \"gene-cell\"; got \"{other}\""
+                "dispersion must be one of \"gene\", \"gene-batch\", \"gene-label\", \"gene-cell\"; got \"{other}\""
             ))),
         }
     }
@@ -35,6 +35,13 @@ impl Dispersion {
 pub struct VaeConfig {
     pub n_genes: i64,
     pub n_batch: i64,
+    /// Number of label categories (0: no labels).
+    pub n_labels: i64,
+    /// Categories of each extra categorical covariate.
+    pub n_cats_per_cov: Vec<i64>,
+    pub n_continuous_cov: i64,
+    /// The library is log(size factor) and gene proportions use softplus instead of softmax.
+    pub use_size_factor_key: bool,
     pub n_hidden: i64,
     pub n_latent: i64,
     pub n_layers: i64,
@@ -67,6 +74,10 @@ impl VaeConfig {
         VaeConfig {
             n_genes,
             n_batch: n_batch.max(1),
+            n_labels: 0,
+            n_cats_per_cov: Vec::new(),
+            n_continuous_cov: 0,
+            use_size_factor_key: false,
             n_hidden: 128,
             n_latent: 10,
             n_layers: 1,
@@ -100,6 +111,9 @@ impl VaeConfig {
         }
         if !(0.0..1.0).contains(&self.dropout_rate) {
             return bad(format!("dropout_rate must be in [0, 1), got {}", self.dropout_rate));
+        }
+        if self.dispersion == Dispersion::GeneLabel && self.n_labels < 1 {
+            return bad("dispersion = \"gene-label\" needs labels (labels_key)".into());
         }
         if !["normal", "ln"].contains(&self.latent_distribution.as_str()) {
             return bad(format!("latent_distribution must be \"normal\" or \"ln\", got \"{}\"", self.latent_distribution));

@@ -55,9 +55,9 @@ impl Vae {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let c = &config;
-        let cat_list = vec![c.n_batch];
+        let cat_list: Vec<i64> = std::iter::once(c.n_batch).chain(c.n_cats_per_cov.iter().copied()).collect();
         let encoder_fc = FcLayersConfig {
-            n_in: c.n_genes,
+            n_in: c.n_genes + if c.encode_covariates { c.n_continuous_cov } else { 0 },
             n_out: c.n_hidden,
             n_cat_list: if c.encode_covariates { cat_list.clone() } else { vec![] },
             n_layers: c.n_layers,
@@ -74,7 +74,7 @@ impl Vae {
             Encoder::new(&root / "l_encoder", &fc, 1, softplus_var)
         });
         let decoder_fc = FcLayersConfig {
-            n_in: c.n_latent,
+            n_in: c.n_latent + c.n_continuous_cov,
             n_out: c.n_hidden,
             n_cat_list: cat_list,
             n_layers: c.n_layers,
@@ -90,12 +90,14 @@ impl Vae {
             c.n_genes,
             c.gene_likelihood.has_zero_inflation(),
             c.dispersion == Dispersion::GeneCell && c.gene_likelihood.has_dispersion(),
+            c.use_size_factor_key,
         );
         let randn = nn::Init::Randn { mean: 0.0, stdev: 1.0 };
         let px_r = match (c.gene_likelihood.has_dispersion(), c.dispersion) {
             (false, _) | (true, Dispersion::GeneCell) => None,
             (true, Dispersion::Gene) => Some(root.var("px_r", &[c.n_genes], randn)),
             (true, Dispersion::GeneBatch) => Some(root.var("px_r", &[c.n_genes, c.n_batch], randn)),
+            (true, Dispersion::GeneLabel) => Some(root.var("px_r", &[c.n_genes, c.n_labels.max(1)], randn)),
         };
         let (library_log_means, library_log_vars) = if c.use_observed_lib_size {
             (None, None)
@@ -124,14 +126,19 @@ impl Vae {
 
     /// q(z | x) and the library: observed log total counts, or a sample of q(l | x).
     pub fn inference(&self, mb: &Minibatch, train: bool) -> Inference {
-        let x_in = if self.config.log_variational { mb.x_log1p.shallow_clone() } else { mb.x.shallow_clone() };
-        let cats = [&mb.batch_index];
+        let x = if self.config.log_variational { mb.x_log1p.shallow_clone() } else { mb.x.shallow_clone() };
+        let x_in = match (&mb.continuous, self.config.encode_covariates) {
+            (Some(cont), true) => Tensor::cat(&[x, cont.shallow_clone()], 1),
+            _ => x,
+        };
+        let cats = Self::categoricals(&mb.batch_index, mb);
         let qz = self.z_encoder.forward(&x_in, &cats, train);
         let z_untransformed = qz.rsample();
         let z = if self.config.logistic_normal() { z_untransformed.softmax(-1, Kind::Float) } else { z_untransformed.shallow_clone() };
-        let (library, ql) = match &self.l_encoder {
-            None => (mb.log_library.shallow_clone(), None),
-            Some(enc) => {
+        let (library, ql) = match (&self.l_encoder, &mb.log_size_factor) {
+            (_, Some(s)) if self.config.use_size_factor_key => (s.shallow_clone(), None),
+            (None, _) => (mb.log_library.shallow_clone(), None),
+            (Some(enc), _) => {
                 let ql = enc.forward(&x_in, &cats, train);
                 (ql.rsample(), Some(ql))
             }
@@ -139,12 +146,24 @@ impl Vae {
         Inference { qz, z_untransformed, z, library, ql }
     }
 
-    /// p(x | z, library, batch) parameters. `batch_index` may differ from the data's batch
-    /// (transform_batch).
-    pub fn generative(&self, z: &Tensor, library: &Tensor, batch_index: &Tensor, train: bool) -> Generative {
-        let out = self.decoder.forward(z, &[batch_index], train);
+    /// The batch followed by the extra categorical covariates, as the networks take them.
+    fn categoricals<'t>(batch_index: &'t Tensor, mb: &'t Minibatch) -> Vec<&'t Tensor> {
+        std::iter::once(batch_index).chain(mb.categorical.iter()).collect()
+    }
+
+    /// p(x | z, library, batch, covariates) parameters. `batch_index` may differ from the data's
+    /// batch (transform_batch); the other covariates come from the minibatch.
+    pub fn generative(&self, z: &Tensor, library: &Tensor, batch_index: &Tensor, mb: &Minibatch, train: bool) -> Generative {
+        let dec_in = match &mb.continuous {
+            Some(cont) => Tensor::cat(&[z.shallow_clone(), cont.shallow_clone()], 1),
+            None => z.shallow_clone(),
+        };
+        let out = self.decoder.forward(&dec_in, &Self::categoricals(batch_index, mb), train);
         let px_rate = library.exp() * &out.px_scale;
         let log_theta = match (&self.px_r, out.px_r) {
+            (Some(r), _) if self.config.dispersion == Dispersion::GeneLabel => {
+                Some(one_hot(&mb.labels, self.config.n_labels.max(1)).matmul(&r.tr()))
+            }
             (Some(r), _) if r.dim() == 2 => Some(one_hot(batch_index, self.config.n_batch).matmul(&r.tr())),
             (Some(r), _) => Some(r.shallow_clone()),
             (None, Some(per_cell)) => Some(per_cell),
@@ -168,7 +187,7 @@ impl Vae {
     /// the library KL is not warmed up.
     pub fn loss(&self, mb: &Minibatch, train: bool, kl_weight: f64) -> LossOutput {
         let inf = self.inference(mb, train);
-        let gen = self.generative(&inf.z, &inf.library, &mb.batch_index, train);
+        let gen = self.generative(&inf.z, &inf.library, &mb.batch_index, mb, train);
         let reconstruction = self.reconstruction_loss(mb, &gen);
         let kl_z = kl_normal_std_normal(&inf.qz.q_mean, &inf.qz.q_var).sum_dim_intlist(1, false, Kind::Float);
         let kl_library = match (&inf.ql, self.library_prior(&mb.batch_index)) {

@@ -6,7 +6,7 @@ use super::callbacks::{EarlyStopping, ReduceLrOnPlateau};
 use super::history::{EpochRecord, History, MONITORS};
 use super::kl_schedule::kl_weight;
 use crate::data::split::make_split;
-use crate::data::{Counts, DataSplit, MinibatchBuilder};
+use crate::data::{Counts, Covariates, DataSplit, MinibatchBuilder};
 use crate::error::{Error, Result};
 use crate::module::Vae;
 use rand::seq::SliceRandom;
@@ -58,6 +58,7 @@ pub fn train(
     vae: &mut Vae,
     counts: Counts<'_>,
     batch_codes: &[i32],
+    cov: &Covariates<'_>,
     cfg: &TrainConfig,
     observer: &mut dyn TrainingObserver,
 ) -> Result<TrainOutcome> {
@@ -68,6 +69,7 @@ pub fn train(
     if batch_codes.len() != n {
         return Err(Error::InvalidInput("one batch code per cell is needed".into()));
     }
+    cov.check(n, &vae.config)?;
     if let Some(&c) = counts.empty_cells().first() {
         return Err(Error::InvalidInput(format!(
             "cell {} has no counts in the selected genes; remove empty cells before training",
@@ -96,7 +98,7 @@ pub fn train(
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let split = make_split(n, cfg.train_size, cfg.validation_size, cfg.batch_size, cfg.shuffle_set_split, cfg.seed)?;
 
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, vae.device());
+    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
     let mut optimizer = Adam::new(vae.vs.trainable_variables(), cfg.lr, cfg.eps, cfg.weight_decay, decoupled);
     let mut history = History::default();
     let mut global_step = 0usize;

@@ -1,0 +1,56 @@
+//! Per-cell covariates besides the batch, as scvi-tools registers them: labels (for gene-label
+//! dispersion), extra categorical covariates (one-hot, injected like the batch), continuous
+//! covariates (concatenated to the decoder's input, and the encoders' with `encode_covariates`)
+//! and size factors (replacing the library size).
+
+use crate::error::{Error, Result};
+use crate::module::VaeConfig;
+
+#[derive(Clone, Debug, Default)]
+pub struct Covariates<'a> {
+    /// 0-based label codes.
+    pub labels: Option<&'a [i32]>,
+    /// 0-based codes, one slice per categorical covariate.
+    pub categorical: Vec<&'a [i32]>,
+    /// Values, one slice per continuous covariate.
+    pub continuous: Vec<&'a [f64]>,
+    /// Positive size factors (the library is log(size factor)).
+    pub size_factor: Option<&'a [f64]>,
+}
+
+impl Covariates<'_> {
+    /// Checks the covariates against the model's configuration and the number of cells.
+    pub fn check(&self, n_cells: usize, cfg: &VaeConfig) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidInput(m));
+        if self.categorical.len() != cfg.n_cats_per_cov.len() {
+            return bad(format!("the model has {} categorical covariate(s), {} given", cfg.n_cats_per_cov.len(), self.categorical.len()));
+        }
+        if self.continuous.len() as i64 != cfg.n_continuous_cov {
+            return bad(format!("the model has {} continuous covariate(s), {} given", cfg.n_continuous_cov, self.continuous.len()));
+        }
+        if cfg.use_size_factor_key != self.size_factor.is_some() {
+            return bad("size factors are needed exactly when the model was trained with them".into());
+        }
+        for (k, (codes, &n)) in self.categorical.iter().zip(&cfg.n_cats_per_cov).enumerate() {
+            if codes.len() != n_cells || codes.iter().any(|&c| c < 0 || c as i64 >= n) {
+                return bad(format!("categorical covariate {} needs one code in [0, {n}) per cell", k + 1));
+            }
+        }
+        for (k, v) in self.continuous.iter().enumerate() {
+            if v.len() != n_cells || v.iter().any(|x| !x.is_finite()) {
+                return bad(format!("continuous covariate {} needs one finite value per cell", k + 1));
+            }
+        }
+        if let Some(s) = self.size_factor {
+            if s.len() != n_cells || s.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+                return bad("size factors must be positive and finite, one per cell".into());
+            }
+        }
+        if let Some(l) = self.labels {
+            if l.len() != n_cells || l.iter().any(|&c| c < 0 || c as i64 >= cfg.n_labels.max(1)) {
+                return bad(format!("labels need one code in [0, {}) per cell", cfg.n_labels.max(1)));
+            }
+        }
+        Ok(())
+    }
+}
