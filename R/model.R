@@ -42,6 +42,10 @@
 #' @param var_activation Variance activation of the encoders, `"exp"` or `"softplus"`.
 #' @param latent_distribution `"normal"` or `"ln"` (logistic normal: the decoder sees the
 #'   softmax of the Gaussian sample).
+#' @param batch_representation `"one-hot"` (scvi-tools' default) or `"embedding"`: a learnt
+#'   vector of `batch_embedding_dim` numbers per batch, appended to the decoder's input (and the
+#'   encoders' with `encode_covariates`); see [get_batch_representation()].
+#' @param batch_embedding_dim Size of the batch embedding (scvi-tools: 5).
 #' @param max_epochs Number of epochs; `NULL` uses scvi-tools' rule
 #'   `min(round(20000 / n_cells * 400), 400)`.
 #' @param batch_size Minibatch size.
@@ -94,7 +98,8 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
                        use_observed_lib_size = TRUE, log_variational = TRUE,
                        encode_covariates = FALSE, deeply_inject_covariates = TRUE,
                        use_batch_norm = "both", use_layer_norm = "none", var_activation = "exp",
-                       latent_distribution = "normal",
+                       latent_distribution = "normal", batch_representation = "one-hot",
+                       batch_embedding_dim = 5L,
                        max_epochs = NULL, batch_size = 128L,
                        train_size = NULL, validation_size = NULL, shuffle_set_split = TRUE,
                        lr = 1e-3, weight_decay = 1e-6, eps = 0.01, optimizer = "Adam",
@@ -132,7 +137,9 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
                          use_layer_norm_encoder = ln %in% c("both", "encoder"),
                          use_layer_norm_decoder = ln %in% c("both", "decoder"),
                          var_activation = .check_choice(var_activation, c("exp", "softplus"), "var_activation"),
-                         latent_distribution = .check_choice(latent_distribution, c("normal", "ln"), "latent_distribution")),
+                         latent_distribution = .check_choice(latent_distribution, c("normal", "ln"), "latent_distribution"),
+                         batch_representation = .check_choice(batch_representation, c("one-hot", "embedding"), "batch_representation"),
+                         batch_embedding_dim = .check_count_arg(batch_embedding_dim, "batch_embedding_dim")),
             train = list(max_epochs = .check_count_arg(max_epochs, "max_epochs", null_ok = TRUE),
                          batch_size = .check_count_arg(batch_size, "batch_size"),
                          train_size = .check_number(train_size, "train_size", 0, 1, null_ok = TRUE),
@@ -303,11 +310,20 @@ print.scvi_model <- function(x, ...) {
   } else {
     cat("  batch:    none\n")
   }
+  if (length(x$labels)) cat(sprintf("  labels:   %d categories (%s)\n", length(x$labels), paste(utils::head(x$labels, 5), collapse = ", ")))
+  for (k in names(x$categorical_covariates)) {
+    cat(sprintf("  covariate \"%s\" (categorical): %d categories\n", k, length(x$categorical_covariates[[k]])))
+  }
+  if (length(x$continuous_covariates)) {
+    cat(sprintf("  continuous covariates: %s\n", paste(x$continuous_covariates, collapse = ", ")))
+  }
+  if (isTRUE(x$uses_size_factor)) cat("  size factors: yes (library = log size factor)\n")
   cat(sprintf("  model:    n_hidden %d, n_latent %d, n_layers %d, dropout %.2f\n",
               cfg$n_hidden, cfg$n_latent, cfg$n_layers, cfg$dropout_rate))
-  cat(sprintf("            %s likelihood, %s dispersion, %s library size\n",
+  cat(sprintf("            %s likelihood, %s dispersion, %s library size, %s latent, batch %s\n",
               cfg$gene_likelihood, cfg$dispersion,
-              if (isTRUE(cfg$use_observed_lib_size)) "observed" else "latent"))
+              if (isTRUE(cfg$use_observed_lib_size)) "observed" else "latent",
+              cfg$latent_distribution %||% "normal", cfg$batch_representation %||% "one-hot"))
   if (is.data.frame(h) && nrow(h)) {
     last <- h[nrow(h), ]
     cat(sprintf("  final:    elbo_train %.2f%s\n", last$elbo_train,
@@ -409,4 +425,37 @@ test_indices <- function(x) .fit_of(x)$test_indices
   meta <- jsonlite::fromJSON(.engine(.rs_model_meta(.fit_of(fit)$model)), simplifyVector = FALSE)
   stats::setNames(lapply(meta$tensors, function(t) as.integer(unlist(t$shape))),
                   vapply(meta$tensors, function(t) t$name, ""))
+}
+
+# Values of one tensor of the model file (format: README), as a numeric vector in row-major order.
+.model_tensor_values <- function(fit, name) {
+  bytes <- .fit_of(fit)$model
+  header_len <- readBin(bytes[13:16], "integer", size = 4, endian = "little")
+  meta <- jsonlite::fromJSON(.engine(.rs_model_meta(bytes)), simplifyVector = FALSE)
+  offset <- 20 + header_len
+  for (t in meta$tensors) {
+    n <- prod(unlist(t$shape))
+    if (identical(t$name, name)) {
+      return(readBin(bytes[offset + seq_len(4 * n)], "numeric", size = 4, n = n, endian = "little"))
+    }
+    offset <- offset + 4 * n
+  }
+  NULL
+}
+
+#' Batch embedding of a model
+#'
+#' For models trained with `batch_representation = "embedding"`, the learnt vector of each batch
+#' (scvi-tools' `get_batch_representation()`).
+#' @param object An `scvi_model`, or an object holding one.
+#' @return A batches x `batch_embedding_dim` matrix.
+#' @export
+get_batch_representation <- function(object) {
+  fit <- .fit_of(object)
+  if (!identical(fit$config$batch_representation, "embedding")) {
+    scvir_abort("this model represents batches one-hot; train with batch_representation = \"embedding\"")
+  }
+  v <- .model_tensor_values(fit, "batch_embedding")
+  matrix(v, nrow = length(fit$batches), byrow = TRUE,
+         dimnames = list(fit$batches, paste0("dim_", seq_len(length(v) / length(fit$batches)))))
 }

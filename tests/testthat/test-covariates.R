@@ -29,6 +29,9 @@ test_that("categorical and continuous covariates reach decoder and, on request, 
   fit <- quick_fit(categorical_covariates = cats, continuous_covariates = conts)
   expect_identical(names(fit$categorical_covariates), "letters")
   expect_identical(fit$continuous_covariates, "genes")
+  out <- capture.output(print(fit))
+  expect_true(any(grepl("covariate \"letters\" \\(categorical\\)", out)))
+  expect_true(any(grepl("continuous covariates: genes", out)))
   z <- get_latent_representation(fit)
   expect_equal(dim(z), c(80L, 10L))
   # New data need the covariates; given them, the same cells give the same latent.

@@ -99,3 +99,22 @@ test_that("accelerator: the CPU on request, a clear error for an unavailable GPU
   }
   expect_error(quick_fit(accelerator = "tpu"), "accelerator must be one of")
 })
+
+test_that("a batch embedding replaces the one-hot batch", {
+  b <- pbmc_small_seurat()$groups
+  fit <- quick_fit(batch = b, batch_representation = "embedding", max_epochs = 5L)
+  s <- scviR:::.model_tensors(fit)
+  expect_equal(s[["batch_embedding"]], c(2L, 5L))
+  # The decoder sees z (10) + the embedding (5) and no one-hot columns.
+  expect_equal(s[["decoder.px_decoder.layer_0.linear.weight"]], c(128L, 15L))
+  e <- get_batch_representation(fit)
+  expect_equal(dim(e), c(2L, 5L))
+  expect_identical(rownames(e), c("g1", "g2"))
+  enc <- scviR:::.model_tensors(quick_fit(batch = b, batch_representation = "embedding",
+                                          encode_covariates = TRUE, batch_embedding_dim = 3L, max_epochs = 2L))
+  expect_equal(enc[["z_encoder.encoder.layer_0.linear.weight"]], c(128L, 233L))
+  # transform_batch decodes through the other batch's vector.
+  expect_false(isTRUE(all.equal(get_normalized_expression(fit, transform_batch = "g1", seed = 1),
+                                get_normalized_expression(fit, transform_batch = "g2", seed = 1))))
+  expect_error(get_batch_representation(quick_fit(batch = b, max_epochs = 2L)), "one-hot")
+})

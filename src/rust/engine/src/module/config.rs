@@ -60,6 +60,10 @@ pub struct VaeConfig {
     pub var_activation: String,
     /// "normal" (z Gaussian) or "ln" (logistic normal: z = softmax of a Gaussian sample).
     pub latent_distribution: String,
+    /// "one-hot" (injected like other categorical covariates) or "embedding" (a learnt vector
+    /// per batch concatenated to the decoder's, and with `encode_covariates` the encoders', input).
+    pub batch_representation: String,
+    pub batch_embedding_dim: i64,
 }
 
 impl Default for VaeConfig {
@@ -94,7 +98,13 @@ impl VaeConfig {
             use_layer_norm_decoder: false,
             var_activation: "exp".into(),
             latent_distribution: "normal".into(),
+            batch_representation: "one-hot".into(),
+            batch_embedding_dim: 5,
         }
+    }
+
+    pub fn batch_embedding(&self) -> bool {
+        self.batch_representation == "embedding"
     }
 
     pub fn logistic_normal(&self) -> bool {
@@ -114,6 +124,12 @@ impl VaeConfig {
         }
         if self.dispersion == Dispersion::GeneLabel && self.n_labels < 1 {
             return bad("dispersion = \"gene-label\" needs labels (labels_key)".into());
+        }
+        if !["one-hot", "embedding"].contains(&self.batch_representation.as_str()) {
+            return bad(format!("batch_representation must be \"one-hot\" or \"embedding\", got \"{}\"", self.batch_representation));
+        }
+        if self.batch_embedding_dim < 1 {
+            return bad("batch_embedding_dim must be a positive integer".into());
         }
         if !["normal", "ln"].contains(&self.latent_distribution.as_str()) {
             return bad(format!("latent_distribution must be \"normal\" or \"ln\", got \"{}\"", self.latent_distribution));

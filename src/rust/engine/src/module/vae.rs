@@ -15,6 +15,8 @@ pub struct Vae {
     decoder: DecoderScvi,
     /// Log dispersion: genes (gene) or genes x batches (gene-batch); absent for gene-cell/Poisson.
     px_r: Option<Tensor>,
+    /// Learnt batch vectors (n_batch x dim) when `batch_representation = "embedding"`.
+    batch_embedding: Option<Tensor>,
     /// Latent-library prior per batch (1 x n_batch), only when the library is latent.
     library_log_means: Option<Tensor>,
     library_log_vars: Option<Tensor>,
@@ -55,9 +57,12 @@ impl Vae {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let c = &config;
-        let cat_list: Vec<i64> = std::iter::once(c.n_batch).chain(c.n_cats_per_cov.iter().copied()).collect();
+        // With a batch embedding the batch leaves the one-hot list and becomes input columns.
+        let batch_one_hot = (!c.batch_embedding()).then_some(c.n_batch);
+        let cat_list: Vec<i64> = batch_one_hot.into_iter().chain(c.n_cats_per_cov.iter().copied()).collect();
+        let batch_dim = if c.batch_embedding() { c.batch_embedding_dim } else { 0 };
         let encoder_fc = FcLayersConfig {
-            n_in: c.n_genes + if c.encode_covariates { c.n_continuous_cov } else { 0 },
+            n_in: c.n_genes + if c.encode_covariates { c.n_continuous_cov + batch_dim } else { 0 },
             n_out: c.n_hidden,
             n_cat_list: if c.encode_covariates { cat_list.clone() } else { vec![] },
             n_layers: c.n_layers,
@@ -74,7 +79,7 @@ impl Vae {
             Encoder::new(&root / "l_encoder", &fc, 1, softplus_var)
         });
         let decoder_fc = FcLayersConfig {
-            n_in: c.n_latent + c.n_continuous_cov,
+            n_in: c.n_latent + c.n_continuous_cov + batch_dim,
             n_out: c.n_hidden,
             n_cat_list: cat_list,
             n_layers: c.n_layers,
@@ -93,6 +98,7 @@ impl Vae {
             c.use_size_factor_key,
         );
         let randn = nn::Init::Randn { mean: 0.0, stdev: 1.0 };
+        let batch_embedding = c.batch_embedding().then(|| root.var("batch_embedding", &[c.n_batch, c.batch_embedding_dim], randn));
         let px_r = match (c.gene_likelihood.has_dispersion(), c.dispersion) {
             (false, _) | (true, Dispersion::GeneCell) => None,
             (true, Dispersion::Gene) => Some(root.var("px_r", &[c.n_genes], randn)),
@@ -113,7 +119,7 @@ impl Vae {
             });
             (Some(means), Some(vars))
         };
-        Ok(Vae { config, vs, z_encoder, l_encoder, decoder, px_r, library_log_means, library_log_vars })
+        Ok(Vae { config, vs, z_encoder, l_encoder, decoder, px_r, batch_embedding, library_log_means, library_log_vars })
     }
 
     pub fn device(&self) -> Device {
@@ -127,11 +133,13 @@ impl Vae {
     /// q(z | x) and the library: observed log total counts, or a sample of q(l | x).
     pub fn inference(&self, mb: &Minibatch, train: bool) -> Inference {
         let x = if self.config.log_variational { mb.x_log1p.shallow_clone() } else { mb.x.shallow_clone() };
-        let x_in = match (&mb.continuous, self.config.encode_covariates) {
-            (Some(cont), true) => Tensor::cat(&[x, cont.shallow_clone()], 1),
-            _ => x,
-        };
-        let cats = Self::categoricals(&mb.batch_index, mb);
+        let mut parts = vec![x];
+        if self.config.encode_covariates {
+            parts.extend(mb.continuous.as_ref().map(|c| c.shallow_clone()));
+            parts.extend(self.batch_vectors(&mb.batch_index));
+        }
+        let x_in = if parts.len() == 1 { parts.pop().unwrap() } else { Tensor::cat(&parts, 1) };
+        let cats = self.categoricals(&mb.batch_index, mb);
         let qz = self.z_encoder.forward(&x_in, &cats, train);
         let z_untransformed = qz.rsample();
         let z = if self.config.logistic_normal() { z_untransformed.softmax(-1, Kind::Float) } else { z_untransformed.shallow_clone() };
@@ -146,19 +154,26 @@ impl Vae {
         Inference { qz, z_untransformed, z, library, ql }
     }
 
-    /// The batch followed by the extra categorical covariates, as the networks take them.
-    fn categoricals<'t>(batch_index: &'t Tensor, mb: &'t Minibatch) -> Vec<&'t Tensor> {
-        std::iter::once(batch_index).chain(mb.categorical.iter()).collect()
+    /// The categorical inputs as the networks take them: the batch (unless embedded) followed by
+    /// the extra categorical covariates.
+    fn categoricals<'t>(&self, batch_index: &'t Tensor, mb: &'t Minibatch) -> Vec<&'t Tensor> {
+        let batch = (!self.config.batch_embedding()).then_some(batch_index);
+        batch.into_iter().chain(mb.categorical.iter()).collect()
+    }
+
+    /// Embedding rows of the cells' batches (cells x dim), with a batch embedding.
+    fn batch_vectors(&self, batch_index: &Tensor) -> Option<Tensor> {
+        self.batch_embedding.as_ref().map(|e| e.index_select(0, batch_index))
     }
 
     /// p(x | z, library, batch, covariates) parameters. `batch_index` may differ from the data's
     /// batch (transform_batch); the other covariates come from the minibatch.
     pub fn generative(&self, z: &Tensor, library: &Tensor, batch_index: &Tensor, mb: &Minibatch, train: bool) -> Generative {
-        let dec_in = match &mb.continuous {
-            Some(cont) => Tensor::cat(&[z.shallow_clone(), cont.shallow_clone()], 1),
-            None => z.shallow_clone(),
-        };
-        let out = self.decoder.forward(&dec_in, &Self::categoricals(batch_index, mb), train);
+        let mut parts = vec![z.shallow_clone()];
+        parts.extend(mb.continuous.as_ref().map(|c| c.shallow_clone()));
+        parts.extend(self.batch_vectors(batch_index));
+        let dec_in = if parts.len() == 1 { parts.pop().unwrap() } else { Tensor::cat(&parts, 1) };
+        let out = self.decoder.forward(&dec_in, &self.categoricals(batch_index, mb), train);
         let px_rate = library.exp() * &out.px_scale;
         let log_theta = match (&self.px_r, out.px_r) {
             (Some(r), _) if self.config.dispersion == Dispersion::GeneLabel => {
