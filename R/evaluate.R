@@ -5,12 +5,9 @@
 .evaluate <- function(object, what, newdata, batch, indices, n = 0L, give_mean = FALSE,
                       batch_size = 128L, seed = NULL, n_threads = NULL, covariates = NULL) {
   d <- .query_data(object, newdata, batch, indices, covariates)
-  res <- .engine(.rs_evaluate(object$model, d$counts@p, d$counts@i, d$counts@x, ncol(d$counts),
-                              nrow(d$counts), d$codes, d$cov, what, as.integer(n), isTRUE(give_mean),
-                              as.numeric(seed %||% object$seed),
-                              .check_count_arg(batch_size, "batch_size"),
-                              .default_threads(n_threads %||% object$n_threads),
-                              .query_accelerator(object), object$device_index %||% 0L))
+  res <- .engine(.rs_evaluate(object$model, .data_arg(d$counts, d$codes, d$cov),
+                              .opts_arg(object, seed, batch_size, n_threads), what, as.integer(n),
+                              isTRUE(give_mean)))
   list(values = res, cells = colnames(d$counts))
 }
 
@@ -212,12 +209,10 @@ get_feature_correlation_matrix <- function(object, newdata = NULL, batch = NULL,
     }
   }
   mats <- lapply(codes, function(b) {
-    v <- .engine(.rs_denoised_samples(
-      fit$model, d$counts@p, d$counts@i, d$counts@x, ncol(d$counts), nrow(d$counts), d$codes,
-      d$cov, b, .check_count_arg(n_samples, "n_samples"), .check_number(rna_size_factor, "rna_size_factor", 0),
-      as.numeric(seed %||% fit$seed), .check_count_arg(batch_size, "batch_size"),
-      .default_threads(n_threads %||% fit$n_threads), .query_accelerator(fit),
-      fit$device_index %||% 0L))
+    v <- .engine(.rs_denoised_samples(fit$model, .data_arg(d$counts, d$codes, d$cov),
+                                      .opts_arg(fit, seed, batch_size, n_threads), b,
+                                      .check_count_arg(n_samples, "n_samples"),
+                                      .check_number(rna_size_factor, "rna_size_factor", 0)))
     x <- matrix(v, ncol = length(fit$genes), byrow = TRUE)
     stats::cor(x, method = correlation_type)
   })

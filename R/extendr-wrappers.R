@@ -1,38 +1,42 @@
 # Thin R wrappers over the Rust routines registered by the extendr module `scviR`.
-# Internal: user-facing functions validate their inputs before calling these.
+# Internal: user-facing functions validate their inputs before calling these. Data-taking
+# routines receive two bundles, built by .data_arg() and .opts_arg().
 
-.rs_train <- function(indptr, indices, values, n_cells, n_genes, batch_codes, covariates, genes, batches,
-                      batch_key, registry_json, model_json, train_json, n_threads, progress_every,
-                      accelerator, device_index) {
-  .Call(wrap__scvir_train, indptr, indices, values, n_cells, n_genes, batch_codes, covariates, genes, batches,
-        batch_key, registry_json, model_json, train_json, n_threads, progress_every, accelerator, device_index)
+# Counts (genes x cells dgCMatrix; its slots are the cells x genes CSR the engine reads in
+# place), 0-based batch codes and encoded covariates.
+.data_arg <- function(counts, codes, cov = NULL) {
+  list(indptr = counts@p, indices = counts@i, values = counts@x, n_cells = ncol(counts),
+       n_genes = nrow(counts), batch_codes = as.integer(codes), covariates = cov)
+}
+
+# Query options: seed, minibatch size, threads and where to run.
+.opts_arg <- function(fit, seed = NULL, batch_size = 128L, n_threads = NULL) {
+  list(seed = as.numeric(seed %||% fit$seed), batch_size = .check_count_arg(batch_size, "batch_size"),
+       n_threads = .default_threads(n_threads %||% fit$n_threads),
+       accelerator = .query_accelerator(fit), device_index = as.integer(fit$device_index %||% 0L))
+}
+
+.rs_train <- function(data, genes, batches, batch_key, registry_json, model_json, train_json,
+                      n_threads, progress_every, accelerator, device_index) {
+  .Call(wrap__scvir_train, data, genes, batches, batch_key, registry_json, model_json, train_json,
+        n_threads, progress_every, accelerator, device_index)
 }
 .rs_model_meta <- function(model) .Call(wrap__scvir_model_meta, model)
-.rs_latent <- function(model, indptr, indices, values, n_cells, n_genes, batch_codes, covariates, what,
-                       mc_samples, seed, batch_size, n_threads, accelerator, device_index) {
-  .Call(wrap__scvir_latent, model, indptr, indices, values, n_cells, n_genes, batch_codes, covariates,
-        what, mc_samples, seed, batch_size, n_threads, accelerator, device_index)
+.rs_latent <- function(model, data, opts, what, mc_samples) {
+  .Call(wrap__scvir_latent, model, data, opts, what, mc_samples)
 }
-.rs_normalized_expression <- function(model, indptr, indices, values, n_cells, n_genes, batch_codes, covariates,
-                                      transform_batches, library_size, n_samples, return_mean,
-                                      seed, batch_size, n_threads, accelerator, device_index) {
-  .Call(wrap__scvir_normalized_expression, model, indptr, indices, values, n_cells, n_genes,
-        batch_codes, covariates, transform_batches, library_size, n_samples, return_mean, seed, batch_size,
-        n_threads, accelerator, device_index)
+.rs_normalized_expression <- function(model, data, opts, transform_batches, library_size,
+                                      n_samples, return_mean) {
+  .Call(wrap__scvir_normalized_expression, model, data, opts, transform_batches, library_size,
+        n_samples, return_mean)
+}
+.rs_evaluate <- function(model, data, opts, what, n, give_mean) {
+  .Call(wrap__scvir_evaluate, model, data, opts, what, n, give_mean)
+}
+.rs_denoised_samples <- function(model, data, opts, transform_batch, n_samples, rna_size_factor) {
+  .Call(wrap__scvir_denoised_samples, model, data, opts, transform_batch, n_samples, rna_size_factor)
 }
 .rs_read_h5ad <- function(path, layer) .Call(wrap__scvir_read_h5ad, path, layer)
 .rs_cuda_available <- function() .Call(wrap__scvir_cuda_available)
 .rs_debug_panic <- function() .Call(wrap__scvir_debug_panic)
 .rs_tune_blas <- function() .Call(wrap__scvir_tune_blas)
-.rs_evaluate <- function(model, indptr, indices, values, n_cells, n_genes, batch_codes, covariates, what, n,
-                         give_mean, seed, batch_size, n_threads, accelerator, device_index) {
-  .Call(wrap__scvir_evaluate, model, indptr, indices, values, n_cells, n_genes, batch_codes, covariates, what,
-        n, give_mean, seed, batch_size, n_threads, accelerator, device_index)
-}
-.rs_denoised_samples <- function(model, indptr, indices, values, n_cells, n_genes, batch_codes, covariates,
-                                 transform_batch, n_samples, rna_size_factor, seed, batch_size,
-                                 n_threads, accelerator, device_index) {
-  .Call(wrap__scvir_denoised_samples, model, indptr, indices, values, n_cells, n_genes,
-        batch_codes, covariates, transform_batch, n_samples, rna_size_factor, seed, batch_size, n_threads,
-        accelerator, device_index)
-}

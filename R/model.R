@@ -234,9 +234,8 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
                     if (n_threads == 1) "" else "s", seed))
   }
   started <- proc.time()[["elapsed"]]
-  res <- .engine(.rs_train(counts@p, counts@i, counts@x, ncol(counts), nrow(counts), codes,
-                           cov$engine, rownames(counts), batches, batch_key %||% "",
-                           .to_json(registry), .to_json(model),
+  res <- .engine(.rs_train(.data_arg(counts, codes, cov$engine), rownames(counts), batches,
+                           batch_key %||% "", .to_json(registry), .to_json(model),
                            .to_json(train), n_threads, progress_every, accelerator,
                            as.integer(device_index)))
   elapsed <- proc.time()[["elapsed"]] - started

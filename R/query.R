@@ -112,13 +112,9 @@ get_latent_representation.scvi_model <- function(object, newdata = NULL, batch =
                                                  covariates = NULL, ...) {
   d <- .query_data(object, newdata, batch, indices, covariates)
   what <- if (isTRUE(return_dist)) "dist" else if (isTRUE(give_mean)) "mean" else "sample"
-  res <- .engine(.rs_latent(object$model, d$counts@p, d$counts@i, d$counts@x, ncol(d$counts),
-                            nrow(d$counts), d$codes, d$cov, what,
-                            .check_count_arg(mc_samples, "mc_samples"),
-                            as.numeric(seed %||% object$seed),
-                            .check_count_arg(batch_size, "batch_size"),
-                            .default_threads(n_threads %||% object$n_threads),
-                            .query_accelerator(object), object$device_index %||% 0L))
+  res <- .engine(.rs_latent(object$model, .data_arg(d$counts, d$codes, d$cov),
+                            .opts_arg(object, seed, batch_size, n_threads), what,
+                            .check_count_arg(mc_samples, "mc_samples")))
   names <- list(colnames(d$counts), .latent_colnames(ncol(res$z)))
   dimnames(res$z) <- names
   if (isTRUE(return_dist)) {
@@ -193,18 +189,15 @@ get_normalized_expression.scvi_model <- function(object, newdata = NULL, batch =
   }
   lib <- if (identical(library_size, "latent")) -1 else .check_number(library_size, "library_size", 0)
   n_samples <- .check_count_arg(n_samples, "n_samples")
-  seed <- as.numeric(seed %||% object$seed)
+  opts <- .opts_arg(object, seed, batch_size, n_threads)
   if (!is.null(n_samples_overall)) {
     n_samples_overall <- .check_count_arg(n_samples_overall, "n_samples_overall")
     if (n_samples != 1) scvir_abort("n_samples_overall needs n_samples = 1")
     n_samples <- n_samples_overall %/% ncol(d$counts) + 1L
     return_mean <- FALSE
   }
-  e <- .engine(.rs_normalized_expression(
-    object$model, d$counts@p, d$counts@i, d$counts@x, ncol(d$counts), nrow(d$counts), d$codes,
-    d$cov, tb, lib, n_samples, isTRUE(return_mean), seed, .check_count_arg(batch_size, "batch_size"),
-    .default_threads(n_threads %||% object$n_threads), .query_accelerator(object),
-    object$device_index %||% 0L))
+  e <- .engine(.rs_normalized_expression(object$model, .data_arg(d$counts, d$codes, d$cov), opts,
+                                         tb, lib, n_samples, isTRUE(return_mean)))
   genes <- object$genes
   keep <- if (is.null(gene_list)) seq_along(genes) else match(gene_list, genes)
   mats <- lapply(e, function(v) {
@@ -213,7 +206,7 @@ get_normalized_expression.scvi_model <- function(object, newdata = NULL, batch =
   })
   if (!is.null(n_samples_overall)) {
     all <- do.call(cbind, mats)
-    pick <- .with_seed(seed, sample.int(ncol(all), n_samples_overall, replace = TRUE))
+    pick <- .with_seed(opts$seed, sample.int(ncol(all), n_samples_overall, replace = TRUE))
     return(all[, pick, drop = FALSE])
   }
   if (length(mats) == 1) return(mats[[1]])

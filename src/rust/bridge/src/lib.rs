@@ -3,24 +3,23 @@
 //! ("[scviR:input]", "[scviR:interrupted]", ...), which the R side turns into condition classes.
 #![allow(non_snake_case)]
 
+mod args;
 mod blas;
 mod convert;
 mod observer;
 
-use convert::{column_to_robj, engine_error, row_major_to_matrix, OwnedCovariates};
+use args::{DataArgs, Opts};
+use convert::{column_to_robj, engine_error, row_major_to_matrix};
 use extendr_api::prelude::*;
 use extendr_api::Result;
 use observer::RObserver;
-use scvir_engine::data::{Counts, Registry};
+use scvir_engine::data::Registry;
 use scvir_engine::io::{h5ad, model_file};
 use scvir_engine::module::{Vae, VaeConfig};
 use scvir_engine::train::{self, TrainConfig};
 use scvir_engine::{infer, runtime};
 use tch::Device;
 
-fn counts<'a>(n_cells: i32, n_genes: i32, indptr: &'a [i32], indices: &'a [i32], values: &'a [f64]) -> Result<Counts<'a>> {
-    Counts::from_csr(n_cells as usize, n_genes as usize, indptr, indices, values).map_err(engine_error)
-}
 
 /// Rust's default panic hook prints a backtrace to stderr; the panic message already reaches R
 /// as an error (extendr catches the unwind), so the hook stays silent.
@@ -68,19 +67,26 @@ fn scvir_tune_blas() -> String {
     blas::tune_openblas()
 }
 
-/// Trains an SCVI model. Counts come as a cells x genes CSR matrix (the slots of R's genes x cells
-/// dgCMatrix, passed without copying). Returns the model bytes and the training record.
+/// Parses the argument bundles, sets threads, loads the model on its device and seeds libtorch.
+fn open_query(model: &Raw, data: &List, opts: &List) -> Result<(Vae, DataArgs, Opts)> {
+    let o = Opts::from_list(opts)?;
+    prepare(o.n_threads);
+    let (vae, _) = model_file::from_bytes(model.as_slice(), device(&o.accelerator, o.device_index)?).map_err(engine_error)?;
+    let d = DataArgs::from_list(data)?;
+    tch::manual_seed(o.seed as i64);
+    Ok((vae, d, o))
+}
+
+fn doubles(m: Vec<f32>) -> Vec<f64> {
+    m.into_iter().map(f64::from).collect()
+}
+
+/// Trains an SCVI model on `data` (see `args`). Returns the model bytes and the training record.
 /// @noRd
 #[extendr]
 #[allow(clippy::too_many_arguments)]
 fn scvir_train(
-    indptr: &[i32],
-    indices: &[i32],
-    values: &[f64],
-    n_cells: i32,
-    n_genes: i32,
-    batch_codes: &[i32],
-    covariates: List,
+    data: List,
     genes: Vec<String>,
     batches: Vec<String>,
     batch_key: &str,
@@ -94,23 +100,21 @@ fn scvir_train(
 ) -> Result<List> {
     prepare(n_threads);
     let dev = device(accelerator, device_index)?;
-    let x = counts(n_cells, n_genes, indptr, indices, values)?;
-    let cov_owned = OwnedCovariates::from_list(&covariates)?;
-    let cov = cov_owned.view();
-    let mut vae_cfg: VaeConfig = serde_json::from_str(model_json).map_err(|e| Error::Other(format!("[scviR:config] {e}")))?;
-    vae_cfg.n_genes = n_genes as i64;
+    let d = DataArgs::from_list(&data)?;
+    let (x, batch_codes, cov) = (d.counts()?, d.batch_codes()?, d.covariates());
+    let config_error = |e: serde_json::Error| Error::Other(format!("[scviR:config] {e}"));
+    let mut vae_cfg: VaeConfig = serde_json::from_str(model_json).map_err(config_error)?;
+    vae_cfg.n_genes = d.n_genes() as i64;
     vae_cfg.n_batch = batches.len().max(1) as i64;
-    let train_cfg: TrainConfig = serde_json::from_str(train_json).map_err(|e| Error::Other(format!("[scviR:config] {e}")))?;
-    let mut registry = Registry::with_library_prior(genes, x, batch_codes, batches.len().max(1));
-    registry.batches = batches;
-    registry.batch_key = (!batch_key.is_empty()).then(|| batch_key.to_string());
-    let extra: Registry = serde_json::from_str(registry_json).map_err(|e| Error::Other(format!("[scviR:config] {e}")))?;
-    registry.labels_key = extra.labels_key;
-    registry.labels = extra.labels;
-    registry.categorical_covariates = extra.categorical_covariates;
-    registry.continuous_covariates = extra.continuous_covariates;
-    registry.size_factor_key = extra.size_factor_key;
-    let prior = (registry.library_log_means.clone(), registry.library_log_vars.clone());
+    let train_cfg: TrainConfig = serde_json::from_str(train_json).map_err(config_error)?;
+    let extra: Registry = serde_json::from_str(registry_json).map_err(config_error)?;
+    let registry = Registry {
+        batches: batches.clone(),
+        batch_key: (!batch_key.is_empty()).then(|| batch_key.to_string()),
+        ..Registry { genes, ..extra }
+    };
+    let prior = scvir_engine::data::registry::library_prior(x, batch_codes, batches.len().max(1));
+    let registry = Registry { library_log_means: prior.0.clone(), library_log_vars: prior.1.clone(), n_cells_fitted: d.n_cells(), ..registry };
     runtime::seed_everything(train_cfg.seed);
     let mut vae = Vae::new(vae_cfg.clone(), dev, Some((&prior.0, &prior.1))).map_err(engine_error)?;
     let mut obs = RObserver::new(progress_every.max(0) as usize);
@@ -142,10 +146,6 @@ fn scvir_train(
     )
 }
 
-fn load(model: &Raw, accelerator: &str, device_index: i32) -> Result<(Vae, model_file::ModelMeta)> {
-    model_file::from_bytes(model.as_slice(), device(accelerator, device_index)?).map_err(engine_error)
-}
-
 /// The model's header (config, registry, history, split) as JSON.
 /// @noRd
 #[extendr]
@@ -154,43 +154,23 @@ fn scvir_model_meta(model: Raw) -> Result<String> {
     serde_json::to_string(&meta).map_err(|e| Error::Other(e.to_string()))
 }
 
-/// Cells x n_latent posterior means, samples, or the Gaussian posterior's means and variances.
+/// Cells x n_latent posterior means ("mean"), samples ("sample"), or the Gaussian posterior's
+/// means and variances ("dist").
 /// @noRd
 #[extendr]
-#[allow(clippy::too_many_arguments)]
-fn scvir_latent(
-    model: Raw,
-    indptr: &[i32],
-    indices: &[i32],
-    values: &[f64],
-    n_cells: i32,
-    n_genes: i32,
-    batch_codes: &[i32],
-    covariates: List,
-    what: &str,
-    mc_samples: i32,
-    seed: f64,
-    batch_size: i32,
-    n_threads: i32,
-    accelerator: &str,
-    device_index: i32,
-) -> Result<List> {
-    prepare(n_threads);
-    let (vae, _) = load(&model, accelerator, device_index)?;
-    let x = counts(n_cells, n_genes, indptr, indices, values)?;
-    let cov_owned = OwnedCovariates::from_list(&covariates)?;
-    let cov = cov_owned.view();
-    tch::manual_seed(seed as i64);
+fn scvir_latent(model: Raw, data: List, opts: List, what: &str, mc_samples: i32) -> Result<List> {
+    let (vae, d, o) = open_query(&model, &data, &opts)?;
     let query = match what {
         "mean" => infer::LatentQuery::Mean { mc_samples: mc_samples.max(1) as usize },
         "sample" => infer::LatentQuery::Sample,
         "dist" => infer::LatentQuery::Distribution,
         other => return Err(Error::Other(format!("[scviR:config] unknown latent query \"{other}\""))),
     };
-    let (a, b) = infer::latent_representation(&vae, x, batch_codes, &cov, query, batch_size.max(1) as usize).map_err(engine_error)?;
-    let k = vae.config.n_latent as usize;
-    let second = b.map_or(().into_robj(), |v| row_major_to_matrix(&v, n_cells as usize, k).into_robj());
-    List::from_names_and_values(["z", "var"], [row_major_to_matrix(&a, n_cells as usize, k).into_robj(), second])
+    let (a, b) = infer::latent_representation(&vae, d.counts()?, d.batch_codes()?, &d.covariates(), query, o.batch_size)
+        .map_err(engine_error)?;
+    let (n, k) = (d.n_cells(), vae.config.n_latent as usize);
+    let second = b.map_or(().into_robj(), |v| row_major_to_matrix(&v, n, k).into_robj());
+    List::from_names_and_values(["z", "var"], [row_major_to_matrix(&a, n, k).into_robj(), second])
 }
 
 /// Normalized expression, one row-major cells x genes vector per output sample.
@@ -198,37 +178,23 @@ fn scvir_latent(
 /// `library_size` < 0 means the model's own library ("latent").
 /// @noRd
 #[extendr]
-#[allow(clippy::too_many_arguments)]
 fn scvir_normalized_expression(
     model: Raw,
-    indptr: &[i32],
-    indices: &[i32],
-    values: &[f64],
-    n_cells: i32,
-    n_genes: i32,
-    batch_codes: &[i32],
-    covariates: List,
+    data: List,
+    opts: List,
     transform_batches: &[i32],
     library_size: f64,
     n_samples: i32,
     return_mean: bool,
-    seed: f64,
-    batch_size: i32,
-    n_threads: i32,
-    accelerator: &str,
-    device_index: i32,
 ) -> Result<List> {
-    prepare(n_threads);
-    let (vae, _) = load(&model, accelerator, device_index)?;
-    let x = counts(n_cells, n_genes, indptr, indices, values)?;
-    let cov_owned = OwnedCovariates::from_list(&covariates)?;
-    let cov = cov_owned.view();
-    tch::manual_seed(seed as i64);
+    let (vae, d, o) = open_query(&model, &data, &opts)?;
     let tb: Vec<usize> = transform_batches.iter().map(|&b| b.max(0) as usize).collect();
     let lib = if library_size < 0.0 { infer::LibrarySize::Latent } else { infer::LibrarySize::Constant(library_size) };
-    let e = infer::normalized_expression(&vae, x, batch_codes, &cov, &tb, lib, n_samples.max(1) as usize, return_mean, batch_size.max(1) as usize)
-        .map_err(engine_error)?;
-    Ok(List::from_values(e.into_iter().map(|m| m.into_iter().map(f64::from).collect::<Vec<f64>>())))
+    let e = infer::normalized_expression(
+        &vae, d.counts()?, d.batch_codes()?, &d.covariates(), &tb, lib, n_samples.max(1) as usize, return_mean, o.batch_size,
+    )
+    .map_err(engine_error)?;
+    Ok(List::from_values(e.into_iter().map(doubles)))
 }
 
 /// Per-cell evaluation of a trained model: `what` is "losses" (list of reconstruction and
@@ -237,86 +203,43 @@ fn scvir_normalized_expression(
 /// matrices come back as row-major cells x genes vectors.
 /// @noRd
 #[extendr]
-#[allow(clippy::too_many_arguments)]
-fn scvir_evaluate(
-    model: Raw,
-    indptr: &[i32],
-    indices: &[i32],
-    values: &[f64],
-    n_cells: i32,
-    n_genes: i32,
-    batch_codes: &[i32],
-    covariates: List,
-    what: &str,
-    n: i32,
-    give_mean: bool,
-    seed: f64,
-    batch_size: i32,
-    n_threads: i32,
-    accelerator: &str,
-    device_index: i32,
-) -> Result<Robj> {
-    prepare(n_threads);
-    let (vae, _) = load(&model, accelerator, device_index)?;
-    let x = counts(n_cells, n_genes, indptr, indices, values)?;
-    let cov_owned = OwnedCovariates::from_list(&covariates)?;
-    let cov = cov_owned.view();
-    tch::manual_seed(seed as i64);
-    let bs = batch_size.max(1) as usize;
+fn scvir_evaluate(model: Raw, data: List, opts: List, what: &str, n: i32, give_mean: bool) -> Result<Robj> {
+    let (vae, d, o) = open_query(&model, &data, &opts)?;
+    let (x, codes, cov, bs) = (d.counts()?, d.batch_codes()?, d.covariates(), o.batch_size);
+    let n = n.max(0) as usize;
     match what {
         "losses" => {
-            let l = infer::cell_losses(&vae, x, batch_codes, &cov, bs).map_err(engine_error)?;
+            let l = infer::cell_losses(&vae, x, codes, &cov, bs).map_err(engine_error)?;
             Ok(List::from_names_and_values(["reconstruction", "kl_local"], [l.reconstruction, l.kl_local])?.into_robj())
         }
-        "marginal_ll" => Ok(infer::marginal_ll(&vae, x, batch_codes, &cov, n.max(0) as usize, bs).map_err(engine_error)?.into_robj()),
-        "library_size" => Ok(infer::latent_library_size(&vae, x, batch_codes, &cov, give_mean, bs).map_err(engine_error)?.into_robj()),
+        "marginal_ll" => Ok(infer::marginal_ll(&vae, x, codes, &cov, n, bs).map_err(engine_error)?.into_robj()),
+        "library_size" => Ok(infer::latent_library_size(&vae, x, codes, &cov, give_mean, bs).map_err(engine_error)?.into_robj()),
         "likelihood_parameters" => {
-            let p = infer::likelihood_parameters(&vae, x, batch_codes, &cov, n.max(1) as usize, give_mean, bs).map_err(engine_error)?;
+            let p = infer::likelihood_parameters(&vae, x, codes, &cov, n.max(1), give_mean, bs).map_err(engine_error)?;
             let as_list = |v: Option<Vec<Vec<f32>>>| -> Robj {
-                v.map_or(().into_robj(), |v| List::from_values(v.into_iter().map(|m| m.into_iter().map(f64::from).collect::<Vec<f64>>())).into_robj())
+                v.map_or(().into_robj(), |v| List::from_values(v.into_iter().map(doubles)).into_robj())
             };
-            Ok(List::from_names_and_values(["mean", "dispersions", "dropout"], [as_list(Some(p.mean)), as_list(p.dispersions), as_list(p.dropout)])?.into_robj())
+            Ok(List::from_names_and_values(["mean", "dispersions", "dropout"], [as_list(Some(p.mean)), as_list(p.dispersions), as_list(p.dropout)])?
+                .into_robj())
         }
         "posterior_predictive" => {
-            let samples = infer::posterior_predictive_sample(&vae, x, batch_codes, &cov, n.max(1) as usize, bs).map_err(engine_error)?;
-            Ok(List::from_values(samples.into_iter().map(|m| m.into_iter().map(f64::from).collect::<Vec<f64>>())).into_robj())
+            let samples = infer::posterior_predictive_sample(&vae, x, codes, &cov, n.max(1), bs).map_err(engine_error)?;
+            Ok(List::from_values(samples.into_iter().map(doubles)).into_robj())
         }
         other => Err(Error::Other(format!("[scviR:config] unknown evaluation \"{other}\""))),
     }
 }
 
-/// Denoised Gamma samples (rows: cell x sample, row-major over genes) for gene correlations.
+/// Denoised Gamma samples (rows: cell x sample, row-major over genes) for gene correlations;
+/// `transform_batch` is a 0-based code or -1.
 /// @noRd
 #[extendr]
-#[allow(clippy::too_many_arguments)]
-fn scvir_denoised_samples(
-    model: Raw,
-    indptr: &[i32],
-    indices: &[i32],
-    values: &[f64],
-    n_cells: i32,
-    n_genes: i32,
-    batch_codes: &[i32],
-    covariates: List,
-    transform_batch: i32,
-    n_samples: i32,
-    rna_size_factor: f64,
-    seed: f64,
-    batch_size: i32,
-    n_threads: i32,
-    accelerator: &str,
-    device_index: i32,
-) -> Result<Vec<f64>> {
-    prepare(n_threads);
-    let (vae, _) = load(&model, accelerator, device_index)?;
-    let x = counts(n_cells, n_genes, indptr, indices, values)?;
-    let cov_owned = OwnedCovariates::from_list(&covariates)?;
-    let cov = cov_owned.view();
-    tch::manual_seed(seed as i64);
+fn scvir_denoised_samples(model: Raw, data: List, opts: List, transform_batch: i32, n_samples: i32, rna_size_factor: f64) -> Result<Vec<f64>> {
+    let (vae, d, o) = open_query(&model, &data, &opts)?;
     let tb = (transform_batch >= 0).then_some(transform_batch as usize);
-    let v = infer::denoised_samples(&vae, x, batch_codes, &cov, tb, n_samples.max(1) as usize, rna_size_factor, batch_size.max(1) as usize)
+    let v = infer::denoised_samples(&vae, d.counts()?, d.batch_codes()?, &d.covariates(), tb, n_samples.max(1) as usize, rna_size_factor, o.batch_size)
         .map_err(engine_error)?;
-    Ok(v.into_iter().map(f64::from).collect())
+    Ok(doubles(v))
 }
 
 /// Reads an .h5ad file: CSR counts (cells x genes) and the obs / var data frames.

@@ -1,7 +1,7 @@
 //! Queries on a trained model: latent representation and normalized expression. All run in
 //! evaluation mode (BatchNorm running statistics, no dropout) without gradients, in minibatches.
 
-use crate::data::{Counts, Covariates, MinibatchBuilder};
+use crate::data::{Counts, Covariates, Minibatch, MinibatchBuilder};
 use crate::error::{Error, Result};
 use crate::module::Vae;
 use tch::{Kind, Tensor};
@@ -26,6 +26,30 @@ fn check_genes(vae: &Vae, counts: &Counts<'_>) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+fn check_inputs(vae: &Vae, counts: &Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>) -> Result<()> {
+    check_genes(vae, counts)?;
+    check_batches(vae, batch_codes, cov, counts.n_cells())
+}
+
+/// Runs `f` on consecutive minibatches of all cells (in order), in evaluation without gradients.
+fn for_each_minibatch<'a>(
+    vae: &Vae,
+    counts: Counts<'a>,
+    batch_codes: &'a [i32],
+    cov: &Covariates<'a>,
+    batch_size: usize,
+    mut f: impl FnMut(&Minibatch, &[usize]),
+) {
+    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
+    let cells: Vec<usize> = (0..counts.n_cells()).collect();
+    tch::no_grad(|| {
+        for chunk in cells.chunks(batch_size.max(1)) {
+            let mb = builder.build(chunk);
+            f(&mb, chunk);
+        }
+    });
 }
 
 fn to_vec(t: &Tensor) -> Vec<f32> {
@@ -56,31 +80,25 @@ pub fn latent_representation(
     query: LatentQuery,
     batch_size: usize,
 ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-    check_genes(vae, &counts)?;
-    check_batches(vae, batch_codes, cov, counts.n_cells())?;
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
-    let cells: Vec<usize> = (0..counts.n_cells()).collect();
+    check_inputs(vae, &counts, batch_codes, cov)?;
     let n = counts.n_cells() * vae.config.n_latent as usize;
     let (mut first, mut second) = (Vec::with_capacity(n), Vec::new());
-    tch::no_grad(|| {
-        for chunk in cells.chunks(batch_size.max(1)) {
-            let mb = builder.build(chunk);
-            let inf = vae.inference(&mb, false);
-            match query {
-                LatentQuery::Mean { .. } if !vae.config.logistic_normal() => first.extend(to_vec(&inf.qz.q_mean)),
-                LatentQuery::Mean { mc_samples } => {
-                    // Samples x cells x latent, softmax over the latent, averaged over samples.
-                    let k = mc_samples.max(1) as i64;
-                    let sd = inf.qz.q_var.sqrt();
-                    let eps = Tensor::randn([k, chunk.len() as i64, vae.config.n_latent], (Kind::Float, vae.device()));
-                    let samples = (eps * sd.unsqueeze(0) + inf.qz.q_mean.unsqueeze(0)).softmax(-1, Kind::Float);
-                    first.extend(to_vec(&samples.mean_dim([0i64].as_slice(), false, Kind::Float)));
-                }
-                LatentQuery::Sample => first.extend(to_vec(&inf.z)),
-                LatentQuery::Distribution => {
-                    first.extend(to_vec(&inf.qz.q_mean));
-                    second.extend(to_vec(&inf.qz.q_var));
-                }
+    for_each_minibatch(vae, counts, batch_codes, cov, batch_size, |mb, chunk| {
+        let inf = vae.inference(&mb, false);
+        match query {
+            LatentQuery::Mean { .. } if !vae.config.logistic_normal() => first.extend(to_vec(&inf.qz.q_mean)),
+            LatentQuery::Mean { mc_samples } => {
+                // Samples x cells x latent, softmax over the latent, averaged over samples.
+                let k = mc_samples.max(1) as i64;
+                let sd = inf.qz.q_var.sqrt();
+                let eps = Tensor::randn([k, chunk.len() as i64, vae.config.n_latent], (Kind::Float, vae.device()));
+                let samples = (eps * sd.unsqueeze(0) + inf.qz.q_mean.unsqueeze(0)).softmax(-1, Kind::Float);
+                first.extend(to_vec(&samples.mean_dim([0i64].as_slice(), false, Kind::Float)));
+            }
+            LatentQuery::Sample => first.extend(to_vec(&inf.z)),
+            LatentQuery::Distribution => {
+                first.extend(to_vec(&inf.qz.q_mean));
+                second.extend(to_vec(&inf.qz.q_var));
             }
         }
     });
@@ -111,44 +129,38 @@ pub fn normalized_expression(
     return_mean: bool,
     batch_size: usize,
 ) -> Result<Vec<Vec<f32>>> {
-    check_genes(vae, &counts)?;
-    check_batches(vae, batch_codes, cov, counts.n_cells())?;
+    check_inputs(vae, &counts, batch_codes, cov)?;
     if transform_batches.iter().any(|&b| b as i64 >= vae.config.n_batch) {
         return Err(Error::InvalidInput("transform_batch is outside the model's batches".into()));
     }
     let n_samples = n_samples.max(1);
     let mut out = vec![Vec::new(); if return_mean { 1 } else { n_samples }];
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
-    let cells: Vec<usize> = (0..counts.n_cells()).collect();
-    tch::no_grad(|| {
-        for chunk in cells.chunks(batch_size.max(1)) {
-            let mb = builder.build(chunk);
-            let decode_batches: Vec<Tensor> = if transform_batches.is_empty() {
-                vec![mb.batch_index.shallow_clone()]
-            } else {
-                transform_batches.iter().map(|&b| mb.batch_index.full_like(b as i64)).collect()
-            };
-            let mut acc = Tensor::zeros([chunk.len() as i64, vae.config.n_genes], (Kind::Float, vae.device()));
-            for s in 0..n_samples {
-                let inf = vae.inference(&mb, false);
-                let mut sample = Tensor::zeros_like(&acc);
-                for b in &decode_batches {
-                    let gen = vae.generative(&inf.z, &inf.library, b, &mb, false);
-                    sample += match library_size {
-                        LibrarySize::Constant(c) => gen.px_scale * c,
-                        LibrarySize::Latent => gen.px_rate,
-                    };
-                }
-                let sample = sample / decode_batches.len() as f64;
-                if return_mean {
-                    acc += sample;
-                } else {
-                    out[s].extend(to_vec(&sample));
-                }
+    for_each_minibatch(vae, counts, batch_codes, cov, batch_size, |mb, chunk| {
+        let decode_batches: Vec<Tensor> = if transform_batches.is_empty() {
+            vec![mb.batch_index.shallow_clone()]
+        } else {
+            transform_batches.iter().map(|&b| mb.batch_index.full_like(b as i64)).collect()
+        };
+        let mut acc = Tensor::zeros([chunk.len() as i64, vae.config.n_genes], (Kind::Float, vae.device()));
+        for s in 0..n_samples {
+            let inf = vae.inference(&mb, false);
+            let mut sample = Tensor::zeros_like(&acc);
+            for b in &decode_batches {
+                let gen = vae.generative(&inf.z, &inf.library, b, &mb, false);
+                sample += match library_size {
+                    LibrarySize::Constant(c) => gen.px_scale * c,
+                    LibrarySize::Latent => gen.px_rate,
+                };
             }
+            let sample = sample / decode_batches.len() as f64;
             if return_mean {
-                out[0].extend(to_vec(&(acc / n_samples as f64)));
+                acc += sample;
+            } else {
+                out[s].extend(to_vec(&sample));
             }
+        }
+        if return_mean {
+            out[0].extend(to_vec(&(acc / n_samples as f64)));
         }
     });
     Ok(out)
@@ -166,18 +178,12 @@ fn to_f64(t: &Tensor) -> Vec<f64> {
 }
 
 pub fn cell_losses(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>, batch_size: usize) -> Result<CellLosses> {
-    check_genes(vae, &counts)?;
-    check_batches(vae, batch_codes, cov, counts.n_cells())?;
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
-    let cells: Vec<usize> = (0..counts.n_cells()).collect();
+    check_inputs(vae, &counts, batch_codes, cov)?;
     let mut out = CellLosses { reconstruction: Vec::new(), kl_local: Vec::new() };
-    tch::no_grad(|| {
-        for chunk in cells.chunks(batch_size.max(1)) {
-            let mb = builder.build(chunk);
-            let l = vae.loss(&mb, false, 1.0);
-            out.reconstruction.extend(to_f64(&l.reconstruction));
-            out.kl_local.extend(to_f64(&(&l.kl_z + &l.kl_library)));
-        }
+    for_each_minibatch(vae, counts, batch_codes, cov, batch_size, |mb, _| {
+        let l = vae.loss(&mb, false, 1.0);
+        out.reconstruction.extend(to_f64(&l.reconstruction));
+        out.kl_local.extend(to_f64(&(&l.kl_z + &l.kl_library)));
     });
     Ok(out)
 }
@@ -193,38 +199,32 @@ fn normal_log_prob(x: &Tensor, mean: &Tensor, var: &Tensor) -> Tensor {
 /// logsumexp_k [log p(z_k) + log p(x | z_k, l_k) - log q(z_k | x) (+ log p(l_k) - log q(l_k | x))]
 /// - log K.
 pub fn marginal_ll(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>, n_mc_samples: usize, batch_size: usize) -> Result<Vec<f64>> {
-    check_genes(vae, &counts)?;
-    check_batches(vae, batch_codes, cov, counts.n_cells())?;
+    check_inputs(vae, &counts, batch_codes, cov)?;
     if n_mc_samples == 0 {
         return Err(Error::InvalidInput("n_mc_samples must be at least 1".into()));
     }
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
-    let cells: Vec<usize> = (0..counts.n_cells()).collect();
     let mut out = Vec::with_capacity(counts.n_cells());
-    tch::no_grad(|| {
-        for chunk in cells.chunks(batch_size.max(1)) {
-            let mb = builder.build(chunk);
-            let mut terms = Vec::with_capacity(n_mc_samples);
-            for _ in 0..n_mc_samples {
-                let inf = vae.inference(&mb, false);
-                let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, &mb, false);
-                let log_p_x = -vae.reconstruction_loss(&mb, &gen);
-                // Densities of the Gaussian sample (for a logistic-normal latent this is where the
-                // prior and q live; scvi-tools evaluates them at the softmax-transformed z).
-                let u = &inf.z_untransformed;
-                let log_p_z = normal_log_prob(u, &u.zeros_like(), &u.ones_like());
-                let log_q_z = normal_log_prob(u, &inf.qz.q_mean, &inf.qz.q_var);
-                let mut t = log_p_z + log_p_x - log_q_z;
-                if let (Some(ql), Some((prior_mean, prior_var))) = (&inf.ql, vae.library_prior(&mb.batch_index)) {
-                    t = t + normal_log_prob(&inf.library, &prior_mean, &prior_var)
-                        - normal_log_prob(&inf.library, &ql.q_mean, &ql.q_var);
-                }
-                terms.push(t);
+    for_each_minibatch(vae, counts, batch_codes, cov, batch_size, |mb, _| {
+        let mut terms = Vec::with_capacity(n_mc_samples);
+        for _ in 0..n_mc_samples {
+            let inf = vae.inference(&mb, false);
+            let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, &mb, false);
+            let log_p_x = -vae.reconstruction_loss(&mb, &gen);
+            // Densities of the Gaussian sample (for a logistic-normal latent this is where the
+            // prior and q live; scvi-tools evaluates them at the softmax-transformed z).
+            let u = &inf.z_untransformed;
+            let log_p_z = normal_log_prob(u, &u.zeros_like(), &u.ones_like());
+            let log_q_z = normal_log_prob(u, &inf.qz.q_mean, &inf.qz.q_var);
+            let mut t = log_p_z + log_p_x - log_q_z;
+            if let (Some(ql), Some((prior_mean, prior_var))) = (&inf.ql, vae.library_prior(&mb.batch_index)) {
+                t = t + normal_log_prob(&inf.library, &prior_mean, &prior_var)
+                    - normal_log_prob(&inf.library, &ql.q_mean, &ql.q_var);
             }
-            let stacked = Tensor::stack(&terms, 0);
-            let ll = stacked.logsumexp([0], false) - (n_mc_samples as f64).ln();
-            out.extend(to_f64(&ll));
+            terms.push(t);
         }
+        let stacked = Tensor::stack(&terms, 0);
+        let ll = stacked.logsumexp([0], false) - (n_mc_samples as f64).ln();
+        out.extend(to_f64(&ll));
     });
     Ok(out)
 }
@@ -232,26 +232,20 @@ pub fn marginal_ll(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Cov
 /// Library size per cell: exp of the observed log library (`give_mean = false`), or the mean of
 /// the log-normal posterior q(l | x), exp(m + v / 2), when the library is latent.
 pub fn latent_library_size(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>, give_mean: bool, batch_size: usize) -> Result<Vec<f64>> {
-    check_genes(vae, &counts)?;
-    check_batches(vae, batch_codes, cov, counts.n_cells())?;
+    check_inputs(vae, &counts, batch_codes, cov)?;
     if give_mean && vae.config.use_observed_lib_size {
         return Err(Error::InvalidInput(
             "this model uses the observed library size and has no posterior for it; use give_mean = FALSE".into(),
         ));
     }
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
-    let cells: Vec<usize> = (0..counts.n_cells()).collect();
     let mut out = Vec::with_capacity(counts.n_cells());
-    tch::no_grad(|| {
-        for chunk in cells.chunks(batch_size.max(1)) {
-            let mb = builder.build(chunk);
-            let inf = vae.inference(&mb, false);
-            let lib = match (&inf.ql, give_mean) {
-                (Some(ql), true) => (&ql.q_mean + &ql.q_var * 0.5).exp(),
-                _ => inf.library.exp(),
-            };
-            out.extend(to_f64(&lib.reshape([-1])));
-        }
+    for_each_minibatch(vae, counts, batch_codes, cov, batch_size, |mb, _| {
+        let inf = vae.inference(&mb, false);
+        let lib = match (&inf.ql, give_mean) {
+            (Some(ql), true) => (&ql.q_mean + &ql.q_var * 0.5).exp(),
+            _ => inf.library.exp(),
+        };
+        out.extend(to_f64(&lib.reshape([-1])));
     });
     Ok(out)
 }
@@ -277,8 +271,7 @@ pub fn likelihood_parameters(
     give_mean: bool,
     batch_size: usize,
 ) -> Result<LikelihoodParameters> {
-    check_genes(vae, &counts)?;
-    check_batches(vae, batch_codes, cov, counts.n_cells())?;
+    check_inputs(vae, &counts, batch_codes, cov)?;
     let n_samples = n_samples.max(1);
     let n_out = if give_mean { 1 } else { n_samples };
     let lik = vae.config.gene_likelihood;
@@ -287,38 +280,33 @@ pub fn likelihood_parameters(
         dispersions: lik.has_dispersion().then(|| vec![Vec::new(); n_out]),
         dropout: lik.has_zero_inflation().then(|| vec![Vec::new(); n_out]),
     };
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
-    let cells: Vec<usize> = (0..counts.n_cells()).collect();
-    tch::no_grad(|| {
-        for chunk in cells.chunks(batch_size.max(1)) {
-            let mb = builder.build(chunk);
-            let shape = [chunk.len() as i64, vae.config.n_genes];
-            let mut acc: [Option<Tensor>; 3] = [None, None, None];
-            for s in 0..n_samples {
-                let inf = vae.inference(&mb, false);
-                let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, &mb, false);
-                let values = [
-                    Some(gen.px_rate.shallow_clone()),
-                    gen.theta.as_ref().map(|t| t.expand(shape, false)),
-                    gen.px_dropout.as_ref().map(|p| p.sigmoid()),
-                ];
-                if give_mean {
-                    for (a, v) in acc.iter_mut().zip(values) {
-                        if let Some(v) = v {
-                            *a = Some(match a.take() {
-                                Some(prev) => prev + v,
-                                None => v,
-                            });
-                        }
-                    }
-                } else {
-                    push_sample(&mut out, s, values);
-                }
-            }
+    for_each_minibatch(vae, counts, batch_codes, cov, batch_size, |mb, chunk| {
+        let shape = [chunk.len() as i64, vae.config.n_genes];
+        let mut acc: [Option<Tensor>; 3] = [None, None, None];
+        for s in 0..n_samples {
+            let inf = vae.inference(&mb, false);
+            let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, &mb, false);
+            let values = [
+                Some(gen.px_rate.shallow_clone()),
+                gen.theta.as_ref().map(|t| t.expand(shape, false)),
+                gen.px_dropout.as_ref().map(|p| p.sigmoid()),
+            ];
             if give_mean {
-                let values = acc.map(|a| a.map(|t| t / n_samples as f64));
-                push_sample(&mut out, 0, values);
+                for (a, v) in acc.iter_mut().zip(values) {
+                    if let Some(v) = v {
+                        *a = Some(match a.take() {
+                            Some(prev) => prev + v,
+                            None => v,
+                        });
+                    }
+                }
+            } else {
+                push_sample(&mut out, s, values);
             }
+        }
+        if give_mean {
+            let values = acc.map(|a| a.map(|t| t / n_samples as f64));
+            push_sample(&mut out, 0, values);
         }
     });
     Ok(out)
@@ -349,31 +337,25 @@ pub fn posterior_predictive_sample(
     n_samples: usize,
     batch_size: usize,
 ) -> Result<Vec<Vec<f32>>> {
-    check_genes(vae, &counts)?;
-    check_batches(vae, batch_codes, cov, counts.n_cells())?;
+    check_inputs(vae, &counts, batch_codes, cov)?;
     let n_samples = n_samples.max(1);
     let mut out = vec![Vec::new(); n_samples];
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
-    let cells: Vec<usize> = (0..counts.n_cells()).collect();
     let lik = vae.config.gene_likelihood;
-    tch::no_grad(|| {
-        for chunk in cells.chunks(batch_size.max(1)) {
-            let mb = builder.build(chunk);
-            for sample in out.iter_mut() {
-                let inf = vae.inference(&mb, false);
-                let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, &mb, false);
-                let x = match (lik, &gen.theta) {
-                    (crate::distributions::GeneLikelihood::Normal, Some(sd)) => {
-                        crate::distributions::sample::sample_normal(&gen.px_rate, sd)
-                    }
-                    _ => crate::distributions::sample::sample_counts(
-                        &gen.px_rate,
-                        gen.theta.as_ref().filter(|_| lik.has_dispersion()),
-                        gen.px_dropout.as_ref(),
-                    ),
-                };
-                sample.extend(to_vec(&x));
-            }
+    for_each_minibatch(vae, counts, batch_codes, cov, batch_size, |mb, _| {
+        for sample in out.iter_mut() {
+            let inf = vae.inference(&mb, false);
+            let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, &mb, false);
+            let x = match (lik, &gen.theta) {
+                (crate::distributions::GeneLikelihood::Normal, Some(sd)) => {
+                    crate::distributions::sample::sample_normal(&gen.px_rate, sd)
+                }
+                _ => crate::distributions::sample::sample_counts(
+                    &gen.px_rate,
+                    gen.theta.as_ref().filter(|_| lik.has_dispersion()),
+                    gen.px_dropout.as_ref(),
+                ),
+            };
+            sample.extend(to_vec(&x));
         }
     });
     Ok(out)
@@ -393,34 +375,28 @@ pub fn denoised_samples(
     rna_size_factor: f64,
     batch_size: usize,
 ) -> Result<Vec<f32>> {
-    check_genes(vae, &counts)?;
-    check_batches(vae, batch_codes, cov, counts.n_cells())?;
+    check_inputs(vae, &counts, batch_codes, cov)?;
     if transform_batch.is_some_and(|b| b as i64 >= vae.config.n_batch) {
         return Err(Error::InvalidInput("transform_batch is outside the model's batches".into()));
     }
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
-    let cells: Vec<usize> = (0..counts.n_cells()).collect();
     let mut out = Vec::with_capacity(counts.n_cells() * n_samples.max(1) * counts.n_genes());
-    tch::no_grad(|| {
-        for chunk in cells.chunks(batch_size.max(1)) {
-            let mb = builder.build(chunk);
-            let decode_batch = match transform_batch {
-                Some(b) => mb.batch_index.full_like(b as i64),
-                None => mb.batch_index.shallow_clone(),
+    for_each_minibatch(vae, counts, batch_codes, cov, batch_size, |mb, _| {
+        let decode_batch = match transform_batch {
+            Some(b) => mb.batch_index.full_like(b as i64),
+            None => mb.batch_index.shallow_clone(),
+        };
+        for _ in 0..n_samples.max(1) {
+            let inf = vae.inference(&mb, false);
+            let gen = vae.generative(&inf.z, &inf.library, &decode_batch, &mb, false);
+            let rate = &gen.px_scale * rna_size_factor;
+            let draw = match &gen.theta {
+                Some(theta) if vae.config.gene_likelihood != crate::distributions::GeneLikelihood::Normal => {
+                    let theta = theta.expand_as(&rate);
+                    theta.internal_standard_gamma() * &rate / &theta
+                }
+                _ => rate,
             };
-            for _ in 0..n_samples.max(1) {
-                let inf = vae.inference(&mb, false);
-                let gen = vae.generative(&inf.z, &inf.library, &decode_batch, &mb, false);
-                let rate = &gen.px_scale * rna_size_factor;
-                let draw = match &gen.theta {
-                    Some(theta) if vae.config.gene_likelihood != crate::distributions::GeneLikelihood::Normal => {
-                        let theta = theta.expand_as(&rate);
-                        theta.internal_standard_gamma() * &rate / &theta
-                    }
-                    _ => rate,
-                };
-                out.extend(to_vec(&draw));
-            }
+            out.extend(to_vec(&draw));
         }
     });
     Ok(out)

@@ -1,0 +1,95 @@
+//! The two argument bundles every data-taking routine receives from R:
+//! `data = list(indptr, indices, values, n_cells, n_genes, batch_codes, covariates)` (the CSR
+//! slots of the genes x cells dgCMatrix, borrowed without copying) and
+//! `opts = list(seed, batch_size, n_threads, accelerator, device_index)`.
+
+use crate::convert::{engine_error, OwnedCovariates};
+use extendr_api::prelude::*;
+use extendr_api::Result;
+use scvir_engine::data::{Counts, Covariates};
+use std::collections::HashMap;
+
+fn fields(list: &List, what: &str) -> Result<HashMap<String, Robj>> {
+    let map: HashMap<String, Robj> = list.iter().map(|(k, v)| (k.to_string(), v)).collect();
+    if map.is_empty() {
+        return Err(Error::Other(format!("[scviR:engine] empty {what} list")));
+    }
+    Ok(map)
+}
+
+fn field<'a>(map: &'a HashMap<String, Robj>, name: &str) -> Result<&'a Robj> {
+    map.get(name).ok_or_else(|| Error::Other(format!("[scviR:engine] missing field {name}")))
+}
+
+fn int(map: &HashMap<String, Robj>, name: &str) -> Result<i32> {
+    field(map, name)?.as_integer().or_else(|| field(map, name).ok()?.as_real().map(|v| v as i32))
+        .ok_or_else(|| Error::Other(format!("[scviR:engine] field {name} is not a number")))
+}
+
+pub struct DataArgs {
+    map: HashMap<String, Robj>,
+    n_cells: usize,
+    n_genes: usize,
+    covariates: OwnedCovariates,
+}
+
+impl DataArgs {
+    pub fn from_list(list: &List) -> Result<Self> {
+        let map = fields(list, "data")?;
+        let n_cells = int(&map, "n_cells")?.max(0) as usize;
+        let n_genes = int(&map, "n_genes")?.max(0) as usize;
+        let covariates = match map.get("covariates").and_then(|c| c.as_list()) {
+            Some(l) => OwnedCovariates::from_list(&l)?,
+            None => OwnedCovariates::default(),
+        };
+        Ok(DataArgs { map, n_cells, n_genes, covariates })
+    }
+
+    fn ints(&self, name: &str) -> Result<&[i32]> {
+        field(&self.map, name)?.as_integer_slice().ok_or_else(|| Error::Other(format!("[scviR:engine] {name} must be integer")))
+    }
+
+    pub fn n_cells(&self) -> usize {
+        self.n_cells
+    }
+
+    pub fn n_genes(&self) -> usize {
+        self.n_genes
+    }
+
+    pub fn counts(&self) -> Result<Counts<'_>> {
+        let values = field(&self.map, "values")?
+            .as_real_slice()
+            .ok_or_else(|| Error::Other("[scviR:engine] values must be double".into()))?;
+        Counts::from_csr(self.n_cells, self.n_genes, self.ints("indptr")?, self.ints("indices")?, values).map_err(engine_error)
+    }
+
+    pub fn batch_codes(&self) -> Result<&[i32]> {
+        self.ints("batch_codes")
+    }
+
+    pub fn covariates(&self) -> Covariates<'_> {
+        self.covariates.view()
+    }
+}
+
+pub struct Opts {
+    pub seed: f64,
+    pub batch_size: usize,
+    pub n_threads: i32,
+    pub accelerator: String,
+    pub device_index: i32,
+}
+
+impl Opts {
+    pub fn from_list(list: &List) -> Result<Self> {
+        let map = fields(list, "opts")?;
+        Ok(Opts {
+            seed: field(&map, "seed")?.as_real().unwrap_or(0.0),
+            batch_size: int(&map, "batch_size")?.max(1) as usize,
+            n_threads: int(&map, "n_threads")?,
+            accelerator: field(&map, "accelerator")?.as_str().unwrap_or("auto").to_string(),
+            device_index: int(&map, "device_index")?,
+        })
+    }
+}
