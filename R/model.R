@@ -251,8 +251,10 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
 
 # Builds the R model object around the engine's bytes; everything else is read from them.
 .new_fit <- function(bytes, cells, data, seed, n_threads, hvg = NULL, source = NULL) {
-  meta <- jsonlite::fromJSON(.engine(.rs_model_meta(bytes)), simplifyVector = TRUE)
-  reg <- jsonlite::fromJSON(.engine(.rs_model_meta(bytes)), simplifyVector = FALSE)$registry
+  header <- .engine(.rs_model_meta(bytes))
+  meta <- jsonlite::fromJSON(header, simplifyVector = TRUE)
+  # The registry's nested lists (covariate categories) keep their shape unsimplified.
+  reg <- jsonlite::fromJSON(header, simplifyVector = FALSE)$registry
   history <- meta$history$epochs
   if (is.data.frame(history) && nrow(history)) {
     history$epoch <- history$epoch + 1L
