@@ -40,3 +40,9 @@
 .rs_cuda_available <- function() .Call(wrap__scvir_cuda_available)
 .rs_debug_panic <- function() .Call(wrap__scvir_debug_panic)
 .rs_tune_blas <- function() .Call(wrap__scvir_tune_blas)
+.rs_de_compare <- function(model, data, opts, cells1, cells2, batches1, batches2, mode, delta,
+                           pseudocounts, n_samples_overall, threshold_counts, test_mode) {
+  .Call(wrap__scvir_de_compare, model, data, opts, as.integer(cells1), as.integer(cells2),
+        as.integer(batches1), as.integer(batches2), mode, as.numeric(delta), as.numeric(pseudocounts),
+        as.integer(n_samples_overall), as.numeric(threshold_counts), test_mode)
+}

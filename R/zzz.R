@@ -20,3 +20,4 @@ blas_info <- function() {
   cat(msg, "\n")
   invisible(msg)
 }
+utils::globalVariables(".data")

@@ -24,3 +24,14 @@ pbmc3k_path <- function() system.file("extdata", "pbmc3k_hvg2000.h5ad", package 
 quick_fit <- function(counts = pbmc_small_counts(), ..., max_epochs = 15L, seed = 1L) {
   scvi_model(counts, ..., max_epochs = max_epochs, seed = seed, n_threads = 1L, verbose = FALSE)
 }
+
+# One PBMC 3k fit (SingleCellExperiment with the model), trained once per test run and shared by
+# the tests that need a model of realistic size (DE, SCANVI).
+.pbmc3k_cache <- new.env()
+pbmc3k_fit <- function() {
+  if (is.null(.pbmc3k_cache$sce)) {
+    sce <- read_h5ad(pbmc3k_path())
+    .pbmc3k_cache$sce <- scvi(sce, max_epochs = 30, seed = 0, n_threads = 2, verbose = FALSE)
+  }
+  .pbmc3k_cache$sce
+}

@@ -17,7 +17,7 @@ use scvir_engine::data::Registry;
 use scvir_engine::io::{h5ad, model_file};
 use scvir_engine::module::{Vae, VaeConfig};
 use scvir_engine::train::{self, TrainConfig};
-use scvir_engine::{infer, runtime};
+use scvir_engine::{de, infer, runtime};
 use tch::Device;
 
 
@@ -242,6 +242,58 @@ fn scvir_denoised_samples(model: Raw, data: List, opts: List, transform_batch: i
     Ok(doubles(v))
 }
 
+/// One differential expression comparison. `cells1` / `cells2` are 0-based cell indices;
+/// `batches1` / `batches2` are 0-based batch codes to decode in, empty for the observed batches;
+/// `delta` / `pseudocounts` NaN mean "estimate". Returns named per-gene columns.
+/// @noRd
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn scvir_de_compare(
+    model: Raw,
+    data: List,
+    opts: List,
+    cells1: &[i32],
+    cells2: &[i32],
+    batches1: &[i32],
+    batches2: &[i32],
+    mode: &str,
+    delta: f64,
+    pseudocounts: f64,
+    n_samples_overall: i32,
+    threshold_counts: f64,
+    test_mode: &str,
+) -> Result<List> {
+    let (vae, d, o) = open_query(&model, &data, &opts)?;
+    let mode = match mode {
+        "vanilla" => de::Mode::Vanilla,
+        "change" => de::Mode::Change,
+        other => return Err(Error::Other(format!("[scviR:config] mode must be \"vanilla\" or \"change\"; got \"{other}\""))),
+    };
+    let two_sided = match test_mode {
+        "two" => true,
+        "three" => false,
+        other => return Err(Error::Other(format!("[scviR:config] test_mode must be \"two\" or \"three\"; got \"{other}\""))),
+    };
+    let idx = |v: &[i32]| v.iter().map(|&c| c.max(0) as usize).collect::<Vec<usize>>();
+    let policy = |b: &[i32]| if b.is_empty() { de::BatchPolicy::Observed } else { de::BatchPolicy::Transform(idx(b)) };
+    let finite = |x: f64| x.is_finite().then_some(x);
+    let cfg = de::DeConfig {
+        mode,
+        delta: finite(delta),
+        pseudocounts: finite(pseudocounts),
+        n_samples_overall: n_samples_overall.max(0) as usize,
+        threshold_counts,
+        two_sided,
+        batch_size: o.batch_size,
+        seed: o.seed as u64,
+        n_threads: o.n_threads.max(1) as usize,
+    };
+    let r = de::compare(&vae, d.counts()?, d.batch_codes()?, &d.covariates(), &idx(cells1), &idx(cells2), &policy(batches1), &policy(batches2), &cfg)
+        .map_err(engine_error)?;
+    let names: Vec<&str> = r.columns.iter().map(|(n, _)| n.as_str()).collect();
+    List::from_names_and_values(names, r.columns.iter().map(|(_, v)| v.clone()))
+}
+
 /// Reads an .h5ad file: CSR counts (cells x genes) and the obs / var data frames.
 /// @noRd
 #[extendr]
@@ -294,6 +346,7 @@ extendr_module! {
     fn scvir_normalized_expression;
     fn scvir_evaluate;
     fn scvir_denoised_samples;
+    fn scvir_de_compare;
     fn scvir_read_h5ad;
     fn scvir_cuda_available;
     fn scvir_tune_blas;

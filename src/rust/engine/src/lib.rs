@@ -6,6 +6,7 @@
 //! `infer` (queries on a trained model) and `io` (model files, h5ad).
 
 pub mod data;
+pub mod de;
 pub mod distributions;
 pub mod error;
 pub mod infer;

@@ -154,6 +154,31 @@ impl<'a> MinibatchBuilder<'a> {
     }
 }
 
+impl Minibatch {
+    /// The covariates (batch, labels, categorical, continuous) of the rows `rows` (repeats
+    /// allowed), for decoding posterior samples of those cells. The count fields are left empty:
+    /// the result must not reach a likelihood.
+    pub fn covariate_rows(&self, rows: &Tensor) -> Minibatch {
+        let empty = || Tensor::zeros([0], (Kind::Float, self.x.device()));
+        Minibatch {
+            x: empty(),
+            x_log1p: empty(),
+            log_library: self.log_library.index_select(0, rows),
+            batch_index: self.batch_index.index_select(0, rows),
+            nz_flat: empty(),
+            nz_row: empty(),
+            nz_gene: empty(),
+            nz_x: empty(),
+            lgamma_x1: empty(),
+            labels: self.labels.index_select(0, rows),
+            categorical: self.categorical.iter().map(|c| c.index_select(0, rows)).collect(),
+            continuous: self.continuous.as_ref().map(|c| c.index_select(0, rows)),
+            log_size_factor: self.log_size_factor.as_ref().map(|s| s.index_select(0, rows)),
+            n_cells: rows.size()[0] as usize,
+        }
+    }
+}
+
 /// One-hot encoding of codes (cells) into `n` columns, f32.
 pub fn one_hot(codes: &Tensor, n: i64) -> Tensor {
     codes.one_hot(n).to_kind(Kind::Float)

@@ -28,7 +28,7 @@ fn check_genes(vae: &Vae, counts: &Counts<'_>) -> Result<()> {
     Ok(())
 }
 
-fn check_inputs(vae: &Vae, counts: &Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>) -> Result<()> {
+pub(crate) fn check_inputs(vae: &Vae, counts: &Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>) -> Result<()> {
     check_genes(vae, counts)?;
     check_batches(vae, batch_codes, cov, counts.n_cells())
 }
@@ -52,7 +52,7 @@ fn for_each_minibatch<'a>(
     });
 }
 
-fn to_vec(t: &Tensor) -> Vec<f32> {
+pub(crate) fn to_vec(t: &Tensor) -> Vec<f32> {
     let t = t.to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous();
     let mut out = vec![0f32; t.numel()];
     t.copy_data(&mut out, t.numel());
