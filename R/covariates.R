@@ -15,7 +15,9 @@
                           what, what))
     }
   }
-  need("labels", length(fit$labels) > 0)
+  # scANVI uses labels only to train; queries ignore them (new cells are unlabelled).
+  if (inherits(fit, "scanvi_model")) cov$labels <- NULL
+  need("labels", length(fit$labels) > 0 && !inherits(fit, "scanvi_model"))
   need("categorical", length(fit$categorical_covariates) > 0)
   need("continuous", length(fit$continuous_covariates) > 0)
   need("size_factor", isTRUE(fit$uses_size_factor))

@@ -60,6 +60,8 @@
 #' @param metadata Cell metadata for `groupby` / `idx` expressions when `object` is a model.
 #' @param newdata,batch,covariates Other cells to test (as in [get_normalized_expression()]).
 #' @param n_threads Threads (`NULL`: the model's setting).
+#' @param model For Seurat / SingleCellExperiment objects, which of their models to use:
+#'   `"scvi"` or `"scanvi"` (an `scvi_model` or `scanvi_model` given directly is used as is).
 #' @return A data frame with one row per gene per comparison: a `gene` column, scvi-tools'
 #'   columns (see Details) and `comparison`, `group1`, `group2`. Within a comparison rows are
 #'   sorted by `proba_de` (change) or `bayes_factor` (vanilla), decreasing. Row names are the
@@ -81,8 +83,9 @@ differential_expression <- function(object, groupby = NULL, group1 = NULL, group
                                     pseudocounts = NULL, threshold_counts = 0.01,
                                     test_mode = "three", seed = NULL, metadata = NULL,
                                     newdata = NULL, batch = NULL, covariates = NULL,
-                                    n_threads = NULL) {
-  fit <- .fit_of(object)
+                                    n_threads = NULL, model = "scvi") {
+  model <- .check_choice(model, c("scvi", "scanvi"), "model")
+  fit <- .fit_of(object, model)
   mode <- .check_choice(mode, c("vanilla", "change"), "mode")
   test_mode <- .check_choice(test_mode, c("three", "two"), "test_mode")
   weights <- .check_choice(weights %||% "uniform", c("uniform", "importance"), "weights")
@@ -99,7 +102,7 @@ differential_expression <- function(object, groupby = NULL, group1 = NULL, group
     .check_flag(get(f), f)
   }
 
-  inputs <- .object_inputs(object, newdata, batch, covariates)
+  inputs <- .object_inputs(object, newdata, batch, covariates, model)
   d <- .query_data(fit, inputs$newdata, inputs$batch, NULL, inputs$covariates)
   n_cells <- ncol(d$counts)
   meta <- .de_metadata(object, metadata, newdata, n_cells)

@@ -100,11 +100,11 @@ get_latent_library_size <- function(object, newdata = NULL, batch = NULL, indice
 }
 
 # For Seurat / SCE objects the data come from the object unless newdata is given.
-.object_inputs <- function(object, newdata, batch, covariates = NULL) {
+.object_inputs <- function(object, newdata, batch, covariates = NULL, which = "scvi") {
   if (!is.null(newdata) || inherits(object, "scvi_model")) {
     return(list(newdata = newdata, batch = batch, covariates = covariates))
   }
-  d <- if (inherits(object, "Seurat")) .seurat_query_inputs(object) else .sce_query_inputs(object)
+  d <- if (inherits(object, "Seurat")) .seurat_query_inputs(object, which) else .sce_query_inputs(object, which)
   list(newdata = d$counts, batch = d$batch, covariates = d$covariates)
 }
 

@@ -17,9 +17,9 @@
 }
 
 .rs_train <- function(data, genes, batches, batch_key, registry_json, model_json, train_json,
-                      n_threads, progress_every, accelerator, device_index) {
+                      n_threads, progress_every, accelerator, device_index, init_model = NULL) {
   .Call(wrap__scvir_train, data, genes, batches, batch_key, registry_json, model_json, train_json,
-        n_threads, progress_every, accelerator, device_index)
+        n_threads, progress_every, accelerator, device_index, init_model)
 }
 .rs_model_meta <- function(model) .Call(wrap__scvir_model_meta, model)
 .rs_latent <- function(model, data, opts, what, mc_samples) {
@@ -46,3 +46,4 @@
         as.integer(batches1), as.integer(batches2), mode, as.numeric(delta), as.numeric(pseudocounts),
         as.integer(n_samples_overall), as.numeric(threshold_counts), test_mode)
 }
+.rs_predict <- function(model, data, opts) .Call(wrap__scvir_predict, model, data, opts)

@@ -46,6 +46,9 @@
 #'   vector of `batch_embedding_dim` numbers per batch, appended to the decoder's input (and the
 #'   encoders' with `encode_covariates`); see [get_batch_representation()].
 #' @param batch_embedding_dim Size of the batch embedding (scvi-tools: 5).
+#' @param linear_decoder Fit LDVAE (scvi-tools' `LinearSCVI`): a linear decoder whose weights
+#'   are gene loadings of the latent factors ([get_loadings()]). Unless given, `gene_likelihood`
+#'   then defaults to `"nb"` and `use_observed_lib_size` to `FALSE`, LinearSCVI's defaults.
 #' @param max_epochs Number of epochs; `NULL` uses scvi-tools' rule
 #'   `min(round(20000 / n_cells * 400), 400)`.
 #' @param batch_size Minibatch size.
@@ -78,6 +81,7 @@
 #'   else the CPU), `"cpu"` or `"gpu"`.
 #' @param device CUDA device index (0-based) for `"gpu"`/`"auto"`; `"auto"` means 0.
 #' @param verbose Print training progress (about ten lines per run).
+#' @param .scanvi,.init_model Internal: scANVI settings and pretrained weights, set by [scanvi()].
 #' @param keep_data Keep the (gene-selected) counts inside the model so that queries need no
 #'   `newdata`.
 #' @return An object of class `scvi_model`: use [get_latent_representation()],
@@ -99,7 +103,7 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
                        encode_covariates = FALSE, deeply_inject_covariates = TRUE,
                        use_batch_norm = "both", use_layer_norm = "none", var_activation = "exp",
                        latent_distribution = "normal", batch_representation = "one-hot",
-                       batch_embedding_dim = 5L,
+                       batch_embedding_dim = 5L, linear_decoder = FALSE,
                        max_epochs = NULL, batch_size = 128L,
                        train_size = NULL, validation_size = NULL, shuffle_set_split = TRUE,
                        lr = 1e-3, weight_decay = 1e-6, eps = 0.01, optimizer = "Adam",
@@ -111,7 +115,11 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
                        reduce_lr_on_plateau = FALSE, lr_factor = 0.6, lr_patience = 30L,
                        lr_threshold = 0, lr_min = 0, lr_scheduler_metric = "elbo_validation",
                        seed = NULL, n_threads = NULL, accelerator = "auto", device = "auto",
-                       verbose = TRUE, keep_data = TRUE) {
+                       verbose = TRUE, keep_data = TRUE, .scanvi = NULL, .init_model = NULL) {
+  if (isTRUE(.check_flag(linear_decoder, "linear_decoder"))) {
+    if (missing(gene_likelihood)) gene_likelihood <- "nb"
+    if (missing(use_observed_lib_size)) use_observed_lib_size <- FALSE
+  }
   norm_where <- c("both", "encoder", "decoder", "none")
   monitors <- c("elbo_validation", "reconstruction_loss_validation", "kl_local_validation",
                 "validation_loss")
@@ -139,7 +147,8 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
                          var_activation = .check_choice(var_activation, c("exp", "softplus"), "var_activation"),
                          latent_distribution = .check_choice(latent_distribution, c("normal", "ln"), "latent_distribution"),
                          batch_representation = .check_choice(batch_representation, c("one-hot", "embedding"), "batch_representation"),
-                         batch_embedding_dim = .check_count_arg(batch_embedding_dim, "batch_embedding_dim")),
+                         batch_embedding_dim = .check_count_arg(batch_embedding_dim, "batch_embedding_dim"),
+                         linear_decoder = linear_decoder, scanvi = .scanvi),
             train = list(max_epochs = .check_count_arg(max_epochs, "max_epochs", null_ok = TRUE),
                          batch_size = .check_count_arg(batch_size, "batch_size"),
                          train_size = .check_number(train_size, "train_size", 0, 1, null_ok = TRUE),
@@ -168,7 +177,8 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
                          lr_scheduler_metric = .check_choice(lr_scheduler_metric, monitors, "lr_scheduler_metric")),
             seed = seed, n_threads = n_threads, verbose = verbose, keep_data = keep_data,
             accelerator = .check_choice(accelerator, c("auto", "cpu", "gpu"), "accelerator"),
-            device_index = if (identical(device, "auto")) 0L else .check_count_arg(device, "device", min = 0))
+            device_index = if (identical(device, "auto")) 0L else .check_count_arg(device, "device", min = 0),
+            init_model = .init_model)
 }
 
 .default_threads <- function(n_threads = NULL) {
@@ -190,7 +200,7 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
 # Gene selection, checks, engine call, model object.
 .scvi_fit <- function(counts, batch, batch_key, covariates, n_top_genes, features, model, train, seed,
                       n_threads, verbose, keep_data, accelerator = "auto", device_index = 0L,
-                      source = NULL) {
+                      source = NULL, init_model = NULL) {
   hvg <- NULL
   if (!is.null(features)) {
     features <- unique(as.character(features))
@@ -214,6 +224,13 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
   model$n_cats_per_cov <- I(vapply(cov$registry$categorical, length, 1L))
   model$n_continuous_cov <- length(cov$registry$continuous)
   model$use_size_factor_key <- isTRUE(cov$registry$size_factor)
+  if (model$linear_decoder && identical(model$dispersion, "gene-cell")) {
+    scvir_abort("linear_decoder = TRUE has no per-cell dispersion; use dispersion \"gene\", \"gene-batch\" or \"gene-label\"",
+                "scvir_config_error")
+  }
+  if (model$linear_decoder && model$use_size_factor_key) {
+    scvir_abort("linear_decoder = TRUE does not take size factors (as scvi-tools' LinearSCVI)", "scvir_config_error")
+  }
   if (identical(model$dispersion, "gene-label") && model$n_labels == 0) {
     scvir_abort("dispersion = \"gene-label\" needs labels (labels / labels_key)", "scvir_config_error")
   }
@@ -229,15 +246,16 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
   max_epochs <- train$max_epochs %||% .default_max_epochs(ncol(counts))
   progress_every <- if (isTRUE(verbose)) max(1L, as.integer(ceiling(max_epochs / 10))) else 0L
   if (isTRUE(verbose)) {
-    message(sprintf("Training scVI on %d cells x %d genes for %d epochs (%d thread%s, seed %d)",
-                    ncol(counts), nrow(counts), max_epochs, n_threads,
+    name <- if (!is.null(model$scanvi)) "scANVI" else if (isTRUE(model$linear_decoder)) "LDVAE" else "scVI"
+    message(sprintf("Training %s on %d cells x %d genes for %d epochs (%d thread%s, seed %d)",
+                    name, ncol(counts), nrow(counts), max_epochs, n_threads,
                     if (n_threads == 1) "" else "s", seed))
   }
   started <- proc.time()[["elapsed"]]
   res <- .engine(.rs_train(.data_arg(counts, codes, cov$engine), rownames(counts), batches,
                            batch_key %||% "", .to_json(registry), .to_json(model),
                            .to_json(train), n_threads, progress_every, accelerator,
-                           as.integer(device_index)))
+                           as.integer(device_index), init_model))
   elapsed <- proc.time()[["elapsed"]] - started
   fit <- .new_fit(res$model, cells = colnames(counts),
                   data = if (isTRUE(keep_data)) list(counts = counts, batch = batch, covariates = covariates) else NULL,
@@ -286,7 +304,7 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
     data = data,
     engine_version = meta$engine_version,
     is_trained = TRUE
-  ), class = "scvi_model")
+  ), class = if (identical(meta$model, "SCANVI")) c("scanvi_model", "scvi_model") else "scvi_model")
 }
 
 #' Print or summarise a model

@@ -1,14 +1,15 @@
 # Queries on a trained model: latent representation and normalized expression.
 
 # The model held by an object (an scvi_model, a Seurat or a SingleCellExperiment).
-.fit_of <- function(x) {
+.fit_of <- function(x, which = "scvi") {
   if (inherits(x, "scvi_model")) return(x)
   fit <- NULL
-  if (inherits(x, "Seurat")) fit <- x@misc$scvi
-  if (methods::is(x, "SingleCellExperiment")) fit <- S4Vectors::metadata(x)$scvi
+  if (inherits(x, "Seurat")) fit <- x@misc[[which]]
+  if (methods::is(x, "SingleCellExperiment")) fit <- S4Vectors::metadata(x)[[which]]
   if (is.null(fit)) {
     if (inherits(x, "Seurat") || methods::is(x, "SingleCellExperiment")) {
-      scvir_abort("this object holds no scVI model; run scvi() on it first")
+      scvir_abort(sprintf("this object holds no %s model; run %s() on it first",
+                          if (which == "scanvi") "scANVI" else "scVI", which))
     }
     scvir_abort(sprintf("expected an scvi_model, a Seurat or a SingleCellExperiment object, not %s",
                         class(x)[1]))

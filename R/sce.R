@@ -12,8 +12,8 @@
   m
 }
 
-.sce_query_inputs <- function(object) {
-  fit <- .fit_of(object)
+.sce_query_inputs <- function(object, which = "scvi") {
+  fit <- .fit_of(object, which)
   m <- .sce_counts(object, fit$source$assay %||% "counts")
   cd <- as.data.frame(SummarizedExperiment::colData(object))
   batch <- .metadata_column(cd, fit$batch_key)

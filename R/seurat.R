@@ -31,8 +31,8 @@
   list(counts = m, assay = assay)
 }
 
-.seurat_query_inputs <- function(object) {
-  fit <- .fit_of(object)
+.seurat_query_inputs <- function(object, which = "scvi") {
+  fit <- .fit_of(object, which)
   src <- fit$source %||% list()
   input <- .seurat_counts(object, src$assay, src$layer %||% "counts")
   list(fit = fit, counts = input$counts, batch = .metadata_column(object@meta.data, fit$batch_key),

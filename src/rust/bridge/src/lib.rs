@@ -97,6 +97,7 @@ fn scvir_train(
     progress_every: i32,
     accelerator: &str,
     device_index: i32,
+    init_model: Robj,
 ) -> Result<List> {
     prepare(n_threads);
     let dev = device(accelerator, device_index)?;
@@ -117,10 +118,18 @@ fn scvir_train(
     let registry = Registry { library_log_means: prior.0.clone(), library_log_vars: prior.1.clone(), n_cells_fitted: d.n_cells(), ..registry };
     runtime::seed_everything(train_cfg.seed);
     let mut vae = Vae::new(vae_cfg.clone(), dev, Some((&prior.0, &prior.1))).map_err(engine_error)?;
+    // Pretrained weights (SCANVI from an SCVI model): every matching tensor is copied.
+    if let Some(bytes) = init_model.as_raw() {
+        let (pretrained, _) = model_file::from_bytes(bytes.as_slice(), dev).map_err(engine_error)?;
+        if pretrained.config.n_genes != vae.config.n_genes {
+            return Err(Error::Other("[scviR:input] the pretrained model has different genes".into()));
+        }
+        vae.copy_matching_weights(&pretrained);
+    }
     let mut obs = RObserver::new(progress_every.max(0) as usize);
     let outcome = train::train(&mut vae, x, batch_codes, &cov, &train_cfg, &mut obs).map_err(engine_error)?;
     let meta = model_file::ModelMeta {
-        model: "SCVI".into(),
+        model: if vae_cfg.scanvi.is_some() { "SCANVI" } else if vae_cfg.linear_decoder { "LDVAE" } else { "SCVI" }.into(),
         engine_version: env!("CARGO_PKG_VERSION").into(),
         vae: vae_cfg,
         train: TrainConfig { max_epochs: Some(outcome.max_epochs), ..train_cfg },
@@ -294,6 +303,16 @@ fn scvir_de_compare(
     List::from_names_and_values(names, r.columns.iter().map(|(_, v)| v.clone()))
 }
 
+/// scANVI label probabilities, a cells x labels matrix.
+/// @noRd
+#[extendr]
+fn scvir_predict(model: Raw, data: List, opts: List) -> Result<Robj> {
+    let (vae, d, o) = open_query(&model, &data, &opts)?;
+    let p = infer::label_probabilities(&vae, d.counts()?, d.batch_codes()?, &d.covariates(), o.batch_size).map_err(engine_error)?;
+    let k = vae.scanvi.as_ref().map_or(1, |h| h.config.n_labels as usize);
+    Ok(row_major_to_matrix(&p, d.n_cells(), k).into_robj())
+}
+
 /// Reads an .h5ad file: CSR counts (cells x genes) and the obs / var data frames.
 /// @noRd
 #[extendr]
@@ -347,6 +366,7 @@ extendr_module! {
     fn scvir_evaluate;
     fn scvir_denoised_samples;
     fn scvir_de_compare;
+    fn scvir_predict;
     fn scvir_read_h5ad;
     fn scvir_cuda_available;
     fn scvir_tune_blas;

@@ -70,6 +70,31 @@ pub fn make_split(
     })
 }
 
+/// scvi-tools' `SemiSupervisedDataSplitter`: labelled and unlabelled cells are split separately
+/// (each with the same sizes rule and seeded permutation), so both keep their proportions; each
+/// set lists its labelled cells first.
+pub fn make_semisupervised_split(
+    labelled: &[bool],
+    train_size: Option<f64>,
+    validation_size: Option<f64>,
+    batch_size: usize,
+    shuffle: bool,
+    seed: u64,
+) -> Result<DataSplit> {
+    let mut out = DataSplit::default();
+    for want in [true, false] {
+        let cells: Vec<usize> = labelled.iter().enumerate().filter(|(_, &l)| l == want).map(|(i, _)| i).collect();
+        if cells.is_empty() {
+            continue;
+        }
+        let s = make_split(cells.len(), train_size, validation_size, batch_size, shuffle, seed)?;
+        out.train.extend(s.train.iter().map(|&i| cells[i]));
+        out.validation.extend(s.validation.iter().map(|&i| cells[i]));
+        out.test.extend(s.test.iter().map(|&i| cells[i]));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,6 +64,10 @@ pub struct VaeConfig {
     /// per batch concatenated to the decoder's, and with `encode_covariates` the encoders', input).
     pub batch_representation: String,
     pub batch_embedding_dim: i64,
+    /// LDVAE: a linear decoder (gene loadings per latent factor) instead of the deep one.
+    pub linear_decoder: bool,
+    /// scANVI: the semi-supervised heads (classifier, z2 layer) on top of the VAE.
+    pub scanvi: Option<super::scanvi::ScanviConfig>,
 }
 
 impl Default for VaeConfig {
@@ -100,6 +104,8 @@ impl VaeConfig {
             latent_distribution: "normal".into(),
             batch_representation: "one-hot".into(),
             batch_embedding_dim: 5,
+            linear_decoder: false,
+            scanvi: None,
         }
     }
 
@@ -140,6 +146,15 @@ impl VaeConfig {
         if self.gene_likelihood == GeneLikelihood::Poisson && self.dispersion != Dispersion::Gene {
             // Poisson has no dispersion; scvi-tools ignores the option, we accept only the default.
             return bad("dispersion has no meaning with gene_likelihood = \"poisson\"; leave it at \"gene\"".into());
+        }
+        if self.scanvi.is_some() && self.dispersion == Dispersion::GeneLabel {
+            return bad("dispersion = \"gene-label\" is not available for scANVI (its labels are partly unknown)".into());
+        }
+        if self.linear_decoder && self.dispersion == Dispersion::GeneCell {
+            return bad("the linear decoder has no per-cell dispersion head; use another dispersion".into());
+        }
+        if self.linear_decoder && self.use_size_factor_key {
+            return bad("the linear decoder (LDVAE) does not take size factors, as in scvi-tools' LinearSCVI".into());
         }
         Ok(())
     }

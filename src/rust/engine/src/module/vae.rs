@@ -1,6 +1,7 @@
 //! The scVI variational autoencoder (Lopez et al. 2018) with scvi-tools' parameterisation.
 
 use super::config::{Dispersion, VaeConfig};
+use super::scanvi::ScanviHeads;
 use crate::data::minibatch::one_hot;
 use crate::data::Minibatch;
 use crate::distributions::{self, GeneLikelihood};
@@ -20,6 +21,8 @@ pub struct Vae {
     /// Latent-library prior per batch (1 x n_batch), only when the library is latent.
     library_log_means: Option<Tensor>,
     library_log_vars: Option<Tensor>,
+    /// scANVI heads, when the config asks for them.
+    pub scanvi: Option<ScanviHeads>,
 }
 
 pub struct Inference {
@@ -71,6 +74,8 @@ impl Vae {
             use_batch_norm: c.use_batch_norm_encoder,
             use_layer_norm: c.use_layer_norm_encoder,
             inject_covariates: c.deeply_inject_covariates,
+            use_activation: true,
+            bias: true,
         };
         let softplus_var = c.var_activation == "softplus";
         let z_encoder = Encoder::new(&root / "z_encoder", &encoder_fc, c.n_latent, softplus_var);
@@ -88,15 +93,21 @@ impl Vae {
             use_batch_norm: c.use_batch_norm_decoder,
             use_layer_norm: c.use_layer_norm_decoder,
             inject_covariates: c.deeply_inject_covariates,
+            use_activation: true,
+            bias: true,
         };
-        let decoder = DecoderScvi::new(
-            &root / "decoder",
-            &decoder_fc,
-            c.n_genes,
-            c.gene_likelihood.has_zero_inflation(),
-            c.dispersion == Dispersion::GeneCell && c.gene_likelihood.has_dispersion(),
-            c.use_size_factor_key,
-        );
+        let decoder = if c.linear_decoder {
+            DecoderScvi::new_linear(&root / "decoder", &decoder_fc, c.n_genes)
+        } else {
+            DecoderScvi::new(
+                &root / "decoder",
+                &decoder_fc,
+                c.n_genes,
+                c.gene_likelihood.has_zero_inflation(),
+                c.dispersion == Dispersion::GeneCell && c.gene_likelihood.has_dispersion(),
+                c.use_size_factor_key,
+            )
+        };
         let randn = nn::Init::Randn { mean: 0.0, stdev: 1.0 };
         let batch_embedding = c.batch_embedding().then(|| root.var("batch_embedding", &[c.n_batch, c.batch_embedding_dim], randn));
         let px_r = match (c.gene_likelihood.has_dispersion(), c.dispersion) {
@@ -119,7 +130,11 @@ impl Vae {
             });
             (Some(means), Some(vars))
         };
-        Ok(Vae { config, vs, z_encoder, l_encoder, decoder, px_r, batch_embedding, library_log_means, library_log_vars })
+        let scanvi = match &c.scanvi {
+            Some(s) => Some(ScanviHeads::new(&root / "scanvi", c, s)?),
+            None => None,
+        };
+        Ok(Vae { config, vs, z_encoder, l_encoder, decoder, px_r, batch_embedding, library_log_means, library_log_vars, scanvi })
     }
 
     pub fn device(&self) -> Device {
@@ -211,8 +226,47 @@ impl Vae {
             }
             _ => Tensor::zeros_like(&kl_z),
         };
+        if let Some(heads) = &self.scanvi {
+            // scANVI: label-marginalised z1 / z2 terms; the library KL is warmed up as well.
+            let terms = heads.unsupervised_terms(&inf.qz, &inf.z, train);
+            let reconstruction = reconstruction + terms.z1_terms;
+            let loss = (&reconstruction + (&terms.kl + &kl_library) * kl_weight).mean(Kind::Float);
+            return LossOutput { loss, reconstruction, kl_z: terms.kl, kl_library };
+        }
         let loss = (&reconstruction + &kl_z * kl_weight + &kl_library).mean(Kind::Float);
         LossOutput { loss, reconstruction, kl_z, kl_library }
+    }
+
+    /// Copies every weight of `src` whose name and shape match one of this model's (scvi-tools'
+    /// `load_state_dict(strict = False)`, as `SCANVI.from_scvi_model` does). Returns how many.
+    pub fn copy_matching_weights(&mut self, src: &Vae) -> usize {
+        let from = src.vs.variables();
+        let mut to = self.vs.variables();
+        let mut copied = 0;
+        tch::no_grad(|| {
+            for (name, t) in to.iter_mut() {
+                if let Some(s) = from.get(name) {
+                    if s.size() == t.size() {
+                        t.copy_(&s.to_device(t.device()));
+                        copied += 1;
+                    }
+                }
+            }
+        });
+        copied
+    }
+
+    /// scANVI label log-probabilities (cells x labels) from the posterior mean of z, as
+    /// scvi-tools' `classify(use_posterior_mean = True)`. Panics without scANVI heads.
+    pub fn classify(&self, mb: &Minibatch, train: bool) -> Tensor {
+        let heads = self.scanvi.as_ref().expect("classify needs a scANVI model");
+        let inf = self.inference(mb, train);
+        heads.classify_z(&inf.qz.q_mean, train)
+    }
+
+    /// Mean cross-entropy of the classifier on labelled cells (codes in `mb.labels`).
+    pub fn classification_loss(&self, mb: &Minibatch, train: bool) -> Tensor {
+        self.classify(mb, train).cross_entropy_for_logits(&mb.labels)
     }
 
     /// Mean and variance (cells x 1) of the log-library prior of each cell's batch, when the

@@ -6,6 +6,18 @@ use super::init;
 use tch::{nn, Kind, Tensor};
 
 pub struct DecoderScvi {
+    kind: DecoderKind,
+}
+
+enum DecoderKind {
+    /// Hidden FC layers, then linear heads.
+    Deep(DeepDecoder),
+    /// LDVAE: gene proportions and zero-inflation logits are each one bias-free linear layer
+    /// (with batch norm) of [z, covariates], so the latent factors have gene loadings.
+    Linear { factor_regressor: FcLayers, px_dropout: FcLayers },
+}
+
+struct DeepDecoder {
     fc: FcLayers,
     /// softplus instead of softmax for the scale (with size factors, as scvi-tools).
     softplus_scale: bool,
@@ -26,20 +38,44 @@ pub struct DecoderOutput {
 impl DecoderScvi {
     pub fn new(path: nn::Path, fc: &FcLayersConfig, n_genes: i64, zero_inflated: bool, gene_cell_r: bool, softplus_scale: bool) -> Self {
         DecoderScvi {
-            fc: FcLayers::new(&path / "px_decoder", fc),
-            softplus_scale,
-            scale: init::linear(&path / "px_scale_decoder", fc.n_out, n_genes, true),
-            dropout: zero_inflated.then(|| init::linear(&path / "px_dropout_decoder", fc.n_out, n_genes, true)),
-            r: gene_cell_r.then(|| init::linear(&path / "px_r_decoder", fc.n_out, n_genes, true)),
+            kind: DecoderKind::Deep(DeepDecoder {
+                fc: FcLayers::new(&path / "px_decoder", fc),
+                softplus_scale,
+                scale: init::linear(&path / "px_scale_decoder", fc.n_out, n_genes, true),
+                dropout: zero_inflated.then(|| init::linear(&path / "px_dropout_decoder", fc.n_out, n_genes, true)),
+                r: gene_cell_r.then(|| init::linear(&path / "px_r_decoder", fc.n_out, n_genes, true)),
+            }),
+        }
+    }
+
+    /// LDVAE's decoder (scvi-tools' `LinearDecoderSCVI`): `fc` describes the input ([z,
+    /// continuous covariates] and categorical covariates) and normalisation; its depth, hidden
+    /// width, activation, bias and dropout are fixed here.
+    pub fn new_linear(path: nn::Path, fc: &FcLayersConfig, n_genes: i64) -> Self {
+        let linear = FcLayersConfig { n_out: n_genes, n_layers: 1, dropout_rate: 0.0, use_activation: false, bias: false, ..fc.clone() };
+        DecoderScvi {
+            kind: DecoderKind::Linear {
+                factor_regressor: FcLayers::new(&path / "factor_regressor", &linear),
+                px_dropout: FcLayers::new(&path / "px_dropout_decoder", &linear),
+            },
         }
     }
 
     pub fn forward(&self, z: &Tensor, cats: &[&Tensor], train: bool) -> DecoderOutput {
-        let h = self.fc.forward(z, cats, train);
-        DecoderOutput {
-            px_scale: if self.softplus_scale { h.apply(&self.scale).softplus() } else { h.apply(&self.scale).softmax(-1, Kind::Float) },
-            px_dropout: self.dropout.as_ref().map(|l| h.apply(l)),
-            px_r: self.r.as_ref().map(|l| h.apply(l)),
+        match &self.kind {
+            DecoderKind::Deep(d) => {
+                let h = d.fc.forward(z, cats, train);
+                DecoderOutput {
+                    px_scale: if d.softplus_scale { h.apply(&d.scale).softplus() } else { h.apply(&d.scale).softmax(-1, Kind::Float) },
+                    px_dropout: d.dropout.as_ref().map(|l| h.apply(l)),
+                    px_r: d.r.as_ref().map(|l| h.apply(l)),
+                }
+            }
+            DecoderKind::Linear { factor_regressor, px_dropout } => DecoderOutput {
+                px_scale: factor_regressor.forward(z, cats, train).softmax(-1, Kind::Float),
+                px_dropout: Some(px_dropout.forward(z, cats, train)),
+                px_r: None,
+            },
         }
     }
 }

@@ -1,6 +1,7 @@
 //! A stack of Linear -> BatchNorm -> LayerNorm -> ReLU -> Dropout blocks. Categorical covariates
 //! enter as one-hot columns appended to the input of the first block, and of later blocks too when
 //! `inject_covariates` (scvi-tools' `FCLayers`). Covariates with a single category are dropped.
+//! LDVAE's linear decoder is one such block without bias and without activation.
 
 use super::init;
 use tch::{nn, nn::ModuleT, Tensor};
@@ -17,6 +18,10 @@ pub struct FcLayersConfig {
     pub use_batch_norm: bool,
     pub use_layer_norm: bool,
     pub inject_covariates: bool,
+    /// ReLU after each block (false for LDVAE's linear decoder).
+    pub use_activation: bool,
+    /// Bias in the Linear layers (false for LDVAE's linear decoder).
+    pub bias: bool,
 }
 
 struct Block {
@@ -29,6 +34,7 @@ struct Block {
 pub struct FcLayers {
     blocks: Vec<Block>,
     dropout_rate: f64,
+    use_activation: bool,
     /// Widths of the covariates actually injected (single-category ones removed).
     n_cat_list: Vec<i64>,
 }
@@ -48,14 +54,14 @@ impl FcLayers {
                 let p = &path / format!("layer_{i}");
                 let n_in = w[0] + if takes_covariates { cat_width } else { 0 };
                 Block {
-                    linear: init::linear(&p / "linear", n_in, w[1], true),
+                    linear: init::linear(&p / "linear", n_in, w[1], cfg.bias),
                     batch_norm: cfg.use_batch_norm.then(|| init::batch_norm(&p / "batch_norm", w[1])),
                     layer_norm_width: cfg.use_layer_norm.then_some(w[1]),
                     takes_covariates,
                 }
             })
             .collect();
-        FcLayers { blocks, dropout_rate: cfg.dropout_rate, n_cat_list }
+        FcLayers { blocks, dropout_rate: cfg.dropout_rate, use_activation: cfg.use_activation, n_cat_list }
     }
 
     /// `cats` holds one tensor of category codes (i64, per cell) for each covariate.
@@ -83,7 +89,9 @@ impl FcLayers {
             if let Some(w) = block.layer_norm_width {
                 y = y.layer_norm([w], None::<&Tensor>, None::<&Tensor>, 1e-5, false);
             }
-            y = y.relu();
+            if self.use_activation {
+                y = y.relu();
+            }
             if self.dropout_rate > 0.0 {
                 y = y.dropout(self.dropout_rate, train);
             }

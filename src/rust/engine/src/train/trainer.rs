@@ -5,7 +5,7 @@ use super::config::{default_max_epochs, TrainConfig};
 use super::callbacks::{EarlyStopping, ReduceLrOnPlateau};
 use super::history::{EpochRecord, History, MONITORS};
 use super::kl_schedule::kl_weight;
-use crate::data::split::make_split;
+use crate::data::split::{make_semisupervised_split, make_split};
 use crate::data::{Counts, Covariates, DataSplit, MinibatchBuilder};
 use crate::error::{Error, Result};
 use crate::module::Vae;
@@ -96,7 +96,23 @@ pub fn train(
     let max_epochs = cfg.max_epochs.unwrap_or_else(|| default_max_epochs(n));
     tch::manual_seed(cfg.seed as i64);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let split = make_split(n, cfg.train_size, cfg.validation_size, cfg.batch_size, cfg.shuffle_set_split, cfg.seed)?;
+    // scANVI: cells whose label is known feed the classifier; splits keep their proportion.
+    let labelled: Option<Vec<bool>> = match (&vae.scanvi, cov.labels) {
+        (Some(h), Some(codes)) => Some(codes.iter().map(|&c| (c as i64) < h.config.n_labels).collect()),
+        (Some(_), None) => return Err(Error::InvalidInput("scANVI needs a label (or the unlabelled category) for every cell".into())),
+        (None, _) => None,
+    };
+    let split = match &labelled {
+        Some(l) => make_semisupervised_split(l, cfg.train_size, cfg.validation_size, cfg.batch_size, cfg.shuffle_set_split, cfg.seed)?,
+        None => make_split(n, cfg.train_size, cfg.validation_size, cfg.batch_size, cfg.shuffle_set_split, cfg.seed)?,
+    };
+    let mut labelled_train: Vec<usize> = match &labelled {
+        Some(l) => split.train.iter().copied().filter(|&c| l[c]).collect(),
+        None => Vec::new(),
+    };
+    let classification_ratio = vae.scanvi.as_ref().map_or(0.0, |h| h.config.classification_ratio);
+    // The labelled loader cycles, reshuffled at each pass, beside the loader of all cells.
+    let mut labelled_pos = labelled_train.len();
 
     let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
     let mut optimizer = Adam::new(vae.vs.trainable_variables(), cfg.lr, cfg.eps, cfg.weight_decay, decoupled);
@@ -129,7 +145,17 @@ pub fn train(
             }
             weight = kl_weight(epoch, global_step, cfg.n_epochs_kl_warmup, cfg.n_steps_kl_warmup, cfg.max_kl_weight, cfg.min_kl_weight);
             let mb = builder.build(cells);
-            let out = vae.loss(&mb, true, weight);
+            let mut out = vae.loss(&mb, true, weight);
+            if !labelled_train.is_empty() {
+                if labelled_pos >= labelled_train.len() {
+                    labelled_train.shuffle(&mut rng);
+                    labelled_pos = 0;
+                }
+                let end = (labelled_pos + cfg.batch_size).min(labelled_train.len());
+                let lmb = builder.build(&labelled_train[labelled_pos..end]);
+                labelled_pos = end;
+                out.loss = out.loss + vae.classification_loss(&lmb, true) * classification_ratio;
+            }
             let loss = scalar(&out.loss);
             if !loss.is_finite() {
                 return Err(Error::NumericalFailure(format!(

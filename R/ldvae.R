@@ -1,0 +1,51 @@
+# LDVAE (Svensson et al. 2020; scvi-tools' LinearSCVI): scVI with a linear decoder, whose weights
+# say how much each latent factor moves each gene.
+
+#' Train an LDVAE (linear-decoder scVI) model
+#'
+#' scvi-tools' `LinearSCVI`: the encoder is scVI's, the decoder a single bias-free linear layer
+#' with batch norm from the latent factors (and the batch) to the genes, so that
+#' [get_loadings()] gives interpretable gene loadings. LinearSCVI's defaults apply: negative
+#' binomial likelihood and a learnt (latent) library size. The same as
+#' `scvi_model(counts, linear_decoder = TRUE, ...)`.
+#'
+#' @param counts Raw counts, genes x cells (see [scvi_model()]).
+#' @param ... Any argument of [scvi_model()].
+#' @return An `scvi_model` whose `model_type` is `"LDVAE"`.
+#' @examples
+#' \donttest{
+#' data("pbmc_small", package = "SeuratObject")
+#' counts <- SeuratObject::GetAssayData(pbmc_small, slot = "counts")
+#' fit <- ldvae(counts, max_epochs = 20, seed = 1)
+#' head(get_loadings(fit))
+#' }
+#' @export
+ldvae <- function(counts, ...) scvi_model(counts, linear_decoder = TRUE, ...)
+
+#' Gene loadings of an LDVAE model
+#'
+#' As scvi-tools' `LinearSCVI.get_loadings()`: the decoder's weights of the latent factors,
+#' scaled by its batch normalisation (`gamma / sqrt(running_var + eps)`) so that they act on the
+#' gene proportions' logits as the model uses them.
+#'
+#' @param object An LDVAE model (or a Seurat / SingleCellExperiment object holding one).
+#' @return A genes x latent matrix, columns `Z_0`, `Z_1`, ... as in scvi-tools.
+#' @export
+get_loadings <- function(object) {
+  fit <- .fit_of(object)
+  if (!isTRUE(fit$config$linear_decoder)) {
+    scvir_abort("loadings exist only for a linear decoder; train with ldvae() or linear_decoder = TRUE")
+  }
+  n_genes <- length(fit$genes)
+  n_latent <- fit$config$n_latent
+  prefix <- "decoder.factor_regressor.layer_0."
+  w <- .model_tensor_values(fit, paste0(prefix, "linear.weight"))
+  w <- matrix(w, nrow = n_genes, byrow = TRUE)[, seq_len(n_latent), drop = FALSE]
+  if (isTRUE(fit$config$use_batch_norm_decoder)) {
+    gamma <- .model_tensor_values(fit, paste0(prefix, "batch_norm.weight"))
+    running_var <- .model_tensor_values(fit, paste0(prefix, "batch_norm.running_var"))
+    w <- w * (gamma / sqrt(running_var + 1e-3))
+  }
+  dimnames(w) <- list(fit$genes, paste0("Z_", seq_len(n_latent) - 1L))
+  w
+}
