@@ -21,7 +21,8 @@
 #' @examples
 #' \donttest{
 #' data("pbmc_small", package = "SeuratObject")
-#' pbmc_small <- scvi(pbmc_small, max_epochs = 20, seed = 1)
+#' # pbmc_small flags only 20 variable genes; train on all 230 instead.
+#' pbmc_small <- scvi(pbmc_small, max_epochs = 20, seed = 1, use_highly_variable_genes = FALSE)
 #' head(SeuratObject::Embeddings(pbmc_small, "scvi"))
 #' }
 #' @export
@@ -38,27 +39,71 @@ scvi <- function(object, ...) UseMethod("scvi")
 #'   decoder's input).
 #' @param size_factor_key Column of positive size factors, used as the library size (gene
 #'   proportions then use softplus, as scvi-tools).
+#' @param n_epochs The scanpy wrapper's name for `max_epochs`.
+#' @param use_highly_variable_genes Train on the genes the object already flags as highly
+#'   variable (Seurat `VariableFeatures()`, SingleCellExperiment `rowData()$highly_variable`)
+#'   when it has such flags; otherwise genes are selected by `n_top_genes` (see [scvi_model()]).
+#' @param subset_genes Genes to train on (the wrapper's name for `features`).
+#' @param linear_decoder Train LDVAE ([ldvae()]) and also store its gene loadings (`loadings` of
+#'   the DimReduc; `metadata(sce)$ldvae_loadings` and the `rotation` attribute of the
+#'   `reducedDim`).
+#' @param copy `TRUE` (R's usual semantics): return the updated object and leave the caller's
+#'   variable alone. `FALSE` (the scanpy wrapper's default): also update the variable passed as
+#'   `object` in the caller's environment, so `scvi(seu, copy = FALSE)` works without assignment.
+#' @param return_posterior Also return the model: a list with `object` and `model`.
+#' @param model_kwargs,trainer_kwargs Lists of [scvi_model()] model and training arguments (the
+#'   wrapper's way of passing them; the same as giving them in `...`).
+#' @param store_expression Add the wrapper's two expression outputs for the model's genes: the
+#'   denoised normalized expression (`scvi_denoised`: proportions per cell, scvi-tools'
+#'   `X_scvi_denoised`) and the expected counts (`scvi_sample_rate`: library x proportions,
+#'   `X_scvi_sample_rate`), as Seurat assays or SingleCellExperiment assays (in
+#'   `altExp(sce, "scvi")` when the model uses a subset of the genes). Dense: 8 bytes per gene
+#'   and cell each, so turn it off for very large data.
 #' @param reduction_name,reduction_key Name and key of the Seurat `DimReduc`.
 #' @export
 scvi.Seurat <- function(object, assay = NULL, layer = "counts", batch_key = NULL,
                         labels_key = NULL, categorical_covariate_keys = NULL,
                         continuous_covariate_keys = NULL, size_factor_key = NULL,
+                        n_epochs = NULL, use_highly_variable_genes = TRUE, subset_genes = NULL,
+                        linear_decoder = FALSE, copy = TRUE, return_posterior = FALSE,
+                        model_kwargs = list(), trainer_kwargs = list(), store_expression = TRUE,
                         reduction_name = "scvi", reduction_key = "scvi_", ...) {
   .need("SeuratObject")
+  target <- substitute(object)
+  caller <- parent.frame()
+  if (identical(copy, FALSE) && !is.name(target)) {
+    scvir_abort("copy = FALSE needs a variable as object, to update it in place")
+  }
   input <- .seurat_counts(object, assay, layer)
   batch <- .metadata_column(object@meta.data, batch_key)
   keys <- list(labels_key = labels_key, categorical_covariate_keys = categorical_covariate_keys,
                continuous_covariate_keys = continuous_covariate_keys, size_factor_key = size_factor_key)
   cov <- do.call(.metadata_covariates, c(list(object@meta.data), keys))
-  fit <- .fit_from_object(input$counts, batch, batch_key, cov, ...,
-                          source = c(list(type = "Seurat", assay = input$assay, layer = layer), keys))
-  z <- get_latent_representation(fit, newdata = input$counts[fit$genes, , drop = FALSE], batch = batch,
-                                  covariates = cov)
+  hvg <- if (isTRUE(use_highly_variable_genes)) SeuratObject::VariableFeatures(object, assay = input$assay)
+  args <- .wrapper_args(list(...), n_epochs, hvg, subset_genes, linear_decoder, model_kwargs,
+                        trainer_kwargs, use_highly_variable_genes)
+  fit <- do.call(.fit_from_object, c(list(input$counts, batch, batch_key, cov), args,
+                                     list(source = c(list(type = "Seurat", assay = input$assay, layer = layer), keys))))
+  newdata <- input$counts[fit$genes, , drop = FALSE]
+  z <- get_latent_representation(fit, newdata = newdata, batch = batch, covariates = cov)
   colnames(z) <- paste0(reduction_key, seq_len(ncol(z)))
+  loadings <- if (isTRUE(linear_decoder)) {
+    l <- get_loadings(fit)
+    colnames(l) <- colnames(z)
+    l
+  } else {
+    new(getClass("matrix"))
+  }
   object[[reduction_name]] <- SeuratObject::CreateDimReducObject(
-    embeddings = z, key = reduction_key, assay = input$assay, misc = list(model = "scVI"))
+    embeddings = z, loadings = loadings, key = reduction_key, assay = input$assay,
+    misc = list(model = fit$model_type))
+  if (isTRUE(.check_flag(store_expression, "store_expression"))) {
+    e <- .wrapper_expression(fit, newdata, batch, cov)
+    object[["scvi_denoised"]] <- .expression_assay(e$denoised, "scvidenoised_")
+    object[["scvi_sample_rate"]] <- .expression_assay(e$sample_rate, "scvisamplerate_")
+  }
   object@misc$scvi <- fit
-  object
+  .wrapper_return(object, fit, copy, return_posterior, target, caller)
 }
 
 #' @rdname scvi
@@ -67,20 +112,105 @@ scvi.Seurat <- function(object, assay = NULL, layer = "counts", batch_key = NULL
 scvi.SingleCellExperiment <- function(object, assay = "counts", batch_key = NULL,
                                       labels_key = NULL, categorical_covariate_keys = NULL,
                                       continuous_covariate_keys = NULL, size_factor_key = NULL,
+                                      n_epochs = NULL, use_highly_variable_genes = TRUE,
+                                      subset_genes = NULL, linear_decoder = FALSE, copy = TRUE,
+                                      return_posterior = FALSE, model_kwargs = list(),
+                                      trainer_kwargs = list(), store_expression = TRUE,
                                       reduced_dim_name = "scVI", ...) {
   .need("SingleCellExperiment")
+  target <- substitute(object)
+  caller <- parent.frame()
+  if (identical(copy, FALSE) && !is.name(target)) {
+    scvir_abort("copy = FALSE needs a variable as object, to update it in place")
+  }
   input <- .sce_counts(object, assay)
   cd <- as.data.frame(SummarizedExperiment::colData(object))
   batch <- .metadata_column(cd, batch_key)
   keys <- list(labels_key = labels_key, categorical_covariate_keys = categorical_covariate_keys,
                continuous_covariate_keys = continuous_covariate_keys, size_factor_key = size_factor_key)
   cov <- do.call(.metadata_covariates, c(list(cd), keys))
-  fit <- .fit_from_object(input, batch, batch_key, cov, ...,
-                          source = c(list(type = "SingleCellExperiment", assay = assay), keys))
-  z <- get_latent_representation(fit, newdata = input[fit$genes, , drop = FALSE], batch = batch,
-                                 covariates = cov)
+  flags <- SummarizedExperiment::rowData(object)$highly_variable
+  hvg <- if (isTRUE(use_highly_variable_genes) && is.logical(flags)) rownames(object)[flags %in% TRUE]
+  args <- .wrapper_args(list(...), n_epochs, hvg, subset_genes, linear_decoder, model_kwargs,
+                        trainer_kwargs, use_highly_variable_genes)
+  fit <- do.call(.fit_from_object, c(list(input, batch, batch_key, cov), args,
+                                     list(source = c(list(type = "SingleCellExperiment", assay = assay), keys))))
+  newdata <- input[fit$genes, , drop = FALSE]
+  z <- get_latent_representation(fit, newdata = newdata, batch = batch, covariates = cov)
+  if (isTRUE(linear_decoder)) {
+    attr(z, "rotation") <- get_loadings(fit)
+    S4Vectors::metadata(object)$ldvae_loadings <- get_loadings(fit)
+  }
   SingleCellExperiment::reducedDim(object, reduced_dim_name) <- z
+  if (isTRUE(.check_flag(store_expression, "store_expression"))) {
+    e <- .wrapper_expression(fit, newdata, batch, cov)
+    if (identical(rownames(object), fit$genes)) {
+      SummarizedExperiment::assay(object, "scvi_denoised") <- e$denoised
+      SummarizedExperiment::assay(object, "scvi_sample_rate") <- e$sample_rate
+    } else {
+      SingleCellExperiment::altExp(object, "scvi") <- SummarizedExperiment::SummarizedExperiment(
+        assays = list(scvi_denoised = e$denoised, scvi_sample_rate = e$sample_rate))
+    }
+  }
   S4Vectors::metadata(object)$scvi <- fit
+  .wrapper_return(object, fit, copy, return_posterior, target, caller)
+}
+
+# A Seurat assay holding a dense expression matrix, with a valid key.
+.expression_assay <- function(m, key) {
+  a <- SeuratObject::CreateAssayObject(data = m)
+  SeuratObject::Key(a) <- key
+  a
+}
+
+# The scanpy wrapper's arguments (seed 001) turned into scvi_model() arguments.
+.wrapper_args <- function(dots, n_epochs, hvg, subset_genes, linear_decoder, model_kwargs,
+                          trainer_kwargs, use_hvg) {
+  .check_flag(use_hvg, "use_highly_variable_genes")
+  for (nm in c("model_kwargs", "trainer_kwargs")) {
+    x <- get(nm)
+    if (!is.list(x) || (length(x) && (is.null(names(x)) || any(names(x) == "")))) {
+      scvir_abort(sprintf("%s must be a named list", nm), "scvir_config_error")
+    }
+  }
+  model_args <- c("n_hidden", "n_latent", "n_layers", "dropout_rate", "dispersion",
+                  "gene_likelihood", "use_observed_lib_size", "log_variational",
+                  "encode_covariates", "deeply_inject_covariates", "use_batch_norm",
+                  "use_layer_norm", "var_activation", "latent_distribution",
+                  "batch_representation", "batch_embedding_dim")
+  bad <- setdiff(names(model_kwargs), model_args)
+  if (length(bad)) scvir_abort(sprintf("model_kwargs has non-model argument(s): %s", paste(bad, collapse = ", ")), "scvir_config_error")
+  train_args <- setdiff(names(formals(scvi_model)), c(model_args, "counts", "batch", "labels",
+                                                      "categorical_covariates", "continuous_covariates",
+                                                      "size_factor", "n_top_genes", "features",
+                                                      "linear_decoder", "keep_data", ".scanvi", ".init_model"))
+  bad <- setdiff(names(trainer_kwargs), train_args)
+  if (length(bad)) scvir_abort(sprintf("trainer_kwargs has non-training argument(s): %s", paste(bad, collapse = ", ")), "scvir_config_error")
+  extra <- c(model_kwargs, trainer_kwargs)
+  if (!is.null(n_epochs)) extra$max_epochs <- n_epochs
+  if (!is.null(subset_genes)) extra$features <- subset_genes
+  dup <- intersect(names(extra), names(dots))
+  if (!is.null(n_epochs) && "max_epochs" %in% names(dots)) dup <- union(dup, "max_epochs (n_epochs)")
+  if (length(dup)) scvir_abort(sprintf("argument(s) given twice: %s", paste(dup, collapse = ", ")), "scvir_config_error")
+  args <- c(dots, extra)
+  if (length(hvg) && is.null(args$features)) args$features <- hvg
+  if (isTRUE(.check_flag(linear_decoder, "linear_decoder"))) args$linear_decoder <- TRUE
+  args
+}
+
+# X_scvi_denoised (proportions) and X_scvi_sample_rate (expected counts), genes x cells.
+.wrapper_expression <- function(fit, newdata, batch, cov) {
+  list(denoised = get_normalized_expression(fit, newdata = newdata, batch = batch, covariates = cov),
+       sample_rate = get_normalized_expression(fit, newdata = newdata, batch = batch, covariates = cov,
+                                               library_size = "latent"))
+}
+
+.wrapper_return <- function(object, fit, copy, return_posterior, target, caller) {
+  if (!isTRUE(.check_flag(copy, "copy"))) {
+    if (!is.name(target)) scvir_abort("copy = FALSE needs a variable as object, to update it in place")
+    assign(as.character(target), object, envir = caller)
+  }
+  if (isTRUE(.check_flag(return_posterior, "return_posterior"))) return(list(object = object, model = fit))
   object
 }
 
@@ -91,7 +221,7 @@ scvi.default <- function(object, ...) scvi_model(object, ...)
 # Trains from an object's counts; the model does not duplicate the data the object holds.
 .fit_from_object <- function(counts, batch, batch_key, cov, ..., source) {
   args <- list(...)
-  if (!is.null(args$batch)) scvir_abort("give batch_key (a metadata column) instead of batch for objects")
+  if (!is.null(args[["batch"]])) scvir_abort("give batch_key (a metadata column) instead of batch for objects")
   cov_args <- c("labels", "categorical_covariates", "continuous_covariates", "size_factor")
   if (any(cov_args %in% names(args))) scvir_abort("give metadata keys (labels_key, ...) for objects")
   args$labels <- cov$labels

@@ -1,10 +1,14 @@
 # Real counts for the tests: SeuratObject's pbmc_small (230 genes x 80 cells, raw UMI counts;
 # its `groups` column g1/g2 serves as a batch) and the bundled PBMC 3k (2,000 genes x 2,638 cells).
 
-pbmc_small_seurat <- function() {
+# pbmc_small flags only 20 variable genes, which leave some cells without counts; most tests
+# train on all 230 genes, so the flags are dropped unless `variable_features`.
+pbmc_small_seurat <- function(variable_features = FALSE) {
   e <- new.env()
   utils::data("pbmc_small", package = "SeuratObject", envir = e)
-  suppressMessages(SeuratObject::UpdateSeuratObject(e$pbmc_small))
+  seu <- suppressMessages(SeuratObject::UpdateSeuratObject(e$pbmc_small))
+  if (!variable_features) SeuratObject::VariableFeatures(seu) <- character(0)
+  seu
 }
 
 pbmc_small_counts <- function() {
