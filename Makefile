@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh Debian 12 machine (each runs the set-up first, which is
 # idempotent):
 #   make demo   train scVI on the bundled PBMC 3k and write plots to out/
-#   make test   run every test (Rust engine, then the R package)
+#   make test   run every test (Rust engine, the R package, and a build of the vignette)
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 SCVIR_HOME ?= $(HOME)/.local/share/scviR
@@ -10,7 +10,7 @@ export SCVIR_CARGO_TARGET_DIR ?= $(HOME)/.cache/scviR/cargo-target
 export CARGO_TARGET_DIR := $(SCVIR_CARGO_TARGET_DIR)
 OUT ?= out
 
-.PHONY: setup install demo test test-rust test-r bench doc
+.PHONY: setup install demo test test-rust test-r bench doc vignette
 
 setup:
 	bash tools/setup.sh
@@ -27,6 +27,9 @@ test: install
 
 bench: install
 	bash bench/run_bench.sh
+
+vignette: install
+	Rscript tools/build_vignette.R $(OUT)/vignette
 
 doc:
 	Rscript tools/document.R

@@ -332,13 +332,21 @@ plot_de <- function(de, n_labels = 10L, comparisons = NULL) {
   de$y <- if (change) de$proba_de else de$bayes_factor
   de$significant <- if (change && !is.na(fdr_col)) de[[fdr_col]] else abs(de$bayes_factor) > 3
   rank_key <- if (change) de$proba_de * abs(de$lfc_mean) else abs(de$bayes_factor) * abs(de$x)
+  # Label both sides: the most significant up- and down-regulated genes of each comparison.
   top <- do.call(rbind, lapply(split(seq_len(nrow(de)), de$comparison), function(rows) {
-    de[rows[order(-rank_key[rows])][seq_len(min(n_labels, length(rows)))], , drop = FALSE]
+    up <- rows[de$x[rows] > 0]
+    down <- rows[de$x[rows] <= 0]
+    n_up <- min(length(up), max(n_labels - min(length(down), n_labels %/% 2), 0))
+    n_down <- min(length(down), n_labels - n_up)
+    pick <- c(up[order(-rank_key[up])][seq_len(n_up)], down[order(-rank_key[down])][seq_len(n_down)])
+    de[pick, , drop = FALSE]
   }))
   p <- ggplot2::ggplot(de, ggplot2::aes(x = .data$x, y = .data$y, colour = .data$significant)) +
     ggplot2::geom_point(size = 0.6, alpha = 0.6) +
-    ggplot2::geom_text(data = top, ggplot2::aes(label = .data$gene), size = 2.6, vjust = -0.6,
-                       colour = "black", check_overlap = TRUE) +
+    ggplot2::geom_point(data = top, size = 1.2, colour = "black") +
+    ggplot2::geom_text(data = top, ggplot2::aes(label = .data$gene), size = 2.4, vjust = -0.5,
+                       hjust = "inward", colour = "black", position = ggplot2::position_jitter(
+                         width = 0, height = diff(range(de$y)) * 0.03, seed = 1)) +
     ggplot2::scale_colour_manual(values = c(`FALSE` = "grey60", `TRUE` = "firebrick"),
                                  name = if (change) paste("DE at", sub("is_de_fdr_", "FDR ", fdr_col)) else "|BF| > 3") +
     ggplot2::labs(x = if (change) "mean log2 fold change" else "log2(scale1 / scale2)",
