@@ -278,7 +278,7 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
     history$epoch <- history$epoch + 1L
   }
   split <- meta$split
-  structure(list(
+  fit <- structure(list(
     stopped_early_at = meta$history$stopped_early_at,
     model = bytes,
     model_type = meta$model,
@@ -305,6 +305,13 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
     engine_version = meta$engine_version,
     is_trained = TRUE
   ), class = if (identical(meta$model, "SCANVI")) c("scanvi_model", "scvi_model") else "scvi_model")
+  if (inherits(fit, "scanvi_model")) {
+    # Label codes 0..n-1 are the known labels; the unlabelled category, if any cell had it, follows.
+    n_known <- meta$vae$scanvi$n_labels
+    fit$known_labels <- fit$labels[seq_len(n_known)]
+    fit$unlabeled_category <- if (length(fit$labels) > n_known) fit$labels[n_known + 1L] else NA_character_
+  }
+  fit
 }
 
 #' Print or summarise a model

@@ -259,7 +259,7 @@ scanvi.SingleCellExperiment <- function(object, labels_key, unlabeled_category =
   }
   args <- c(args, dots)
   fit <- do.call(scvi_model, c(args, list(.scanvi = scanvi_cfg, .init_model = init)))
-  fit$known_labels <- known
+  stopifnot(identical(fit$known_labels, known))
   fit$unlabeled_category <- unlabeled_category
   fit$pretrained <- !is.null(scvi_fit)
   fit$batch_key <- batch_key
@@ -274,7 +274,11 @@ scanvi.SingleCellExperiment <- function(object, labels_key, unlabeled_category =
                 "scvir_config_error")
   }
   if (!is.null(names(y_prior))) {
-    if (!setequal(names(y_prior), known)) scvir_abort("the names of y_prior must be the known labels")
+    absent <- setdiff(names(y_prior), known)
+    if (length(absent)) {
+      scvir_abort(sprintf("y_prior names label \"%s\", which no cell has in training (labels: %s)",
+                          absent[1], paste(known, collapse = ", ")), "scvir_config_error")
+    }
     y_prior <- y_prior[known]
   }
   as.numeric(y_prior / sum(y_prior))
@@ -286,6 +290,11 @@ scanvi.SingleCellExperiment <- function(object, labels_key, unlabeled_category =
     return(integer())
   }
   if (is.null(labels_groups)) scvir_abort("use_labels_groups = TRUE needs labels_groups", "scvir_config_error")
+  absent <- setdiff(names(labels_groups), known)
+  if (length(absent)) {
+    scvir_abort(sprintf("labels_groups names label \"%s\", which no cell has in training (labels: %s)",
+                        absent[1], paste(known, collapse = ", ")), "scvir_config_error")
+  }
   if (is.null(names(labels_groups)) || !setequal(names(labels_groups), known) ||
       length(labels_groups) != length(known) || anyNA(labels_groups)) {
     scvir_abort(sprintf("labels_groups must name each known label once (labels: %s)",

@@ -94,12 +94,24 @@ test_that("bad scANVI inputs give clear errors", {
   expect_error(sc(labels = labels, labels_groups = c("0" = "a", "1" = "a", "2" = "b")),
                "needs use_labels_groups")
   expect_error(sc(labels = labels, y_prior = c(1, 2)), "y_prior needs 3")
+  # Labels absent from training are named in the error.
+  expect_error(sc(labels = labels, y_prior = c("0" = 1, "1" = 1, "7" = 1)),
+               "label \"7\", which no cell has in training", class = "scvir_config_error")
+  expect_error(sc(labels = labels, use_labels_groups = TRUE,
+                  labels_groups = c("0" = "a", "1" = "a", "B cell" = "b")),
+               "label \"B cell\", which no cell has in training")
   expect_error(sc(labels = labels, scvi_fit = fit, n_latent = 3), "architecture comes from scvi_fit")
   expect_error(sc(labels = labels, scvi_fit = ldvae(counts, max_epochs = 1, verbose = FALSE)),
                "must be an SCVI model")
   expect_error(sc(labels = labels, dispersion = "gene-label"), "gene-label")
   expect_error(predict(fit), "scvi_model")
-  sfit <- sc(labels = labels)
+  # A saved scANVI model keeps its labels.
+  dir <- tempfile()
+  save_model(sfit <- sc(labels = labels), dir)
+  back <- load_model(dir)
+  expect_s3_class(back, "scanvi_model")
+  expect_equal(back$known_labels, c("0", "1", "2"))
+  expect_equal(predict(back, soft = TRUE), predict(sfit, soft = TRUE))
   expect_error(predict(sfit, newdata = counts[1:100, ]), "lacks")
   expect_error(predict(pbmc_small_seurat()), "no scANVI model")
 })
