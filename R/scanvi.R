@@ -90,15 +90,7 @@ scanvi.Seurat <- function(object, labels_key, unlabeled_category = "Unknown", sc
   args$source$layer <- args$source$layer %||% args$dots$layer %||% "counts"
   args$dots$assay <- NULL
   args$dots$layer <- NULL
-  fit <- .scanvi_core(input$counts, labels = .metadata_column(meta, labels_key, "labels_key"),
-                      batch = args$batch, batch_key = args$batch_key, covariates = args$cov,
-                      unlabeled_category = unlabeled_category, scvi_fit = args$scvi_fit,
-                      classification_ratio = classification_ratio, y_prior = y_prior,
-                      labels_groups = labels_groups, use_labels_groups = use_labels_groups,
-                      linear_classifier = linear_classifier, max_epochs = max_epochs, seed = seed,
-                      n_threads = n_threads, verbose = verbose, dots = args$dots,
-                      source = c(args$source, list(scanvi_labels_key = labels_key)),
-                      keep_data = FALSE)
+  fit <- .scanvi_object_fit(input$counts, meta, labels_key, args, mget(.scanvi_options))
   newdata <- input$counts[fit$genes, , drop = FALSE]
   z <- get_latent_representation(fit, newdata = newdata, batch = args$batch, covariates = args$cov)
   colnames(z) <- paste0(reduction_key, seq_len(ncol(z)))
@@ -128,15 +120,7 @@ scanvi.SingleCellExperiment <- function(object, labels_key, unlabeled_category =
   counts <- .sce_counts(object, assay)
   args$source$type <- "SingleCellExperiment"
   args$source$assay <- assay
-  fit <- .scanvi_core(counts, labels = .metadata_column(meta, labels_key, "labels_key"),
-                      batch = args$batch, batch_key = args$batch_key, covariates = args$cov,
-                      unlabeled_category = unlabeled_category, scvi_fit = args$scvi_fit,
-                      classification_ratio = classification_ratio, y_prior = y_prior,
-                      labels_groups = labels_groups, use_labels_groups = use_labels_groups,
-                      linear_classifier = linear_classifier, max_epochs = max_epochs, seed = seed,
-                      n_threads = n_threads, verbose = verbose, dots = args$dots,
-                      source = c(args$source, list(scanvi_labels_key = labels_key)),
-                      keep_data = FALSE)
+  fit <- .scanvi_object_fit(counts, meta, labels_key, args, mget(.scanvi_options))
   newdata <- counts[fit$genes, , drop = FALSE]
   SingleCellExperiment::reducedDim(object, reduced_dim_name) <-
     get_latent_representation(fit, newdata = newdata, batch = args$batch, covariates = args$cov)
@@ -144,6 +128,19 @@ scanvi.SingleCellExperiment <- function(object, labels_key, unlabeled_category =
     predict(fit, newdata = newdata, batch = args$batch, covariates = args$cov)
   S4Vectors::metadata(object)$scanvi <- fit
   object
+}
+
+# The scanvi() arguments that objects pass on to .scanvi_core() unchanged.
+.scanvi_options <- c("unlabeled_category", "classification_ratio", "y_prior", "labels_groups",
+                     "use_labels_groups", "linear_classifier", "max_epochs", "seed", "n_threads",
+                     "verbose")
+
+.scanvi_object_fit <- function(counts, meta, labels_key, args, options) {
+  do.call(.scanvi_core, c(list(counts, labels = .metadata_column(meta, labels_key, "labels_key"),
+                               batch = args$batch, batch_key = args$batch_key,
+                               covariates = args$cov, scvi_fit = args$scvi_fit, dots = args$dots,
+                               source = c(args$source, list(scanvi_labels_key = labels_key)),
+                               keep_data = FALSE), options))
 }
 
 # Batch, covariates and their keys for an object: the scVI model's when starting from one,
