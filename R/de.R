@@ -304,8 +304,9 @@ differential_expression <- function(object, groupby = NULL, group1 = NULL, group
 #'
 #' Change mode: mean LFC against `proba_de`; vanilla mode: log2 ratio of the mean scales against
 #' the Bayes factor. Genes flagged by the FDR column (change mode) or with `|bayes_factor| > 3`
-#' (vanilla) are coloured, and the `n_labels` most significant per comparison are named. Several
-#' comparisons are drawn as facets.
+#' (vanilla) are coloured. Per comparison, `n_labels` genes are named, half up- and half
+#' down-regulated where possible: significant genes first, ranked by effect size times
+#' log(1 + expression per 10,000). Several comparisons are drawn as facets.
 #'
 #' @param de A data frame from [differential_expression()].
 #' @param n_labels Genes to label per comparison.
@@ -331,7 +332,10 @@ plot_de <- function(de, n_labels = 10L, comparisons = NULL) {
   de$x <- if (change) de$lfc_mean else log2(de$scale1 / de$scale2)
   de$y <- if (change) de$proba_de else de$bayes_factor
   de$significant <- if (change && !is.na(fdr_col)) de[[fdr_col]] else abs(de$bayes_factor) > 3
-  rank_key <- if (change) de$proba_de * abs(de$lfc_mean) else abs(de$bayes_factor) * abs(de$x)
+  # Labels go to significant genes with large effects that are also well expressed: without the
+  # expression term, barely detected genes with extreme LFCs would take every label.
+  expression <- log1p(1e4 * pmax(de$scale1, de$scale2))
+  rank_key <- de$significant * 1e6 + abs(de$x) * expression
   # Label both sides: the most significant up- and down-regulated genes of each comparison.
   top <- do.call(rbind, lapply(split(seq_len(nrow(de)), de$comparison), function(rows) {
     up <- rows[de$x[rows] > 0]

@@ -1,6 +1,8 @@
 # scviR demo: scVI on the bundled PBMC 3k (10x Genomics, 2,638 cells, 2,000 highly variable
-# genes), with scvi-tools' defaults. Writes a UMAP of the latent space coloured by cell type and
-# the training history to the output directory (first argument, default "out").
+# genes), with scvi-tools' defaults, then differential expression (B cells vs the rest) and scANVI
+# label transfer from half of the annotations. Writes a UMAP of the latent space coloured by cell
+# type, the training history, a volcano plot and a UMAP of the scANVI predictions to the output
+# directory (first argument, default "out").
 #   Rscript inst/scripts/demo.R [OUT_DIR]
 args <- commandArgs(trailingOnly = TRUE)
 out_dir <- if (length(args)) args[1] else "out"
@@ -59,4 +61,39 @@ hist_png <- file.path(out_dir, "pbmc3k_training_history.png")
 png(hist_png, width = 800, height = 560, res = 110)
 plot(fit)
 invisible(dev.off())
-cat(sprintf("\nWrote %s and %s\n", umap_png, hist_png))
+
+# Differential expression, change mode: B cells against every other cell.
+started <- Sys.time()
+de <- differential_expression(sce, groupby = "cell_type", group1 = "B", mode = "change", seed = 0,
+                              silent = TRUE)
+cat(sprintf("\nDE B vs rest (change mode) in %.1f s: %d genes DE at FDR 0.05; top up-regulated:\n",
+            as.numeric(difftime(Sys.time(), started, units = "secs")), sum(de$is_de_fdr_0.05)))
+print(head(de[de$lfc_mean > 0, c("proba_de", "lfc_mean", "raw_mean1", "raw_mean2")], 8), digits = 3)
+volcano_png <- file.path(out_dir, "pbmc3k_de_B_volcano.png")
+ggsave(volcano_png, plot_de(de, n_labels = 12) + ggtitle("PBMC 3k: B cells vs rest (scviR DE)"),
+       width = 7.5, height = 5.5, dpi = 110, bg = "white")
+
+# scANVI: hide half of the labels, annotate them from the scVI model.
+set.seed(42)
+hidden <- sample(ncol(sce), round(ncol(sce) / 2))
+masked <- labels
+masked[hidden] <- "Unknown"
+sce$masked <- masked
+sce <- scanvi(sce, labels_key = "masked", unlabeled_category = "Unknown", scvi_fit = sce, seed = 0,
+              verbose = FALSE)
+accuracy <- mean(as.character(sce$scanvi_predictions[hidden]) == labels[hidden])
+cat(sprintf("\nscANVI label transfer: accuracy %.3f on the %d cells whose label was hidden\n",
+            accuracy, length(hidden)))
+df$predicted <- sce$scanvi_predictions
+df$hidden <- seq_len(ncol(sce)) %in% hidden
+p2 <- ggplot(df[df$hidden, ], aes(UMAP1, UMAP2, colour = predicted)) +
+  geom_point(size = 0.6, alpha = 0.8) +
+  guides(colour = guide_legend(override.aes = list(size = 3, alpha = 1))) +
+  labs(title = "PBMC 3k: scANVI predictions for the cells whose label was hidden",
+       subtitle = sprintf("accuracy %.3f on %d cells", accuracy, length(hidden)),
+       colour = "predicted") +
+  theme_minimal(base_size = 12)
+scanvi_png <- file.path(out_dir, "pbmc3k_scanvi_predictions.png")
+ggsave(scanvi_png, p2, width = 7.5, height = 6, dpi = 110, bg = "white")
+
+cat(sprintf("\nWrote %s, %s, %s and %s\n", umap_png, hist_png, volcano_png, scanvi_png))
