@@ -57,8 +57,9 @@ scvi <- function(object, ...) UseMethod("scvi")
 #'   denoised normalized expression (`scvi_denoised`: proportions per cell, scvi-tools'
 #'   `X_scvi_denoised`) and the expected counts (`scvi_sample_rate`: library x proportions,
 #'   `X_scvi_sample_rate`), as Seurat assays or SingleCellExperiment assays (in
-#'   `altExp(sce, "scvi")` when the model uses a subset of the genes). Dense: 8 bytes per gene
-#'   and cell each, so turn it off for very large data.
+#'   `altExp(sce, "scvi")` when the model uses a subset of the genes). They are dense, 8 bytes
+#'   per gene and cell each: the default `NULL` stores them up to 50 million genes x cells
+#'   (400 MB each) and otherwise says it skipped them; `TRUE` always stores them, `FALSE` never.
 #' @param reduction_name,reduction_key Name and key of the Seurat `DimReduc`.
 #' @export
 scvi.Seurat <- function(object, assay = NULL, layer = "counts", batch_key = NULL,
@@ -66,7 +67,7 @@ scvi.Seurat <- function(object, assay = NULL, layer = "counts", batch_key = NULL
                         continuous_covariate_keys = NULL, size_factor_key = NULL,
                         n_epochs = NULL, use_highly_variable_genes = TRUE, subset_genes = NULL,
                         linear_decoder = FALSE, copy = TRUE, return_posterior = FALSE,
-                        model_kwargs = list(), trainer_kwargs = list(), store_expression = TRUE,
+                        model_kwargs = list(), trainer_kwargs = list(), store_expression = NULL,
                         reduction_name = "scvi", reduction_key = "scvi_", ...) {
   .need("SeuratObject")
   target <- substitute(object)
@@ -97,7 +98,7 @@ scvi.Seurat <- function(object, assay = NULL, layer = "counts", batch_key = NULL
   object[[reduction_name]] <- SeuratObject::CreateDimReducObject(
     embeddings = z, loadings = loadings, key = reduction_key, assay = input$assay,
     misc = list(model = fit$model_type))
-  if (isTRUE(.check_flag(store_expression, "store_expression"))) {
+  if (.store_expression(store_expression, newdata)) {
     e <- .wrapper_expression(fit, newdata, batch, cov)
     object[["scvi_denoised"]] <- .expression_assay(e$denoised, "scvidenoised_")
     object[["scvi_sample_rate"]] <- .expression_assay(e$sample_rate, "scvisamplerate_")
@@ -115,7 +116,7 @@ scvi.SingleCellExperiment <- function(object, assay = "counts", batch_key = NULL
                                       n_epochs = NULL, use_highly_variable_genes = TRUE,
                                       subset_genes = NULL, linear_decoder = FALSE, copy = TRUE,
                                       return_posterior = FALSE, model_kwargs = list(),
-                                      trainer_kwargs = list(), store_expression = TRUE,
+                                      trainer_kwargs = list(), store_expression = NULL,
                                       reduced_dim_name = "scVI", ...) {
   .need("SingleCellExperiment")
   target <- substitute(object)
@@ -142,7 +143,7 @@ scvi.SingleCellExperiment <- function(object, assay = "counts", batch_key = NULL
     S4Vectors::metadata(object)$ldvae_loadings <- get_loadings(fit)
   }
   SingleCellExperiment::reducedDim(object, reduced_dim_name) <- z
-  if (isTRUE(.check_flag(store_expression, "store_expression"))) {
+  if (.store_expression(store_expression, newdata)) {
     e <- .wrapper_expression(fit, newdata, batch, cov)
     if (identical(rownames(object), fit$genes)) {
       SummarizedExperiment::assay(object, "scvi_denoised") <- e$denoised
@@ -196,6 +197,17 @@ scvi.SingleCellExperiment <- function(object, assay = "counts", batch_key = NULL
   if (length(hvg) && is.null(args$features)) args$features <- hvg
   if (isTRUE(.check_flag(linear_decoder, "linear_decoder"))) args$linear_decoder <- TRUE
   args
+}
+
+# Whether to store the dense expression outputs: always / never when told, else up to a size.
+.store_expression <- function(store_expression, counts, max_entries = 5e7) {
+  if (!is.null(store_expression)) return(.check_flag(store_expression, "store_expression"))
+  n <- as.numeric(nrow(counts)) * ncol(counts)
+  if (n <= max_entries) return(TRUE)
+  message(sprintf(paste("scvi(): not storing scvi_denoised / scvi_sample_rate (%d genes x %d cells,",
+                        "%.1f GB each); pass store_expression = TRUE to store them"),
+                  nrow(counts), ncol(counts), n * 8 / 1e9))
+  FALSE
 }
 
 # X_scvi_denoised (proportions) and X_scvi_sample_rate (expected counts), genes x cells.

@@ -49,6 +49,9 @@ test_that("the wrapper's outputs: latent, denoised expression, sample rate, load
   lib <- Matrix::colSums(SeuratObject::GetAssayData(seu, slot = "counts")[fit$genes, ])
   expect_equal(unname(Matrix::colSums(rate)), unname(lib), tolerance = 1e-3)
   expect_false("scvi_denoised" %in% names(wrap(pbmc_small_seurat(), store_expression = FALSE)@assays))
+  # By default large outputs are skipped with a message (here with a tiny limit).
+  expect_message(expect_false(scviR:::.store_expression(NULL, den, max_entries = 100)), "not storing")
+  expect_true(scviR:::.store_expression(TRUE, den, max_entries = 100))
 
   ld <- wrap(pbmc_small_seurat(), linear_decoder = TRUE)
   expect_equal(ld@misc$scvi$model_type, "LDVAE")
