@@ -46,4 +46,6 @@
         as.integer(batches1), as.integer(batches2), mode, as.numeric(delta), as.numeric(pseudocounts),
         as.integer(n_samples_overall), as.numeric(threshold_counts), test_mode)
 }
-.rs_predict <- function(model, data, opts) .Call(wrap__scvir_predict, model, data, opts)
+.rs_predict <- function(model, data, opts, use_posterior_mean) {
+  .Call(wrap__scvir_predict, model, data, opts, use_posterior_mean)
+}

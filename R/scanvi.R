@@ -52,21 +52,24 @@ scanvi <- function(object, ...) UseMethod("scanvi")
 #'   `use_labels_groups`.
 #' @param use_labels_groups Classify hierarchically: label group, then label within the group.
 #' @param linear_classifier A linear classifier instead of one hidden layer.
+#' @param n_samples_per_label Labelled cells per label given to the classifier, drawn anew each
+#'   epoch (`NULL`: all labelled cells), as scvi-tools' `n_samples_per_label`.
 #' @param max_epochs Epochs (`NULL`: the rule above).
 #' @param seed,n_threads,verbose As in [scvi_model()].
 #' @export
 scanvi.default <- function(object, labels, unlabeled_category = "Unknown", scvi_fit = NULL,
                            batch = NULL, classification_ratio = 50, y_prior = NULL,
                            labels_groups = NULL, use_labels_groups = FALSE,
-                           linear_classifier = FALSE, max_epochs = NULL, seed = NULL,
-                           n_threads = NULL, verbose = TRUE, ...) {
+                           linear_classifier = FALSE, n_samples_per_label = NULL,
+                           max_epochs = NULL, seed = NULL, n_threads = NULL, verbose = TRUE, ...) {
   counts <- .check_counts(.as_dgc(object))
   .scanvi_core(counts, labels = labels, batch = batch, batch_key = NULL, covariates = list(),
                unlabeled_category = unlabeled_category, scvi_fit = scvi_fit,
                classification_ratio = classification_ratio, y_prior = y_prior,
                labels_groups = labels_groups, use_labels_groups = use_labels_groups,
-               linear_classifier = linear_classifier, max_epochs = max_epochs, seed = seed,
-               n_threads = n_threads, verbose = verbose, dots = list(...), source = NULL)
+               linear_classifier = linear_classifier, n_samples_per_label = n_samples_per_label,
+               max_epochs = max_epochs, seed = seed, n_threads = n_threads, verbose = verbose,
+               dots = list(...), source = NULL)
 }
 
 #' @rdname scanvi
@@ -77,7 +80,8 @@ scanvi.default <- function(object, labels, unlabeled_category = "Unknown", scvi_
 scanvi.Seurat <- function(object, labels_key, unlabeled_category = "Unknown", scvi_fit = NULL,
                           classification_ratio = 50, y_prior = NULL, labels_groups = NULL,
                           use_labels_groups = FALSE, linear_classifier = FALSE,
-                          max_epochs = NULL, seed = NULL, n_threads = NULL, verbose = TRUE,
+                          n_samples_per_label = NULL, max_epochs = NULL, seed = NULL,
+                          n_threads = NULL, verbose = TRUE,
                           prediction_key = "scanvi_predictions", reduction_name = "scanvi",
                           reduction_key = "scanvi_", ...) {
   .need("SeuratObject")
@@ -109,7 +113,8 @@ scanvi.SingleCellExperiment <- function(object, labels_key, unlabeled_category =
                                         scvi_fit = NULL, classification_ratio = 50,
                                         y_prior = NULL, labels_groups = NULL,
                                         use_labels_groups = FALSE, linear_classifier = FALSE,
-                                        max_epochs = NULL, seed = NULL, n_threads = NULL,
+                                        n_samples_per_label = NULL, max_epochs = NULL,
+                                        seed = NULL, n_threads = NULL,
                                         verbose = TRUE, prediction_key = "scanvi_predictions",
                                         reduced_dim_name = "scANVI", ...) {
   .need("SingleCellExperiment")
@@ -132,8 +137,8 @@ scanvi.SingleCellExperiment <- function(object, labels_key, unlabeled_category =
 
 # The scanvi() arguments that objects pass on to .scanvi_core() unchanged.
 .scanvi_options <- c("unlabeled_category", "classification_ratio", "y_prior", "labels_groups",
-                     "use_labels_groups", "linear_classifier", "max_epochs", "seed", "n_threads",
-                     "verbose")
+                     "use_labels_groups", "linear_classifier", "n_samples_per_label", "max_epochs",
+                     "seed", "n_threads", "verbose")
 
 .scanvi_object_fit <- function(counts, meta, labels_key, args, options) {
   do.call(.scanvi_core, c(list(counts, labels = .metadata_column(meta, labels_key, "labels_key"),
@@ -190,8 +195,8 @@ scanvi.SingleCellExperiment <- function(object, labels_key, unlabeled_category =
 
 .scanvi_core <- function(counts, labels, batch, batch_key, covariates, unlabeled_category,
                          scvi_fit, classification_ratio, y_prior, labels_groups,
-                         use_labels_groups, linear_classifier, max_epochs, seed, n_threads,
-                         verbose, dots, source, keep_data = TRUE) {
+                         use_labels_groups, linear_classifier, n_samples_per_label, max_epochs,
+                         seed, n_threads, verbose, dots, source, keep_data = TRUE) {
   if (!is.character(unlabeled_category) || length(unlabeled_category) != 1) {
     scvir_abort("unlabeled_category must be a single string", "scvir_config_error")
   }
@@ -210,7 +215,8 @@ scanvi.SingleCellExperiment <- function(object, labels_key, unlabeled_category =
                      y_prior = I(.scanvi_prior(y_prior, known)),
                      labels_groups = I(.scanvi_groups(labels_groups, known, use_labels_groups)),
                      use_labels_groups = .check_flag(use_labels_groups, "use_labels_groups"),
-                     classification_ratio = .check_number(classification_ratio, "classification_ratio", 0))
+                     classification_ratio = .check_number(classification_ratio, "classification_ratio", 0),
+                     n_samples_per_label = .check_count_arg(n_samples_per_label, "n_samples_per_label", null_ok = TRUE))
   args <- list(counts = counts, batch = batch, seed = seed, n_threads = n_threads,
                verbose = verbose, keep_data = keep_data,
                labels = factor(labels, levels = c(known, unlabeled_category)),
@@ -310,19 +316,23 @@ scanvi.SingleCellExperiment <- function(object, labels_key, unlabeled_category =
 #'   run on.
 #' @param newdata,batch,covariates,indices Other cells (as in [get_latent_representation()]).
 #' @param soft Return the probability of every label instead of the most probable one.
+#' @param use_posterior_mean Classify the posterior mean of z (scvi-tools' default) rather than
+#'   one posterior sample.
 #' @param batch_size Cells per minibatch.
 #' @param n_threads Threads (`NULL`: the model's setting).
+#' @param seed Seed of the posterior sample when `use_posterior_mean = FALSE`.
 #' @param ... Unused.
 #' @return A factor of labels (levels: the known labels), or with `soft = TRUE` a cells x labels
 #'   matrix whose rows sum to 1.
 #' @export
 predict.scanvi_model <- function(object, newdata = NULL, batch = NULL, covariates = NULL,
                                  soft = FALSE, batch_size = 128L, indices = NULL,
-                                 n_threads = NULL, ...) {
+                                 n_threads = NULL, use_posterior_mean = TRUE, seed = NULL, ...) {
   .check_flag(soft, "soft")
   d <- .query_data(object, newdata, batch, indices, covariates)
   p <- .engine(.rs_predict(object$model, .data_arg(d$counts, d$codes, d$cov),
-                           .opts_arg(object, NULL, batch_size, n_threads)))
+                           .opts_arg(object, seed, batch_size, n_threads),
+                           .check_flag(use_posterior_mean, "use_posterior_mean")))
   dimnames(p) <- list(colnames(d$counts), object$known_labels)
   if (soft) return(p)
   factor(object$known_labels[max.col(p, ties.method = "first")], levels = object$known_labels)

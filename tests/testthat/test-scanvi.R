@@ -48,6 +48,15 @@ test_that("scANVI from scratch on a matrix, with label groups and a prior", {
   expect_equal(fit$config$n_latent, 4L)
   expect_equal(nrow(history(fit)), 5L)
   expect_equal(fit$known_labels, c("0", "1", "2"))
+  # A posterior sample instead of the mean gives other, still normalised, probabilities.
+  sampled <- predict(fit, soft = TRUE, use_posterior_mean = FALSE, seed = 3)
+  expect_false(isTRUE(all.equal(sampled, predict(fit, soft = TRUE))))
+  expect_equal(unname(rowSums(sampled)), rep(1, 80), tolerance = 1e-5)
+  # Subsampling the labelled cells per label changes training.
+  sub <- scanvi(counts, labels = labels, max_epochs = 5, seed = 1, n_threads = 1, verbose = FALSE,
+                n_latent = 4, n_samples_per_label = 3)
+  expect_equal(sub$config$scanvi$n_samples_per_label, 3L)
+  expect_false(isTRUE(all.equal(history(sub)$elbo_train, history(fit)$elbo_train)))
   p <- predict(fit, soft = TRUE)
   expect_equal(dim(p), c(80L, 3L))
   expect_equal(colnames(p), c("0", "1", "2"))

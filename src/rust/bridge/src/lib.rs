@@ -306,9 +306,10 @@ fn scvir_de_compare(
 /// scANVI label probabilities, a cells x labels matrix.
 /// @noRd
 #[extendr]
-fn scvir_predict(model: Raw, data: List, opts: List) -> Result<Robj> {
+fn scvir_predict(model: Raw, data: List, opts: List, use_posterior_mean: bool) -> Result<Robj> {
     let (vae, d, o) = open_query(&model, &data, &opts)?;
-    let p = infer::label_probabilities(&vae, d.counts()?, d.batch_codes()?, &d.covariates(), o.batch_size).map_err(engine_error)?;
+    let p = infer::label_probabilities(&vae, d.counts()?, d.batch_codes()?, &d.covariates(), use_posterior_mean, o.batch_size)
+        .map_err(engine_error)?;
     let k = vae.scanvi.as_ref().map_or(1, |h| h.config.n_labels as usize);
     Ok(row_major_to_matrix(&p, d.n_cells(), k).into_robj())
 }

@@ -92,7 +92,7 @@ fn scanvi_learns_hidden_labels_and_predicts_probabilities() {
     let out = train_on(&mut vae, x, &cov, 8);
     assert!(out.history.epochs.iter().all(|r| r.elbo_train.is_finite()));
     let batch = vec![0i32; x.n_cells()];
-    let p = infer::label_probabilities(&vae, x, &batch, &Covariates::default(), 256).unwrap();
+    let p = infer::label_probabilities(&vae, x, &batch, &Covariates::default(), true, 256).unwrap();
     let mut correct = 0;
     let mut hidden = 0;
     for (i, row) in p.chunks(n_types).enumerate() {

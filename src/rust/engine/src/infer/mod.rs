@@ -403,15 +403,22 @@ pub fn denoised_samples(
 }
 
 /// scANVI label probabilities, cells x labels row-major, from the classifier on the posterior
-/// mean of z (evaluation mode), as scvi-tools' `predict(soft = True)`.
-pub fn label_probabilities(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>, batch_size: usize) -> Result<Vec<f32>> {
+/// mean of z (or on one posterior sample), in evaluation mode, as scvi-tools'
+/// `predict(soft = True, use_posterior_mean)`.
+pub fn label_probabilities(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>, use_posterior_mean: bool, batch_size: usize) -> Result<Vec<f32>> {
     check_inputs(vae, &counts, batch_codes, cov)?;
     if vae.scanvi.is_none() {
         return Err(Error::InvalidInput("label predictions need a scANVI model".into()));
     }
     let mut out = Vec::new();
     for_each_minibatch(vae, counts, batch_codes, cov, batch_size, |mb, _| {
-        out.extend(to_vec(&vae.classify(mb, false).softmax(-1, Kind::Float)));
+        let logits = if use_posterior_mean {
+            vae.classify(mb, false)
+        } else {
+            let z = vae.inference(mb, false).z;
+            vae.scanvi.as_ref().expect("checked above").classify_z(&z, false)
+        };
+        out.extend(to_vec(&logits.softmax(-1, Kind::Float)));
     });
     Ok(out)
 }

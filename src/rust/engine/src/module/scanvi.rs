@@ -26,11 +26,14 @@ pub struct ScanviConfig {
     pub use_labels_groups: bool,
     /// Weight of the labelled cells' cross-entropy in the training loss (scvi-tools: 50).
     pub classification_ratio: f64,
+    /// Labelled cells per label that feed the classifier, drawn anew each epoch (scvi-tools'
+    /// `n_samples_per_label` / `SubSampleLabels`); `None` uses every labelled cell.
+    pub n_samples_per_label: Option<usize>,
 }
 
 impl Default for ScanviConfig {
     fn default() -> Self {
-        ScanviConfig { n_labels: 0, linear_classifier: false, y_prior: vec![], labels_groups: vec![], use_labels_groups: false, classification_ratio: 50.0 }
+        ScanviConfig { n_labels: 0, linear_classifier: false, y_prior: vec![], labels_groups: vec![], use_labels_groups: false, classification_ratio: 50.0, n_samples_per_label: None }
     }
 }
 

@@ -106,11 +106,13 @@ pub fn train(
         Some(l) => make_semisupervised_split(l, cfg.train_size, cfg.validation_size, cfg.batch_size, cfg.shuffle_set_split, cfg.seed)?,
         None => make_split(n, cfg.train_size, cfg.validation_size, cfg.batch_size, cfg.shuffle_set_split, cfg.seed)?,
     };
-    let mut labelled_train: Vec<usize> = match &labelled {
+    let labelled_all: Vec<usize> = match &labelled {
         Some(l) => split.train.iter().copied().filter(|&c| l[c]).collect(),
         None => Vec::new(),
     };
+    let mut labelled_train = labelled_all.clone();
     let classification_ratio = vae.scanvi.as_ref().map_or(0.0, |h| h.config.classification_ratio);
+    let per_label = vae.scanvi.as_ref().and_then(|h| h.config.n_samples_per_label);
     // The labelled loader cycles, reshuffled at each pass, beside the loader of all cells.
     let mut labelled_pos = labelled_train.len();
 
@@ -137,6 +139,10 @@ pub fn train(
     for epoch in 0..max_epochs {
         let started = Instant::now();
         order.shuffle(&mut rng);
+        if let (Some(k), Some(codes)) = (per_label, cov.labels) {
+            labelled_train = subsample_labels(&labelled_all, codes, k, &mut rng);
+            labelled_pos = labelled_train.len();
+        }
         let mut totals = PassTotals::default();
         let mut weight = 0.0;
         for cells in order.chunks(cfg.batch_size) {
@@ -210,6 +216,24 @@ pub fn train(
         }
     }
     Ok(TrainOutcome { history, split, max_epochs })
+}
+
+/// Up to `k` cells of each label, drawn without replacement (all of a label's cells when it has
+/// fewer), as scvi-tools' `SubSampleLabels` does at the start of every epoch.
+fn subsample_labels(cells: &[usize], codes: &[i32], k: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
+    let mut by_label: std::collections::BTreeMap<i32, Vec<usize>> = Default::default();
+    for &c in cells {
+        by_label.entry(codes[c]).or_default().push(c);
+    }
+    let mut out = Vec::new();
+    for (_, mut group) in by_label {
+        if group.len() > k {
+            group.shuffle(rng);
+            group.truncate(k);
+        }
+        out.extend(group);
+    }
+    out
 }
 
 /// One pass in evaluation mode (BatchNorm running statistics, no dropout), no gradients.
