@@ -276,6 +276,10 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
   history <- meta$history$epochs
   if (is.data.frame(history) && nrow(history)) {
     history$epoch <- history$epoch + 1L
+    # Classifier metrics exist for scANVI only.
+    cls <- grep("^(classification_loss|accuracy)_", names(history), value = TRUE)
+    empty <- cls[vapply(cls, function(k) all(is.na(history[[k]])), TRUE)]
+    history <- history[setdiff(names(history), empty)]
   }
   split <- meta$split
   fit <- structure(list(

@@ -15,7 +15,13 @@ test_that("scANVI from a trained scVI model recovers hidden PBMC 3k labels", {
   expect_s3_class(fit, "scanvi_model")
   expect_equal(fit$model_type, "SCANVI")
   # from_scvi_model's epoch rule: min(10, max(2, round(400 / 3))) = 10 for PBMC 3k.
-  expect_equal(nrow(history(fit)), 10L)
+  h <- history(fit)
+  expect_equal(nrow(h), 10L)
+  expect_true(all(c("classification_loss_train", "accuracy_train", "classification_loss_validation",
+                    "accuracy_validation") %in% names(h)))
+  expect_true(all(h$accuracy_validation > 0.8 & h$accuracy_validation <= 1))
+  expect_lt(h$classification_loss_train[10], h$classification_loss_train[1])
+  expect_false("accuracy_train" %in% names(history(S4Vectors::metadata(out)$scvi)))
   expect_equal(dim(SingleCellExperiment::reducedDim(out, "scANVI")), c(2638L, 10L))
   pred <- out$scanvi_predictions
   expect_s3_class(pred, "factor")

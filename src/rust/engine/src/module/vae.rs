@@ -264,10 +264,6 @@ impl Vae {
         heads.classify_z(&inf.qz.q_mean, train)
     }
 
-    /// Mean cross-entropy of the classifier on labelled cells (codes in `mb.labels`).
-    pub fn classification_loss(&self, mb: &Minibatch, train: bool) -> Tensor {
-        self.classify(mb, train).cross_entropy_for_logits(&mb.labels)
-    }
 
     /// Mean and variance (cells x 1) of the log-library prior of each cell's batch, when the
     /// library is latent.

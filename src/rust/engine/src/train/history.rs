@@ -20,6 +20,13 @@ pub struct EpochRecord {
     pub reconstruction_loss_validation: Option<f64>,
     pub kl_local_validation: Option<f64>,
     pub kl_global_validation: Option<f64>,
+    /// scANVI: mean over the epoch's steps of the labelled minibatch's cross-entropy and
+    /// accuracy (the classifier on the posterior mean).
+    pub classification_loss_train: Option<f64>,
+    pub accuracy_train: Option<f64>,
+    /// scANVI: the same over the labelled validation cells.
+    pub classification_loss_validation: Option<f64>,
+    pub accuracy_validation: Option<f64>,
     /// Wall-clock seconds of the training part of the epoch (not validation).
     pub train_seconds: f64,
 }

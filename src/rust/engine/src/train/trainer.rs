@@ -144,6 +144,7 @@ pub fn train(
             labelled_pos = labelled_train.len();
         }
         let mut totals = PassTotals::default();
+        let mut classification = ClassificationTotals::default();
         let mut weight = 0.0;
         for cells in order.chunks(cfg.batch_size) {
             if observer.interrupt_requested() {
@@ -160,7 +161,10 @@ pub fn train(
                 let end = (labelled_pos + cfg.batch_size).min(labelled_train.len());
                 let lmb = builder.build(&labelled_train[labelled_pos..end]);
                 labelled_pos = end;
-                out.loss = out.loss + vae.classification_loss(&lmb, true) * classification_ratio;
+                let logits = vae.classify(&lmb, true);
+                let ce = logits.cross_entropy_for_logits(&lmb.labels);
+                classification.add(&logits, &lmb.labels, &ce);
+                out.loss = out.loss + ce * classification_ratio;
             }
             let loss = scalar(&out.loss);
             if !loss.is_finite() {
@@ -189,6 +193,8 @@ pub fn train(
             reconstruction_loss_train: totals.reconstruction / totals.n_cells as f64,
             kl_local_train: totals.kl_local / totals.n_cells as f64,
             kl_global_train: 0.0,
+            classification_loss_train: classification.loss(),
+            accuracy_train: classification.accuracy(),
             train_seconds,
             ..Default::default()
         };
@@ -200,6 +206,12 @@ pub fn train(
             record.reconstruction_loss_validation = Some(v.reconstruction / v.n_cells as f64);
             record.kl_local_validation = Some(v.kl_local / v.n_cells as f64);
             record.kl_global_validation = Some(0.0);
+            if let Some(l) = &labelled {
+                let cells: Vec<usize> = split.validation.iter().copied().filter(|&c| l[c]).collect();
+                let c = evaluate_classifier(vae, &mut builder, &cells, cfg.batch_size);
+                record.classification_loss_validation = c.loss();
+                record.accuracy_validation = c.accuracy();
+            }
         }
         observer.on_epoch_end(&record, max_epochs);
         let mut stop = false;
@@ -216,6 +228,45 @@ pub fn train(
         }
     }
     Ok(TrainOutcome { history, split, max_epochs })
+}
+
+/// Cross-entropy and accuracy of scANVI's classifier over several minibatches.
+#[derive(Default)]
+struct ClassificationTotals {
+    loss_sum: f64,
+    n_steps: usize,
+    correct: f64,
+    n_cells: usize,
+}
+
+impl ClassificationTotals {
+    fn add(&mut self, logits: &tch::Tensor, labels: &tch::Tensor, ce: &tch::Tensor) {
+        self.loss_sum += scalar(&ce.detach());
+        self.n_steps += 1;
+        self.correct += scalar(&logits.detach().argmax(-1, false).eq_tensor(labels).to_kind(Kind::Double).sum(Kind::Double));
+        self.n_cells += labels.size()[0] as usize;
+    }
+
+    fn loss(&self) -> Option<f64> {
+        (self.n_steps > 0).then(|| self.loss_sum / self.n_steps as f64)
+    }
+
+    fn accuracy(&self) -> Option<f64> {
+        (self.n_cells > 0).then(|| self.correct / self.n_cells as f64)
+    }
+}
+
+fn evaluate_classifier(vae: &Vae, builder: &mut MinibatchBuilder<'_>, cells: &[usize], batch_size: usize) -> ClassificationTotals {
+    tch::no_grad(|| {
+        let mut totals = ClassificationTotals::default();
+        for chunk in cells.chunks(batch_size) {
+            let mb = builder.build(chunk);
+            let logits = vae.classify(&mb, false);
+            let ce = logits.cross_entropy_for_logits(&mb.labels);
+            totals.add(&logits, &mb.labels, &ce);
+        }
+        totals
+    })
 }
 
 /// Up to `k` cells of each label, drawn without replacement (all of a label's cells when it has
