@@ -28,6 +28,8 @@
 #'   `|lfc_mean|` (`|log(scale1 / scale2)|`); pandas leaves their order unspecified.
 #' * Overlapping `idx1` / `idx2`, unknown groups and empty groups are errors.
 #' * `weights = "importance"` (lvm-DE) is not available yet and gives an error.
+#' * `comparison`, `group1` and `group2` are filled for `idx1` / `idx2` too ("idx1 vs idx2" or
+#'   "idx1 vs Rest"); scvi-tools leaves them out there.
 #'
 #' Memory: one comparison at a time, about `2 x n_samples_overall x n_genes x 8` bytes (80 MB at
 #' the defaults for 2,000 genes), whatever the number of cells or comparisons.

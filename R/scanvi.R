@@ -15,6 +15,11 @@
 #' trains from scratch with scVI's defaults (`max_epochs = h`); architecture and training options
 #' go in `...` as for [scvi_model()].
 #'
+#' [history()] of a scANVI model adds the classifier's cross-entropy and accuracy on the
+#' labelled training minibatches (`classification_loss_train`, `accuracy_train`, means over the
+#' epoch's steps) and on the labelled validation cells (`classification_loss_validation`,
+#' `accuracy_validation`).
+#'
 #' Differences by choice: with `labels_groups`, label probabilities are p(group) x p(label |
 #' group), each a softmax; scvi-tools' code divides the classifier's logits as if they were
 #' probabilities there. The labelled cells' loader is reshuffled at each pass.
