@@ -89,7 +89,7 @@
 #' @examples
 #' \donttest{
 #' data("pbmc_small", package = "SeuratObject")
-#' counts <- SeuratObject::GetAssayData(pbmc_small, slot = "counts")
+#' counts <- pbmc_small[["RNA"]]@counts
 #' fit <- scvi_model(counts, max_epochs = 20, seed = 1)
 #' head(get_latent_representation(fit))
 #' }

@@ -157,7 +157,8 @@ scvi.SingleCellExperiment <- function(object, assay = "counts", batch_key = NULL
   .wrapper_return(object, fit, copy, return_posterior, target, caller)
 }
 
-# A Seurat assay holding a dense expression matrix, with a valid key.
+# A Seurat assay holding a dense expression matrix, with a valid key. A v3/v4 Assay also in
+# SeuratObject 5: an Assay5 would convert the dense matrix to a (fully dense) sparse one.
 .expression_assay <- function(m, key) {
   a <- SeuratObject::CreateAssayObject(data = m)
   SeuratObject::Key(a) <- key

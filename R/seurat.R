@@ -23,7 +23,7 @@
       scvir_abort(sprintf("layer \"%s\" not found in assay \"%s\" (a v4 assay has counts, data, scale.data)",
                           layer, assay))
     }
-    m <- SeuratObject::GetAssayData(object, slot = layer, assay = assay)
+    m <- .assay_data(object, assay, layer)
   }
   if (!nrow(m) || !ncol(m)) scvir_abort(sprintf("layer \"%s\" of assay \"%s\" is empty", layer, assay))
   m <- .as_dgc(m, sprintf("layer \"%s\" of assay \"%s\"", layer, assay))
@@ -37,4 +37,14 @@
   input <- .seurat_counts(object, src$assay, src$layer %||% "counts")
   list(fit = fit, counts = input$counts, batch = .metadata_column(object@meta.data, fit$batch_key),
        covariates = .source_covariates(object@meta.data, src))
+}
+
+# GetAssayData() of a v3/v4 Assay: SeuratObject 5 made its `slot` argument defunct in favour of
+# `layer`, which SeuratObject 4 lacks.
+.assay_data <- function(object, assay, layer) {
+  if (utils::packageVersion("SeuratObject") >= "5.0.0") {
+    SeuratObject::GetAssayData(object, assay = assay, layer = layer)
+  } else {
+    SeuratObject::GetAssayData(object, assay = assay, slot = layer)
+  }
 }

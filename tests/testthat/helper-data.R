@@ -6,19 +6,20 @@
 pbmc_small_seurat <- function(variable_features = FALSE) {
   e <- new.env()
   utils::data("pbmc_small", package = "SeuratObject", envir = e)
-  seu <- suppressMessages(SeuratObject::UpdateSeuratObject(e$pbmc_small))
+  # SeuratObject 5 warns while updating the bundled v3 object's command logs.
+  seu <- suppressWarnings(suppressMessages(SeuratObject::UpdateSeuratObject(e$pbmc_small)))
   if (!variable_features) SeuratObject::VariableFeatures(seu) <- character(0)
   seu
 }
 
 pbmc_small_counts <- function() {
-  SeuratObject::GetAssayData(pbmc_small_seurat(), slot = "counts")
+  scviR:::.assay_data(pbmc_small_seurat(), "RNA", "counts")
 }
 
 pbmc_small_sce <- function() {
   seu <- pbmc_small_seurat()
   SingleCellExperiment::SingleCellExperiment(
-    assays = list(counts = SeuratObject::GetAssayData(seu, slot = "counts")),
+    assays = list(counts = scviR:::.assay_data(seu, "RNA", "counts")),
     colData = S4Vectors::DataFrame(seu@meta.data))
 }
 

@@ -11,7 +11,7 @@ interrupted_run <- function(train) {
   writeLines(c(
     "suppressMessages(library(scviR))",
     "e <- new.env(); utils::data('pbmc_small', package = 'SeuratObject', envir = e)",
-    "counts <- SeuratObject::GetAssayData(e$pbmc_small, slot = 'counts')",
+    "counts <- scviR:::.assay_data(e$pbmc_small, 'RNA', 'counts')",
     "before <- counts",
     sprintf("writeLines(as.character(Sys.getpid()), '%s')", pid_file),
     sprintf("res <- tryCatch(%s,", train),

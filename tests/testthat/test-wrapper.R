@@ -7,12 +7,12 @@ test_that("use_highly_variable_genes and subset_genes choose the genes", {
   seu <- pbmc_small_seurat(variable_features = TRUE)
   # The 20 flagged genes leave some cells empty; keep the cells with counts in them.
   hvg <- SeuratObject::VariableFeatures(seu)
-  seu <- seu[, Matrix::colSums(SeuratObject::GetAssayData(seu, slot = "counts")[hvg, ]) > 0]
+  seu <- seu[, Matrix::colSums(scviR:::.assay_data(seu, "RNA", "counts")[hvg, ]) > 0]
   hvg <- SeuratObject::VariableFeatures(seu)
   expect_equal(sort(wrap(seu)@misc$scvi$genes), sort(hvg))
   expect_equal(length(wrap(seu, use_highly_variable_genes = FALSE)@misc$scvi$genes), 230L)
   expect_error(wrap(pbmc_small_seurat(variable_features = TRUE)), "zero counts in the 20 selected genes")
-  counts <- SeuratObject::GetAssayData(seu, slot = "counts")
+  counts <- scviR:::.assay_data(seu, "RNA", "counts")
   genes <- rownames(counts)[order(-Matrix::rowSums(counts))][1:50]
   expect_equal(sort(wrap(seu, subset_genes = genes)@misc$scvi$genes), sort(genes))
   sce <- pbmc_small_sce()[, colnames(seu)]
@@ -41,12 +41,12 @@ test_that("the wrapper's outputs: latent, denoised expression, sample rate, load
   seu <- wrap(pbmc_small_seurat(), batch_key = "groups")
   fit <- seu@misc$scvi
   expect_equal(fit$batch_key, "groups")
-  den <- SeuratObject::GetAssayData(seu, assay = "scvi_denoised", slot = "data")
-  rate <- SeuratObject::GetAssayData(seu, assay = "scvi_sample_rate", slot = "data")
+  den <- scviR:::.assay_data(seu, "scvi_denoised", "data")
+  rate <- scviR:::.assay_data(seu, "scvi_sample_rate", "data")
   expect_equal(dim(den), c(230L, 80L))
   expect_equal(unname(Matrix::colSums(den)), rep(1, 80), tolerance = 1e-4)
   # Sample rate = observed library (the model's genes) x proportions.
-  lib <- Matrix::colSums(SeuratObject::GetAssayData(seu, slot = "counts")[fit$genes, ])
+  lib <- Matrix::colSums(scviR:::.assay_data(seu, "RNA", "counts")[fit$genes, ])
   expect_equal(unname(Matrix::colSums(rate)), unname(lib), tolerance = 1e-3)
   expect_false("scvi_denoised" %in% names(wrap(pbmc_small_seurat(), store_expression = FALSE)@assays))
   # By default large outputs are skipped with a message (here with a tiny limit).
