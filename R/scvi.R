@@ -100,8 +100,8 @@ scvi.Seurat <- function(object, assay = NULL, layer = "counts", batch_key = NULL
     misc = list(model = fit$model_type))
   if (.store_expression(store_expression, newdata)) {
     e <- .wrapper_expression(fit, newdata, batch, cov)
-    object[["scvi_denoised"]] <- .expression_assay(e$denoised, "scvidenoised_")
-    object[["scvi_sample_rate"]] <- .expression_assay(e$sample_rate, "scvisamplerate_")
+    object <- .add_assay(object, "scvi_denoised", .expression_assay(e$denoised, "scvidenoised_"))
+    object <- .add_assay(object, "scvi_sample_rate", .expression_assay(e$sample_rate, "scvisamplerate_"))
   }
   object@misc$scvi <- fit
   .wrapper_return(object, fit, copy, return_posterior, target, caller)
@@ -163,6 +163,17 @@ scvi.SingleCellExperiment <- function(object, assay = "counts", batch_key = NULL
   a <- SeuratObject::CreateAssayObject(data = m)
   SeuratObject::Key(a) <- key
   a
+}
+
+# Adds an assay. SeuratObject 5 warns that an assay holding only a data layer has no counts
+# layer (it counts features and UMIs per cell on adding it); that is expected here.
+.add_assay <- function(object, name, assay) {
+  withCallingHandlers(
+    object[[name]] <- assay,
+    warning = function(w) {
+      if (grepl("Layer counts isn't present", conditionMessage(w), fixed = TRUE)) invokeRestart("muffleWarning")
+    })
+  object
 }
 
 # The scanpy wrapper's arguments (seed 001) turned into scvi_model() arguments.
