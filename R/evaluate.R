@@ -24,7 +24,10 @@
 #'   ELBO).
 #'
 #' With `return_mean = TRUE`, `get_marginal_ll()` averages the means of minibatches of
-#' `batch_size` cells, as scvi-tools does; the other two average over cells.
+#' `batch_size` cells, as scvi-tools does; the other two average over cells. A short last
+#' minibatch then weighs as much as a full one (7 cells of 263 get a third of the weight for
+#' PBMC 3k's validation set), so for comparing models prefer
+#' `mean(get_marginal_ll(..., return_mean = FALSE))`, the mean over cells.
 #'
 #' @inheritParams get_latent_representation
 #' @param return_mean Return the mean over cells (`TRUE`) or one value per cell.
