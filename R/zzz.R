@@ -21,3 +21,9 @@ blas_info <- function() {
   invisible(msg)
 }
 utils::globalVariables(".data")
+
+# Matrix's namespace must be loaded with scviR: a model read back with readRDS() in a fresh
+# session holds dgCMatrix counts, and base functions such as ncol() only know them once Matrix's
+# methods are registered.
+#' @importFrom Matrix sparseMatrix
+NULL

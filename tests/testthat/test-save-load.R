@@ -34,3 +34,15 @@ test_that("a corrupted model file is a clear error", {
   fit$model <- fit$model[1:50]
   expect_error(get_latent_representation(fit), class = "scvir_model_error")
 })
+
+test_that("a model read back with readRDS() works in a fresh R session", {
+  fit <- quick_fit(max_epochs = 2)
+  path <- tempfile(fileext = ".rds")
+  saveRDS(fit, path)
+  script <- tempfile(fileext = ".R")
+  writeLines(c("suppressMessages(library(scviR))",
+               sprintf("fit <- readRDS('%s')", path),
+               "cat('DIM', dim(get_latent_representation(fit)), get_elbo(fit) < 0, '\\n')"), script)
+  out <- system2(file.path(R.home("bin"), "Rscript"), script, stdout = TRUE, stderr = TRUE)
+  expect_true(any(grepl("^DIM 80 10 TRUE", out)), info = paste(out, collapse = "\n"))
+})
