@@ -339,20 +339,22 @@ plot_de <- function(de, n_labels = 10L, comparisons = NULL) {
   expression <- log1p(1e4 * pmax(de$scale1, de$scale2))
   rank_key <- de$significant * 1e6 + abs(de$x) * expression
   # Label both sides: the most significant up- and down-regulated genes of each comparison.
+  gap <- 0.035 * diff(range(de$y))
   top <- do.call(rbind, lapply(split(seq_len(nrow(de)), de$comparison), function(rows) {
     up <- rows[de$x[rows] > 0]
     down <- rows[de$x[rows] <= 0]
     n_up <- min(length(up), max(n_labels - min(length(down), n_labels %/% 2), 0))
     n_down <- min(length(down), n_labels - n_up)
-    pick <- c(up[order(-rank_key[up])][seq_len(n_up)], down[order(-rank_key[down])][seq_len(n_down)])
-    de[pick, , drop = FALSE]
+    sides <- list(up[order(-rank_key[up])][seq_len(n_up)], down[order(-rank_key[down])][seq_len(n_down)])
+    do.call(rbind, lapply(sides, function(pick) .stack_labels(de[pick, , drop = FALSE], gap)))
   }))
   p <- ggplot2::ggplot(de, ggplot2::aes(x = .data$x, y = .data$y, colour = .data$significant)) +
     ggplot2::geom_point(size = 0.6, alpha = 0.6) +
     ggplot2::geom_point(data = top, size = 1.2, colour = "black") +
-    ggplot2::geom_text(data = top, ggplot2::aes(label = .data$gene), size = 2.4, vjust = -0.5,
-                       hjust = "inward", colour = "black", position = ggplot2::position_jitter(
-                         width = 0, height = diff(range(de$y)) * 0.03, seed = 1)) +
+    ggplot2::geom_segment(data = top, ggplot2::aes(xend = .data$x, yend = .data$label_y),
+                          colour = "grey40", linewidth = 0.2) +
+    ggplot2::geom_text(data = top, ggplot2::aes(y = .data$label_y, label = .data$gene), size = 2.4,
+                       vjust = 0.5, hjust = "inward", colour = "black") +
     ggplot2::scale_colour_manual(values = c(`FALSE` = "grey60", `TRUE` = "firebrick"),
                                  name = if (change) paste("DE at", sub("is_de_fdr_", "FDR ", fdr_col)) else "|BF| > 3") +
     ggplot2::labs(x = if (change) "mean log2 fold change" else "log2(scale1 / scale2)",
@@ -360,4 +362,14 @@ plot_de <- function(de, n_labels = 10L, comparisons = NULL) {
     ggplot2::theme_bw()
   if (length(unique(de$comparison)) > 1) p <- p + ggplot2::facet_wrap(~comparison)
   p
+}
+
+# Label heights for one side of a volcano plot: from the highest point down, each label at its
+# point or at least `gap` below the previous label, so that labels do not overlap.
+.stack_labels <- function(d, gap) {
+  if (!nrow(d)) return(cbind(d, label_y = numeric()))
+  d <- d[order(-d$y), , drop = FALSE]
+  d$label_y <- d$y
+  for (i in seq_len(nrow(d))[-1]) d$label_y[i] <- min(d$y[i], d$label_y[i - 1] - gap)
+  d
 }

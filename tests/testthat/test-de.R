@@ -164,8 +164,8 @@ test_that("plot_de draws a volcano plot", {
   expect_s3_class(p, "ggplot")
   built <- ggplot2::ggplot_build(p)
   expect_equal(nrow(built$data[[1]]), nrow(de))
-  expect_equal(nrow(built$data[[3]]), 10L)
-  expect_true(any(built$data[[3]]$x < 0) && any(built$data[[3]]$x > 0))
+  expect_equal(nrow(built$data[[4]]), 10L)  # the labels layer
+  expect_true(any(built$data[[4]]$x < 0) && any(built$data[[4]]$x > 0))
   expect_error(plot_de(data.frame(x = 1)), "returned by differential_expression")
   expect_error(plot_de(de, comparisons = "CD4 T vs Rest"), "not in de")
 })
