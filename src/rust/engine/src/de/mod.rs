@@ -11,7 +11,7 @@ pub mod count_stats;
 pub mod delta;
 pub mod scale_sampler;
 
-use crate::data::{Counts, Covariates};
+use crate::data::{Counts, Covariates, MinibatchBuilder};
 use crate::error::{Error, Result};
 use crate::module::Vae;
 use rand::SeedableRng;
@@ -83,12 +83,9 @@ fn transpose(rows: &[f32], n_rows: usize, n_cols: usize) -> Vec<f32> {
     out
 }
 
-#[allow(clippy::too_many_arguments)]
 fn group_samples(
     vae: &Vae,
-    counts: Counts<'_>,
-    batch_codes: &[i32],
-    cov: &Covariates<'_>,
+    builder: &mut MinibatchBuilder<'_>,
     cells: &[usize],
     policy: &BatchPolicy,
     cfg: &DeConfig,
@@ -96,7 +93,7 @@ fn group_samples(
 ) -> Result<Vec<f32>> {
     match policy {
         BatchPolicy::Observed => {
-            scale_sampler::sample_group_scales(vae, counts, batch_codes, cov, cells, None, cfg.n_samples_overall, cfg.batch_size, rng)
+            scale_sampler::sample_group_scales(vae, builder, cells, None, cfg.n_samples_overall, cfg.batch_size, rng)
         }
         BatchPolicy::Transform(batches) => {
             // scvi-tools: int(n_samples_overall / n_batches) per batch, at least 2.
@@ -106,7 +103,7 @@ fn group_samples(
             };
             let mut all = Vec::new();
             for &b in batches {
-                all.extend(scale_sampler::sample_group_scales(vae, counts, batch_codes, cov, cells, Some(b), per_batch, cfg.batch_size, rng)?);
+                all.extend(scale_sampler::sample_group_scales(vae, builder, cells, Some(b), per_batch, cfg.batch_size, rng)?);
             }
             Ok(all)
         }
@@ -125,8 +122,10 @@ fn paired_scales(
 ) -> Result<PairedScales> {
     let g = vae.config.n_genes as usize;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let r1 = group_samples(vae, counts, batch_codes, cov, cells[0], policies[0], cfg, &mut rng)?;
-    let r2 = group_samples(vae, counts, batch_codes, cov, cells[1], policies[1], cfg, &mut rng)?;
+    // One builder for both groups: its per-cell constants cost a pass over all nonzeros.
+    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
+    let r1 = group_samples(vae, &mut builder, cells[0], policies[0], cfg, &mut rng)?;
+    let r2 = group_samples(vae, &mut builder, cells[1], policies[1], cfg, &mut rng)?;
     let (n1, n2) = (r1.len() / g, r2.len() / g);
     let s1 = transpose(&r1, n1, g);
     let s2 = transpose(&r2, n2, g);

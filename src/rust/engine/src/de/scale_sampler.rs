@@ -7,7 +7,7 @@
 //! are decoded: the result has the same distribution with fewer decoder passes. The encoder runs
 //! once per cell (q(z | x) is deterministic in evaluation mode); each chosen pair gets its own z.
 
-use crate::data::{Counts, Covariates, MinibatchBuilder};
+use crate::data::MinibatchBuilder;
 use crate::error::Result;
 use crate::infer::to_vec;
 use crate::module::Vae;
@@ -21,9 +21,7 @@ const DECODE_CHUNK: usize = 1024;
 /// `n_samples_overall` x genes, row-major, in the order scvi-tools' random choice returns them.
 pub fn sample_group_scales(
     vae: &Vae,
-    counts: Counts<'_>,
-    batch_codes: &[i32],
-    cov: &Covariates<'_>,
+    builder: &mut MinibatchBuilder<'_>,
     cells: &[usize],
     transform_batch: Option<usize>,
     n_samples_overall: usize,
@@ -55,7 +53,6 @@ pub fn sample_group_scales(
     }
 
     let mut out = vec![0f32; n_samples_overall * g];
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
     let mut start = 0;
     tch::no_grad(|| {
         while start < pairs.len() {

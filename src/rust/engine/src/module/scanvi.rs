@@ -47,22 +47,8 @@ impl Classifier {
     fn new(path: nn::Path, n_in: i64, n_hidden: i64, n_out: i64, n_layers: i64, dropout: f64, bn: bool, ln: bool) -> Self {
         let deep = n_hidden > 0 && n_layers > 0;
         let fc = deep.then(|| {
-            FcLayers::new(
-                &path / "fc",
-                &FcLayersConfig {
-                    n_in,
-                    n_out: n_hidden,
-                    n_cat_list: vec![],
-                    n_layers,
-                    n_hidden,
-                    dropout_rate: dropout,
-                    use_batch_norm: bn,
-                    use_layer_norm: ln,
-                    inject_covariates: true,
-                    use_activation: true,
-                    bias: true,
-                },
-            )
+            let cfg = FcLayersConfig { dropout_rate: dropout, use_batch_norm: bn, use_layer_norm: ln, ..FcLayersConfig::plain(n_in, n_hidden, n_layers, n_hidden) };
+            FcLayers::new(&path / "fc", &cfg)
         });
         let out = init::linear(&path / "out", if deep { n_hidden } else { n_in }, n_out, true);
         Classifier { fc, out }
@@ -133,18 +119,13 @@ impl ScanviHeads {
             c.use_batch_norm_encoder,
             c.use_layer_norm_encoder,
         );
+        // z1 and the label in, as scvi-tools' Encoder / Decoder with n_cat_list = [n_labels].
         let z_fc = |bn: bool, ln: bool, dropout: f64| FcLayersConfig {
-            n_in: c.n_latent,
-            n_out: c.n_hidden,
             n_cat_list: vec![n_labels],
-            n_layers: c.n_layers,
-            n_hidden: c.n_hidden,
             dropout_rate: dropout,
             use_batch_norm: bn,
             use_layer_norm: ln,
-            inject_covariates: true,
-            use_activation: true,
-            bias: true,
+            ..FcLayersConfig::plain(c.n_latent, c.n_hidden, c.n_layers, c.n_hidden)
         };
         let encoder_z2_z1 = Encoder::new(&path / "encoder_z2_z1", &z_fc(c.use_batch_norm_encoder, c.use_layer_norm_encoder, c.dropout_rate), c.n_latent, false);
         let dec_fc = z_fc(c.use_batch_norm_decoder, c.use_layer_norm_decoder, 0.0);

@@ -147,13 +147,7 @@ impl Vae {
 
     /// q(z | x) and the library: observed log total counts, or a sample of q(l | x).
     pub fn inference(&self, mb: &Minibatch, train: bool) -> Inference {
-        let x = if self.config.log_variational { mb.x_log1p.shallow_clone() } else { mb.x.shallow_clone() };
-        let mut parts = vec![x];
-        if self.config.encode_covariates {
-            parts.extend(mb.continuous.as_ref().map(|c| c.shallow_clone()));
-            parts.extend(self.batch_vectors(&mb.batch_index));
-        }
-        let x_in = if parts.len() == 1 { parts.pop().unwrap() } else { Tensor::cat(&parts, 1) };
+        let x_in = self.encoder_input(mb);
         let cats = self.categoricals(&mb.batch_index, mb);
         let qz = self.z_encoder.forward(&x_in, &cats, train);
         let z_untransformed = qz.rsample();
@@ -167,6 +161,18 @@ impl Vae {
             }
         };
         Inference { qz, z_untransformed, z, library, ql }
+    }
+
+    /// The encoders' input: log1p counts (or counts), with the continuous covariates and batch
+    /// embedding when `encode_covariates`.
+    fn encoder_input(&self, mb: &Minibatch) -> Tensor {
+        let x = if self.config.log_variational { mb.x_log1p.shallow_clone() } else { mb.x.shallow_clone() };
+        let mut parts = vec![x];
+        if self.config.encode_covariates {
+            parts.extend(mb.continuous.as_ref().map(|c| c.shallow_clone()));
+            parts.extend(self.batch_vectors(&mb.batch_index));
+        }
+        if parts.len() == 1 { parts.pop().unwrap() } else { Tensor::cat(&parts, 1) }
     }
 
     /// The categorical inputs as the networks take them: the batch (unless embedded) followed by
@@ -260,8 +266,10 @@ impl Vae {
     /// scvi-tools' `classify(use_posterior_mean = True)`. Panics without scANVI heads.
     pub fn classify(&self, mb: &Minibatch, train: bool) -> Tensor {
         let heads = self.scanvi.as_ref().expect("classify needs a scANVI model");
-        let inf = self.inference(mb, train);
-        heads.classify_z(&inf.qz.q_mean, train)
+        // Only q(z | x) runs, as in scvi-tools: no library encoder pass (whose BatchNorm
+        // statistics would otherwise also move on the labelled minibatch) and no sampling.
+        let qz = self.z_encoder.forward(&self.encoder_input(mb), &self.categoricals(&mb.batch_index, mb), train);
+        heads.classify_z(&qz.q_mean, train)
     }
 
 

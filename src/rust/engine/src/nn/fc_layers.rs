@@ -24,6 +24,26 @@ pub struct FcLayersConfig {
     pub bias: bool,
 }
 
+impl FcLayersConfig {
+    /// A plain stack: ReLU, bias, no covariates, no normalisation, no dropout; callers override
+    /// the rest with struct update syntax.
+    pub fn plain(n_in: i64, n_out: i64, n_layers: i64, n_hidden: i64) -> Self {
+        FcLayersConfig {
+            n_in,
+            n_out,
+            n_cat_list: vec![],
+            n_layers,
+            n_hidden,
+            dropout_rate: 0.0,
+            use_batch_norm: false,
+            use_layer_norm: false,
+            inject_covariates: true,
+            use_activation: true,
+            bias: true,
+        }
+    }
+}
+
 struct Block {
     linear: nn::Linear,
     batch_norm: Option<nn::BatchNorm>,
