@@ -18,7 +18,7 @@ log() { printf '[setup] %s\n' "$*"; }
 DEB_PACKAGES=(
   r-base-dev r-cran-testthat r-cran-matrix r-cran-seurat r-cran-seuratobject
   r-bioc-singlecellexperiment r-cran-pkgbuild r-cran-uwot r-cran-ggplot2 r-cran-roxygen2
-  r-cran-knitr r-cran-rmarkdown r-bioc-biocstyle r-cran-jsonlite
+  r-cran-knitr r-cran-rmarkdown r-bioc-biocstyle r-cran-jsonlite r-cran-mass pandoc
   libhdf5-dev pkg-config libopenblas0-openmp python3-pip unzip
 )
 missing=()
