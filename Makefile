@@ -1,29 +1,48 @@
 # Two commands do everything on a fresh Debian 12 machine (each runs the set-up first, which is
 # idempotent):
 #   make demo   train scVI on the bundled PBMC 3k and write plots to out/
-#   make test   run every test (Rust engine, the R package, and a build of the vignette)
+#   make test   run every test (Rust engine, the R package, R CMD check of the source tarball,
+#               a non-root user of the site-wide install)
+# `make install` builds the source tarball (vendored crates, built vignette) and installs it into
+# R's site library; libtorch lives where every user can read it (see tools/setup.sh).
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
-SCVIR_HOME ?= $(HOME)/.local/share/scviR
-export LIBTORCH ?= $(SCVIR_HOME)/libtorch-2.11.0/torch
+# Developer cache for the Rust build, outside the clone and reused between installs and checks.
+# Unset it (make ... SCVIR_CARGO_TARGET_DIR=) to build inside the package build tree instead.
 export SCVIR_CARGO_TARGET_DIR ?= $(HOME)/.cache/scviR/cargo-target
-export CARGO_TARGET_DIR := $(SCVIR_CARGO_TARGET_DIR)
 OUT ?= out
+BUILD := $(OUT)/build
+VERSION := $(shell sed -n 's/^Version: *//p' DESCRIPTION)
+TARBALL := $(BUILD)/scviR_$(VERSION).tar.gz
 
-.PHONY: setup install demo test test-rust test-r bench doc vignette
+.PHONY: setup vendor tarball install demo test bench doc vignette check
 
 setup:
 	bash tools/setup.sh
 
-install: setup
-	R CMD INSTALL --no-test-load . > $(SCVIR_HOME)/install.log 2>&1 || { tail -n 60 $(SCVIR_HOME)/install.log; exit 1; }
-	@echo "[install] scviR installed (log: $(SCVIR_HOME)/install.log)"
+vendor: setup
+	Rscript tools/vendor.R
+
+# The source tarball: what a user installs offline. R CMD build installs the package into a
+# temporary library to knit the vignette.
+tarball: vendor
+	@mkdir -p $(BUILD)
+	cd $(BUILD) && R CMD build --no-manual $(CURDIR) > build.log 2>&1 || { tail -n 60 build.log; exit 1; }
+	@echo "[tarball] $(TARBALL)"
+
+install: tarball
+	R CMD INSTALL $(TARBALL) > $(BUILD)/install.log 2>&1 || { tail -n 60 $(BUILD)/install.log; exit 1; }
+	@echo "[install] scviR installed into $$(Rscript -e 'cat(.libPaths()[1])') (log: $(BUILD)/install.log)"
 
 demo: install
 	Rscript inst/scripts/demo.R $(OUT)
 
 test: install
-	bash tools/run_tests.sh
+	bash tools/run_tests.sh $(TARBALL)
+
+# R CMD check of the source tarball, with the network cut (tools/check_tarball.sh).
+check: tarball
+	bash tools/check_tarball.sh $(TARBALL)
 
 bench: install
 	bash bench/run_bench.sh

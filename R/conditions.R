@@ -8,6 +8,10 @@ scvir_abort <- function(message, class = "scvir_input_error", call = NULL) {
 
 # Runs an engine call and maps its tagged errors (and Rust panics) to classed conditions.
 .engine <- function(expr) {
+  if (!is.null(.scvir_state$routines)) {
+    .rs_set_tuning(isTRUE(getOption("scviR.tune_blas", FALSE)),
+                   isTRUE(getOption("scviR.tune_allocator", FALSE)))
+  }
   tryCatch(expr, error = function(e) {
     # Arguments are evaluated lazily, inside this handler's reach: R-side checks pass through.
     if (inherits(e, "scvir_error")) stop(e)

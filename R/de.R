@@ -37,6 +37,7 @@
 #' @param object An `scvi_model`, or a Seurat / SingleCellExperiment object that `scvi()` was run on.
 #' @param groupby Column of the cell metadata (or a vector with one value per cell) defining the
 #'   groups.
+#'   For a Seurat object, `NULL` (with no `idx1`) uses the identity classes, `Idents(object)`.
 #' @param group1 Groups to test, each against `group2` (default: all groups).
 #' @param group2 Reference group; `NULL` compares with all other cells ("Rest").
 #' @param idx1,idx2 Cells of group 1 / group 2 instead of `groupby`: a logical vector, 1-based
@@ -68,13 +69,23 @@
 #'   columns (see Details) and `comparison`, `group1`, `group2`. Within a comparison rows are
 #'   sorted by `proba_de` (change) or `bayes_factor` (vanilla), decreasing. Row names are the
 #'   genes when there is one comparison.
-#' @examples
-#' \dontrun{
-#' seu <- scvi(pbmc)
-#' de <- differential_expression(seu, groupby = "cell_type", group1 = "B cells", mode = "change")
-#' head(de[de$is_de_fdr_0.05 & de$lfc_mean > 0, c("gene", "proba_de", "lfc_mean")])
-#' plot_de(de)
-#' }
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' pbmc_small <- scvi(pbmc_small, use_highly_variable_genes = FALSE, max_epochs = 5,
+#'                    seed = 1, n_threads = 1, verbose = FALSE)
+#' # cluster 0 against all other cells, in change mode
+#' de <- differential_expression(pbmc_small, groupby = "RNA_snn_res.1", group1 = "0",
+#'                               mode = "change", n_samples_overall = 1000, seed = 1,
+#'                               silent = TRUE)
+#' head(de[, c("gene", "proba_de", "lfc_mean", "is_de_fdr_0.05")])
+#' # every cluster against the rest, vanilla mode
+#' de_all <- differential_expression(pbmc_small, groupby = "RNA_snn_res.1",
+#'                                   n_samples_overall = 1000, seed = 1, silent = TRUE)
+#' table(de_all$comparison)
+#' # groups given as cells: group "g1" against group "g2"
+#' de_g <- differential_expression(pbmc_small, idx1 = "groups == 'g1'", idx2 = "groups == 'g2'",
+#'                                 n_samples_overall = 1000, seed = 1, silent = TRUE)
+#' head(de_g[, c("gene", "proba_m1", "bayes_factor")])
 #' @export
 differential_expression <- function(object, groupby = NULL, group1 = NULL, group2 = NULL,
                                     idx1 = NULL, idx2 = NULL, mode = "vanilla", delta = 0.25,
@@ -108,6 +119,11 @@ differential_expression <- function(object, groupby = NULL, group1 = NULL, group
   d <- .query_data(fit, inputs$newdata, inputs$batch, NULL, inputs$covariates)
   n_cells <- ncol(d$counts)
   meta <- .de_metadata(object, metadata, newdata, n_cells)
+  # Seurat's convention (FindAllMarkers): without a grouping, the cells' identity classes.
+  if (is.null(groupby) && is.null(idx1) && is.null(idx2) && is.null(newdata) &&
+      inherits(object, "Seurat")) {
+    groupby <- SeuratObject::Idents(object)
+  }
   comparisons <- .de_comparisons(meta, n_cells, groupby, group1, group2, idx1, idx2)
 
   b1 <- .de_batches(fit, batchid1, batch_correction, "batchid1")
@@ -314,10 +330,14 @@ differential_expression <- function(object, groupby = NULL, group1 = NULL, group
 #' @param n_labels Genes to label per comparison.
 #' @param comparisons Comparisons to draw (default: all).
 #' @return A ggplot object.
-#' @examples
-#' \dontrun{
-#' plot_de(differential_expression(fit, groupby = "cell_type", mode = "change"))
-#' }
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE) && requireNamespace("ggplot2", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' fit <- scvi_model(pbmc_small[["RNA"]]@counts, max_epochs = 5, seed = 1, n_threads = 1,
+#'                   verbose = FALSE)
+#' de <- differential_expression(fit, groupby = pbmc_small$RNA_snn_res.1, group1 = "1",
+#'                               mode = "change", n_samples_overall = 1000, seed = 1,
+#'                               silent = TRUE)
+#' plot_de(de, n_labels = 6)
 #' @export
 plot_de <- function(de, n_labels = 10L, comparisons = NULL) {
   .need("ggplot2")

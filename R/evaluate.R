@@ -16,7 +16,7 @@
 #' Evaluate a trained model on cells (the training data by default), in evaluation mode, with
 #' scvi-tools' sign conventions:
 #' * `get_elbo()`: the ELBO, `-(reconstruction loss + KL)` per cell (higher is better); note that
-#'   `history()`'s `elbo_*` columns are the training objective, its negative.
+#'   `training_history()`'s `elbo_*` columns are the training objective, its negative.
 #' * `get_reconstruction_error()`: `list(reconstruction_loss = )`, the mean of `-log p(x | z)`
 #'   (lower is better), as scvi-tools' dictionary.
 #' * `get_marginal_ll()`: an importance-sampling estimate of `log p(x)` with `n_mc_samples`
@@ -33,6 +33,15 @@
 #' @param return_mean Return the mean over cells (`TRUE`) or one value per cell.
 #' @param n_mc_samples Importance samples per cell.
 #' @return A number, or a named vector with one value per cell.
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' fit <- scvi_model(pbmc_small[["RNA"]]@counts, max_epochs = 5, seed = 1, n_threads = 1,
+#'                   verbose = FALSE)
+#' get_elbo(fit)
+#' get_reconstruction_error(fit)
+#' get_marginal_ll(fit, n_mc_samples = 20)
+#' # one value per cell, for the validation cells
+#' get_elbo(fit, indices = validation_indices(fit), return_mean = FALSE)
 #' @name evaluation
 NULL
 
@@ -91,6 +100,13 @@ get_marginal_ll <- function(object, newdata = NULL, batch = NULL, indices = NULL
 #' @inheritParams get_latent_representation
 #' @param give_mean Posterior mean (`TRUE`) or the library the model uses (`FALSE`).
 #' @return A named vector with one value per cell.
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' # a model that learns the library size
+#' fit <- scvi_model(pbmc_small[["RNA"]]@counts, use_observed_lib_size = FALSE,
+#'                   max_epochs = 5, seed = 1, n_threads = 1, verbose = FALSE)
+#' head(get_latent_library_size(fit))
+#' head(Matrix::colSums(pbmc_small[["RNA"]]@counts)) # observed library sizes
 #' @export
 get_latent_library_size <- function(object, newdata = NULL, batch = NULL, indices = NULL,
                                     give_mean = TRUE, batch_size = 128L, seed = NULL,
@@ -128,6 +144,13 @@ get_latent_library_size <- function(object, newdata = NULL, batch = NULL, indice
 #' @param n_samples Posterior samples of z.
 #' @param give_mean Average over the samples.
 #' @return A list with `mean` and, where the likelihood has them, `dispersions` and `dropout`.
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' fit <- scvi_model(pbmc_small[["RNA"]]@counts, max_epochs = 5, seed = 1, n_threads = 1,
+#'                   verbose = FALSE)
+#' params <- get_likelihood_parameters(fit)
+#' names(params)
+#' params$mean[1:5, 1:3]
 #' @export
 get_likelihood_parameters <- function(object, newdata = NULL, batch = NULL, indices = NULL,
                                       n_samples = 1L, give_mean = FALSE, batch_size = 128L,
@@ -157,6 +180,15 @@ get_likelihood_parameters <- function(object, newdata = NULL, batch = NULL, indi
 #' @param n_samples Number of samples.
 #' @param gene_list Genes to return (default: all model genes).
 #' @return A `dgCMatrix` (genes x cells), or a list of `n_samples` of them.
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' fit <- scvi_model(pbmc_small[["RNA"]]@counts, max_epochs = 5, seed = 1, n_threads = 1,
+#'                   verbose = FALSE)
+#' x <- posterior_predictive_sample(fit)
+#' x[1:5, 1:5]
+#' # three samples of two genes
+#' samples <- posterior_predictive_sample(fit, n_samples = 3, gene_list = c("MS4A1", "CD79A"))
+#' length(samples)
 #' @export
 posterior_predictive_sample <- function(object, newdata = NULL, batch = NULL, indices = NULL,
                                         n_samples = 1L, gene_list = NULL, batch_size = 128L,
@@ -193,6 +225,13 @@ posterior_predictive_sample <- function(object, newdata = NULL, batch = NULL, in
 #' @param transform_batch Batch names to condition on (`NULL`: each cell's own batch).
 #' @param correlation_type `"spearman"` or `"pearson"`.
 #' @return A genes x genes correlation matrix.
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' fit <- scvi_model(pbmc_small[["RNA"]]@counts, max_epochs = 5, seed = 1, n_threads = 1,
+#'                   verbose = FALSE)
+#' cm <- get_feature_correlation_matrix(fit, n_samples = 5)
+#' genes <- c("MS4A1", "CD79A", "CD3E", "GNLY", "NKG7")
+#' round(cm[genes, genes], 2)
 #' @export
 get_feature_correlation_matrix <- function(object, newdata = NULL, batch = NULL, indices = NULL,
                                            n_samples = 10L, batch_size = 64L,

@@ -1,4 +1,5 @@
-# Thin R wrappers over the Rust routines registered by the extendr module `scviR`.
+# Thin R wrappers over the Rust routines registered by the extendr module `scviR`, bound when the
+# package loads (R/zzz.R).
 # Internal: user-facing functions validate their inputs before calling these. Data-taking
 # routines receive two bundles, built by .data_arg() and .opts_arg().
 
@@ -17,35 +18,49 @@
 }
 
 .rs_train <- function(data, genes, batches, batch_key, registry_json, model_json, train_json,
-                      n_threads, progress_every, accelerator, device_index, init_model = NULL) {
-  .Call(wrap__scvir_train, data, genes, batches, batch_key, registry_json, model_json, train_json,
-        n_threads, progress_every, accelerator, device_index, init_model)
+                      n_threads, progress, accelerator, device_index, init_model = NULL) {
+  .rs_call("scvir_train", data, genes, batches, batch_key, registry_json, model_json, train_json,
+        n_threads, progress, accelerator, device_index, init_model)
 }
-.rs_model_meta <- function(model) .Call(wrap__scvir_model_meta, model)
+.rs_model_meta <- function(model) .rs_call("scvir_model_meta", model)
 .rs_latent <- function(model, data, opts, what, mc_samples) {
-  .Call(wrap__scvir_latent, model, data, opts, what, mc_samples)
+  .rs_call("scvir_latent", model, data, opts, what, mc_samples)
 }
 .rs_normalized_expression <- function(model, data, opts, transform_batches, library_size,
                                       n_samples, return_mean) {
-  .Call(wrap__scvir_normalized_expression, model, data, opts, transform_batches, library_size,
+  .rs_call("scvir_normalized_expression", model, data, opts, transform_batches, library_size,
         n_samples, return_mean)
 }
 .rs_evaluate <- function(model, data, opts, what, n, give_mean) {
-  .Call(wrap__scvir_evaluate, model, data, opts, what, n, give_mean)
+  .rs_call("scvir_evaluate", model, data, opts, what, n, give_mean)
 }
 .rs_denoised_samples <- function(model, data, opts, transform_batch, n_samples, rna_size_factor) {
-  .Call(wrap__scvir_denoised_samples, model, data, opts, transform_batch, n_samples, rna_size_factor)
+  .rs_call("scvir_denoised_samples", model, data, opts, transform_batch, n_samples, rna_size_factor)
 }
-.rs_read_h5ad <- function(path, layer) .Call(wrap__scvir_read_h5ad, path, layer)
-.rs_cuda_available <- function() .Call(wrap__scvir_cuda_available)
-.rs_debug_panic <- function() .Call(wrap__scvir_debug_panic)
-.rs_tune_blas <- function() .Call(wrap__scvir_tune_blas)
+.rs_read_h5ad <- function(path, layer) .rs_call("scvir_read_h5ad", path, layer)
+.rs_cuda_available <- function() .rs_call("scvir_cuda_available")
+.rs_debug_panic <- function() .rs_call("scvir_debug_panic")
+.rs_blas_info <- function() .rs_call("scvir_blas_info")
 .rs_de_compare <- function(model, data, opts, cells1, cells2, batches1, batches2, mode, delta,
                            pseudocounts, n_samples_overall, threshold_counts, test_mode) {
-  .Call(wrap__scvir_de_compare, model, data, opts, as.integer(cells1), as.integer(cells2),
+  .rs_call("scvir_de_compare", model, data, opts, as.integer(cells1), as.integer(cells2),
         as.integer(batches1), as.integer(batches2), mode, as.numeric(delta), as.numeric(pseudocounts),
         as.integer(n_samples_overall), as.numeric(threshold_counts), test_mode)
 }
 .rs_predict <- function(model, data, opts, use_posterior_mean) {
-  .Call(wrap__scvir_predict, model, data, opts, use_posterior_mean)
+  .rs_call("scvir_predict", model, data, opts, use_posterior_mean)
+}
+.rs_available_cores <- function() .rs_call("scvir_available_cores")
+.rs_set_tuning <- function(tune_blas, tune_allocator) {
+  .rs_call("scvir_set_tuning", tune_blas, tune_allocator)
+}
+
+# Calls a registered routine; without the engine (libtorch missing) a classed error says why.
+.rs_call <- function(name, ...) {
+  routine <- .scvir_state$routines[[paste0("wrap__", name)]]
+  if (is.null(routine)) {
+    scvir_abort(.scvir_state$load_error %||% sprintf("scviR's engine has no routine %s", name),
+                "scvir_setup_error")
+  }
+  .Call(routine, ...)
 }

@@ -15,6 +15,16 @@
 #' @param overwrite Replace an existing model in `dir`.
 #' @param save_data Also save the training counts (so that the loaded model needs no `newdata`).
 #' @return `save_model()`: `dir`, invisibly. `load_model()`: an `scvi_model`.
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' fit <- scvi_model(pbmc_small[["RNA"]]@counts, max_epochs = 5, seed = 1, n_threads = 1,
+#'                   verbose = FALSE)
+#' dir <- tempfile("scvi_model_")
+#' save_model(fit, dir)
+#' list.files(dir)
+#' fit2 <- load_model(dir)
+#' all.equal(get_latent_representation(fit), get_latent_representation(fit2))
+#' unlink(dir, recursive = TRUE)
 #' @export
 save_model <- function(object, dir, overwrite = FALSE, save_data = TRUE) {
   fit <- .fit_of(object)
@@ -63,9 +73,12 @@ load_model <- function(dir) {
 #' @param path File path.
 #' @param layer Layer to read as counts instead of `X`.
 #' @return A SingleCellExperiment.
-#' @examples
-#' sce <- read_h5ad(system.file("extdata", "pbmc3k_hvg2000.h5ad", package = "scviR"))
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' # PBMC 3k (10x Genomics), 2,000 highly variable genes, with published cell types
+#' path <- system.file("extdata", "pbmc3k_hvg2000.h5ad", package = "scviR")
+#' sce <- read_h5ad(path)
 #' sce
+#' table(sce$cell_type)
 #' @export
 read_h5ad <- function(path, layer = NULL) {
   .need("SingleCellExperiment")

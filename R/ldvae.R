@@ -12,13 +12,12 @@
 #' @param counts Raw counts, genes x cells (see [scvi_model()]).
 #' @param ... Any argument of [scvi_model()].
 #' @return An `scvi_model` whose `model_type` is `"LDVAE"`.
-#' @examples
-#' \donttest{
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
 #' data("pbmc_small", package = "SeuratObject")
-#' counts <- pbmc_small[["RNA"]]@counts
-#' fit <- ldvae(counts, max_epochs = 20, seed = 1)
+#' fit <- ldvae(pbmc_small[["RNA"]]@counts, n_latent = 5, max_epochs = 5, seed = 1,
+#'              n_threads = 1, verbose = FALSE)
+#' fit
 #' head(get_loadings(fit))
-#' }
 #' @export
 ldvae <- function(counts, ...) scvi_model(counts, linear_decoder = TRUE, ...)
 
@@ -30,6 +29,14 @@ ldvae <- function(counts, ...) scvi_model(counts, linear_decoder = TRUE, ...)
 #'
 #' @param object An LDVAE model (or a Seurat / SingleCellExperiment object holding one).
 #' @return A genes x latent matrix, columns `Z_0`, `Z_1`, ... as in scvi-tools.
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' fit <- ldvae(pbmc_small[["RNA"]]@counts, n_latent = 5, max_epochs = 5, seed = 1,
+#'              n_threads = 1, verbose = FALSE)
+#' loadings <- get_loadings(fit)
+#' dim(loadings)
+#' # the genes with the largest loadings on the first factor
+#' head(loadings[order(-abs(loadings[, "Z_0"])), ])
 #' @export
 get_loadings <- function(object) {
   fit <- .fit_of(object)

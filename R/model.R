@@ -8,7 +8,7 @@
 #' epochs and a 90/10 train/validation split.
 #'
 #' Differences from scvi-tools, by choice: the validation set is evaluated every epoch
-#' (`check_val_every_n_epoch = 1`) so that [history()] always holds `elbo_validation`;
+#' (`check_val_every_n_epoch = 1`) so that [training_history()] always holds `elbo_validation`;
 #' scvi-tools' seed-less default draws a random seed, here `seed = NULL` draws it from R's
 #' random number generator, so [set.seed()] makes runs repeatable too.
 #'
@@ -85,14 +85,18 @@
 #' @param keep_data Keep the (gene-selected) counts inside the model so that queries need no
 #'   `newdata`.
 #' @return An object of class `scvi_model`: use [get_latent_representation()],
-#'   [get_normalized_expression()], [history()], `plot()`, [save_model()].
-#' @examples
-#' \donttest{
+#'   [get_normalized_expression()], [training_history()], `plot()`, [save_model()].
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
 #' data("pbmc_small", package = "SeuratObject")
-#' counts <- pbmc_small[["RNA"]]@counts
-#' fit <- scvi_model(counts, max_epochs = 20, seed = 1)
+#' counts <- pbmc_small[["RNA"]]@counts # 230 genes x 80 cells
+#' # 5 epochs keep the example fast; real analyses train for hundreds (max_epochs = NULL).
+#' fit <- scvi_model(counts, max_epochs = 5, seed = 1, n_threads = 1, verbose = FALSE)
+#' fit
 #' head(get_latent_representation(fit))
-#' }
+#' # the g1 / g2 groups as batches, a negative binomial likelihood and 5 latent dimensions
+#' fit_nb <- scvi_model(counts, batch = pbmc_small$groups, gene_likelihood = "nb",
+#'                      n_latent = 5, max_epochs = 5, seed = 1, n_threads = 1, verbose = FALSE)
+#' fit_nb$batches
 #' @export
 scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariates = NULL,
                        continuous_covariates = NULL, size_factor = NULL,
@@ -181,9 +185,13 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
             init_model = .init_model)
 }
 
+# Threads: the argument, else options(scviR.threads), else the CPUs this process may use (its
+# affinity mask and cgroup quota, OMP_NUM_THREADS, SLURM_CPUS_PER_TASK).
 .default_threads <- function(n_threads = NULL) {
-  n <- n_threads %||% getOption("scviR.threads", parallel::detectCores())
-  .check_count_arg(n, "n_threads")
+  n <- n_threads %||% getOption("scviR.threads") %||% .rs_available_cores()
+  n <- .check_count_arg(n, "n_threads")
+  if (n > 1024L) scvir_abort("n_threads must be at most 1024", "scvir_config_error")
+  n
 }
 
 `%||%` <- function(a, b) if (is.null(a)) b else a
@@ -244,17 +252,15 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
   n_threads <- .default_threads(n_threads)
   train$seed <- seed
   max_epochs <- train$max_epochs %||% .default_max_epochs(ncol(counts))
-  progress_every <- if (isTRUE(verbose)) max(1L, as.integer(ceiling(max_epochs / 10))) else 0L
-  if (isTRUE(verbose)) {
-    name <- if (!is.null(model$scanvi)) "scANVI" else if (isTRUE(model$linear_decoder)) "LDVAE" else "scVI"
-    message(sprintf("Training %s on %d cells x %d genes for %d epochs (%d thread%s, seed %d)",
-                    name, ncol(counts), nrow(counts), max_epochs, n_threads,
-                    if (n_threads == 1) "" else "s", seed))
-  }
+  name <- if (!is.null(model$scanvi)) "scANVI" else if (isTRUE(model$linear_decoder)) "LDVAE" else "scVI"
+  progress <- .progress_reporter(verbose, sprintf(
+    "Training %s on %d cells x %d genes for %d epochs (%d thread%s, seed %d)", name, ncol(counts),
+    nrow(counts), max_epochs, n_threads, if (n_threads == 1) "" else "s", seed))
+  if (!is.null(progress)) on.exit(progress$done(), add = TRUE)
   started <- proc.time()[["elapsed"]]
   res <- .engine(.rs_train(.data_arg(counts, codes, cov$engine), rownames(counts), batches,
                            batch_key %||% "", .to_json(registry), .to_json(model),
-                           .to_json(train), n_threads, progress_every, accelerator,
+                           .to_json(train), n_threads, progress$callback, accelerator,
                            as.integer(device_index), init_model))
   elapsed <- proc.time()[["elapsed"]] - started
   fit <- .new_fit(res$model, cells = colnames(counts),
@@ -318,11 +324,20 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
   fit
 }
 
-#' Print or summarise a model
+#' Print a model
 #'
-#' @param x,object An `scvi_model`.
+#' A short description of a model: its type, the data it was trained on (genes, cells and the
+#' training / validation / test split), batches, labels and covariates, its architecture and
+#' likelihood, and the last logged ELBO. [summary()][summary.scvi_model] gives more.
+#'
+#' @param x An `scvi_model`.
 #' @param ... Unused.
-#' @return The model, invisibly (`summary()`: a list of its settings, invisibly).
+#' @return The model, invisibly.
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' fit <- scvi_model(pbmc_small[["RNA"]]@counts, max_epochs = 5, seed = 1, n_threads = 1,
+#'                   verbose = FALSE)
+#' print(fit)
 #' @method print scvi_model
 #' @export
 print.scvi_model <- function(x, ...) {
@@ -363,16 +378,116 @@ print.scvi_model <- function(x, ...) {
   invisible(x)
 }
 
-#' @rdname print.scvi_model
+#' Summarise a model
+#'
+#' Collects what a model was trained on, how, and how training went. `summary()` prints
+#' nothing; printing its result (or autoprinting it) shows the summary.
+#'
+#' @param object An `scvi_model`.
+#' @param x A `summary.scvi_model`.
+#' @param ... Unused.
+#' @return `summary()`: an object of class `summary.scvi_model`, a list with `model_type`,
+#'   `engine_version`, `n_genes`, `n_cells`, `n_train`, `n_validation`, `n_test`, `n_batches`,
+#'   `batch_key`, `batches`, `n_labels`, `labels`, `categorical_covariates` (names),
+#'   `continuous_covariates`, `architecture` (the model's configuration), `training` (the
+#'   training options), `max_epochs`, `epochs_trained`, `elbo_train` and `elbo_validation` (last
+#'   logged values), `stopped_early`, `stopped_early_at`, `train_seconds`, `device` and `seed`;
+#'   for scANVI models also `known_labels`, `unlabeled_category` and `accuracy_validation`.
+#'   `print()`: `x`, invisibly.
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' fit <- scvi_model(pbmc_small[["RNA"]]@counts, max_epochs = 5, seed = 1, n_threads = 1,
+#'                   verbose = FALSE)
+#' s <- summary(fit)
+#' s$epochs_trained
+#' s
 #' @method summary scvi_model
 #' @export
 summary.scvi_model <- function(object, ...) {
-  print(object)
-  cat("  training: ", paste(sprintf("%s = %s", names(object$train_config),
-                                    vapply(object$train_config, function(v) paste(format(v), collapse = ","), "")),
-                            collapse = ", "), "\n", sep = "")
-  invisible(list(config = object$config, train_config = object$train_config,
-                 genes = object$genes, batches = object$batches))
+  h <- object$history
+  has_h <- is.data.frame(h) && nrow(h) > 0
+  last <- function(col) {
+    v <- if (has_h) h[[col]]
+    v <- v[!is.na(v)]
+    if (length(v)) v[length(v)] else NA_real_
+  }
+  out <- list(
+    model_type = object$model_type,
+    engine_version = object$engine_version,
+    n_genes = length(object$genes),
+    n_cells = length(object$cells),
+    n_train = length(object$train_indices),
+    n_validation = length(object$validation_indices),
+    n_test = length(object$test_indices),
+    n_batches = length(object$batches),
+    batch_key = object$batch_key,
+    batches = object$batches,
+    n_labels = length(object$labels),
+    labels = object$labels,
+    categorical_covariates = names(object$categorical_covariates),
+    continuous_covariates = object$continuous_covariates,
+    architecture = object$config,
+    training = object$train_config,
+    max_epochs = object$train_config$max_epochs,
+    epochs_trained = if (has_h) nrow(h) else 0L,
+    elbo_train = last("elbo_train"),
+    elbo_validation = last("elbo_validation"),
+    stopped_early = !is.null(object$stopped_early_at),
+    stopped_early_at = object$stopped_early_at,
+    train_seconds = object$train_seconds %||% NA_real_,
+    device = object$device,
+    seed = object$seed
+  )
+  if (inherits(object, "scanvi_model")) {
+    out$known_labels <- object$known_labels
+    out$unlabeled_category <- object$unlabeled_category
+    out$accuracy_validation <- last("accuracy_validation")
+  }
+  structure(out, class = "summary.scvi_model")
+}
+
+#' @rdname summary.scvi_model
+#' @method print summary.scvi_model
+#' @export
+print.summary.scvi_model <- function(x, ...) {
+  line <- function(label, items) {
+    if (!length(items)) return(invisible())
+    text <- strwrap(paste(items, collapse = ", "), width = max(40L, getOption("width") - 17L))
+    cat(sprintf("  %-14s %s\n", c(label, rep("", length(text) - 1L)), text), sep = "")
+  }
+  settings <- function(cfg) {
+    cfg <- cfg[!vapply(cfg, is.list, TRUE)]
+    vals <- vapply(cfg, function(v) if (!length(v)) "NULL" else paste(format(v), collapse = ","), "")
+    if (length(cfg)) paste(names(cfg), vals, sep = " = ") else character()
+  }
+  cat(sprintf("Summary of a %s model (scviR %s)\n", x$model_type, x$engine_version %||% "?"))
+  line("data:", sprintf("%d genes x %d cells (train %d, validation %d, test %d)", x$n_genes,
+                        x$n_cells, x$n_train, x$n_validation, x$n_test))
+  line("batches:", if (x$n_batches > 1) {
+    sprintf("%d (\"%s\": %s)", x$n_batches, x$batch_key %||% "batch",
+            paste(utils::head(x$batches, 5), collapse = ", "))
+  } else "none")
+  line("labels:", if (x$n_labels) {
+    sprintf("%d (%s%s)", x$n_labels, paste(utils::head(x$labels, 5), collapse = ", "),
+            if (x$n_labels > 5) ", ..." else "")
+  } else "none")
+  line("covariates:", c(x$categorical_covariates, x$continuous_covariates))
+  line("architecture:", settings(x$architecture[setdiff(names(x$architecture), "scanvi")]))
+  if (is.list(x$architecture$scanvi)) line("scANVI:", settings(x$architecture$scanvi))
+  line("training:", settings(x$training))
+  line("epochs:", sprintf("%d trained of %s%s", x$epochs_trained, format(x$max_epochs %||% NA),
+                          if (isTRUE(x$stopped_early)) {
+                            sprintf(" (stopped early at epoch %s)", format(x$stopped_early_at))
+                          } else ""))
+  line("final:", c(sprintf("elbo_train %.4g", x$elbo_train),
+                   if (!is.na(x$elbo_validation)) sprintf("elbo_validation %.4g", x$elbo_validation),
+                   if (!is.null(x$accuracy_validation) && !is.na(x$accuracy_validation)) {
+                     sprintf("accuracy_validation %.3f", x$accuracy_validation)
+                   }))
+  line("train time:", if (length(x$train_seconds) && !is.na(x$train_seconds)) {
+    sprintf("%.1f s%s", x$train_seconds, if (length(x$device)) paste(" on", x$device) else "")
+  } else "unknown")
+  invisible(x)
 }
 
 #' Training history of a model
@@ -382,59 +497,161 @@ summary.scvi_model <- function(object, ...) {
 #' `train_loss_epoch`, `kl_weight` and, on validation epochs, `elbo_validation`,
 #' `reconstruction_loss_validation`, `kl_local_validation`, `kl_global_validation`,
 #' `validation_loss`; plus `train_seconds` (wall time of the epoch's training part).
-#' Called with no argument, or on anything else, it is [utils::history()].
 #'
 #' @param x An `scvi_model`, or a Seurat / SingleCellExperiment object holding one.
-#' @param ... Passed to [utils::history()] for other objects.
+#' @param ... Unused.
 #' @return A data.frame with one row per epoch (`epoch` starts at 1).
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' fit <- scvi_model(pbmc_small[["RNA"]]@counts, max_epochs = 5, seed = 1, n_threads = 1,
+#'                   verbose = FALSE)
+#' h <- training_history(fit)
+#' h[, c("epoch", "elbo_train", "elbo_validation")]
 #' @export
-history <- function(x, ...) {
-  if (missing(x)) return(utils::history(...))
-  UseMethod("history")
-}
+training_history <- function(x, ...) UseMethod("training_history")
 
+#' @rdname training_history
 #' @export
-history.default <- function(x, ...) utils::history(x, ...)
+training_history.scvi_model <- function(x, ...) x$history
 
+#' @rdname training_history
 #' @export
-history.scvi_model <- function(x, ...) x$history
+training_history.Seurat <- function(x, ...) training_history(.fit_of(x))
 
+#' @rdname training_history
 #' @export
-history.Seurat <- function(x, ...) history(.fit_of(x))
-
-#' @export
-history.SingleCellExperiment <- function(x, ...) history(.fit_of(x))
+training_history.SingleCellExperiment <- function(x, ...) training_history(.fit_of(x))
 
 #' Plot the training history of a model
 #'
-#' Draws the ELBO per cell on the training set and, where evaluated, on the validation set,
-#' by epoch.
-#' @param x An `scvi_model`.
+#' Draws per-epoch series of the training history by epoch: by default the ELBO per cell on the
+#' training set and, where evaluated, on the validation set. `plot()` uses base graphics;
+#' `autoplot()` (with ggplot2 installed) returns the same plot as a ggplot object.
+#'
+#' Graphical parameters given in `...` replace the defaults (`main`, `xlab`, `ylab`, `xlim`,
+#' `ylim`); `col`, `lty`, `lwd`, `type` and `pch` apply per series (recycled), everything else
+#' goes to [graphics::plot()] for the frame.
+#'
+#' @param x,object An `scvi_model`.
 #' @param y Unused.
-#' @param ... Passed to [graphics::plot()].
-#' @return `x`, invisibly.
+#' @param metrics Columns of [training_history()] to draw; those never evaluated are left out.
+#' @param legend Position of the legend (see [graphics::legend()]), or `FALSE` for none.
+#' @param ... `plot()`: graphical parameters. `autoplot()`: unused.
+#' @return `plot()`: `x`, invisibly. `autoplot()`: a ggplot object.
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' fit <- scvi_model(pbmc_small[["RNA"]]@counts, max_epochs = 10, seed = 1, n_threads = 1,
+#'                   verbose = FALSE)
+#' plot(fit)
+#' plot(fit, main = "pbmc_small", col = c("black", "red"), lwd = 1, log = "y")
+#' if (requireNamespace("ggplot2", quietly = TRUE)) ggplot2::autoplot(fit)
 #' @export
-plot.scvi_model <- function(x, y, ...) {
-  h <- x$history
-  if (!is.data.frame(h) || !nrow(h)) scvir_abort("this model has no training history")
-  val <- if (!is.null(h$elbo_validation)) h$elbo_validation else rep(NA_real_, nrow(h))
-  yr <- range(c(h$elbo_train, val), na.rm = TRUE)
-  graphics::plot(h$epoch, h$elbo_train, type = "l", col = "#1f77b4", lwd = 2, ylim = yr,
-                 xlab = "epoch", ylab = "negative ELBO per cell (lower is better)",
-                 main = sprintf("%s training history", x$model_type), ...)
-  if (any(!is.na(val))) {
-    graphics::lines(h$epoch, val, col = "#d62728", lwd = 2)
+plot.scvi_model <- function(x, y, metrics = c("elbo_train", "elbo_validation"),
+                            legend = "topright", ...) {
+  series <- .history_series(x, metrics)
+  h <- series$history
+  metrics <- series$metrics
+  n <- length(metrics)
+  dots <- list(...)
+  if (length(dots) && (is.null(names(dots)) || any(names(dots) == ""))) {
+    scvir_abort("graphical parameters must be named (e.g. main = \"...\")")
   }
-  graphics::legend("topright", legend = c("elbo_train", "elbo_validation"),
-                   col = c("#1f77b4", "#d62728"), lwd = 2, bty = "n")
+  values <- unlist(h[metrics], use.names = FALSE)
+  frame <- list(xlim = range(h$epoch), ylim = range(values, finite = TRUE), xlab = "epoch",
+                ylab = .history_ylab(metrics),
+                main = sprintf("%s training history", .fit_of(x)$model_type))
+  per_series <- c("col", "lty", "lwd", "type", "pch")
+  style <- list(col = .history_colours(n), lty = 1, lwd = 2, type = "l", pch = 1)
+  given <- intersect(names(dots), per_series)
+  style[given] <- dots[given]
+  style <- lapply(style, function(v) rep_len(v, n))
+  dots[given] <- NULL
+  frame[names(dots)] <- NULL
+  do.call(graphics::plot, c(list(x = NULL), frame, dots))
+  for (i in seq_len(n)) {
+    v <- h[[metrics[i]]]
+    ok <- !is.na(v)
+    graphics::lines(h$epoch[ok], v[ok], col = style$col[i], lty = style$lty[i],
+                    lwd = style$lwd[i], type = style$type[i], pch = style$pch[i])
+  }
+  if (!isFALSE(legend)) {
+    points <- style$type %in% c("p", "b", "o")
+    graphics::legend(legend, legend = metrics, col = style$col,
+                     lty = ifelse(style$type == "p", 0, style$lty), lwd = style$lwd,
+                     pch = ifelse(points, style$pch, NA), bty = "n")
+  }
   invisible(x)
+}
+
+#' @rdname plot.scvi_model
+#' @method autoplot scvi_model
+#' @exportS3Method ggplot2::autoplot scvi_model
+autoplot.scvi_model <- function(object, metrics = c("elbo_train", "elbo_validation"), ...) {
+  .need("ggplot2")
+  series <- .history_series(object, metrics)
+  h <- series$history
+  metrics <- series$metrics
+  long <- do.call(rbind, lapply(metrics, function(m) {
+    ok <- !is.na(h[[m]])
+    data.frame(epoch = h$epoch[ok], value = h[[m]][ok], metric = m, stringsAsFactors = FALSE)
+  }))
+  long$metric <- factor(long$metric, levels = metrics)
+  ggplot2::ggplot(long, ggplot2::aes(x = .data$epoch, y = .data$value, colour = .data$metric)) +
+    ggplot2::geom_line(linewidth = 0.8) +
+    ggplot2::scale_colour_manual(values = stats::setNames(.history_colours(length(metrics)), metrics)) +
+    ggplot2::labs(x = "epoch", y = .history_ylab(metrics), colour = NULL,
+                  title = sprintf("%s training history", .fit_of(object)$model_type)) +
+    ggplot2::theme_bw()
+}
+
+# The training history and the requested metrics of it that hold values.
+.history_series <- function(x, metrics) {
+  h <- .fit_of(x)$history
+  if (!is.data.frame(h) || !nrow(h)) scvir_abort("this model has no training history")
+  if (!is.character(metrics) || !length(metrics)) {
+    scvir_abort("metrics must name columns of training_history()", "scvir_config_error")
+  }
+  unknown <- setdiff(metrics, setdiff(names(h), "epoch"))
+  if (length(unknown)) {
+    scvir_abort(sprintf("metric \"%s\" is not in the training history (columns: %s)", unknown[1],
+                        paste(setdiff(names(h), "epoch"), collapse = ", ")), "scvir_config_error")
+  }
+  metrics <- unique(metrics[vapply(metrics, function(m) any(!is.na(h[[m]])), TRUE)])
+  if (!length(metrics)) scvir_abort("none of the metrics was evaluated during training")
+  list(history = h, metrics = metrics)
+}
+
+.history_ylab <- function(metrics) {
+  if (all(startsWith(metrics, "elbo_"))) "negative ELBO per cell (lower is better)" else "value"
+}
+
+.history_colours <- function(n) {
+  rep_len(c("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+            "#7f7f7f", "#bcbd22", "#17becf"), n)
 }
 
 #' Cells used for training, validation and testing
 #'
-#' @param x An `scvi_model`.
+#' Before training, the cells are split into a training set, a validation set (monitored by
+#' [training_history()], early stopping and learning-rate reduction) and an optional test set,
+#' as scvi-tools splits them (`train_size`, `validation_size` and `shuffle_set_split` of
+#' [scvi_model()]). These functions give the cells of each set, for example to evaluate a model
+#' on held-out cells with `indices =` in [get_elbo()] or [get_marginal_ll()].
+#'
+#' @param x An `scvi_model`, or a Seurat / SingleCellExperiment object holding one.
 #' @return Integer positions (1-based) of the cells, in the order of the data the model was
 #'   fitted on.
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' fit <- scvi_model(pbmc_small[["RNA"]]@counts, max_epochs = 5, seed = 1, n_threads = 1,
+#'                   verbose = FALSE)
+#' length(train_indices(fit))
+#' validation_indices(fit)
+#' test_indices(fit) # empty: by default the cells not used for training validate
+#' # a test set: 80% training, 10% validation, the rest for testing
+#' fit2 <- scvi_model(pbmc_small[["RNA"]]@counts, train_size = 0.8, validation_size = 0.1,
+#'                    max_epochs = 5, seed = 1, n_threads = 1, verbose = FALSE)
+#' test_indices(fit2)
 #' @name split_indices
 NULL
 
@@ -479,6 +696,13 @@ test_indices <- function(x) .fit_of(x)$test_indices
 #' (scvi-tools' `get_batch_representation()`).
 #' @param object An `scvi_model`, or an object holding one.
 #' @return A batches x `batch_embedding_dim` matrix.
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' # pbmc_small's g1 / g2 groups as batches, each represented by a learnt vector
+#' fit <- scvi_model(pbmc_small[["RNA"]]@counts, batch = pbmc_small$groups,
+#'                   batch_representation = "embedding", max_epochs = 5, seed = 1,
+#'                   n_threads = 1, verbose = FALSE)
+#' get_batch_representation(fit)
 #' @export
 get_batch_representation <- function(object) {
   fit <- .fit_of(object)

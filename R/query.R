@@ -101,6 +101,16 @@
 #'   [scvi_model()]); objects supply them from their metadata.
 #' @param ... Unused.
 #' @return A cells x n_latent matrix (row names: cells).
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' fit <- scvi_model(pbmc_small[["RNA"]]@counts, max_epochs = 5, seed = 1, n_threads = 1,
+#'                   verbose = FALSE)
+#' z <- get_latent_representation(fit)
+#' dim(z)
+#' # one posterior sample instead of the mean, for the first five cells
+#' get_latent_representation(fit, give_mean = FALSE, indices = 1:5)
+#' # new cells: here the training cells themselves, given as counts
+#' head(get_latent_representation(fit, newdata = pbmc_small[["RNA"]]@counts))
 #' @export
 get_latent_representation <- function(object, ...) UseMethod("get_latent_representation")
 
@@ -159,6 +169,15 @@ get_latent_representation.SingleCellExperiment <- function(object, ...) {
 #' @param return_mean Average over the `n_samples` samples (`FALSE`: an array genes x cells x
 #'   samples).
 #' @return A genes x cells matrix (see `return_mean` and `n_samples_overall` for the others).
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' fit <- scvi_model(pbmc_small[["RNA"]]@counts, max_epochs = 5, seed = 1, n_threads = 1,
+#'                   verbose = FALSE)
+#' # expected counts per 10,000 (genes x cells)
+#' expr <- get_normalized_expression(fit, library_size = 1e4)
+#' expr[c("MS4A1", "CD79A", "GNLY"), 1:4]
+#' # the mean of 10 posterior samples, for two genes
+#' get_normalized_expression(fit, gene_list = c("MS4A1", "GNLY"), n_samples = 10)[, 1:4]
 #' @export
 get_normalized_expression <- function(object, ...) UseMethod("get_normalized_expression")
 

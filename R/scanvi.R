@@ -15,7 +15,7 @@
 #' trains from scratch with scVI's defaults (`max_epochs = h`); architecture and training options
 #' go in `...` as for [scvi_model()].
 #'
-#' [history()] of a scANVI model adds the classifier's cross-entropy and accuracy on the
+#' [training_history()] of a scANVI model adds the classifier's cross-entropy and accuracy on the
 #' labelled training minibatches (`classification_loss_train`, `accuracy_train`, means over the
 #' epoch's steps) and on the labelled validation cells (`classification_loss_validation`,
 #' `accuracy_validation`).
@@ -33,13 +33,28 @@
 #'   the metadata column `prediction_key` and the model in `@misc$scanvi`; for a
 #'   SingleCellExperiment, `reducedDim(sce, "scANVI")`, a `colData` column and
 #'   `metadata(sce)$scanvi`.
-#' @examples
-#' \dontrun{
-#' seu <- scvi(seu)
-#' seu <- scanvi(seu, labels_key = "cell_type", unlabeled_category = "Unknown", scvi_fit = seu)
-#' table(seu$scanvi_predictions)
-#' probs <- predict(seu, soft = TRUE)
-#' }
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' # 330 cells of the bundled PBMC 3k data, with their published cell types
+#' sce <- read_h5ad(system.file("extdata", "pbmc3k_hvg2000.h5ad", package = "scviR"))
+#' sce <- sce[, seq(1, ncol(sce), by = 8)]
+#' # hide the cell type of every third cell; scANVI annotates them
+#' hidden <- seq(1, ncol(sce), by = 3)
+#' masked <- as.character(sce$cell_type)
+#' masked[hidden] <- "Unknown"
+#' sce$masked <- masked
+#' sce <- scvi(sce, max_epochs = 5, seed = 1, n_threads = 1, verbose = FALSE)
+#' sce <- scanvi(sce, labels_key = "masked", scvi_fit = sce, max_epochs = 5, seed = 1,
+#'               n_threads = 1, verbose = FALSE)
+#' table(truth = sce$cell_type[hidden], predicted = sce$scanvi_predictions[hidden])
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' # a count matrix, trained from scratch: pbmc_small's clusters as labels, ten of them hidden
+#' data("pbmc_small", package = "SeuratObject")
+#' labels <- as.character(pbmc_small$RNA_snn_res.1)
+#' hidden <- seq(1, 80, by = 8)
+#' labels[hidden] <- "Unknown"
+#' fit <- scanvi(pbmc_small[["RNA"]]@counts, labels = labels, max_epochs = 5, seed = 1,
+#'               n_threads = 1, verbose = FALSE)
+#' table(truth = pbmc_small$RNA_snn_res.1[hidden], predicted = predict(fit)[hidden])
 #' @export
 scanvi <- function(object, ...) UseMethod("scanvi")
 
@@ -81,6 +96,8 @@ scanvi.default <- function(object, labels, unlabeled_category = "Unknown", scvi_
 #' @param labels_key Metadata column holding the labels (objects).
 #' @param prediction_key Metadata column receiving the predicted labels (objects).
 #' @param reduction_name,reduction_key Name and key of the Seurat `DimReduc`.
+#' @param reduction.name,reduction.key Seurat-style spellings of `reduction_name` and
+#'   `reduction_key` (give one spelling or the other).
 #' @export
 scanvi.Seurat <- function(object, labels_key, unlabeled_category = "Unknown", scvi_fit = NULL,
                           classification_ratio = 50, y_prior = NULL, labels_groups = NULL,
@@ -88,8 +105,12 @@ scanvi.Seurat <- function(object, labels_key, unlabeled_category = "Unknown", sc
                           n_samples_per_label = NULL, max_epochs = NULL, seed = NULL,
                           n_threads = NULL, verbose = TRUE,
                           prediction_key = "scanvi_predictions", reduction_name = "scanvi",
-                          reduction_key = "scanvi_", ...) {
+                          reduction_key = "scanvi_", reduction.name = NULL, reduction.key = NULL,
+                          ...) {
   .need("SeuratObject")
+  call <- match.call()
+  reduction_name <- .dot_alias(reduction_name, reduction.name, "reduction_name", !missing(reduction_name))
+  reduction_key <- .dot_alias(reduction_key, reduction.key, "reduction_key", !missing(reduction_key))
   meta <- object@meta.data
   args <- .scanvi_object_args(meta, scvi_fit, list(...))
   input <- .seurat_counts(object, args$source$assay %||% args$dots$assay,
@@ -108,7 +129,10 @@ scanvi.Seurat <- function(object, labels_key, unlabeled_category = "Unknown", sc
   object@meta.data[[prediction_key]] <- predict(fit, newdata = newdata, batch = args$batch,
                                                 covariates = args$cov)
   object@misc$scanvi <- fit
-  object
+  params <- .command_params(scanvi.Seurat, environment(), list(...),
+                            drop = c("reduction.name", "reduction.key"))
+  params$assay <- input$assay
+  .log_seurat_command(object, paste0("scanvi.", input$assay), input$assay, call, params)
 }
 
 #' @rdname scanvi
@@ -329,6 +353,19 @@ scanvi.SingleCellExperiment <- function(object, labels_key, unlabeled_category =
 #' @param ... Unused.
 #' @return A factor of labels (levels: the known labels), or with `soft = TRUE` a cells x labels
 #'   matrix whose rows sum to 1.
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' counts <- pbmc_small[["RNA"]]@counts
+#' # pbmc_small's clusters as labels, ten of them hidden
+#' labels <- as.character(pbmc_small$RNA_snn_res.1)
+#' hidden <- seq(1, 80, by = 8)
+#' labels[hidden] <- "Unknown"
+#' fit <- scanvi(counts, labels = labels, max_epochs = 5, seed = 1, n_threads = 1,
+#'               verbose = FALSE)
+#' predict(fit, indices = hidden)
+#' round(predict(fit, indices = hidden, soft = TRUE), 3)
+#' # other cells, given as counts (here the same cells)
+#' table(predict(fit, newdata = counts))
 #' @export
 predict.scanvi_model <- function(object, newdata = NULL, batch = NULL, covariates = NULL,
                                  soft = FALSE, batch_size = 128L, indices = NULL,
@@ -343,18 +380,57 @@ predict.scanvi_model <- function(object, newdata = NULL, batch = NULL, covariate
   factor(object$known_labels[max.col(p, ties.method = "first")], levels = object$known_labels)
 }
 
-#' @rdname predict.scanvi_model
+#' Predict cell labels with scANVI, from a model or an annotated object
+#'
+#' The labels (or label probabilities) that a scANVI model's classifier gives cells. For a
+#' `scanvi_model` this is [predict()][predict.scanvi_model]. For a Seurat or SingleCellExperiment
+#' object that [scanvi()] was run on, the object's cells are classified: their counts, batches and
+#' covariates are read from the object as in training.
+#'
+#' @param object A `scanvi_model`, or a Seurat / SingleCellExperiment object that [scanvi()] was
+#'   run on.
+#' @param ... Passed to [predict.scanvi_model()]: `soft`, `use_posterior_mean`, `batch_size`,
+#'   `n_threads`, `seed`, and for a model also `newdata`, `batch`, `covariates`, `indices`.
+#' @return A factor of labels with one value per cell (levels: the known labels), or with
+#'   `soft = TRUE` a cells x labels matrix of probabilities whose rows sum to 1.
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' data("pbmc_small", package = "SeuratObject")
+#' # pbmc_small's clusters as labels, ten of them hidden
+#' masked <- as.character(pbmc_small$RNA_snn_res.1)
+#' masked[seq(1, 80, by = 8)] <- "Unknown"
+#' pbmc_small$masked <- masked
+#' pbmc_small <- scvi(pbmc_small, use_highly_variable_genes = FALSE, max_epochs = 5,
+#'                    seed = 1, n_threads = 1, verbose = FALSE)
+#' pbmc_small <- scanvi(pbmc_small, labels_key = "masked", scvi_fit = pbmc_small,
+#'                      max_epochs = 5, seed = 1, n_threads = 1, verbose = FALSE)
+#' table(predict_labels(pbmc_small))
+#' probs <- predict_labels(pbmc_small, soft = TRUE)
+#' head(round(probs, 3))
+#' # the confidence of each cell's annotation
+#' pbmc_small$scanvi_confidence <- apply(probs, 1, max)
+#' summary(pbmc_small$scanvi_confidence)
+#' @importFrom stats predict
 #' @export
-predict.Seurat <- function(object, ...) {
-  d <- .seurat_query_inputs(object, "scanvi")
-  predict(d$fit, newdata = d$counts[d$fit$genes, , drop = FALSE], batch = d$batch,
-          covariates = d$covariates, ...)
-}
-
-#' @rdname predict.scanvi_model
-#' @export
-predict.SingleCellExperiment <- function(object, ...) {
-  d <- .sce_query_inputs(object, "scanvi")
+predict_labels <- function(object, ...) {
+  if (inherits(object, "scanvi_model")) return(predict(object, ...))
+  if (inherits(object, "scvi_model")) {
+    scvir_abort(sprintf("predict_labels() needs a scANVI model (scanvi_model), not an %s model (scvi_model)",
+                        object$model_type %||% "SCVI"))
+  }
+  d <- if (inherits(object, "Seurat")) {
+    .seurat_query_inputs(object, "scanvi")
+  } else if (methods::is(object, "SingleCellExperiment")) {
+    .sce_query_inputs(object, "scanvi")
+  } else {
+    scvir_abort(sprintf("expected a scanvi_model, a Seurat or a SingleCellExperiment object, not %s",
+                        class(object)[1]))
+  }
+  given <- intersect(c("newdata", "batch", "covariates", "indices"), ...names())
+  if (length(given)) {
+    scvir_abort(sprintf(paste("%s: the cells of an object are its own; for other cells call",
+                              "predict_labels() on the model (e.g. object@misc$scanvi)"),
+                        paste(given, collapse = ", ")), "scvir_config_error")
+  }
   predict(d$fit, newdata = d$counts[d$fit$genes, , drop = FALSE], batch = d$batch,
           covariates = d$covariates, ...)
 }

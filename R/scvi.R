@@ -9,7 +9,7 @@
 #' * a matrix: the fitted `scvi_model` itself.
 #'
 #' The model travels with the object, so [get_latent_representation()],
-#' [get_normalized_expression()] and [history()] accept the object afterwards. If training
+#' [get_normalized_expression()] and [training_history()] accept the object afterwards. If training
 #' fails or is interrupted (Ctrl-C), the object is returned unchanged: nothing is modified
 #' until training has finished.
 #'
@@ -18,13 +18,19 @@
 #' @param ... Model and training arguments passed to [scvi_model()] (`n_latent`,
 #'   `gene_likelihood`, `max_epochs`, `seed`, `n_top_genes`, `features`, ...).
 #' @return The object with results added (a `scvi_model` for matrix input).
-#' @examples
-#' \donttest{
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' # Seurat: SeuratObject's pbmc_small (80 cells x 230 genes). It flags only 20 variable
+#' # genes; train on all 230 instead. Real analyses train for hundreds of epochs.
 #' data("pbmc_small", package = "SeuratObject")
-#' # pbmc_small flags only 20 variable genes; train on all 230 instead.
-#' pbmc_small <- scvi(pbmc_small, max_epochs = 20, seed = 1, use_highly_variable_genes = FALSE)
+#' pbmc_small <- scvi(pbmc_small, use_highly_variable_genes = FALSE, max_epochs = 5,
+#'                    seed = 1, n_threads = 1, verbose = FALSE)
 #' head(SeuratObject::Embeddings(pbmc_small, "scvi"))
-#' }
+#' training_history(pbmc_small)[, c("epoch", "elbo_train", "elbo_validation")]
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' # SingleCellExperiment: 300 cells of the bundled PBMC 3k data (2,000 genes).
+#' sce <- read_h5ad(system.file("extdata", "pbmc3k_hvg2000.h5ad", package = "scviR"))
+#' sce <- scvi(sce[, 1:300], max_epochs = 5, seed = 1, n_threads = 1, verbose = FALSE)
+#' dim(SingleCellExperiment::reducedDim(sce, "scVI"))
 #' @export
 scvi <- function(object, ...) UseMethod("scvi")
 
@@ -58,20 +64,28 @@ scvi <- function(object, ...) UseMethod("scvi")
 #'   `X_scvi_denoised`) and the expected counts (`scvi_sample_rate`: library x proportions,
 #'   `X_scvi_sample_rate`), as Seurat assays or SingleCellExperiment assays (in
 #'   `altExp(sce, "scvi")` when the model uses a subset of the genes). They are dense, 8 bytes
-#'   per gene and cell each: the default `NULL` stores them up to 50 million genes x cells
-#'   (400 MB each) and otherwise says it skipped them; `TRUE` always stores them, `FALSE` never.
+#'   per gene and cell each, so the default `FALSE` leaves them out (they can be computed at any
+#'   time with [get_normalized_expression()]); `TRUE` stores them, as the scanpy wrapper does;
+#'   `NULL` stores them up to 50 million genes x cells (400 MB each) and otherwise says it
+#'   skipped them.
 #' @param reduction_name,reduction_key Name and key of the Seurat `DimReduc`.
+#' @param reduction.name,reduction.key Seurat-style spellings of `reduction_name` and
+#'   `reduction_key` (give one spelling or the other).
 #' @export
 scvi.Seurat <- function(object, assay = NULL, layer = "counts", batch_key = NULL,
                         labels_key = NULL, categorical_covariate_keys = NULL,
                         continuous_covariate_keys = NULL, size_factor_key = NULL,
                         n_epochs = NULL, use_highly_variable_genes = TRUE, subset_genes = NULL,
                         linear_decoder = FALSE, copy = TRUE, return_posterior = FALSE,
-                        model_kwargs = list(), trainer_kwargs = list(), store_expression = NULL,
-                        reduction_name = "scvi", reduction_key = "scvi_", ...) {
+                        model_kwargs = list(), trainer_kwargs = list(), store_expression = FALSE,
+                        reduction_name = "scvi", reduction_key = "scvi_",
+                        reduction.name = NULL, reduction.key = NULL, ...) {
   .need("SeuratObject")
+  call <- match.call()
   target <- substitute(object)
   caller <- parent.frame()
+  reduction_name <- .dot_alias(reduction_name, reduction.name, "reduction_name", !missing(reduction_name))
+  reduction_key <- .dot_alias(reduction_key, reduction.key, "reduction_key", !missing(reduction_key))
   if (identical(copy, FALSE) && !is.name(target)) {
     scvir_abort("copy = FALSE needs a variable as object, to update it in place")
   }
@@ -93,7 +107,7 @@ scvi.Seurat <- function(object, assay = NULL, layer = "counts", batch_key = NULL
     colnames(l) <- colnames(z)
     l
   } else {
-    new(getClass("matrix"))
+    methods::new(methods::getClass("matrix"))
   }
   object[[reduction_name]] <- SeuratObject::CreateDimReducObject(
     embeddings = z, loadings = loadings, key = reduction_key, assay = input$assay,
@@ -104,6 +118,10 @@ scvi.Seurat <- function(object, assay = NULL, layer = "counts", batch_key = NULL
     object <- .add_assay(object, "scvi_sample_rate", .expression_assay(e$sample_rate, "scvisamplerate_"))
   }
   object@misc$scvi <- fit
+  params <- .command_params(scvi.Seurat, environment(), list(...),
+                            drop = c("reduction.name", "reduction.key"))
+  params$assay <- input$assay
+  object <- .log_seurat_command(object, paste0("scvi.", input$assay), input$assay, call, params)
   .wrapper_return(object, fit, copy, return_posterior, target, caller)
 }
 
@@ -116,7 +134,7 @@ scvi.SingleCellExperiment <- function(object, assay = "counts", batch_key = NULL
                                       n_epochs = NULL, use_highly_variable_genes = TRUE,
                                       subset_genes = NULL, linear_decoder = FALSE, copy = TRUE,
                                       return_posterior = FALSE, model_kwargs = list(),
-                                      trainer_kwargs = list(), store_expression = NULL,
+                                      trainer_kwargs = list(), store_expression = FALSE,
                                       reduced_dim_name = "scVI", ...) {
   .need("SingleCellExperiment")
   target <- substitute(object)
@@ -211,7 +229,7 @@ scvi.SingleCellExperiment <- function(object, assay = "counts", batch_key = NULL
   args
 }
 
-# Whether to store the dense expression outputs: always / never when told, else up to a size.
+# Whether to store the dense expression outputs: always / never when told, else (NULL) up to a size.
 .store_expression <- function(store_expression, counts, max_entries = 5e7) {
   if (!is.null(store_expression)) return(.check_flag(store_expression, "store_expression"))
   n <- as.numeric(nrow(counts)) * ncol(counts)

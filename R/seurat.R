@@ -8,16 +8,16 @@
   }
   a <- object[[assay]]
   if (inherits(a, "Assay5")) {
-    found <- SeuratObject::Layers(a, search = layer)
+    found <- .seurat_v5_fn("Layers")(a, search = layer)
     if (!length(found)) {
       scvir_abort(sprintf("layer \"%s\" not found in assay \"%s\" (layers: %s)", layer, assay,
-                          paste(SeuratObject::Layers(a), collapse = ", ")))
+                          paste(.seurat_v5_fn("Layers")(a), collapse = ", ")))
     }
     if (length(found) > 1) {
       # Split layers (counts.<batch>): join them for training, cells back in object order.
-      a <- SeuratObject::JoinLayers(a, layers = layer)
+      a <- .seurat_v5_fn("JoinLayers")(a, layers = layer)
     }
-    m <- SeuratObject::LayerData(a, layer = layer)
+    m <- .seurat_v5_fn("LayerData")(a, layer = layer)
   } else {
     if (!layer %in% c("counts", "data", "scale.data")) {
       scvir_abort(sprintf("layer \"%s\" not found in assay \"%s\" (a v4 assay has counts, data, scale.data)",
@@ -47,4 +47,55 @@
   } else {
     SeuratObject::GetAssayData(object, assay = assay, slot = layer)
   }
+}
+
+# A function that only SeuratObject >= 5 exports (Layers, LayerData, JoinLayers), looked up when
+# called: it is only reached for v5 assays, and SeuratObject 4 installations lack it.
+.seurat_v5_fn <- function(name) {
+  if (!name %in% getNamespaceExports("SeuratObject")) {
+    scvir_abort(sprintf("SeuratObject::%s() is needed for Seurat v5 assays; install SeuratObject >= 5", name))
+  }
+  getExportedValue("SeuratObject", name)
+}
+
+# Seurat's dot-style argument names (reduction.name) as aliases of scviR's (reduction_name).
+.dot_alias <- function(value, alias, name, given) {
+  if (is.null(alias)) return(value)
+  dotted <- gsub("_", ".", name, fixed = TRUE)
+  if (given && !identical(value, alias)) {
+    scvir_abort(sprintf("%s and %s are two spellings of one argument and disagree; give one of them",
+                        name, dotted), "scvir_config_error")
+  }
+  if (!is.character(alias) || length(alias) != 1 || is.na(alias) || !nzchar(alias)) {
+    scvir_abort(sprintf("%s must be a single string", dotted), "scvir_config_error")
+  }
+  alias
+}
+
+# The arguments of a call as Seurat's command log keeps them: every argument but the object(s),
+# with `...` spelled out and NULLs left out.
+.command_params <- function(fun, env, dots, drop = character()) {
+  names <- setdiff(names(formals(fun)), c("object", "...", drop))
+  params <- c(mget(names, envir = env), dots)
+  is_object <- function(v) {
+    is.null(v) || inherits(v, c("Seurat", "scvi_model")) || methods::is(v, "SingleCellExperiment")
+  }
+  params[!vapply(params, is_object, TRUE)]
+}
+
+# Records a run in object@commands as Seurat's own functions do (a SeuratCommand named
+# "<function>.<assay>"). Objects and long vectors passed as values (do.call) are shown by class
+# in the call string.
+.log_seurat_command <- function(object, name, assay, call, params) {
+  call[[1]] <- as.name(sub("\\..*$", "", name))  # the generic, not the method or a closure
+  for (i in seq_along(call)[-1]) {
+    a <- call[[i]]
+    if (!is.null(a) && !is.name(a) && !is.call(a) && (is.object(a) || length(a) > 20)) {
+      call[[i]] <- as.name(sprintf("<%s>", class(a)[1]))
+    }
+  }
+  cmd <- methods::new("SeuratCommand", name = name, time.stamp = Sys.time(), assay.used = assay,
+                      call.string = deparse(call), params = params)
+  object@commands[[name]] <- cmd
+  object
 }

@@ -1,25 +1,159 @@
 .scvir_state <- new.env(parent = emptyenv())
+.torch_version <- "2.11.0"
+
+# libtorch is not in the shared library's run path: it is loaded from the first readable
+# directory of these before scviR's own library, so that a site-wide install works for every
+# user whatever account built it.
+.libtorch_candidates <- function(libname = NULL, pkgname = "scviR") {
+  recorded <- if (!is.null(libname)) file.path(libname, pkgname, "libtorch", "path") else
+    system.file("libtorch", "path", package = pkgname)
+  recorded <- if (nzchar(recorded) && file.exists(recorded)) readLines(recorded, n = 1L, warn = FALSE)
+  sub <- file.path(paste0("libtorch-", .torch_version), "torch")
+  unique(c(Sys.getenv("SCVIR_LIBTORCH"), recorded,
+           file.path(.libtorch_user_prefix(), sub), file.path(.libtorch_site_prefix(), sub)))
+}
+
+.libtorch_site_prefix <- function() "/usr/local/lib/scviR"
+
+# tools::R_user_dir("scviR", "data") without creating it.
+.libtorch_user_prefix <- function() tools::R_user_dir("scviR", "data")
+
+.libtorch_usable <- function(dir) {
+  nzchar(dir) && file.access(file.path(dir, "lib", "libtorch_cpu.so"), 4L) == 0L
+}
+
+# Loads libtorch and then scviR's library, and binds the registered routines for the wrappers.
+# Returns NULL on success, else the reason (the package still loads; engine calls then fail with
+# a scvir_setup_error that says how to install libtorch).
+.load_engine <- function(libname, pkgname) {
+  tried <- .libtorch_candidates(libname, pkgname)
+  tried <- tried[nzchar(tried)]
+  dir <- Find(.libtorch_usable, tried)
+  if (is.null(dir)) {
+    return(sprintf(paste0("libtorch %s was not found or is not readable (looked in: %s). ",
+                          "Run scviR::install_libtorch(), or set the environment variable ",
+                          "SCVIR_LIBTORCH to a libtorch %s directory before loading scviR."),
+                   .torch_version, paste(tried, collapse = ", "), .torch_version))
+  }
+  err <- tryCatch({
+    dyn.load(file.path(dir, "lib", "libc10.so"), local = TRUE, now = TRUE)
+    dyn.load(file.path(dir, "lib", "libtorch_cpu.so"), local = TRUE, now = TRUE)
+    dll <- library.dynam("scviR", pkgname, libname)
+    .scvir_state$routines <- getDLLRegisteredRoutines(dll)[[".Call"]]
+    NULL
+  }, error = function(e) conditionMessage(e))
+  if (!is.null(err)) {
+    return(sprintf("scviR's engine could not be loaded with libtorch from %s: %s", dir, err))
+  }
+  .scvir_state$libtorch <- dir
+  NULL
+}
 
 .onLoad <- function(libname, pkgname) {
-  # libtorch's matrix products run on R's BLAS; see blas_info().
-  .scvir_state$blas <- tryCatch(.rs_tune_blas(), error = function(e) conditionMessage(e))
+  .scvir_state$load_error <- .load_engine(libname, pkgname)
 }
 
-#' Which BLAS runs scviR's matrix products
-#'
-#' Inside R, libtorch's matrix products use the BLAS R loaded (Debian: OpenBLAS). OpenBLAS 0.3.21
-#' does not recognise some current CPUs and falls back to generic kernels several times slower;
-#' when scviR loads and finds that (and `OPENBLAS_CORETYPE` is unset), it re-runs OpenBLAS's core
-#' selection with the core the CPU supports (SkylakeX for AVX-512, Haswell for AVX2). This also
-#' speeds up R's own matrix algebra. Set the environment variable `SCVIR_TUNE_BLAS=0` before
-#' loading scviR to leave the BLAS alone.
-#' @return A one-line description, invisibly; it is also printed.
-#' @export
-blas_info <- function() {
-  msg <- .scvir_state$blas %||% "unknown"
-  cat(msg, "\n")
-  invisible(msg)
+.onAttach <- function(libname, pkgname) {
+  if (!is.null(.scvir_state$load_error)) packageStartupMessage("scviR: ", .scvir_state$load_error)
 }
+
+.onUnload <- function(libpath) {
+  if (!is.null(.scvir_state$routines)) library.dynam.unload("scviR", libpath)
+}
+
+#' Install the libtorch library scviR runs on
+#'
+#' scviR's engine runs on libtorch 2.11.0 (CPU), loaded when the package loads from,
+#' in this order: the directory in the environment variable `SCVIR_LIBTORCH`, the directory the
+#' package was built against, the per-user directory `tools::R_user_dir("scviR", "data")`, and
+#' the site-wide `/usr/local/lib/scviR`. A site-wide install (as root, what `make install` does)
+#' serves every user of the R library. `install_libtorch()` installs it into `prefix` by running
+#' the script shipped with the package (`system.file("libtorch", "install-libtorch.sh",
+#' package = "scviR")`), which takes the CPU libraries from the PyPI `torch` wheel (pip and
+#' network access, or `wheel_dir`), then loads scviR's engine so that it can be used at once.
+#'
+#' @param prefix Directory to install into; libtorch goes to
+#'   `<prefix>/libtorch-2.11.0/torch`. The default is the per-user data directory (the
+#'   site-wide directory when run as root).
+#' @param wheel_dir Optional directory holding the downloaded wheels (`torch-2.11.0-*.whl` and
+#'   the two small `nvidia_cuda_runtime` / `nvidia_cuda_cupti` wheels it names), for machines
+#'   without network access.
+#' @return The libtorch directory, invisibly.
+#' @examples
+#' # Where scviR looks for libtorch, and which one it loaded:
+#' libtorch_info()
+#' \dontrun{
+#' install_libtorch()
+#' }
+#' @export
+install_libtorch <- function(prefix = NULL, wheel_dir = NULL) {
+  if (is.null(prefix)) {
+    root <- identical(unname(Sys.info()[["effective_user"]]), "root")
+    prefix <- if (root) .libtorch_site_prefix() else .libtorch_user_prefix()
+  }
+  if (!is.character(prefix) || length(prefix) != 1L || is.na(prefix) || !nzchar(prefix)) {
+    scvir_abort("prefix must be one directory path", "scvir_config_error")
+  }
+  script <- system.file("libtorch", "install-libtorch.sh", package = "scviR")
+  env <- if (!is.null(wheel_dir)) paste0("SCVIR_TORCH_WHEEL_DIR=", normalizePath(wheel_dir, mustWork = TRUE))
+  status <- system2("sh", c(shQuote(script), shQuote(prefix)), env = env)
+  if (!identical(status, 0L)) {
+    scvir_abort(sprintf("installing libtorch into %s failed (status %s); see the messages above",
+                        prefix, status), "scvir_setup_error")
+  }
+  dir <- file.path(prefix, paste0("libtorch-", .torch_version), "torch")
+  if (is.null(.scvir_state$routines)) {
+    Sys.setenv(SCVIR_LIBTORCH = dir)
+    .scvir_state$load_error <- .load_engine(dirname(system.file(package = "scviR")), "scviR")
+    if (!is.null(.scvir_state$load_error)) scvir_abort(.scvir_state$load_error, "scvir_setup_error")
+  }
+  invisible(dir)
+}
+
+#' Where scviR's libtorch and BLAS come from
+#'
+#' Reports the libtorch directory the engine was loaded from, the BLAS R (and so libtorch's
+#' matrix products) runs on, and the threads scviR uses by default.
+#'
+#' Inside R, libtorch's matrix products run on the BLAS R loaded (Debian: OpenBLAS). OpenBLAS
+#' 0.3.21 does not recognise some recent CPUs and then runs generic kernels several times slower.
+#' scviR leaves R's BLAS as it is unless asked: with `options(scviR.tune_blas = TRUE)` each engine
+#' call selects the kernels this CPU supports for its duration and restores R's choice after.
+#' Likewise `options(scviR.tune_allocator = TRUE)` raises glibc's allocation thresholds during
+#' engine calls (fewer page faults when training; restored to glibc's defaults after).
+#' @return A list with `libtorch`, `load_error`, `blas_core`, `blas_core_available` (the better
+#'   kernel set, if OpenBLAS fell back to a generic one), `tune_blas` and `threads`; printed.
+#' @examples
+#' libtorch_info()
+#' @export
+libtorch_info <- function() {
+  blas <- if (!is.null(.scvir_state$routines)) .rs_blas_info() else list(core = NULL, better = NULL)
+  info <- structure(list(
+    libtorch = .scvir_state$libtorch, load_error = .scvir_state$load_error,
+    torch_version = .torch_version, blas_core = blas$core, blas_core_available = blas$better,
+    tune_blas = isTRUE(getOption("scviR.tune_blas", FALSE)),
+    threads = if (!is.null(.scvir_state$routines)) .default_threads() else NA_integer_),
+    class = "scvir_libtorch_info")
+  info
+}
+
+#' @method print scvir_libtorch_info
+#' @export
+print.scvir_libtorch_info <- function(x, ...) {
+  cat(sprintf("libtorch %s: %s\n", x$torch_version,
+              x$libtorch %||% paste("not loaded -", x$load_error)))
+  cat(sprintf("BLAS: %s%s\n", if (is.null(x$blas_core)) "not OpenBLAS" else paste("OpenBLAS, kernels", x$blas_core),
+              if (!is.null(x$blas_core_available))
+                sprintf(" (this CPU supports %s: options(scviR.tune_blas = TRUE)%s)", x$blas_core_available,
+                        if (x$tune_blas) " is on" else "") else ""))
+  cat(sprintf("threads: %s\n", x$threads))
+  invisible(x)
+}
+
+#' @rdname libtorch_info
+#' @export
+blas_info <- function() libtorch_info()
+
 utils::globalVariables(".data")
 
 # Matrix's namespace must be loaded with scviR: a model read back with readRDS() in a fresh

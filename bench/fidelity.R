@@ -12,7 +12,7 @@ sce <- read_h5ad(system.file("extdata", "pbmc3k_hvg2000.h5ad", package = "scviR"
 fit <- scvi_model(SummarizedExperiment::assay(sce, "counts"), gene_likelihood = lik,
                   use_observed_lib_size = lib == "observed", max_epochs = epochs, seed = seed,
                   verbose = FALSE)
-h <- history(fit)
+h <- training_history(fit)
 res <- list(tool = "scviR", likelihood = lik, library = lib, seed = seed, epochs = nrow(h),
             elbo_validation_final = tail(h$elbo_validation, 1),
             marginal_ll_validation = NA, marginal_ll_validation_batch_mean = NA)

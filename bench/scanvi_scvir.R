@@ -17,4 +17,4 @@ sce <- scanvi(sce, labels_key = "masked", scvi_fit = sce, seed = 0, n_threads = 
 train_s <- proc.time()[["elapsed"]] - t0
 acc <- mean(as.character(sce$scanvi_predictions[hidden]) == truth[hidden])
 cat(sprintf("RESULT {\"tool\": \"scviR\", \"accuracy\": %.4f, \"scanvi_seconds_incl_outputs\": %.2f, \"epochs\": %d}\n",
-            acc, train_s, nrow(history(S4Vectors::metadata(sce)$scanvi))))
+            acc, train_s, nrow(training_history(S4Vectors::metadata(sce)$scanvi))))

@@ -13,7 +13,7 @@ started <- proc.time()[["elapsed"]]
 fit <- scvi_model(counts, max_epochs = epochs, seed = 0, batch_size = 128, n_threads = threads,
                   verbose = FALSE)
 total <- proc.time()[["elapsed"]] - started
-h <- history(fit)
+h <- training_history(fit)
 spe <- median(h$train_seconds[-(1:2)])
 status <- readLines("/proc/self/status")
 hwm_kb <- as.numeric(sub("^VmHWM:\\s+([0-9]+).*", "\\1", status[grepl("^VmHWM:", status)]))

@@ -2,7 +2,6 @@
 #include <R.h>
 #include <Rinternals.h>
 #include <R_ext/Utils.h>
-#include <R_ext/Print.h>
 
 static void check_interrupt(void *unused) {
     (void) unused;
@@ -15,6 +14,3 @@ int scvir_interrupt_pending(void) {
     return R_ToplevelExec(check_interrupt, NULL) == FALSE;
 }
 
-void scvir_flush_console(void) {
-    R_FlushConsole();
-}

@@ -24,7 +24,7 @@ sce <- scvi(sce, seed = 0)
 elapsed <- as.numeric(difftime(Sys.time(), started, units = "secs"))
 fit <- metadata(sce)$scvi
 print(fit)
-h <- history(sce)
+h <- training_history(sce)
 cat(sprintf("Trained %d epochs in %.1f s (%.0f cells/s over the training set)\n", nrow(h), elapsed,
             length(train_indices(fit)) * nrow(h) / sum(h$train_seconds)))
 

@@ -8,7 +8,7 @@ test_that("labels drive gene-label dispersion", {
   fit <- quick_fit(labels = meta$groups, dispersion = "gene-label", max_epochs = 5L)
   expect_identical(fit$labels, c("g1", "g2"))
   expect_equal(scviR:::.model_tensors(fit)[["px_r"]], c(230L, 2L))
-  expect_true(all(is.finite(history(fit)$elbo_train)))
+  expect_true(all(is.finite(training_history(fit)$elbo_train)))
   p <- get_likelihood_parameters(fit)
   g1 <- which(meta$groups == "g1")[1]; g2 <- which(meta$groups == "g2")[1]
   expect_false(isTRUE(all.equal(p$dispersions[, g1], p$dispersions[, g2])))

@@ -11,7 +11,7 @@ test_that("the ELBO, reconstruction error and marginal LL are consistent", {
   expect_lt(rec$reconstruction_loss, -elbo)             # the KL term is positive
   # The validation ELBO of the history is the negative bound on the validation cells.
   val <- get_elbo(fit, indices = validation_indices(fit))
-  expect_equal(-val, tail(history(fit)$elbo_validation, 1), tolerance = 0.03)
+  expect_equal(-val, tail(training_history(fit)$elbo_validation, 1), tolerance = 0.03)
   # Importance sampling: log p(x) is at least the ELBO on average.
   per_cell_elbo <- get_elbo(fit, return_mean = FALSE)
   per_cell_mll <- get_marginal_ll(fit, n_mc_samples = 50L, return_mean = FALSE)
@@ -100,7 +100,7 @@ test_that("likelihood parameters have the model's shapes and meaning", {
   expect_named(get_likelihood_parameters(quick_fit(counts, gene_likelihood = "poisson", max_epochs = 3L)), "mean")
   normal <- quick_fit(counts, gene_likelihood = "normal", max_epochs = 5L)
   expect_named(get_likelihood_parameters(normal), c("mean", "dispersions"))
-  expect_true(all(is.finite(history(normal)$elbo_train)))
+  expect_true(all(is.finite(training_history(normal)$elbo_train)))
   expect_s4_class(posterior_predictive_sample(normal), "dgCMatrix")
 })
 

@@ -16,9 +16,9 @@ test_that("scvi_model() trains on a dgCMatrix with scvi-tools' default architect
   expect_true(all(is.finite(z)))
 })
 
-test_that("history() has the per-epoch series and the KL warm-up", {
+test_that("training_history() has the per-epoch series and the KL warm-up", {
   fit <- quick_fit(max_epochs = 12L)
-  h <- history(fit)
+  h <- training_history(fit)
   expect_equal(h$epoch, 1:12)
   expect_equal(h$kl_weight, (0:11) / 400)
   expect_equal(h$elbo_train, h$reconstruction_loss_train + h$kl_local_train, tolerance = 1e-9)
@@ -30,7 +30,7 @@ test_that("history() has the per-epoch series and the KL warm-up", {
 test_that("max_epochs defaults to scvi-tools' heuristic", {
   fit <- scvi_model(pbmc_small_counts(), seed = 1, n_threads = 1, verbose = FALSE)
   # min(round(20000 / 80 * 400), 400) = 400
-  expect_equal(nrow(history(fit)), 400L)
+  expect_equal(nrow(training_history(fit)), 400L)
   expect_equal(fit$train_config$max_epochs, 400L)
 })
 
@@ -40,9 +40,11 @@ test_that("print(), summary() and plot() describe the model", {
   expect_match(out[1], "SCVI model .* trained for 15 epochs")
   expect_true(any(grepl("230 genes x 80 cells", out)))
   expect_true(any(grepl("2 categories", out)))
-  s <- NULL
-  capture.output(s <- summary(fit))
+  expect_silent(s <- summary(fit))
+  expect_s3_class(s, "summary.scvi_model")
   expect_identical(s$batches, c("g1", "g2"))
+  expect_equal(s$epochs_trained, 15L)
+  expect_output(print(s), "230 genes x 80 cells")
   png_file <- tempfile(fileext = ".png")
   grDevices::png(png_file)
   expect_invisible(plot(fit))
@@ -56,12 +58,12 @@ test_that("likelihoods and dispersions train and change the parameters they shou
   for (lik in c("zinb", "nb", "poisson", "normal")) {
     fit <- quick_fit(counts, gene_likelihood = lik, max_epochs = 5L)
     expect_identical(fit$config$gene_likelihood, lik)
-    expect_true(all(is.finite(history(fit)$elbo_train)))
+    expect_true(all(is.finite(training_history(fit)$elbo_train)))
   }
   fit_gb <- quick_fit(counts, batch = b, dispersion = "gene-batch", max_epochs = 5L)
   expect_identical(fit_gb$config$dispersion, "gene-batch")
   fit_gc <- quick_fit(counts, dispersion = "gene-cell", max_epochs = 5L)
-  expect_true(all(is.finite(history(fit_gc)$elbo_train)))
+  expect_true(all(is.finite(training_history(fit_gc)$elbo_train)))
   fit_g <- quick_fit(counts, batch = b, max_epochs = 5L)
   shapes <- function(fit) scviR:::.model_tensors(fit)
   expect_equal(shapes(fit_g)[["px_r"]], 230L)
@@ -75,11 +77,11 @@ test_that("likelihoods and dispersions train and change the parameters they shou
 
 test_that("a latent library size adds a library KL term", {
   fit <- quick_fit(use_observed_lib_size = FALSE, max_epochs = 5L)
-  h <- history(fit)
+  h <- training_history(fit)
   fit_obs <- quick_fit(max_epochs = 5L)
   # Epoch 1 has KL weight 0: kl_local then differs only by the (unweighted) library KL.
   expect_gt(h$train_loss_epoch[1] - h$reconstruction_loss_train[1], 0)
-  expect_equal(history(fit_obs)$train_loss_epoch[1], history(fit_obs)$reconstruction_loss_train[1],
+  expect_equal(training_history(fit_obs)$train_loss_epoch[1], training_history(fit_obs)$reconstruction_loss_train[1],
                tolerance = 1e-6)
 })
 

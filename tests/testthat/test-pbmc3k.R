@@ -13,7 +13,7 @@ test_that("scvi() on the bundled PBMC 3k separates cell types", {
   nn <- t(apply(d, 1, function(r) order(r)[1:10]))
   agreement <- mean(labels[nn] == labels[row(nn)])
   expect_gt(agreement, 0.8)
-  h <- history(sce)
+  h <- training_history(sce)
   expect_equal(nrow(h), 25L)
   expect_lt(h$elbo_validation[25], h$elbo_validation[1])
 })

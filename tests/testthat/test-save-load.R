@@ -8,7 +8,7 @@ test_that("save_model() / load_model() round-trip gives the identical latent", {
   expect_s3_class(fit2, "scvi_model")
   expect_identical(get_latent_representation(fit2), get_latent_representation(fit))
   expect_identical(get_normalized_expression(fit2), get_normalized_expression(fit))
-  expect_equal(history(fit2), history(fit))
+  expect_equal(training_history(fit2), training_history(fit))
   expect_error(save_model(fit, dir), "overwrite = TRUE", class = "scvir_input_error")
   save_model(fit, dir, overwrite = TRUE, save_data = FALSE)
   fit3 <- load_model(dir)

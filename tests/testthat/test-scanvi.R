@@ -15,13 +15,13 @@ test_that("scANVI from a trained scVI model recovers hidden PBMC 3k labels", {
   expect_s3_class(fit, "scanvi_model")
   expect_equal(fit$model_type, "SCANVI")
   # from_scvi_model's epoch rule: min(10, max(2, round(400 / 3))) = 10 for PBMC 3k.
-  h <- history(fit)
+  h <- training_history(fit)
   expect_equal(nrow(h), 10L)
   expect_true(all(c("classification_loss_train", "accuracy_train", "classification_loss_validation",
                     "accuracy_validation") %in% names(h)))
   expect_true(all(h$accuracy_validation > 0.8 & h$accuracy_validation <= 1))
   expect_lt(h$classification_loss_train[10], h$classification_loss_train[1])
-  expect_false("accuracy_train" %in% names(history(S4Vectors::metadata(out)$scvi)))
+  expect_false("accuracy_train" %in% names(training_history(S4Vectors::metadata(out)$scvi)))
   expect_equal(dim(SingleCellExperiment::reducedDim(out, "scANVI")), c(2638L, 10L))
   pred <- out$scanvi_predictions
   expect_s3_class(pred, "factor")
@@ -29,10 +29,10 @@ test_that("scANVI from a trained scVI model recovers hidden PBMC 3k labels", {
   accuracy <- mean(as.character(pred[hidden]) == truth[hidden])
   message(sprintf("scANVI held-out accuracy on PBMC 3k: %.3f", accuracy))
   expect_gte(accuracy, 0.93)
-  soft <- predict(out, soft = TRUE)
+  soft <- predict_labels(out, soft = TRUE)
   expect_equal(dim(soft), c(2638L, 8L))
   expect_equal(unname(rowSums(soft)), rep(1, 2638), tolerance = 1e-5)
-  expect_equal(as.character(predict(out)), as.character(pred))
+  expect_equal(as.character(predict_labels(out)), as.character(pred))
   # DE works on the scANVI model too.
   de <- differential_expression(out, model = "scanvi", groupby = "cell_type", group1 = "B",
                                 mode = "change", seed = 1, silent = TRUE, n_samples_overall = 500)
@@ -52,7 +52,7 @@ test_that("scANVI from scratch on a matrix, with label groups and a prior", {
                 n_latent = 4)
   expect_s3_class(fit, "scanvi_model")
   expect_equal(fit$config$n_latent, 4L)
-  expect_equal(nrow(history(fit)), 5L)
+  expect_equal(nrow(training_history(fit)), 5L)
   expect_equal(fit$known_labels, c("0", "1", "2"))
   # A posterior sample instead of the mean gives other, still normalised, probabilities.
   sampled <- predict(fit, soft = TRUE, use_posterior_mean = FALSE, seed = 3)
@@ -62,7 +62,7 @@ test_that("scANVI from scratch on a matrix, with label groups and a prior", {
   sub <- scanvi(counts, labels = labels, max_epochs = 5, seed = 1, n_threads = 1, verbose = FALSE,
                 n_latent = 4, n_samples_per_label = 3)
   expect_equal(sub$config$scanvi$n_samples_per_label, 3L)
-  expect_false(isTRUE(all.equal(history(sub)$elbo_train, history(fit)$elbo_train)))
+  expect_false(isTRUE(all.equal(training_history(sub)$elbo_train, training_history(fit)$elbo_train)))
   p <- predict(fit, soft = TRUE)
   expect_equal(dim(p), c(80L, 3L))
   expect_equal(colnames(p), c("0", "1", "2"))
@@ -92,7 +92,7 @@ test_that("scANVI on Seurat writes a DimReduc and predictions", {
   expect_equal(dim(SeuratObject::Embeddings(seu, "scanvi")), c(80L, 10L))
   expect_equal(colnames(SeuratObject::Embeddings(seu, "scanvi"))[1], "scanvi_1")
   expect_s3_class(seu$scanvi_predictions, "factor")
-  expect_equal(length(predict(seu)), 80L)
+  expect_equal(length(predict_labels(seu)), 80L)
   expect_true(seu@misc$scanvi$pretrained)
 })
 
@@ -128,5 +128,6 @@ test_that("bad scANVI inputs give clear errors", {
   expect_equal(back$known_labels, c("0", "1", "2"))
   expect_equal(predict(back, soft = TRUE), predict(sfit, soft = TRUE))
   expect_error(predict(sfit, newdata = counts[1:100, ]), "lacks")
-  expect_error(predict(pbmc_small_seurat()), "no scANVI model")
+  expect_error(predict_labels(pbmc_small_seurat()), "no scANVI model")
+  expect_error(predict_labels(fit), "needs a scANVI model")
 })

@@ -8,7 +8,7 @@ test_that("scvi() on a SingleCellExperiment fills reducedDim 'scVI' and metadata
   expect_s3_class(fit, "scvi_model")
   expect_identical(fit$batches, c("g1", "g2"))
   expect_equal(get_latent_representation(sce), z, tolerance = 1e-6)
-  expect_equal(nrow(history(sce)), 8L)
+  expect_equal(nrow(training_history(sce)), 8L)
 })
 
 test_that("read_h5ad() reads the bundled PBMC 3k into a SingleCellExperiment", {

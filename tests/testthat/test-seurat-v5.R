@@ -12,7 +12,7 @@ test_that("scvi() on a Seurat v5 object with split counts layers", {
   seu[["RNA"]] <- split(seu[["RNA"]], f = seu$groups)
   expect_true(all(c("counts.g1", "counts.g2") %in% SeuratObject::Layers(seu[["RNA"]])))
   expect_silent(seu <- scvi(seu, batch_key = "groups", max_epochs = 5, seed = 1, n_threads = 1,
-                            verbose = FALSE))
+                            verbose = FALSE, store_expression = TRUE))
   emb <- SeuratObject::Embeddings(seu, "scvi")
   expect_equal(dim(emb), c(80L, 10L))
   expect_identical(rownames(emb), colnames(seu))

@@ -10,7 +10,7 @@ test_that("scvi() on a Seurat object adds an 'scvi' DimReduc and keeps the model
   expect_null(seu@misc$scvi$data)  # the object holds the counts; the model does not copy them
   # Queries take the object.
   expect_equal(get_latent_representation(seu), emb, ignore_attr = TRUE, tolerance = 1e-6)
-  h <- history(seu)
+  h <- training_history(seu)
   expect_equal(nrow(h), 10L)
   expect_true(all(c("elbo_train", "elbo_validation", "reconstruction_loss_train",
                     "kl_local_train", "kl_weight") %in% names(h)))

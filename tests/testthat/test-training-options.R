@@ -2,7 +2,7 @@
 
 test_that("early stopping stops on a plateau, before max_epochs, by Lightning's rule", {
   fit <- quick_fit(max_epochs = 400L, early_stopping = TRUE, early_stopping_patience = 5L)
-  h <- history(fit)
+  h <- training_history(fit)
   n <- nrow(h)
   expect_lt(n, 400L)
   expect_identical(fit$stopped_early_at, n)
@@ -10,25 +10,25 @@ test_that("early stopping stops on a plateau, before max_epochs, by Lightning's 
   # The last 5 validation epochs did not beat the best before them.
   expect_gte(min(h$elbo_validation[(n - 4):n]), min(h$elbo_validation[1:(n - 5)]))
   # Without early stopping the same run goes on.
-  expect_equal(nrow(history(quick_fit(max_epochs = n + 10L))), n + 10L)
+  expect_equal(nrow(training_history(quick_fit(max_epochs = n + 10L))), n + 10L)
 })
 
 test_that("reduce_lr_on_plateau multiplies the learning rate by lr_factor", {
   fit <- quick_fit(max_epochs = 120L, reduce_lr_on_plateau = TRUE, lr_patience = 2L, lr_factor = 0.5)
-  lr <- history(fit)$lr
+  lr <- training_history(fit)$lr
   expect_equal(lr[1], 1e-3)
   expect_lt(min(lr), 1e-3)
   steps <- log(lr / 1e-3, base = 0.5)
   expect_equal(steps, round(steps), tolerance = 1e-9)  # only powers of the factor
   expect_true(all(diff(lr) <= 0))
-  expect_true(all(history(quick_fit(max_epochs = 20L))$lr == 1e-3))
+  expect_true(all(training_history(quick_fit(max_epochs = 20L))$lr == 1e-3))
 })
 
 test_that("KL warm-up by steps, and its end points", {
-  h <- history(quick_fit(max_epochs = 14L, n_epochs_kl_warmup = NULL, n_steps_kl_warmup = 10L))
+  h <- training_history(quick_fit(max_epochs = 14L, n_epochs_kl_warmup = NULL, n_steps_kl_warmup = 10L))
   # pbmc_small trains in one minibatch per epoch: step = epoch - 1.
   expect_equal(h$kl_weight, pmin((0:13) / 10, 1))
-  h2 <- history(quick_fit(max_epochs = 3L, min_kl_weight = 0.2, max_kl_weight = 0.6))
+  h2 <- training_history(quick_fit(max_epochs = 3L, min_kl_weight = 0.2, max_kl_weight = 0.6))
   expect_equal(h2$kl_weight, 0.2 + 0.4 * (0:2) / 400)
 })
 
@@ -78,7 +78,7 @@ test_that("layer norm, raw-count encoding and softplus variances train", {
                     list(log_variational = FALSE), list(var_activation = "softplus"),
                     list(n_layers = 3L, dropout_rate = 0.2))) {
     fit <- do.call(quick_fit, c(args, max_epochs = 5L))
-    h <- history(fit)
+    h <- training_history(fit)
     expect_true(all(is.finite(h$elbo_train)), info = paste(names(args), collapse = ","))
     expect_lt(h$elbo_train[5], h$elbo_train[1])
   }

@@ -25,20 +25,20 @@ test_that("n_epochs, lr, train_size, model_kwargs and trainer_kwargs reach the m
   fit <- scvi(seu, n_epochs = 4, lr = 5e-3, train_size = 0.5, seed = 1, n_threads = 1,
               verbose = FALSE, model_kwargs = list(n_latent = 3, gene_likelihood = "nb"),
               trainer_kwargs = list(batch_size = 32, n_epochs_kl_warmup = 2))@misc$scvi
-  expect_equal(nrow(history(fit)), 4L)
+  expect_equal(nrow(training_history(fit)), 4L)
   expect_equal(fit$train_config$lr, 5e-3)
   expect_equal(length(train_indices(fit)), 40L)
   expect_equal(fit$config$n_latent, 3L)
   expect_equal(fit$config$gene_likelihood, "nb")
   expect_equal(fit$train_config$batch_size, 32L)
-  expect_equal(history(fit)$kl_weight[4], 1)
+  expect_equal(training_history(fit)$kl_weight[4], 1)
   expect_error(wrap(seu, model_kwargs = list(lr = 1)), "non-model argument")
   expect_error(wrap(seu, trainer_kwargs = list(n_latent = 2)), "non-training argument")
   expect_error(scvi(seu, n_epochs = 2, max_epochs = 3, verbose = FALSE), "given twice")
 })
 
 test_that("the wrapper's outputs: latent, denoised expression, sample rate, loadings", {
-  seu <- wrap(pbmc_small_seurat(), batch_key = "groups")
+  seu <- wrap(pbmc_small_seurat(), batch_key = "groups", store_expression = TRUE)
   fit <- seu@misc$scvi
   expect_equal(fit$batch_key, "groups")
   den <- scviR:::.assay_data(seu, "scvi_denoised", "data")
@@ -48,7 +48,7 @@ test_that("the wrapper's outputs: latent, denoised expression, sample rate, load
   # Sample rate = observed library (the model's genes) x proportions.
   lib <- Matrix::colSums(scviR:::.assay_data(seu, "RNA", "counts")[fit$genes, ])
   expect_equal(unname(Matrix::colSums(rate)), unname(lib), tolerance = 1e-3)
-  expect_false("scvi_denoised" %in% names(wrap(pbmc_small_seurat(), store_expression = FALSE)@assays))
+  expect_false("scvi_denoised" %in% names(wrap(pbmc_small_seurat())@assays))
   # By default large outputs are skipped with a message (here with a tiny limit).
   expect_message(expect_false(scviR:::.store_expression(NULL, den, max_entries = 100)), "not storing")
   expect_true(scviR:::.store_expression(TRUE, den, max_entries = 100))
@@ -59,12 +59,14 @@ test_that("the wrapper's outputs: latent, denoised expression, sample rate, load
   expect_equal(dim(load), c(230L, 10L))
   expect_equal(unname(load), unname(get_loadings(ld)))
 
-  sce <- wrap(pbmc_small_sce(), linear_decoder = TRUE, use_highly_variable_genes = FALSE)
+  sce <- wrap(pbmc_small_sce(), linear_decoder = TRUE, use_highly_variable_genes = FALSE,
+              store_expression = TRUE)
   expect_equal(dim(S4Vectors::metadata(sce)$ldvae_loadings), c(230L, 10L))
   expect_equal(dim(attr(SingleCellExperiment::reducedDim(sce, "scVI"), "rotation")), c(230L, 10L))
   expect_true(all(c("scvi_denoised", "scvi_sample_rate") %in% SummarizedExperiment::assayNames(sce)))
   counts <- SummarizedExperiment::assay(sce, "counts")
-  sub <- wrap(pbmc_small_sce(), subset_genes = rownames(counts)[order(-Matrix::rowSums(counts))][1:30])
+  sub <- wrap(pbmc_small_sce(), subset_genes = rownames(counts)[order(-Matrix::rowSums(counts))][1:30],
+              store_expression = TRUE)
   expect_equal(dim(SummarizedExperiment::assay(SingleCellExperiment::altExp(sub, "scvi"), "scvi_denoised")),
                c(30L, 80L))
 })

@@ -4,7 +4,6 @@
 #![allow(non_snake_case)]
 
 mod args;
-mod blas;
 mod convert;
 mod observer;
 
@@ -17,7 +16,9 @@ use scvir_engine::data::Registry;
 use scvir_engine::io::{h5ad, model_file};
 use scvir_engine::module::{Vae, VaeConfig};
 use scvir_engine::train::{self, TrainConfig};
+use scvir_engine::runtime::{Session, SessionOptions};
 use scvir_engine::{de, infer, runtime};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tch::Device;
 
 
@@ -50,31 +51,55 @@ fn device(accelerator: &str, index: i32) -> Result<Device> {
     }
 }
 
-fn prepare(n_threads: i32) {
+/// Opt-in process tuning, set from R's options before each engine call.
+static TUNE_BLAS: AtomicBool = AtomicBool::new(false);
+static TUNE_ALLOCATOR: AtomicBool = AtomicBool::new(false);
+
+/// Enters an engine session: threads, floating-point flags and the opt-in tuning apply until the
+/// returned guard is dropped, which restores the R session's settings (also on error).
+fn prepare(n_threads: i32) -> Session {
     quiet_panics();
-    runtime::init();
-    if n_threads > 0 {
-        runtime::set_threads(Some(n_threads as usize));
-        blas::set_openblas_threads(n_threads as usize);
-    }
+    Session::enter(SessionOptions {
+        n_threads: (n_threads > 0).then_some(n_threads as usize),
+        tune_blas: TUNE_BLAS.load(Ordering::Relaxed),
+        tune_allocator: TUNE_ALLOCATOR.load(Ordering::Relaxed),
+    })
 }
 
-/// Called from .onLoad: picks OpenBLAS kernels that fit the CPU when it fell back to generic ones.
+/// Sets the opt-in tuning of engine calls (R options scviR.tune_blas / scviR.tune_allocator).
 /// @noRd
 #[extendr]
-fn scvir_tune_blas() -> String {
-    quiet_panics();
-    blas::tune_openblas()
+fn scvir_set_tuning(tune_blas: bool, tune_allocator: bool) {
+    TUNE_BLAS.store(tune_blas, Ordering::Relaxed);
+    TUNE_ALLOCATOR.store(tune_allocator, Ordering::Relaxed);
 }
 
-/// Parses the argument bundles, sets threads, loads the model on its device and seeds libtorch.
-fn open_query(model: &Raw, data: &List, opts: &List) -> Result<(Vae, DataArgs, Opts)> {
+/// OpenBLAS's kernel set in this process and the better one this CPU supports, if any.
+/// @noRd
+#[extendr]
+fn scvir_blas_info() -> List {
+    quiet_panics();
+    let core = runtime::openblas_core();
+    let better = runtime::better_openblas_core();
+    list!(core = core.map_or(().into_robj(), |c| c.into_robj()), better = better.map_or(().into_robj(), |c| c.into_robj()))
+}
+
+/// CPUs this process may use (affinity, cgroup quota, OMP_NUM_THREADS, SLURM_CPUS_PER_TASK).
+/// @noRd
+#[extendr]
+fn scvir_available_cores() -> i32 {
+    runtime::available_cores() as i32
+}
+
+/// Parses the argument bundles, enters a session, loads the model on its device and seeds
+/// libtorch. The session must outlive every libtorch call of the query.
+fn open_query(model: &Raw, data: &List, opts: &List) -> Result<(Session, Vae, DataArgs, Opts)> {
     let o = Opts::from_list(opts)?;
-    prepare(o.n_threads);
+    let session = prepare(o.n_threads);
     let (vae, _) = model_file::from_bytes(model.as_slice(), device(&o.accelerator, o.device_index)?).map_err(engine_error)?;
     let d = DataArgs::from_list(data)?;
     tch::manual_seed(o.seed as i64);
-    Ok((vae, d, o))
+    Ok((session, vae, d, o))
 }
 
 fn doubles(m: Vec<f32>) -> Vec<f64> {
@@ -94,12 +119,12 @@ fn scvir_train(
     model_json: &str,
     train_json: &str,
     n_threads: i32,
-    progress_every: i32,
+    progress: Robj,
     accelerator: &str,
     device_index: i32,
     init_model: Robj,
 ) -> Result<List> {
-    prepare(n_threads);
+    let _session = prepare(n_threads);
     let dev = device(accelerator, device_index)?;
     let d = DataArgs::from_list(&data)?;
     let (x, batch_codes, cov) = (d.counts()?, d.batch_codes()?, d.covariates());
@@ -126,7 +151,7 @@ fn scvir_train(
         }
         vae.copy_matching_weights(&pretrained);
     }
-    let mut obs = RObserver::new(progress_every.max(0) as usize);
+    let mut obs = RObserver::new(progress.as_function());
     let outcome = train::train(&mut vae, x, batch_codes, &cov, &train_cfg, &mut obs).map_err(engine_error)?;
     let meta = model_file::ModelMeta {
         model: if vae_cfg.scanvi.is_some() { "SCANVI" } else if vae_cfg.linear_decoder { "LDVAE" } else { "SCVI" }.into(),
@@ -168,7 +193,7 @@ fn scvir_model_meta(model: Raw) -> Result<String> {
 /// @noRd
 #[extendr]
 fn scvir_latent(model: Raw, data: List, opts: List, what: &str, mc_samples: i32) -> Result<List> {
-    let (vae, d, o) = open_query(&model, &data, &opts)?;
+    let (_session, vae, d, o) = open_query(&model, &data, &opts)?;
     let query = match what {
         "mean" => infer::LatentQuery::Mean { mc_samples: mc_samples.max(1) as usize },
         "sample" => infer::LatentQuery::Sample,
@@ -196,7 +221,7 @@ fn scvir_normalized_expression(
     n_samples: i32,
     return_mean: bool,
 ) -> Result<List> {
-    let (vae, d, o) = open_query(&model, &data, &opts)?;
+    let (_session, vae, d, o) = open_query(&model, &data, &opts)?;
     let tb: Vec<usize> = transform_batches.iter().map(|&b| b.max(0) as usize).collect();
     let lib = if library_size < 0.0 { infer::LibrarySize::Latent } else { infer::LibrarySize::Constant(library_size) };
     let e = infer::normalized_expression(
@@ -213,7 +238,7 @@ fn scvir_normalized_expression(
 /// @noRd
 #[extendr]
 fn scvir_evaluate(model: Raw, data: List, opts: List, what: &str, n: i32, give_mean: bool) -> Result<Robj> {
-    let (vae, d, o) = open_query(&model, &data, &opts)?;
+    let (_session, vae, d, o) = open_query(&model, &data, &opts)?;
     let (x, codes, cov, bs) = (d.counts()?, d.batch_codes()?, d.covariates(), o.batch_size);
     let n = n.max(0) as usize;
     match what {
@@ -244,7 +269,7 @@ fn scvir_evaluate(model: Raw, data: List, opts: List, what: &str, n: i32, give_m
 /// @noRd
 #[extendr]
 fn scvir_denoised_samples(model: Raw, data: List, opts: List, transform_batch: i32, n_samples: i32, rna_size_factor: f64) -> Result<Vec<f64>> {
-    let (vae, d, o) = open_query(&model, &data, &opts)?;
+    let (_session, vae, d, o) = open_query(&model, &data, &opts)?;
     let tb = (transform_batch >= 0).then_some(transform_batch as usize);
     let v = infer::denoised_samples(&vae, d.counts()?, d.batch_codes()?, &d.covariates(), tb, n_samples.max(1) as usize, rna_size_factor, o.batch_size)
         .map_err(engine_error)?;
@@ -272,7 +297,7 @@ fn scvir_de_compare(
     threshold_counts: f64,
     test_mode: &str,
 ) -> Result<List> {
-    let (vae, d, o) = open_query(&model, &data, &opts)?;
+    let (_session, vae, d, o) = open_query(&model, &data, &opts)?;
     let mode = match mode {
         "vanilla" => de::Mode::Vanilla,
         "change" => de::Mode::Change,
@@ -307,7 +332,7 @@ fn scvir_de_compare(
 /// @noRd
 #[extendr]
 fn scvir_predict(model: Raw, data: List, opts: List, use_posterior_mean: bool) -> Result<Robj> {
-    let (vae, d, o) = open_query(&model, &data, &opts)?;
+    let (_session, vae, d, o) = open_query(&model, &data, &opts)?;
     let p = infer::label_probabilities(&vae, d.counts()?, d.batch_codes()?, &d.covariates(), use_posterior_mean, o.batch_size)
         .map_err(engine_error)?;
     let k = vae.scanvi.as_ref().map_or(1, |h| h.config.n_labels as usize);
@@ -370,6 +395,8 @@ extendr_module! {
     fn scvir_predict;
     fn scvir_read_h5ad;
     fn scvir_cuda_available;
-    fn scvir_tune_blas;
+    fn scvir_set_tuning;
+    fn scvir_blas_info;
+    fn scvir_available_cores;
     fn scvir_debug_panic;
 }

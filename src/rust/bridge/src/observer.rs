@@ -1,4 +1,6 @@
-//! Training progress printed to the R console, and Ctrl-C detection between minibatches.
+//! Training progress handed to an R function each epoch, and Ctrl-C detection between
+//! minibatches. The R function (built by the package's R code) signals the progress condition and
+//! draws the progress bar; it must not fail (errors it raises are ignored here).
 
 use extendr_api::prelude::*;
 use scvir_engine::train::{EpochRecord, TrainingObserver};
@@ -6,29 +8,26 @@ use scvir_engine::train::{EpochRecord, TrainingObserver};
 extern "C" {
     /// Defined in src/r_helpers.c: true when the user pressed Ctrl-C (checked without a longjmp).
     fn scvir_interrupt_pending() -> std::os::raw::c_int;
-    fn scvir_flush_console();
 }
 
 pub struct RObserver {
-    every: usize,
+    progress: Option<Function>,
 }
 
 impl RObserver {
-    /// Prints every `every` epochs (0: silent) and always the last epoch.
-    pub fn new(every: usize) -> Self {
-        RObserver { every }
+    /// `progress(epoch, max_epochs, elbo_train, elbo_validation)` after every epoch; `None`: silent.
+    pub fn new(progress: Option<Function>) -> Self {
+        RObserver { progress }
     }
 }
 
 impl TrainingObserver for RObserver {
     fn on_epoch_end(&mut self, r: &EpochRecord, max_epochs: usize) {
-        let e = r.epoch + 1;
-        if self.every == 0 || (e % self.every != 0 && e != max_epochs && e != 1) {
-            return;
-        }
-        let val = r.elbo_validation.map_or(String::new(), |v| format!(", elbo_validation {v:.2}"));
-        rprintln!("Epoch {e}/{max_epochs}: elbo_train {:.2}{val}, kl_weight {:.3}", r.elbo_train, r.kl_weight);
-        unsafe { scvir_flush_console() };
+        let Some(f) = &self.progress else { return };
+        let val = r.elbo_validation.unwrap_or(f64::NAN);
+        let args = pairlist!((r.epoch + 1) as i32, max_epochs as i32, r.elbo_train, val);
+        // The R side catches its own conditions; an R error here only loses one progress update.
+        let _ = f.call(args);
     }
 
     fn interrupt_requested(&mut self) -> bool {

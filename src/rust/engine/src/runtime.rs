@@ -1,55 +1,338 @@
-//! Process-level settings that matter for speed: thread count and glibc's allocator thresholds.
+//! Process-level settings that matter for speed, scoped to one engine call.
+//!
+//! The engine runs inside a host process (R) that owns its floating-point environment, its BLAS
+//! and OpenMP thread counts and its allocator. [`Session::enter`] changes what training and
+//! inference need and the returned guard puts everything back when it is dropped, on success, on
+//! error and on unwinding alike:
+//! - x86 flush-to-zero / denormals-are-zero (as `torch.set_flush_denormal(True)`), on the calling
+//!   thread and on the OpenMP worker threads libtorch (and an OpenMP BLAS) compute on;
+//! - libtorch's intra-op threads, OpenMP's default team size and OpenBLAS's thread count;
+//! - optionally, OpenBLAS's kernel selection (when it fell back to generic kernels on this CPU)
+//!   and glibc's allocator thresholds; both are opt-in.
+//!
+//! In a child created by `fork()` after the parent ran multi-threaded, GNU OpenMP's thread pool
+//! is unusable (its threads do not exist in the child) and the first parallel region hangs.
+//! [`install_fork_handler`] registers a `pthread_atfork` handler that drops OpenMP and OpenBLAS
+//! to one thread in the child, and sessions entered in a forked child run on one thread.
 
+use std::ffi::{CStr, CString};
+use std::os::raw::{c_char, c_int, c_uint, c_void};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Once;
 
-static MALLOC_TUNING: Once = Once::new();
+/// What a session may change, and to what.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionOptions {
+    /// Threads for libtorch, OpenMP and OpenBLAS during the call; `None` keeps the current ones.
+    pub n_threads: Option<usize>,
+    /// Re-select OpenBLAS's kernels for this CPU during the call when it fell back to generic ones.
+    pub tune_blas: bool,
+    /// Raise glibc's mmap / trim thresholds during the call (fewer page faults per minibatch).
+    pub tune_allocator: bool,
+}
 
-/// Raises glibc's mmap / trim thresholds so that the large per-step tensors are recycled instead
-/// of being mapped and unmapped every minibatch (measured here: page faults 137k -> 30k per run
-/// and 12-17% faster at 1 thread). Applies once per process.
-pub fn tune_allocator() {
-    MALLOC_TUNING.call_once(|| {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-            libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+/// Restores the process settings it changed when dropped. Not `Send`: it must be dropped on the
+/// thread that entered it.
+pub struct Session {
+    mxcsr: Option<u32>,
+    team: c_int,
+    torch_threads: Option<i32>,
+    omp_threads: Option<c_int>,
+    openblas_threads: Option<c_int>,
+    blas_retuned: bool,
+    allocator_tuned: bool,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+/// The process that loaded the engine; a different pid means we run in a forked child.
+static PARENT_PID: AtomicI32 = AtomicI32::new(0);
+
+impl Session {
+    pub fn enter(opts: SessionOptions) -> Session {
+        install_fork_handler();
+        let mut s = Session {
+            mxcsr: None,
+            team: 0,
+            torch_threads: None,
+            omp_threads: None,
+            openblas_threads: None,
+            blas_retuned: false,
+            allocator_tuned: false,
+            _not_send: std::marker::PhantomData,
+        };
+        let n_threads = if in_forked_child() { Some(1) } else { opts.n_threads.filter(|&n| n > 0) };
+        if let Some(n) = n_threads {
+            s.omp_threads = omp_get_max_threads();
+            s.openblas_threads = openblas_get_num_threads();
+            s.torch_threads = Some(tch::get_num_threads());
+            tch::set_num_threads(n as i32);
+            openblas_set_num_threads(n as c_int);
+            omp_set_num_threads(n as c_int);
         }
-    });
-}
-
-/// Process start-up for training and inference: allocator tuning and denormal flushing. Call it
-/// before the first libtorch operation so that libtorch's worker threads inherit the flags.
-pub fn init() {
-    tune_allocator();
-    flush_denormals();
-}
-
-/// Intra-op threads of libtorch; `None` or 0 keeps libtorch's choice (all cores).
-pub fn set_threads(n: Option<usize>) {
-    if let Some(n) = n.filter(|&n| n > 0) {
-        tch::set_num_threads(n as i32);
+        if opts.tune_blas {
+            s.blas_retuned = retune_openblas();
+        }
+        if opts.tune_allocator {
+            s.allocator_tuned = set_allocator_thresholds(true);
+        }
+        s.mxcsr = read_mxcsr();
+        if let Some(old) = s.mxcsr {
+            let ftz = old | FTZ_DAZ;
+            write_mxcsr(ftz);
+            s.team = omp_get_max_threads().unwrap_or(0);
+            omp_broadcast_mxcsr(ftz, s.team);
+        }
+        s
     }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.allocator_tuned {
+            set_allocator_thresholds(false);
+        }
+        if self.blas_retuned {
+            restore_openblas();
+        }
+        if let Some(t) = self.torch_threads {
+            tch::set_num_threads(t);
+        }
+        if let Some(t) = self.openblas_threads {
+            openblas_set_num_threads(t);
+        }
+        // Last: libtorch and OpenBLAS both set OpenMP's default team size.
+        if let Some(t) = self.omp_threads {
+            omp_set_num_threads(t);
+        }
+        if let Some(old) = self.mxcsr {
+            // Every worker this session may have started, whatever the restored team size.
+            let team = self.team.max(omp_get_max_threads().unwrap_or(0));
+            omp_broadcast_mxcsr(old, team);
+            write_mxcsr(old);
+        }
+    }
+}
+
+/// The number of CPUs this process may use: `OMP_NUM_THREADS` when set, else the CPU affinity
+/// mask and cgroup quota (Rust's `available_parallelism`), bounded by SLURM's
+/// `SLURM_CPUS_PER_TASK` when set.
+pub fn available_cores() -> usize {
+    let env_count = |k: &str| std::env::var(k).ok().and_then(|v| v.split(',').next()?.trim().parse::<usize>().ok()).filter(|&n| n > 0);
+    let hw = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut n = env_count("OMP_NUM_THREADS").unwrap_or(hw);
+    if let Some(slurm) = env_count("SLURM_CPUS_PER_TASK") {
+        n = n.min(slurm);
+    }
+    n.max(1)
 }
 
 pub fn cuda_available() -> bool {
     tch::Cuda::is_available()
 }
 
-/// Flushes denormal floats to zero on the calling thread (x86 FTZ and DAZ bits), as PyTorch's
-/// `torch.set_flush_denormal(True)`. With thousands of genes the softmax produces proportions
-/// whose gradients fall in the denormal range, where x86 arithmetic is ~100x slower.
-pub fn flush_denormals() {
-    #[cfg(target_arch = "x86_64")]
-    #[allow(deprecated)]
-    unsafe {
-        use std::arch::x86_64::{_mm_getcsr, _mm_setcsr};
-        _mm_setcsr(_mm_getcsr() | 0x8040);
-    }
-}
-
 /// Seeds libtorch's generator (initial weights, dropout, posterior samples). Call it before
 /// building a model so that the initial weights are repeatable too; training seeds again.
 pub fn seed_everything(seed: u64) {
     tch::manual_seed(seed as i64);
+}
+
+/// Whether this process is a `fork()` child of the one that first used the engine.
+pub fn in_forked_child() -> bool {
+    let parent = PARENT_PID.load(Ordering::Relaxed);
+    parent != 0 && parent != std::process::id() as i32
+}
+
+/// Registers (once per process) the `pthread_atfork` child handler described in the module doc.
+pub fn install_fork_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        PARENT_PID.store(std::process::id() as i32, Ordering::Relaxed);
+        extern "C" fn in_child() {
+            omp_set_num_threads(1);
+            openblas_set_num_threads(1);
+        }
+        unsafe {
+            libc::pthread_atfork(None, None, Some(in_child));
+        }
+    });
+}
+
+// --- floating-point control ----------------------------------------------------------------------
+
+const FTZ_DAZ: u32 = 0x8040;
+
+#[cfg(target_arch = "x86_64")]
+#[allow(deprecated)]
+fn read_mxcsr() -> Option<u32> {
+    Some(unsafe { std::arch::x86_64::_mm_getcsr() })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(deprecated)]
+fn write_mxcsr(v: u32) {
+    unsafe { std::arch::x86_64::_mm_setcsr(v) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn read_mxcsr() -> Option<u32> {
+    None
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn write_mxcsr(_: u32) {}
+
+/// Sets the MXCSR of every thread of OpenMP's current team (the worker threads libtorch and an
+/// OpenMP BLAS compute on) by running one parallel region through libgomp's entry point.
+fn omp_broadcast_mxcsr(value: u32, team: c_int) {
+    type Parallel = extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint);
+    extern "C" fn set(data: *mut c_void) {
+        write_mxcsr(unsafe { *(data as *const u32) });
+    }
+    let f = symbol("GOMP_parallel");
+    if f.is_null() || in_forked_child() {
+        return;
+    }
+    let mut v = value;
+    let parallel: Parallel = unsafe { std::mem::transmute(f) };
+    parallel(set, &mut v as *mut u32 as *mut c_void, team.max(1) as c_uint, 0);
+}
+
+// --- OpenMP and OpenBLAS, found in the process at run time ---------------------------------------
+
+fn symbol(name: &str) -> *mut c_void {
+    let c = CString::new(name).expect("symbol name");
+    unsafe { libc::dlsym(libc::RTLD_DEFAULT, c.as_ptr()) }
+}
+
+fn omp_get_max_threads() -> Option<c_int> {
+    let f = symbol("omp_get_max_threads");
+    (!f.is_null()).then(|| unsafe { std::mem::transmute::<_, extern "C" fn() -> c_int>(f)() })
+}
+
+fn omp_set_num_threads(n: c_int) {
+    let f = symbol("omp_set_num_threads");
+    if !f.is_null() {
+        unsafe { std::mem::transmute::<_, extern "C" fn(c_int)>(f)(n) }
+    }
+}
+
+fn openblas_get_num_threads() -> Option<c_int> {
+    let f = symbol("openblas_get_num_threads");
+    (!f.is_null()).then(|| unsafe { std::mem::transmute::<_, extern "C" fn() -> c_int>(f)() })
+}
+
+fn openblas_set_num_threads(n: c_int) {
+    let f = symbol("openblas_set_num_threads");
+    if !f.is_null() {
+        unsafe { std::mem::transmute::<_, extern "C" fn(c_int)>(f)(n) }
+    }
+}
+
+/// OpenBLAS's kernel set ("Haswell", "SkylakeX", "Prescott", ...), if OpenBLAS is loaded.
+pub fn openblas_core() -> Option<String> {
+    let f = symbol("openblas_get_corename");
+    if f.is_null() {
+        return None;
+    }
+    let p = unsafe { std::mem::transmute::<_, extern "C" fn() -> *const c_char>(f)() };
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
+const GENERIC_CORES: [&str; 8] = ["Prescott", "Katmai", "Coppermine", "Northwood", "Banias", "Core2", "Penryn", "Unknown"];
+
+/// The OpenBLAS kernel set this CPU supports, when OpenBLAS fell back to a generic one.
+pub fn better_openblas_core() -> Option<&'static str> {
+    let core = openblas_core()?;
+    if !GENERIC_CORES.iter().any(|g| core.eq_ignore_ascii_case(g)) || std::env::var_os("OPENBLAS_CORETYPE").is_some() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") && has!("avx512cd") {
+            return Some("SkylakeX");
+        }
+        if has!("avx2") && has!("fma") {
+            return Some("Haswell");
+        }
+    }
+    None
+}
+
+/// Re-runs OpenBLAS's (dynamic-arch) kernel selection with `core`, or with its own detection when
+/// `core` is `None`.
+fn select_openblas_core(core: Option<&str>) -> bool {
+    let (init, quit) = (symbol("gotoblas_dynamic_init"), symbol("gotoblas_dynamic_quit"));
+    if init.is_null() || quit.is_null() {
+        return false;
+    }
+    unsafe {
+        let init: extern "C" fn() = std::mem::transmute(init);
+        let quit: extern "C" fn() = std::mem::transmute(quit);
+        if let Some(c) = core {
+            std::env::set_var("OPENBLAS_CORETYPE", c);
+        }
+        quit();
+        init();
+        if core.is_some() {
+            std::env::remove_var("OPENBLAS_CORETYPE");
+        }
+    }
+    true
+}
+
+fn retune_openblas() -> bool {
+    match better_openblas_core() {
+        Some(core) => select_openblas_core(Some(core)),
+        None => false,
+    }
+}
+
+fn restore_openblas() {
+    select_openblas_core(None);
+}
+
+/// glibc's mmap / trim / top-pad thresholds: raised (`true`: large per-step tensors are recycled
+/// instead of being mapped and unmapped every minibatch) or set back to glibc's defaults.
+fn set_allocator_thresholds(raise: bool) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        let (mmap, trim, pad) = if raise { (64 << 20, 256 << 20, 64 << 20) } else { (128 << 10, 128 << 10, 128 << 10) };
+        libc::mallopt(libc::M_MMAP_THRESHOLD, mmap);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, trim);
+        libc::mallopt(libc::M_TOP_PAD, pad);
+        return true;
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = raise;
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_restores_float_flags_and_threads() {
+        let before_csr = read_mxcsr();
+        let before_torch = tch::get_num_threads();
+        {
+            let _s = Session::enter(SessionOptions { n_threads: Some(1), ..Default::default() });
+            if let Some(v) = read_mxcsr() {
+                assert_eq!(v & FTZ_DAZ, FTZ_DAZ, "flush-to-zero is on inside a session");
+            }
+            assert_eq!(tch::get_num_threads(), 1);
+        }
+        assert_eq!(read_mxcsr(), before_csr, "MXCSR restored");
+        assert_eq!(tch::get_num_threads(), before_torch, "libtorch threads restored");
+        let tiny = std::hint::black_box(f64::MIN_POSITIVE) / std::hint::black_box(4.0);
+        assert!(tiny > 0.0, "denormals survive after the session");
+    }
+
+    #[test]
+    fn available_cores_is_positive() {
+        assert!(available_cores() >= 1);
+    }
 }

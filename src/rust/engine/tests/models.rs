@@ -42,8 +42,7 @@ fn train_on(vae: &mut Vae, x: Counts<'_>, cov: &Covariates<'_>, epochs: usize) -
 #[test]
 fn ldvae_has_a_bias_free_linear_decoder_and_trains() {
     let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
-    runtime::init();
-    runtime::set_threads(Some(1));
+    let _session = runtime::Session::enter(runtime::SessionOptions { n_threads: Some(1), ..Default::default() });
     let d = pbmc();
     let x = counts(&d);
     runtime::seed_everything(0);
@@ -74,8 +73,7 @@ fn semisupervised_split_keeps_label_proportions() {
 #[test]
 fn scanvi_learns_hidden_labels_and_predicts_probabilities() {
     let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
-    runtime::init();
-    runtime::set_threads(Some(1));
+    let _session = runtime::Session::enter(runtime::SessionOptions { n_threads: Some(1), ..Default::default() });
     let d = pbmc();
     let x = counts(&d);
     let (truth, n_types) = cell_types(&d);
@@ -110,8 +108,7 @@ fn scanvi_learns_hidden_labels_and_predicts_probabilities() {
 #[test]
 fn de_sampler_rows_are_proportions_and_seeded() {
     let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
-    runtime::init();
-    runtime::set_threads(Some(1));
+    let _session = runtime::Session::enter(runtime::SessionOptions { n_threads: Some(1), ..Default::default() });
     let d = pbmc();
     let x = counts(&d);
     runtime::seed_everything(0);

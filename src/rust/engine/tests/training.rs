@@ -29,8 +29,7 @@ fn torch_turn() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn fit(counts: Counts<'_>, seed: u64, epochs: usize) -> (Vae, train::TrainOutcome) {
-    runtime::init();
-    runtime::set_threads(Some(1));
+    let _session = runtime::Session::enter(runtime::SessionOptions { n_threads: Some(1), ..Default::default() });
     let batch = vec![0i32; counts.n_cells()];
     runtime::seed_everything(seed);
     let mut vae = Vae::new(VaeConfig::new(counts.n_genes() as i64, 1), Device::Cpu, None).unwrap();

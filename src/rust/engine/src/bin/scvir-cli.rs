@@ -91,8 +91,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             other => return Err(format!("unknown option {other}").into()),
         }
     }
-    scvir_engine::runtime::init();
-    scvir_engine::runtime::set_threads(threads);
+    let _session = scvir_engine::runtime::Session::enter(scvir_engine::runtime::SessionOptions {
+        n_threads: threads,
+        tune_blas: true,
+        tune_allocator: true,
+    });
     let data = h5ad::read(path, None)?;
     let counts = data.counts.view()?;
     let batch = vec![0i32; counts.n_cells()];

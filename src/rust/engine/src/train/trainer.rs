@@ -92,7 +92,6 @@ pub fn train(
             return Err(Error::InvalidConfig(format!("{what} must be one of {}; got \"{name}\"", MONITORS.join(", "))));
         }
     }
-    crate::runtime::flush_denormals();
     let max_epochs = cfg.max_epochs.unwrap_or_else(|| default_max_epochs(n));
     tch::manual_seed(cfg.seed as i64);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
