@@ -12,7 +12,11 @@ scvir_abort <- function(message, class = "scvir_input_error", call = NULL) {
     .rs_set_tuning(isTRUE(getOption("scviR.tune_blas", FALSE)),
                    isTRUE(getOption("scviR.tune_allocator", FALSE)))
   }
-  tryCatch(expr, error = function(e) {
+  # A progress handler that left a training call (an interrupt, or the caller's exiting handler
+  # or restart): the engine stopped and dropped its state; resume that exit from here, before
+  # anything else handles the error that carried it.
+  resume <- function(e) if (startsWith(conditionMessage(e), "[scviR:unwind]")) .rs_call("scvir_resume_unwind")
+  tryCatch(withCallingHandlers(expr, error = resume), error = function(e) {
     # Arguments are evaluated lazily, inside this handler's reach: R-side checks pass through.
     if (inherits(e, "scvir_error")) stop(e)
     msg <- conditionMessage(e)

@@ -64,3 +64,4 @@
   }
   .Call(routine, ...)
 }
+.rs_process_state <- function() .rs_call("scvir_process_state")

@@ -5,11 +5,13 @@
 # directory of these before scviR's own library, so that a site-wide install works for every
 # user whatever account built it.
 .libtorch_candidates <- function(libname = NULL, pkgname = "scviR") {
+  # An explicit choice is the only candidate: a wrong one is reported, not silently replaced.
+  if (nzchar(Sys.getenv("SCVIR_LIBTORCH"))) return(Sys.getenv("SCVIR_LIBTORCH"))
   recorded <- if (!is.null(libname)) file.path(libname, pkgname, "libtorch", "path") else
     system.file("libtorch", "path", package = pkgname)
   recorded <- if (nzchar(recorded) && file.exists(recorded)) readLines(recorded, n = 1L, warn = FALSE)
   sub <- file.path(paste0("libtorch-", .torch_version), "torch")
-  unique(c(Sys.getenv("SCVIR_LIBTORCH"), recorded,
+  unique(c(recorded,
            file.path(.libtorch_user_prefix(), sub), file.path(.libtorch_site_prefix(), sub)))
 }
 
@@ -63,9 +65,9 @@
 
 #' Install the libtorch library scviR runs on
 #'
-#' scviR's engine runs on libtorch 2.11.0 (CPU), loaded when the package loads from,
-#' in this order: the directory in the environment variable `SCVIR_LIBTORCH`, the directory the
-#' package was built against, the per-user directory `tools::R_user_dir("scviR", "data")`, and
+#' scviR's engine runs on libtorch 2.11.0 (CPU), loaded when the package loads from the
+#' directory in the environment variable `SCVIR_LIBTORCH` when it is set, else the first usable
+#' of: the directory the package was built against, the per-user directory `tools::R_user_dir("scviR", "data")`, and
 #' the site-wide `/usr/local/lib/scviR`. A site-wide install (as root, what `make install` does)
 #' serves every user of the R library. `install_libtorch()` installs it into `prefix` by running
 #' the script shipped with the package (`system.file("libtorch", "install-libtorch.sh",

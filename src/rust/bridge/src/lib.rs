@@ -70,6 +70,7 @@ fn prepare(n_threads: i32) -> Session {
 /// @noRd
 #[extendr]
 fn scvir_set_tuning(tune_blas: bool, tune_allocator: bool) {
+    quiet_panics();
     TUNE_BLAS.store(tune_blas, Ordering::Relaxed);
     TUNE_ALLOCATOR.store(tune_allocator, Ordering::Relaxed);
 }
@@ -82,6 +83,22 @@ fn scvir_blas_info() -> List {
     let core = runtime::openblas_core();
     let better = runtime::better_openblas_core();
     list!(core = core.map_or(().into_robj(), |c| c.into_robj()), better = better.map_or(().into_robj(), |c| c.into_robj()))
+}
+
+/// The settings an engine session changes and restores, as they are now (tests compare them
+/// before and after engine calls).
+/// @noRd
+#[extendr]
+fn scvir_process_state() -> List {
+    let s = runtime::process_state();
+    let int = |v: Option<i32>| v.map_or(Rint::na(), Rint::from);
+    list!(
+        mxcsr = int(s.mxcsr.map(|v| v as i32)),
+        omp_max_threads = int(s.omp_max_threads),
+        openblas_threads = int(s.openblas_threads),
+        openblas_core = s.openblas_core.map_or(().into_robj(), |c| c.into_robj()),
+        torch_threads = s.torch_threads
+    )
 }
 
 /// CPUs this process may use (affinity, cgroup quota, OMP_NUM_THREADS, SLURM_CPUS_PER_TASK).
@@ -152,7 +169,12 @@ fn scvir_train(
         vae.copy_matching_weights(&pretrained);
     }
     let mut obs = RObserver::new(progress.as_function());
-    let outcome = train::train(&mut vae, x, batch_codes, &cov, &train_cfg, &mut obs).map_err(engine_error)?;
+    let result = train::train(&mut vae, x, batch_codes, &cov, &train_cfg, &mut obs);
+    if obs.unwind_pending {
+        // Everything Rust holds is dropped on the way out; the R side then resumes the exit.
+        return Err(Error::Other("[scviR:unwind] a progress handler left the call".into()));
+    }
+    let outcome = result.map_err(engine_error)?;
     let meta = model_file::ModelMeta {
         model: if vae_cfg.scanvi.is_some() { "SCANVI" } else if vae_cfg.linear_decoder { "LDVAE" } else { "SCVI" }.into(),
         engine_version: env!("CARGO_PKG_VERSION").into(),
@@ -368,6 +390,20 @@ fn scvir_read_h5ad(path: &str, layer: &str) -> Result<List> {
     )
 }
 
+extern "C" {
+    /// Defined in src/r_helpers.c.
+    fn scvir_continue_unwind();
+}
+
+/// Resumes the non-local exit an R progress callback started (see observer.rs). Called by the
+/// R side's handler of the "[scviR:unwind]" error, once no Rust frame of the training call is
+/// left; does not return.
+/// @noRd
+#[extendr]
+fn scvir_resume_unwind() {
+    unsafe { scvir_continue_unwind() }
+}
+
 /// Whether the linked libtorch can run on a CUDA device here.
 /// @noRd
 #[extendr]
@@ -398,5 +434,7 @@ extendr_module! {
     fn scvir_set_tuning;
     fn scvir_blas_info;
     fn scvir_available_cores;
+    fn scvir_process_state;
+    fn scvir_resume_unwind;
     fn scvir_debug_panic;
 }

@@ -126,6 +126,26 @@ pub fn available_cores() -> usize {
     n.max(1)
 }
 
+/// The process settings a session changes, as they are now (for tests and diagnostics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessState {
+    pub mxcsr: Option<u32>,
+    pub omp_max_threads: Option<i32>,
+    pub openblas_threads: Option<i32>,
+    pub openblas_core: Option<String>,
+    pub torch_threads: i32,
+}
+
+pub fn process_state() -> ProcessState {
+    ProcessState {
+        mxcsr: read_mxcsr(),
+        omp_max_threads: omp_get_max_threads(),
+        openblas_threads: openblas_get_num_threads(),
+        openblas_core: openblas_core(),
+        torch_threads: tch::get_num_threads(),
+    }
+}
+
 pub fn cuda_available() -> bool {
     tch::Cuda::is_available()
 }
