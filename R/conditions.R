@@ -9,8 +9,7 @@ scvir_abort <- function(message, class = "scvir_input_error", call = NULL) {
 # Runs an engine call and maps its tagged errors (and Rust panics) to classed conditions.
 .engine <- function(expr) {
   if (!is.null(.scvir_state$routines)) {
-    .rs_set_tuning(isTRUE(getOption("scviR.tune_blas", FALSE)),
-                   isTRUE(getOption("scviR.tune_allocator", FALSE)))
+    .rs_set_tuning(.tune_option("blas"), .tune_option("allocator"))
   }
   # A progress handler that left a training call (an interrupt, or the caller's exiting handler
   # or restart): the engine stopped and dropped its state; resume that exit from here, before
@@ -38,4 +37,11 @@ scvir_abort <- function(message, class = "scvir_input_error", call = NULL) {
                        " (please report it; your R session and data are unaffected)"),
                 "scvir_engine_error")
   })
+}
+
+# Opt-in process tuning: options(scviR.tune_blas / scviR.tune_allocator = TRUE), or the
+# environment variables SCVIR_TUNE_BLAS / SCVIR_TUNE_ALLOCATOR = 1 (e.g. in Renviron.site).
+.tune_option <- function(what) {
+  isTRUE(getOption(paste0("scviR.tune_", what),
+                   identical(Sys.getenv(paste0("SCVIR_TUNE_", toupper(what))), "1")))
 }

@@ -8,6 +8,7 @@ lik <- args[1]; lib <- args[2]; epochs <- as.integer(args[3])
 seed <- if (length(args) >= 4) as.integer(args[4]) else 0L
 ll_samples <- if (length(args) >= 5) as.integer(args[5]) else 100L
 suppressPackageStartupMessages(library(scviR))
+options(scviR.tune_blas = TRUE, scviR.tune_allocator = TRUE)  # the tuned setup, opt-in
 sce <- read_h5ad(system.file("extdata", "pbmc3k_hvg2000.h5ad", package = "scviR"))
 fit <- scvi_model(SummarizedExperiment::assay(sce, "counts"), gene_likelihood = lik,
                   use_observed_lib_size = lib == "observed", max_epochs = epochs, seed = seed,
