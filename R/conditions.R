@@ -26,11 +26,17 @@ scvir_abort <- function(message, class = "scvir_input_error", call = NULL) {
       class <- switch(kind,
         input = "scvir_input_error", config = "scvir_config_error",
         interrupted = "scvir_interrupted", numerical = "scvir_numerical_error",
-        model = "scvir_model_error", "scvir_engine_error")
+        model = "scvir_model_error", file = "scvir_input_error",
+        resource = "scvir_resource_error", unwind = "scvir_engine_error", "scvir_engine_error")
+      if (kind == "resource") text <- .resource_message(text)
       if (kind == "interrupted") {
         text <- paste0(text, "; nothing was modified")
       }
       scvir_abort(text, class)
+    }
+    # libtorch reports a failed allocation as an exception (a panic of its Rust binding).
+    if (grepl("can't allocate memory|out of memory|bad_alloc|Cannot allocate memory", msg)) {
+      scvir_abort(.resource_message(msg), "scvir_resource_error")
     }
     # Every engine error is tagged; anything else is a caught Rust panic or a conversion bug.
     scvir_abort(paste0("internal error in the scviR engine: ", msg,
@@ -44,4 +50,12 @@ scvir_abort <- function(message, class = "scvir_input_error", call = NULL) {
 .tune_option <- function(what) {
   isTRUE(getOption(paste0("scviR.tune_", what),
                    identical(Sys.getenv(paste0("SCVIR_TUNE_", toupper(what))), "1")))
+}
+
+# Out of memory: the size libtorch tried to allocate and what to do, without its C++ frames.
+.resource_message <- function(msg) {
+  bytes <- suppressWarnings(as.numeric(regmatches(msg, regexec("allocate ([0-9]+) bytes", msg))[[1]][2]))
+  size <- if (is.finite(bytes)) sprintf(" (an allocation of %s)", format(structure(bytes, class = "object_size"), units = "auto")) else ""
+  paste0("out of memory in scviR's engine", size,
+         "; lower batch_size or n_samples, work on fewer cells or genes at a time, or free memory")
 }

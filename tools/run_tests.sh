@@ -29,7 +29,7 @@ echo "== Rust engine: cargo test"
 crate_dir=src/rust
 if [ -n "${SCVIR_CARGO_TARGET_DIR:-}" ] && [ -f "$SCVIR_CARGO_TARGET_DIR/src/Cargo.toml" ]; then
   crate_dir=$SCVIR_CARGO_TARGET_DIR/src
-  rsync -r --checksum --delete --exclude /target --exclude /vendor --exclude /.cargo src/rust/ "$crate_dir/"
+  rsync -r --checksum --delete --exclude /target --exclude /vendor --exclude /.cargo --exclude /vendor.stamp src/rust/ "$crate_dir/"
 fi
 libtorch=$(Rscript -e 'cat(scviR::libtorch_info()$libtorch)' 2>/dev/null)
 (cd "$crate_dir" && LIBTORCH="$libtorch" SCVIR_TEST_H5AD="$root/inst/extdata/pbmc3k_hvg2000.h5ad" \
@@ -51,7 +51,7 @@ if [ "$r_status" -ne 0 ] && [ "$r_failed" -eq 0 ]; then r_failed=1; fi
 passed=$((passed + r_passed)); failed=$((failed + r_failed))
 
 echo "== Vignette: built into the tarball and installed"
-if [ -n "$tarball" ] && tar -tzf "$tarball" | grep -q '^scviR/inst/doc/scviR.html$' && \
+if [ -n "$tarball" ] && tar -tzf "$tarball" > "$log_dir/tarball.txt" && grep -qx 'scviR/inst/doc/scviR.html' "$log_dir/tarball.txt" && \
    Rscript -e 'v <- vignette(package = "scviR")$results; stopifnot("scviR" %in% v[, "Item"])'; then
   record "vignette built and listed by vignette(package = \"scviR\")" 0
 else
@@ -62,7 +62,7 @@ echo "== R CMD check of the source tarball, offline"
 if [ -z "$tarball" ]; then
   record "R CMD check (no tarball given)" 2
 else
-  bash tools/check_tarball.sh "$tarball"; record "R CMD check of $(basename "$tarball")" $?
+  bash tools/check_tarball.sh "$tarball"; s=$?; record "R CMD check of $(basename "$tarball")" "$s"
 fi
 
 echo "== A non-root user of the site-wide install"

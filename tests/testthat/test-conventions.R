@@ -113,7 +113,10 @@ test_that("predict_labels() works on Seurat objects and scANVI models", {
   soft <- predict_labels(seu, soft = TRUE)
   expect_equal(dim(soft), c(80L, nlevels(pred)))
   expect_equal(unname(rowSums(soft)), rep(1, 80), tolerance = 1e-5)
-  expect_equal(predict_labels(seu@misc$scanvi, soft = TRUE), predict(seu@misc$scanvi, soft = TRUE))
+  # A model stored in an object keeps no counts: give them as newdata.
+  counts <- pbmc_small_counts()[seu@misc$scanvi$genes, ]
+  expect_equal(predict_labels(seu@misc$scanvi, newdata = counts, soft = TRUE),
+               predict(seu@misc$scanvi, newdata = counts, soft = TRUE))
   expect_error(predict_labels(seu, newdata = pbmc_small_counts()), "cells of an object")
   expect_error(predict_labels(seu@misc$scvi), "needs a scANVI model")
   expect_error(predict_labels(1:3), "expected a scanvi_model")

@@ -10,12 +10,19 @@ pub fn engine_error(e: scvir_engine::Error) -> Error {
     let tag = match &e {
         E::InvalidInput(_) => "input",
         E::InvalidConfig(_) => "config",
-        E::Interrupted { .. } => "interrupted",
+        E::Interrupted { .. } | E::Cancelled => "interrupted",
         E::NumericalFailure(_) => "numerical",
         E::ModelFormat(_) => "model",
+        E::Io(_) | E::Hdf5(_) => "file",
+        E::Torch(t) if is_out_of_memory(&t.to_string()) => "resource",
         _ => "engine",
     };
     Error::Other(format!("[scviR:{tag}] {e}"))
+}
+
+/// libtorch's words for a failed allocation (CPU and CUDA).
+pub fn is_out_of_memory(msg: &str) -> bool {
+    ["can't allocate memory", "out of memory", "bad_alloc", "Cannot allocate memory"].iter().any(|p| msg.contains(p))
 }
 
 /// Row-major cells x k values -> R's column-major double matrix.

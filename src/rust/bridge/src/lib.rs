@@ -63,6 +63,7 @@ fn prepare(n_threads: i32) -> Session {
         n_threads: (n_threads > 0).then_some(n_threads as usize),
         tune_blas: TUNE_BLAS.load(Ordering::Relaxed),
         tune_allocator: TUNE_ALLOCATOR.load(Ordering::Relaxed),
+        interrupt: Some(observer::r_interrupt_pending),
     })
 }
 
@@ -365,7 +366,14 @@ fn scvir_predict(model: Raw, data: List, opts: List, use_posterior_mean: bool) -
 /// @noRd
 #[extendr]
 fn scvir_read_h5ad(path: &str, layer: &str) -> Result<List> {
-    let data = h5ad::read(path, (!layer.is_empty()).then_some(layer)).map_err(engine_error)?;
+    let data = h5ad::read(path, (!layer.is_empty()).then_some(layer))
+        .map_err(|e| match e {
+            // HDF5 and I/O errors do not name the file.
+            scvir_engine::Error::Hdf5(h) => scvir_engine::Error::InvalidInput(format!("{path}: cannot be read as an .h5ad file ({h})")),
+            scvir_engine::Error::Io(io) => scvir_engine::Error::InvalidInput(format!("{path}: {io}")),
+            other => other,
+        })
+        .map_err(engine_error)?;
     let frame = |f: &h5ad::Frame| -> Result<List> {
         let names: Vec<&str> = f.columns.iter().map(|(n, _)| n.as_str()).collect();
         let cols: Vec<Robj> = f.columns.iter().map(|(_, c)| column_to_robj(c)).collect();

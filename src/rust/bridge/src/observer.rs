@@ -20,6 +20,11 @@ extern "C" {
     fn scvir_call_with_handlers(fun: *mut c_void, args: *mut c_void) -> c_int;
 }
 
+/// Ctrl-C (or an R time limit) pending, for the engine's queries and DE.
+pub fn r_interrupt_pending() -> bool {
+    unsafe { scvir_interrupt_pending() != 0 }
+}
+
 pub struct RObserver {
     progress: Option<Function>,
     /// An R callback started a non-local exit; the R side resumes it after the call returns.

@@ -16,6 +16,9 @@ pub enum Error {
     /// The user asked training to stop (Ctrl-C in R).
     #[error("training interrupted by the user at epoch {epoch} of {max_epochs}")]
     Interrupted { epoch: usize, max_epochs: usize },
+    /// A query or DE stopped by the host's interrupt check (Ctrl-C, a time limit).
+    #[error("the computation was interrupted (Ctrl-C or a time limit)")]
+    Cancelled,
     /// A model file that is not ours or from an incompatible format version.
     #[error("model file: {0}")]
     ModelFormat(String),

@@ -29,6 +29,21 @@ pub struct SessionOptions {
     pub tune_blas: bool,
     /// Raise glibc's mmap / trim thresholds during the call (fewer page faults per minibatch).
     pub tune_allocator: bool,
+    /// Polled by queries and DE between minibatches (on the calling thread); true stops them
+    /// with `Error::Cancelled`.
+    pub interrupt: Option<fn() -> bool>,
+}
+
+static INTERRUPT_CHECK: std::sync::Mutex<Option<fn() -> bool>> = std::sync::Mutex::new(None);
+
+/// Err(Cancelled) when the session's interrupt check says so. Call it from the thread that
+/// entered the session only.
+pub fn check_interrupt() -> crate::Result<()> {
+    let f = *INTERRUPT_CHECK.lock().unwrap_or_else(|e| e.into_inner());
+    match f {
+        Some(f) if f() => Err(crate::Error::Cancelled),
+        _ => Ok(()),
+    }
 }
 
 /// Restores the process settings it changed when dropped. Not `Send`: it must be dropped on the
@@ -50,6 +65,7 @@ static PARENT_PID: AtomicI32 = AtomicI32::new(0);
 impl Session {
     pub fn enter(opts: SessionOptions) -> Session {
         install_fork_handler();
+        *INTERRUPT_CHECK.lock().unwrap_or_else(|e| e.into_inner()) = opts.interrupt;
         let mut s = Session {
             mxcsr: None,
             team: 0,
@@ -88,6 +104,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        *INTERRUPT_CHECK.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if self.allocator_tuned {
             set_allocator_thresholds(false);
         }

@@ -95,6 +95,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         n_threads: threads,
         tune_blas: true,
         tune_allocator: true,
+        interrupt: None,
     });
     let data = h5ad::read(path, None)?;
     let counts = data.counts.view()?;

@@ -85,9 +85,18 @@ fn validate_values(data: &[f64]) -> Result<()> {
                  not normalized or log-transformed data"
             ));
         }
+        if v > MAX_COUNT {
+            return invalid(format!(
+                "counts contain values above 2^24 = 16,777,216 (e.g. {v}), which the model's 32-bit \
+                 floats cannot hold exactly; scVI models raw UMI counts"
+            ));
+        }
     }
     Ok(())
 }
+
+/// The largest count the engine accepts: every integer up to it is exact in f32.
+pub const MAX_COUNT: f64 = 16_777_216.0;
 
 /// Owned CSR storage, for data read from files (the CLI, h5ad).
 #[derive(Clone, Debug, Default)]

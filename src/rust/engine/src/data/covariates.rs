@@ -40,10 +40,16 @@ impl Covariates<'_> {
             if v.len() != n_cells || v.iter().any(|x| !x.is_finite()) {
                 return bad(format!("continuous covariate {} needs one finite value per cell", k + 1));
             }
+            if let Some(x) = v.iter().find(|x| x.abs() > f32::MAX as f64) {
+                return bad(format!(
+                    "continuous covariate {} has a value ({x:e}) beyond the range of the model's 32-bit floats; rescale it",
+                    k + 1
+                ));
+            }
         }
         if let Some(s) = self.size_factor {
-            if s.len() != n_cells || s.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
-                return bad("size factors must be positive and finite, one per cell".into());
+            if s.len() != n_cells || s.iter().any(|x| !(x.is_finite() && *x > 0.0 && *x < f32::MAX as f64 && *x > f32::MIN_POSITIVE as f64)) {
+                return bad("size factors must be positive and finite in 32-bit floats, one per cell".into());
             }
         }
         if let Some(l) = self.labels {

@@ -5,7 +5,7 @@ use super::counts::Counts;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Registry {
     pub genes: Vec<String>,
     /// Batch categories; a single "0" category stands for "no batch key" as in scvi-tools.

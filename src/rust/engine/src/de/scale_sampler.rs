@@ -54,8 +54,9 @@ pub fn sample_group_scales(
 
     let mut out = vec![0f32; n_samples_overall * g];
     let mut start = 0;
-    tch::no_grad(|| {
+    tch::no_grad(|| -> Result<()> {
         while start < pairs.len() {
+            crate::runtime::check_interrupt()?;
             // Up to `batch_size` distinct cells, and all of their pairs.
             let mut chunk_cells: Vec<usize> = Vec::new();
             let mut end = start;
@@ -103,6 +104,7 @@ pub fn sample_group_scales(
             }
             start = end;
         }
-    });
+        Ok(())
+    })?;
     Ok(out)
 }

@@ -41,15 +41,17 @@ fn for_each_minibatch<'a>(
     cov: &Covariates<'a>,
     batch_size: usize,
     mut f: impl FnMut(&Minibatch, &[usize]),
-) {
+) -> Result<()> {
     let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
     let cells: Vec<usize> = (0..counts.n_cells()).collect();
     tch::no_grad(|| {
         for chunk in cells.chunks(batch_size.max(1)) {
+            crate::runtime::check_interrupt()?;
             let mb = builder.build(chunk);
             f(&mb, chunk);
         }
-    });
+        Ok(())
+    })
 }
 
 pub(crate) fn to_vec(t: &Tensor) -> Vec<f32> {
@@ -101,7 +103,7 @@ pub fn latent_representation(
                 second.extend(to_vec(&inf.qz.q_var));
             }
         }
-    });
+    })?;
     Ok((first, matches!(query, LatentQuery::Distribution).then_some(second)))
 }
 
@@ -162,7 +164,7 @@ pub fn normalized_expression(
         if return_mean {
             out[0].extend(to_vec(&(acc / n_samples as f64)));
         }
-    });
+    })?;
     Ok(out)
 }
 
@@ -184,7 +186,7 @@ pub fn cell_losses(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Cov
         let l = vae.loss(&mb, false, 1.0);
         out.reconstruction.extend(to_f64(&l.reconstruction));
         out.kl_local.extend(to_f64(&(&l.kl_z + &l.kl_library)));
-    });
+    })?;
     Ok(out)
 }
 
@@ -225,7 +227,7 @@ pub fn marginal_ll(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Cov
         let stacked = Tensor::stack(&terms, 0);
         let ll = stacked.logsumexp([0], false) - (n_mc_samples as f64).ln();
         out.extend(to_f64(&ll));
-    });
+    })?;
     Ok(out)
 }
 
@@ -246,7 +248,7 @@ pub fn latent_library_size(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], c
             _ => inf.library.exp(),
         };
         out.extend(to_f64(&lib.reshape([-1])));
-    });
+    })?;
     Ok(out)
 }
 
@@ -308,7 +310,7 @@ pub fn likelihood_parameters(
             let values = acc.map(|a| a.map(|t| t / n_samples as f64));
             push_sample(&mut out, 0, values);
         }
-    });
+    })?;
     Ok(out)
 }
 
@@ -357,7 +359,7 @@ pub fn posterior_predictive_sample(
             };
             sample.extend(to_vec(&x));
         }
-    });
+    })?;
     Ok(out)
 }
 
@@ -398,7 +400,7 @@ pub fn denoised_samples(
             };
             out.extend(to_vec(&draw));
         }
-    });
+    })?;
     Ok(out)
 }
 
@@ -419,6 +421,6 @@ pub fn label_probabilities(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], c
             vae.scanvi.as_ref().expect("checked above").classify_z(&z, false)
         };
         out.extend(to_vec(&logits.softmax(-1, Kind::Float)));
-    });
+    })?;
     Ok(out)
 }

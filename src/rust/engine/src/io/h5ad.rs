@@ -123,22 +123,75 @@ fn read_matrix(parent: &Group, name: &str, n_cells: usize, n_genes: usize, path:
     if data.len() > i32::MAX as usize {
         return Err(fmt_err(path, "more than 2^31 nonzero entries are not supported"));
     }
+    if let Some(shape) = g.attr("shape").ok().and_then(|a| a.read_raw::<i64>().ok()) {
+        if shape != [n_cells as i64, n_genes as i64] {
+            return Err(fmt_err(path, format!(
+                "{name}: its shape attribute {shape:?} contradicts obs and var ({n_cells} cells x {n_genes} genes)"
+            )));
+        }
+    }
     let to_i32 = |v: Vec<i64>| v.into_iter().map(|x| x as i32).collect::<Vec<i32>>();
     match enc.as_str() {
         "csr_matrix" => {
-            if indptr.len() != n_cells + 1 {
-                return Err(fmt_err(path, format!("{name}: indptr length does not match {n_cells} cells")));
-            }
+            let (indices, data) = check_compressed(path, name, &indptr, indices, data, n_cells, n_genes, "cell", "gene")?;
             Ok(OwnedCounts { n_cells, n_genes, indptr: to_i32(indptr), indices: to_i32(indices), data })
         }
         "csc_matrix" => {
-            if indptr.len() != n_genes + 1 {
-                return Err(fmt_err(path, format!("{name}: indptr length does not match {n_genes} genes")));
-            }
+            let (indices, data) = check_compressed(path, name, &indptr, indices, data, n_genes, n_cells, "gene", "cell")?;
             Ok(csc_to_csr(n_cells, n_genes, &indptr, &indices, &data))
         }
         other => Err(fmt_err(path, format!("{name} has an unsupported encoding \"{other}\""))),
     }
+}
+
+/// Validates compressed sparse storage read from a file (`n_major` rows of a CSR matrix, or
+/// columns of a CSC one): indptr starts at 0, never decreases and ends at the number of values;
+/// every index is in range; no index repeats within a row. Rows whose indices are not sorted are
+/// sorted (scipy allows that). Errors name the file, the matrix and what is wrong.
+#[allow(clippy::too_many_arguments)]
+fn check_compressed(
+    path: &str,
+    name: &str,
+    indptr: &[i64],
+    mut indices: Vec<i64>,
+    mut data: Vec<f64>,
+    n_major: usize,
+    n_minor: usize,
+    major: &str,
+    minor: &str,
+) -> Result<(Vec<i64>, Vec<f64>)> {
+    let bad = |what: String| Err(fmt_err(path, format!("{name}: {what}; the file is malformed")));
+    if indptr.len() != n_major + 1 {
+        return bad(format!("indptr has {} entries, expected {} ({n_major} {major}s + 1)", indptr.len(), n_major + 1));
+    }
+    if indices.len() != data.len() {
+        return bad(format!("indices has {} entries but data has {}", indices.len(), data.len()));
+    }
+    if indptr[0] != 0 || indptr[n_major] as usize != data.len() || indptr[n_major] < 0 {
+        return bad(format!("indptr must run from 0 to the number of values ({}); it runs from {} to {}", data.len(), indptr[0], indptr[n_major]));
+    }
+    if let Some(i) = indptr.windows(2).position(|w| w[1] < w[0]) {
+        return bad(format!("indptr decreases at {major} {}", i + 1));
+    }
+    if let Some(&v) = indices.iter().find(|&&v| v < 0 || v as usize >= n_minor) {
+        return bad(format!("index {v} is outside the {n_minor} {minor}s"));
+    }
+    for r in 0..n_major {
+        let (a, b) = (indptr[r] as usize, indptr[r + 1] as usize);
+        if indices[a..b].windows(2).all(|w| w[0] < w[1]) {
+            continue;
+        }
+        let mut pairs: Vec<(i64, f64)> = indices[a..b].iter().copied().zip(data[a..b].iter().copied()).collect();
+        pairs.sort_by_key(|p| p.0);
+        if pairs.windows(2).any(|w| w[0].0 == w[1].0) {
+            return bad(format!("{major} {} lists the same {minor} twice", r + 1));
+        }
+        for (k, (i, v)) in pairs.into_iter().enumerate() {
+            indices[a + k] = i;
+            data[a + k] = v;
+        }
+    }
+    Ok((indices, data))
 }
 
 /// Transposes compressed-column storage into compressed-row storage (counting sort by row).
@@ -209,6 +262,23 @@ fn read_column(g: &Group, name: &str) -> Result<Option<Column>> {
 #[cfg(test)]
 mod tests {
     use super::csc_to_csr;
+
+    #[test]
+    fn malformed_compressed_storage_is_refused_and_unsorted_rows_sorted() {
+        use super::check_compressed;
+        let ok = |indptr: &[i64], idx: Vec<i64>, data: Vec<f64>| check_compressed("f.h5ad", "X", indptr, idx, data, 2, 3, "cell", "gene");
+        // Unsorted within a row: sorted with the values.
+        let (i, d) = ok(&[0, 2, 3], vec![2, 0, 1], vec![5.0, 6.0, 7.0]).unwrap();
+        assert_eq!(i, vec![0, 2, 1]);
+        assert_eq!(d, vec![6.0, 5.0, 7.0]);
+        let msg = |r: crate::Result<(Vec<i64>, Vec<f64>)>| r.unwrap_err().to_string();
+        assert!(msg(ok(&[0, 2, 1], vec![0, 1, 2], vec![1.0; 3])).contains("indptr"));
+        assert!(msg(ok(&[0, 3, 2], vec![0, 1, 2], vec![1.0; 2])).contains("indices has 3 entries"));
+        assert!(msg(ok(&[0, 2, 1, 3], vec![0, 1, 2], vec![1.0; 3])).contains("indptr has 4 entries"));
+        assert!(msg(ok(&[0, 1, 3], vec![0, 1, 7], vec![1.0; 3])).contains("index 7 is outside the 3 genes"));
+        assert!(msg(ok(&[0, 2, 3], vec![1, 1, 0], vec![1.0; 3])).contains("cell 1 lists the same gene twice"));
+        assert!(msg(ok(&[0, 2, 3], vec![1, 1, 0], vec![1.0; 3])).starts_with("f.h5ad: X:"));
+    }
 
     #[test]
     fn csc_transposes_to_csr() {

@@ -30,8 +30,40 @@ impl Dispersion {
     }
 }
 
+/// Activation giving the encoders' variances.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum VarActivation {
+    #[serde(rename = "exp")]
+    Exp,
+    #[serde(rename = "softplus")]
+    Softplus,
+}
+
+/// Distribution of the latent variable z.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum LatentDistribution {
+    /// z Gaussian.
+    #[serde(rename = "normal")]
+    Normal,
+    /// Logistic normal: z = softmax of a Gaussian sample.
+    #[serde(rename = "ln")]
+    LogisticNormal,
+}
+
+/// How batches enter the networks.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum BatchRepresentation {
+    /// Injected one-hot like other categorical covariates.
+    #[serde(rename = "one-hot")]
+    OneHot,
+    /// A learnt vector per batch concatenated to the decoder's (and with `encode_covariates`
+    /// the encoders') input.
+    #[serde(rename = "embedding")]
+    Embedding,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct VaeConfig {
     pub n_genes: i64,
     pub n_batch: i64,
@@ -56,13 +88,10 @@ pub struct VaeConfig {
     pub use_batch_norm_decoder: bool,
     pub use_layer_norm_encoder: bool,
     pub use_layer_norm_decoder: bool,
-    /// Activation giving the encoders' variances: "exp" (scvi-tools' default) or "softplus".
-    pub var_activation: String,
-    /// "normal" (z Gaussian) or "ln" (logistic normal: z = softmax of a Gaussian sample).
-    pub latent_distribution: String,
-    /// "one-hot" (injected like other categorical covariates) or "embedding" (a learnt vector
-    /// per batch concatenated to the decoder's, and with `encode_covariates` the encoders', input).
-    pub batch_representation: String,
+    /// "exp" (scvi-tools' default) or "softplus".
+    pub var_activation: VarActivation,
+    pub latent_distribution: LatentDistribution,
+    pub batch_representation: BatchRepresentation,
     pub batch_embedding_dim: i64,
     /// LDVAE: a linear decoder (gene loadings per latent factor) instead of the deep one.
     pub linear_decoder: bool,
@@ -100,9 +129,9 @@ impl VaeConfig {
             use_batch_norm_decoder: true,
             use_layer_norm_encoder: false,
             use_layer_norm_decoder: false,
-            var_activation: "exp".into(),
-            latent_distribution: "normal".into(),
-            batch_representation: "one-hot".into(),
+            var_activation: VarActivation::Exp,
+            latent_distribution: LatentDistribution::Normal,
+            batch_representation: BatchRepresentation::OneHot,
             batch_embedding_dim: 5,
             linear_decoder: false,
             scanvi: None,
@@ -110,11 +139,11 @@ impl VaeConfig {
     }
 
     pub fn batch_embedding(&self) -> bool {
-        self.batch_representation == "embedding"
+        self.batch_representation == BatchRepresentation::Embedding
     }
 
     pub fn logistic_normal(&self) -> bool {
-        self.latent_distribution == "ln"
+        self.latent_distribution == LatentDistribution::LogisticNormal
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -131,17 +160,8 @@ impl VaeConfig {
         if self.dispersion == Dispersion::GeneLabel && self.n_labels < 1 {
             return bad("dispersion = \"gene-label\" needs labels (labels_key)".into());
         }
-        if !["one-hot", "embedding"].contains(&self.batch_representation.as_str()) {
-            return bad(format!("batch_representation must be \"one-hot\" or \"embedding\", got \"{}\"", self.batch_representation));
-        }
         if self.batch_embedding_dim < 1 {
             return bad("batch_embedding_dim must be a positive integer".into());
-        }
-        if !["normal", "ln"].contains(&self.latent_distribution.as_str()) {
-            return bad(format!("latent_distribution must be \"normal\" or \"ln\", got \"{}\"", self.latent_distribution));
-        }
-        if !["exp", "softplus"].contains(&self.var_activation.as_str()) {
-            return bad(format!("var_activation must be \"exp\" or \"softplus\", got \"{}\"", self.var_activation));
         }
         if self.gene_likelihood == GeneLikelihood::Poisson && self.dispersion != Dispersion::Gene {
             // Poisson has no dispersion; scvi-tools ignores the option, we accept only the default.

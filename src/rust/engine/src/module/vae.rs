@@ -77,7 +77,7 @@ impl Vae {
             use_activation: true,
             bias: true,
         };
-        let softplus_var = c.var_activation == "softplus";
+        let softplus_var = c.var_activation == super::config::VarActivation::Softplus;
         let z_encoder = Encoder::new(&root / "z_encoder", &encoder_fc, c.n_latent, softplus_var);
         let l_encoder = (!c.use_observed_lib_size).then(|| {
             let fc = FcLayersConfig { n_layers: 1, ..encoder_fc.clone() };

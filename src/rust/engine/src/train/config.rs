@@ -2,8 +2,25 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The optimiser: Adam with coupled L2 weight decay (scvi-tools' default) or AdamW (decoupled).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Optimizer {
+    Adam,
+    AdamW,
+}
+
+/// A validation metric that early stopping and the learning-rate scheduler can monitor.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Monitor {
+    ElboValidation,
+    ReconstructionLossValidation,
+    KlLocalValidation,
+    ValidationLoss,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     /// None: scvi-tools' heuristic min(round(20000 / n_cells * 400), 400).
     pub max_epochs: Option<usize>,
@@ -14,8 +31,7 @@ pub struct TrainConfig {
     pub lr: f64,
     pub eps: f64,
     pub weight_decay: f64,
-    /// "Adam" (coupled L2 decay, scvi-tools' default) or "AdamW".
-    pub optimizer: String,
+    pub optimizer: Optimizer,
     pub n_epochs_kl_warmup: Option<usize>,
     pub n_steps_kl_warmup: Option<usize>,
     pub max_kl_weight: f64,
@@ -27,8 +43,7 @@ pub struct TrainConfig {
     /// Stop when `early_stopping_monitor` has not improved for `early_stopping_patience`
     /// validation epochs (validation then runs every epoch, as in scvi-tools).
     pub early_stopping: bool,
-    /// "elbo_validation", "reconstruction_loss_validation" or "kl_local_validation".
-    pub early_stopping_monitor: String,
+    pub early_stopping_monitor: Monitor,
     pub early_stopping_patience: usize,
     pub early_stopping_min_delta: f64,
     pub early_stopping_mode: super::callbacks::Mode,
@@ -38,7 +53,7 @@ pub struct TrainConfig {
     pub lr_patience: usize,
     pub lr_threshold: f64,
     pub lr_min: f64,
-    pub lr_scheduler_metric: String,
+    pub lr_scheduler_metric: Monitor,
 }
 
 impl Default for TrainConfig {
@@ -52,7 +67,7 @@ impl Default for TrainConfig {
             lr: 1e-3,
             eps: 0.01,
             weight_decay: 1e-6,
-            optimizer: "Adam".into(),
+            optimizer: Optimizer::Adam,
             n_epochs_kl_warmup: Some(400),
             n_steps_kl_warmup: None,
             max_kl_weight: 1.0,
@@ -60,7 +75,7 @@ impl Default for TrainConfig {
             check_val_every_n_epoch: Some(1),
             seed: 0,
             early_stopping: false,
-            early_stopping_monitor: "elbo_validation".into(),
+            early_stopping_monitor: Monitor::ElboValidation,
             early_stopping_patience: 45,
             early_stopping_min_delta: 0.0,
             early_stopping_mode: super::callbacks::Mode::Min,
@@ -70,7 +85,7 @@ impl Default for TrainConfig {
             lr_patience: 30,
             lr_threshold: 0.0,
             lr_min: 0.0,
-            lr_scheduler_metric: "elbo_validation".into(),
+            lr_scheduler_metric: Monitor::ElboValidation,
         }
     }
 }

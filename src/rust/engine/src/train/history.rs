@@ -41,16 +41,13 @@ pub struct History {
 
 impl EpochRecord {
     /// A validation metric by its scvi-tools name.
-    pub fn validation_metric(&self, name: &str) -> Option<f64> {
-        match name {
-            "elbo_validation" => self.elbo_validation,
-            "reconstruction_loss_validation" => self.reconstruction_loss_validation,
-            "kl_local_validation" => self.kl_local_validation,
-            "validation_loss" => self.validation_loss,
-            _ => None,
+    pub fn validation_metric(&self, monitor: super::config::Monitor) -> Option<f64> {
+        use super::config::Monitor as M;
+        match monitor {
+            M::ElboValidation => self.elbo_validation,
+            M::ReconstructionLossValidation => self.reconstruction_loss_validation,
+            M::KlLocalValidation => self.kl_local_validation,
+            M::ValidationLoss => self.validation_loss,
         }
     }
 }
-
-/// Validation metrics that early stopping and the LR scheduler can monitor.
-pub const MONITORS: [&str; 4] = ["elbo_validation", "reconstruction_loss_validation", "kl_local_validation", "validation_loss"];

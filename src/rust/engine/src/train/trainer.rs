@@ -3,7 +3,8 @@
 use super::adam::Adam;
 use super::config::{default_max_epochs, TrainConfig};
 use super::callbacks::{EarlyStopping, ReduceLrOnPlateau};
-use super::history::{EpochRecord, History, MONITORS};
+use super::config::Optimizer;
+use super::history::{EpochRecord, History};
 use super::kl_schedule::kl_weight;
 use crate::data::split::{make_semisupervised_split, make_split};
 use crate::data::{Counts, Covariates, DataSplit, MinibatchBuilder};
@@ -79,19 +80,7 @@ pub fn train(
     if cfg.batch_size < 1 {
         return Err(Error::InvalidConfig("batch_size must be a positive integer".into()));
     }
-    let decoupled = match cfg.optimizer.as_str() {
-        "Adam" => false,
-        "AdamW" => true,
-        other => return Err(Error::InvalidConfig(format!("optimizer must be \"Adam\" or \"AdamW\", got \"{other}\""))),
-    };
-    for (on, name, what) in [
-        (cfg.early_stopping, &cfg.early_stopping_monitor, "early_stopping_monitor"),
-        (cfg.reduce_lr_on_plateau, &cfg.lr_scheduler_metric, "lr_scheduler_metric"),
-    ] {
-        if on && !MONITORS.contains(&name.as_str()) {
-            return Err(Error::InvalidConfig(format!("{what} must be one of {}; got \"{name}\"", MONITORS.join(", "))));
-        }
-    }
+    let decoupled = cfg.optimizer == Optimizer::AdamW;
     let max_epochs = cfg.max_epochs.unwrap_or_else(|| default_max_epochs(n));
     tch::manual_seed(cfg.seed as i64);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -105,10 +94,38 @@ pub fn train(
         Some(l) => make_semisupervised_split(l, cfg.train_size, cfg.validation_size, cfg.batch_size, cfg.shuffle_set_split, cfg.seed)?,
         None => make_split(n, cfg.train_size, cfg.validation_size, cfg.batch_size, cfg.shuffle_set_split, cfg.seed)?,
     };
+    // BatchNorm normalises each minibatch in training mode: a minibatch of one cell has no
+    // variance and turns the model into NaN (PyTorch refuses it outright).
+    let batch_norm = vae.config.use_batch_norm_encoder || vae.config.use_batch_norm_decoder;
+    if batch_norm {
+        if cfg.batch_size < 2 {
+            return Err(Error::InvalidConfig(
+                "batch_size must be at least 2 with BatchNorm (use_batch_norm): a one-cell minibatch has no variance".into(),
+            ));
+        }
+        if split.train.len() < 2 {
+            return Err(Error::InvalidInput(format!(
+                "the training set has {} cell(s); BatchNorm needs at least 2 (more cells, or a larger train_size)",
+                split.train.len()
+            )));
+        }
+        if split.train.len() % cfg.batch_size == 1 {
+            return Err(Error::InvalidConfig(format!(
+                "with {} training cells and batch_size {}, the last minibatch would hold one cell, which BatchNorm cannot normalise; change batch_size or train_size",
+                split.train.len(),
+                cfg.batch_size
+            )));
+        }
+    }
     let labelled_all: Vec<usize> = match &labelled {
         Some(l) => split.train.iter().copied().filter(|&c| l[c]).collect(),
         None => Vec::new(),
     };
+    if batch_norm && labelled_all.len() == 1 {
+        return Err(Error::InvalidInput(
+            "only one labelled cell is in the training set; scANVI's classifier needs at least 2 with BatchNorm".into(),
+        ));
+    }
     let mut labelled_train = labelled_all.clone();
     let classification_ratio = vae.scanvi.as_ref().map_or(0.0, |h| h.config.classification_ratio);
     let per_label = vae.scanvi.as_ref().and_then(|h| h.config.n_samples_per_label);
@@ -157,6 +174,11 @@ pub fn train(
                     labelled_train.shuffle(&mut rng);
                     labelled_pos = 0;
                 }
+                if batch_norm && labelled_train.len() - labelled_pos == 1 && labelled_train.len() > 1 {
+                    // A one-cell labelled minibatch cannot pass BatchNorm: start the next pass.
+                    labelled_train.shuffle(&mut rng);
+                    labelled_pos = 0;
+                }
                 let end = (labelled_pos + cfg.batch_size).min(labelled_train.len());
                 let lmb = builder.build(&labelled_train[labelled_pos..end]);
                 labelled_pos = end;
@@ -200,6 +222,14 @@ pub fn train(
         let validate = check_val_every.map_or(false, |k| k > 0 && (epoch + 1) % k == 0);
         if validate && !split.validation.is_empty() {
             let v = evaluate(vae, &mut builder, &split.validation, cfg.batch_size, weight);
+            if !v.elbo().is_finite() {
+                return Err(Error::NumericalFailure(format!(
+                    "the validation ELBO became {} at epoch {} of {max_epochs}; try a smaller learning rate (lr), \
+                     check that the counts are raw UMI counts, or remove extreme cells",
+                    v.elbo(),
+                    epoch + 1
+                )));
+            }
             record.validation_loss = Some(v.loss_sum / v.n_steps.max(1) as f64);
             record.elbo_validation = Some(v.elbo());
             record.reconstruction_loss_validation = Some(v.reconstruction / v.n_cells as f64);
@@ -214,10 +244,10 @@ pub fn train(
         }
         observer.on_epoch_end(&record, max_epochs);
         let mut stop = false;
-        if let (Some(p), Some(m)) = (plateau.as_mut(), record.validation_metric(&cfg.lr_scheduler_metric)) {
+        if let (Some(p), Some(m)) = (plateau.as_mut(), record.validation_metric(cfg.lr_scheduler_metric)) {
             optimizer.lr = p.step(m, optimizer.lr);
         }
-        if let (Some(es), Some(m)) = (early_stopping.as_mut(), record.validation_metric(&cfg.early_stopping_monitor)) {
+        if let (Some(es), Some(m)) = (early_stopping.as_mut(), record.validation_metric(cfg.early_stopping_monitor)) {
             stop = es.update(epoch, m);
         }
         history.epochs.push(record);
@@ -226,7 +256,17 @@ pub fn train(
             break;
         }
     }
+    if let Some((name, _)) = vae.vs.variables().into_iter().find(|(_, t)| !all_finite(t)) {
+        return Err(Error::NumericalFailure(format!(
+            "training ended with non-finite values in the model's parameter {name}; try a smaller learning rate (lr) \
+             or check the counts and covariates"
+        )));
+    }
     Ok(TrainOutcome { history, split, max_epochs })
+}
+
+fn all_finite(t: &tch::Tensor) -> bool {
+    t.isfinite().all().int64_value(&[]) != 0
 }
 
 /// Cross-entropy and accuracy of scANVI's classifier over several minibatches.

@@ -1,0 +1,37 @@
+# Runs R code in a separate process and interrupts it with a real SIGINT (tests of Ctrl-C).
+
+# Starts `train` (R code using `counts`) in another R process, interrupts it, returns its output.
+interrupted_run <- function(train) {
+  dir <- tempfile("scvir-interrupt-")
+  dir.create(dir)
+  pid_file <- file.path(dir, "pid")
+  out_file <- file.path(dir, "out.txt")
+  script <- file.path(dir, "train.R")
+  writeLines(c(
+    "suppressMessages(library(scviR))",
+    "e <- new.env(); utils::data('pbmc_small', package = 'SeuratObject', envir = e)",
+    "counts <- scviR:::.assay_data(e$pbmc_small, 'RNA', 'counts')",
+    "before <- counts",
+    sprintf("writeLines(as.character(Sys.getpid()), '%s')", pid_file),
+    sprintf("res <- tryCatch(%s,", train),
+    "  scvir_interrupted = function(e) { cat('CAUGHT:', conditionMessage(e), '\\n'); 'interrupted' })",
+    "cat('ALIVE', identical(res, 'interrupted'), identical(counts, before), '\\n')"
+  ), script)
+  rscript <- file.path(R.home("bin"), "Rscript")
+  system2(rscript, script, stdout = out_file, stderr = out_file, wait = FALSE)
+  deadline <- Sys.time() + 60
+  while (!file.exists(pid_file) && Sys.time() < deadline) Sys.sleep(0.2)
+  expect_true(file.exists(pid_file))
+  Sys.sleep(3)  # let training start
+  pid <- as.integer(readLines(pid_file))
+  tools::pskill(pid, tools::SIGINT)
+  deadline <- Sys.time() + 60
+  out <- character()
+  while (Sys.time() < deadline) {
+    out <- if (file.exists(out_file)) readLines(out_file, warn = FALSE) else character()
+    if (any(grepl("^ALIVE", out))) break
+    Sys.sleep(0.2)
+  }
+  if (!any(grepl("^ALIVE", out))) tools::pskill(pid, tools::SIGKILL)
+  out
+}

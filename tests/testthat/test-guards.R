@@ -1,0 +1,59 @@
+# The engine's own guards: settings that cannot train, values that overflow the model's 32-bit
+# floats, corrupted or truncated models, and queries stopped by Ctrl-C. Counts are pbmc_small's;
+# the few synthetic values (a huge count, a huge covariate) are there because the property
+# needs them.
+
+test_that("settings BatchNorm cannot train on are refused, not turned into NaN", {
+  counts <- pbmc_small_counts()
+  expect_error(scvi_model(counts, batch_size = 1, max_epochs = 1, verbose = FALSE),
+               class = "scvir_config_error", regexp = "batch_size must be at least 2 with BatchNorm")
+  # 72 training cells in minibatches of 71 would leave one cell alone.
+  expect_error(scvi_model(counts, batch_size = 71, max_epochs = 1, verbose = FALSE),
+               class = "scvir_config_error", regexp = "last minibatch would hold one cell")
+  expect_error(scvi_model(counts[, 1:2], max_epochs = 1, verbose = FALSE, n_top_genes = NULL),
+               class = "scvir_error", regexp = "training set has 1 cell|at least 2")
+  # Without BatchNorm, one-cell minibatches are fine.
+  fit <- scvi_model(counts, batch_size = 1, use_batch_norm = "none", max_epochs = 1, seed = 1,
+                    n_threads = 1, verbose = FALSE)
+  expect_true(all(is.finite(get_latent_representation(fit))))
+})
+
+test_that("counts and covariates beyond 32-bit floats are refused", {
+  counts <- pbmc_small_counts()
+  before <- counts
+  big <- counts
+  big@x[1] <- 1e30
+  expect_error(scvi_model(big, max_epochs = 1, verbose = FALSE, n_top_genes = NULL),
+               class = "scvir_input_error", regexp = "above 2\\^24")
+  expect_identical(counts, before)
+  cov <- data.frame(x = c(1e39, rep(1, ncol(counts) - 1)))
+  expect_error(scvi_model(counts, continuous_covariates = cov, max_epochs = 1, verbose = FALSE),
+               class = "scvir_input_error", regexp = "32-bit")
+})
+
+test_that("corrupted or truncated models are refused when loaded or used", {
+  fit <- quick_fit(max_epochs = 2L)
+  bad <- fit
+  mid <- length(bad$model) %/% 2
+  bad$model[mid] <- as.raw(bitwXor(as.integer(bad$model[mid]), 1L))
+  expect_error(get_latent_representation(bad), class = "scvir_model_error", regexp = "checksum")
+  dir <- tempfile("model")
+  save_model(fit, dir)
+  path <- file.path(dir, "model.scvir")
+  bytes <- readBin(path, "raw", file.size(path))
+  writeBin(bytes[seq_len(length(bytes) - 100)], path)
+  expect_error(load_model(dir), class = "scvir_model_error", regexp = "corrupted or truncated|truncated")
+  writeBin(bytes, path)
+  expect_s3_class(load_model(dir), "scvi_model")
+})
+
+test_that("Ctrl-C stops a long query with scvir_interrupted", {
+  skip_on_os("windows")
+  skip_on_cran()
+  out <- interrupted_run(paste(
+    "{fit <- scvi_model(counts, max_epochs = 2, seed = 1, n_threads = 1, verbose = FALSE);",
+    "get_normalized_expression(fit, n_samples = 2e5, library_size = 1e4, n_threads = 1)}"))
+  expect_true(any(grepl("CAUGHT: the computation was interrupted .*; nothing was modified", out)),
+              info = paste(out, collapse = "\n"))
+  expect_true(any(grepl("^ALIVE TRUE TRUE", out)), info = paste(out, collapse = "\n"))
+})
