@@ -23,7 +23,10 @@
   need("size_factor", isTRUE(fit$uses_size_factor))
   per_cell <- function(x, what) {
     if (length(x) != n_cells) scvir_abort(sprintf("%s has length %d but there are %d cells", what, length(x), n_cells))
-    if (anyNA(x)) scvir_abort(sprintf("%s has %d missing (NA) value(s)", what, sum(is.na(x))))
+    if (anyNA(x)) {
+      scvir_abort(sprintf("%s has %d missing (NA) value(s) (first for cell %d); give every cell a value",
+                          what, sum(is.na(x)), which(is.na(x))[1]))
+    }
     x
   }
   codes_for <- function(x, levels, what) {
@@ -54,7 +57,7 @@
     missing <- setdiff(keys, names(cats))
     if (length(missing)) scvir_abort(sprintf("categorical covariate \"%s\" is missing", missing[1]))
     for (k in keys) {
-      levels <- if (training) levels(droplevels(as.factor(per_cell(cats[[k]], k)))) else fit$categorical_covariates[[k]]
+      levels <- if (training) levels(droplevels(as.factor(per_cell(cats[[k]], sprintf("categorical covariate \"%s\"", k))))) else fit$categorical_covariates[[k]]
       out$engine$categorical[[k]] <- codes_for(cats[[k]], levels, sprintf("categorical covariate \"%s\"", k))
       out$registry$categorical[[k]] <- levels
     }
@@ -68,14 +71,29 @@
     for (k in keys) {
       v <- per_cell(conts[[k]], sprintf("continuous covariate \"%s\"", k))
       if (!is.numeric(v)) scvir_abort(sprintf("continuous covariate \"%s\" is not numeric (%s)", k, class(v)[1]))
-      if (any(!is.finite(v))) scvir_abort(sprintf("continuous covariate \"%s\" has non-finite values", k))
+      bad <- which(!is.finite(v))
+      if (length(bad)) {
+        scvir_abort(sprintf("continuous covariate \"%s\" has %d non-finite value(s) (first: %s for cell %d)",
+                            k, length(bad), format(v[bad[1]]), bad[1]))
+      }
+      bad <- which(abs(v) > .float32_max)
+      if (length(bad)) {
+        scvir_abort(sprintf(paste("continuous covariate \"%s\" has %d value(s) beyond the range of 32-bit",
+                                  "floats (+/-3.4e38; first: %s for cell %d); rescale it"),
+                            k, length(bad), format(v[bad[1]]), bad[1]))
+      }
       out$engine$continuous[[k]] <- as.double(v)
     }
     out$registry$continuous <- keys
   }
   if (!is.null(cov$size_factor) && (training || isTRUE(fit$uses_size_factor))) {
     s <- per_cell(cov$size_factor, "size_factor")
-    if (!is.numeric(s) || any(!is.finite(s) | s <= 0)) scvir_abort("size factors must be positive finite numbers")
+    if (!is.numeric(s) || any(!is.finite(s) | s <= 0 | s > .float32_max)) {
+      bad <- if (is.numeric(s)) which(!is.finite(s) | s <= 0 | s > .float32_max)[1]
+      scvir_abort(sprintf("size factors must be positive finite numbers within 32-bit floats (at most 3.4e38)%s",
+                          if (length(bad)) sprintf("; cell %d has %s", bad, format(s[bad])) else
+                            sprintf("; got %s", class(s)[1])))
+    }
     out$engine$size_factor <- as.double(s)
     out$registry$size_factor <- TRUE
   }

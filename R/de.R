@@ -38,6 +38,8 @@
 #' @param groupby Column of the cell metadata (or a vector with one value per cell) defining the
 #'   groups.
 #'   For a Seurat object, `NULL` (with no `idx1`) uses the identity classes, `Idents(object)`.
+#' @param ... Unused: it makes the later arguments match by their full names only; an unknown or
+#'   abbreviated name is a `scvir_config_error` that names the closest arguments.
 #' @param group1 Groups to test, each against `group2` (default: all groups).
 #' @param group2 Reference group; `NULL` compares with all other cells ("Rest").
 #' @param idx1,idx2 Cells of group 1 / group 2 instead of `groupby`: a logical vector, 1-based
@@ -87,7 +89,7 @@
 #'                                 n_samples_overall = 1000, seed = 1, silent = TRUE)
 #' head(de_g[, c("gene", "proba_m1", "bayes_factor")])
 #' @export
-differential_expression <- function(object, groupby = NULL, group1 = NULL, group2 = NULL,
+differential_expression <- function(object, ..., groupby = NULL, group1 = NULL, group2 = NULL,
                                     idx1 = NULL, idx2 = NULL, mode = "vanilla", delta = 0.25,
                                     batch_size = 128L, all_stats = TRUE, batch_correction = FALSE,
                                     batchid1 = NULL, batchid2 = NULL, fdr_target = 0.05,
@@ -97,6 +99,7 @@ differential_expression <- function(object, groupby = NULL, group1 = NULL, group
                                     test_mode = "three", seed = NULL, metadata = NULL,
                                     newdata = NULL, batch = NULL, covariates = NULL,
                                     n_threads = NULL, model = "scvi") {
+  .check_dots(list(...), formals(differential_expression), after = "object")
   model <- .check_choice(model, c("scvi", "scanvi"), "model")
   fit <- .fit_of(object, model)
   mode <- .check_choice(mode, c("vanilla", "change"), "mode")
@@ -111,6 +114,7 @@ differential_expression <- function(object, groupby = NULL, group1 = NULL, group
   fdr_target <- .check_number(fdr_target, "fdr_target", 0, 1)
   threshold_counts <- .check_number(threshold_counts, "threshold_counts", 0)
   n_samples_overall <- .check_count_arg(n_samples_overall, "n_samples_overall")
+  batch_size <- .check_count_arg(batch_size, "batch_size")
   for (f in c("all_stats", "batch_correction", "silent", "filter_outlier_cells")) {
     .check_flag(get(f), f)
   }
@@ -128,7 +132,7 @@ differential_expression <- function(object, groupby = NULL, group1 = NULL, group
 
   b1 <- .de_batches(fit, batchid1, batch_correction, "batchid1")
   b2 <- .de_batches(fit, batchid2, batch_correction, "batchid2")
-  seed <- .resolve_seed(seed)
+  seed <- as.numeric(.resolve_seed(seed)) # numeric: seed + k must not overflow an integer
   opts <- .opts_arg(fit, seed, batch_size, n_threads)
   data <- .data_arg(d$counts, d$codes, d$cov)
   latent <- if (filter_outlier_cells) .engine(.rs_latent(fit$model, data, opts, "mean", 5000L))$z
@@ -327,6 +331,8 @@ differential_expression <- function(object, groupby = NULL, group1 = NULL, group
 #' log(1 + expression per 10,000). Several comparisons are drawn as facets.
 #'
 #' @param de A data frame from [differential_expression()].
+#' @param ... Unused: it makes the later arguments match by their full names only; an unknown or
+#'   abbreviated name is a `scvir_config_error` that names the closest arguments.
 #' @param n_labels Genes to label per comparison.
 #' @param comparisons Comparisons to draw (default: all).
 #' @return A ggplot object.
@@ -339,7 +345,9 @@ differential_expression <- function(object, groupby = NULL, group1 = NULL, group
 #'                               silent = TRUE)
 #' plot_de(de, n_labels = 6)
 #' @export
-plot_de <- function(de, n_labels = 10L, comparisons = NULL) {
+plot_de <- function(de, ..., n_labels = 10L, comparisons = NULL) {
+  .check_dots(list(...), formals(plot_de), after = "de")
+  n_labels <- .check_count_arg(n_labels, "n_labels", min = 0)
   .need("ggplot2")
   if (!is.data.frame(de) || !"gene" %in% names(de) || !"bayes_factor" %in% names(de)) {
     scvir_abort("de must be a data frame returned by differential_expression()")

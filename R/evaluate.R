@@ -4,6 +4,8 @@
 
 .evaluate <- function(object, what, newdata, batch, indices, n = 0L, give_mean = FALSE,
                       batch_size = 128L, seed = NULL, n_threads = NULL, covariates = NULL) {
+  give_mean <- .check_flag(give_mean, "give_mean")
+  seed <- .check_seed(seed)
   d <- .query_data(object, newdata, batch, indices, covariates)
   res <- .engine(.rs_evaluate(object$model, .data_arg(d$counts, d$codes, d$cov),
                               .opts_arg(object, seed, batch_size, n_threads), what, as.integer(n),
@@ -30,6 +32,8 @@
 #' `mean(get_marginal_ll(..., return_mean = FALSE))`, the mean over cells.
 #'
 #' @inheritParams get_latent_representation
+#' @param ... Unused: it makes the later arguments match by their full names only; an unknown or
+#'   abbreviated name is a `scvir_config_error` that names the closest arguments.
 #' @param return_mean Return the mean over cells (`TRUE`) or one value per cell.
 #' @param n_mc_samples Importance samples per cell.
 #' @return A number, or a named vector with one value per cell.
@@ -46,14 +50,16 @@
 NULL
 
 .per_cell_or_mean <- function(v, cells, return_mean) {
-  if (isTRUE(return_mean)) return(mean(v))
+  if (.check_flag(return_mean, "return_mean")) return(mean(v))
   stats::setNames(v, cells)
 }
 
 #' @rdname evaluation
 #' @export
-get_elbo <- function(object, newdata = NULL, batch = NULL, indices = NULL, batch_size = 128L,
+get_elbo <- function(object, ..., newdata = NULL, batch = NULL, indices = NULL, batch_size = 128L,
                      return_mean = TRUE, seed = NULL, n_threads = NULL, covariates = NULL) {
+  .check_dots(list(...), formals(get_elbo), after = "object")
+  .check_flag(return_mean, "return_mean")
   fit <- .fit_of(object)
   d <- .object_inputs(object, newdata, batch, covariates)
   r <- .evaluate(fit, "losses", d$newdata, d$batch, indices, batch_size = batch_size, seed = seed,
@@ -63,9 +69,11 @@ get_elbo <- function(object, newdata = NULL, batch = NULL, indices = NULL, batch
 
 #' @rdname evaluation
 #' @export
-get_reconstruction_error <- function(object, newdata = NULL, batch = NULL, indices = NULL,
+get_reconstruction_error <- function(object, ..., newdata = NULL, batch = NULL, indices = NULL,
                                      batch_size = 128L, return_mean = TRUE, seed = NULL,
                                      n_threads = NULL, covariates = NULL) {
+  .check_dots(list(...), formals(get_reconstruction_error), after = "object")
+  .check_flag(return_mean, "return_mean")
   fit <- .fit_of(object)
   d <- .object_inputs(object, newdata, batch, covariates)
   r <- .evaluate(fit, "losses", d$newdata, d$batch, indices, batch_size = batch_size, seed = seed,
@@ -75,9 +83,12 @@ get_reconstruction_error <- function(object, newdata = NULL, batch = NULL, indic
 
 #' @rdname evaluation
 #' @export
-get_marginal_ll <- function(object, newdata = NULL, batch = NULL, indices = NULL,
+get_marginal_ll <- function(object, ..., newdata = NULL, batch = NULL, indices = NULL,
                             n_mc_samples = 1000L, batch_size = 128L, return_mean = TRUE,
                             seed = NULL, n_threads = NULL, covariates = NULL) {
+  .check_dots(list(...), formals(get_marginal_ll), after = "object")
+  .check_flag(return_mean, "return_mean")
+  n_mc_samples <- .check_count_arg(n_mc_samples, "n_mc_samples")
   fit <- .fit_of(object)
   d <- .object_inputs(object, newdata, batch, covariates)
   bs <- .check_count_arg(batch_size, "batch_size")
@@ -98,6 +109,8 @@ get_marginal_ll <- function(object, newdata = NULL, batch = NULL, indices = NULL
 #' the library size used by the model (the observed total counts, or a posterior sample).
 #'
 #' @inheritParams get_latent_representation
+#' @param ... Unused: it makes the later arguments match by their full names only; an unknown or
+#'   abbreviated name is a `scvir_config_error` that names the closest arguments.
 #' @param give_mean Posterior mean (`TRUE`) or the library the model uses (`FALSE`).
 #' @return A named vector with one value per cell.
 #' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
@@ -108,9 +121,10 @@ get_marginal_ll <- function(object, newdata = NULL, batch = NULL, indices = NULL
 #' head(get_latent_library_size(fit))
 #' head(Matrix::colSums(pbmc_small[["RNA"]]@counts)) # observed library sizes
 #' @export
-get_latent_library_size <- function(object, newdata = NULL, batch = NULL, indices = NULL,
+get_latent_library_size <- function(object, ..., newdata = NULL, batch = NULL, indices = NULL,
                                     give_mean = TRUE, batch_size = 128L, seed = NULL,
                                     n_threads = NULL, covariates = NULL) {
+  .check_dots(list(...), formals(get_latent_library_size), after = "object")
   fit <- .fit_of(object)
   d <- .object_inputs(object, newdata, batch, covariates)
   r <- .evaluate(fit, "library_size", d$newdata, d$batch, indices, give_mean = give_mean,
@@ -141,6 +155,8 @@ get_latent_library_size <- function(object, newdata = NULL, batch = NULL, indice
 #' arrays genes x cells x samples.
 #'
 #' @inheritParams get_latent_representation
+#' @param ... Unused: it makes the later arguments match by their full names only; an unknown or
+#'   abbreviated name is a `scvir_config_error` that names the closest arguments.
 #' @param n_samples Posterior samples of z.
 #' @param give_mean Average over the samples.
 #' @return A list with `mean` and, where the likelihood has them, `dispersions` and `dropout`.
@@ -152,9 +168,10 @@ get_latent_library_size <- function(object, newdata = NULL, batch = NULL, indice
 #' names(params)
 #' params$mean[1:5, 1:3]
 #' @export
-get_likelihood_parameters <- function(object, newdata = NULL, batch = NULL, indices = NULL,
+get_likelihood_parameters <- function(object, ..., newdata = NULL, batch = NULL, indices = NULL,
                                       n_samples = 1L, give_mean = FALSE, batch_size = 128L,
                                       seed = NULL, n_threads = NULL, covariates = NULL) {
+  .check_dots(list(...), formals(get_likelihood_parameters), after = "object")
   fit <- .fit_of(object)
   d <- .object_inputs(object, newdata, batch, covariates)
   n_samples <- .check_count_arg(n_samples, "n_samples")
@@ -177,6 +194,8 @@ get_likelihood_parameters <- function(object, newdata = NULL, batch = NULL, indi
 #' The result is sparse: a genes x cells `dgCMatrix` for one sample, a list of them for several.
 #'
 #' @inheritParams get_latent_representation
+#' @param ... Unused: it makes the later arguments match by their full names only; an unknown or
+#'   abbreviated name is a `scvir_config_error` that names the closest arguments.
 #' @param n_samples Number of samples.
 #' @param gene_list Genes to return (default: all model genes).
 #' @return A `dgCMatrix` (genes x cells), or a list of `n_samples` of them.
@@ -190,9 +209,10 @@ get_likelihood_parameters <- function(object, newdata = NULL, batch = NULL, indi
 #' samples <- posterior_predictive_sample(fit, n_samples = 3, gene_list = c("MS4A1", "CD79A"))
 #' length(samples)
 #' @export
-posterior_predictive_sample <- function(object, newdata = NULL, batch = NULL, indices = NULL,
+posterior_predictive_sample <- function(object, ..., newdata = NULL, batch = NULL, indices = NULL,
                                         n_samples = 1L, gene_list = NULL, batch_size = 128L,
                                         seed = NULL, n_threads = NULL, covariates = NULL) {
+  .check_dots(list(...), formals(posterior_predictive_sample), after = "object")
   fit <- .fit_of(object)
   d <- .object_inputs(object, newdata, batch, covariates)
   if (!is.null(gene_list) && length(setdiff(gene_list, fit$genes))) {
@@ -220,6 +240,8 @@ posterior_predictive_sample <- function(object, newdata = NULL, batch = NULL, in
 #' no Gamma part, the scaled expression itself is used.
 #'
 #' @inheritParams get_latent_representation
+#' @param ... Unused: it makes the later arguments match by their full names only; an unknown or
+#'   abbreviated name is a `scvir_config_error` that names the closest arguments.
 #' @param n_samples Posterior samples per cell.
 #' @param rna_size_factor Library size the expression is scaled to before sampling.
 #' @param transform_batch Batch names to condition on (`NULL`: each cell's own batch).
@@ -233,13 +255,17 @@ posterior_predictive_sample <- function(object, newdata = NULL, batch = NULL, in
 #' genes <- c("MS4A1", "CD79A", "CD3E", "GNLY", "NKG7")
 #' round(cm[genes, genes], 2)
 #' @export
-get_feature_correlation_matrix <- function(object, newdata = NULL, batch = NULL, indices = NULL,
-                                           n_samples = 10L, batch_size = 64L,
+get_feature_correlation_matrix <- function(object, ..., newdata = NULL, batch = NULL,
+                                           indices = NULL, n_samples = 10L, batch_size = 64L,
                                            rna_size_factor = 1000, transform_batch = NULL,
                                            correlation_type = "spearman", seed = NULL,
                                            n_threads = NULL, covariates = NULL) {
+  .check_dots(list(...), formals(get_feature_correlation_matrix), after = "object")
   fit <- .fit_of(object)
   correlation_type <- .check_choice(correlation_type, c("spearman", "pearson"), "correlation_type")
+  n_samples <- .check_count_arg(n_samples, "n_samples")
+  rna_size_factor <- .check_scale(rna_size_factor, "rna_size_factor")
+  seed <- .check_seed(seed)
   d0 <- .object_inputs(object, newdata, batch, covariates)
   d <- .query_data(fit, d0$newdata, d0$batch, indices, d0$covariates)
   codes <- -1L
@@ -253,8 +279,7 @@ get_feature_correlation_matrix <- function(object, newdata = NULL, batch = NULL,
   mats <- lapply(codes, function(b) {
     v <- .engine(.rs_denoised_samples(fit$model, .data_arg(d$counts, d$codes, d$cov),
                                       .opts_arg(fit, seed, batch_size, n_threads), b,
-                                      .check_count_arg(n_samples, "n_samples"),
-                                      .check_number(rna_size_factor, "rna_size_factor", 0)))
+                                      n_samples, rna_size_factor))
     x <- matrix(v, ncol = length(fit$genes), byrow = TRUE)
     stats::cor(x, method = correlation_type)
   })

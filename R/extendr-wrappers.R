@@ -65,3 +65,4 @@
   .Call(routine, ...)
 }
 .rs_process_state <- function() .rs_call("scvir_process_state")
+.rs_model_values <- function(model, what) .rs_call("scvir_model_values", model, what)

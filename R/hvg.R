@@ -25,6 +25,8 @@
 #' @param counts A genes x cells matrix of raw counts, ideally a
 #'   `Matrix::dgCMatrix` (a base matrix or another `Matrix` class is converted),
 #'   with gene names as row names.
+#' @param ... Unused: it makes the later arguments match by their full names only; an unknown or
+#'   abbreviated name is a `scvir_config_error` that names the closest arguments.
 #' @param n_top_genes Number of genes to flag as highly variable.
 #' @param batch `NULL`, or a vector or factor with one entry per cell (column of
 #'   `counts`) giving its batch; genes are then ranked within each batch and the
@@ -48,25 +50,31 @@
 #' hvg <- select_hvg_seurat_v3(m, n_top_genes = 20)
 #' head(hvg[order(hvg$highly_variable_rank), ])
 #' @export
-select_hvg_seurat_v3 <- function(counts, n_top_genes = 2000L, batch = NULL, span = 0.3,
+select_hvg_seurat_v3 <- function(counts, ..., n_top_genes = 2000L, batch = NULL, span = 0.3,
                                  flavor = c("seurat_v3", "seurat_v3_paper")) {
-  flavor <- match.arg(flavor)
-  counts <- hvg_as_dgc(counts)
+  .check_dots(list(...), formals(select_hvg_seurat_v3), after = "counts")
+  flavor <- if (missing(flavor)) "seurat_v3" else .check_choice(flavor, c("seurat_v3", "seurat_v3_paper"), "flavor")
+  n_top_genes <- .check_count_arg(n_top_genes, "n_top_genes")
+  span <- .check_number(span, "span", lower = 0, open_lower = TRUE)
+  counts <- .as_dgc(counts)
+  if (!nrow(counts) || !ncol(counts)) {
+    scvir_abort(sprintf("counts has %d genes x %d cells; at least one of each is needed",
+                        nrow(counts), ncol(counts)))
+  }
+  .check_dimnames(rownames(counts), "counts", "gene")
+  bad <- which(!is.finite(counts@x) | counts@x < 0)
+  if (length(bad)) {
+    scvir_abort(sprintf("counts contain %d negative, NaN/NA or infinite value(s) (first: %s); seurat_v3 needs raw counts",
+                        length(bad), format(counts@x[bad[1]])))
+  }
   n_genes <- nrow(counts)
   n_cells <- ncol(counts)
   genes <- rownames(counts)
   if (is.null(genes)) genes <- as.character(seq_len(n_genes))
 
-  n_top_genes <- as.integer(n_top_genes)
-  if (length(n_top_genes) != 1L || is.na(n_top_genes) || n_top_genes < 1L) {
-    stop("`n_top_genes` must be a single positive integer")
-  }
   if (n_top_genes > n_genes) {
     warning("`n_top_genes` > number of genes; flagging all genes")
     n_top_genes <- n_genes
-  }
-  if (!is.numeric(span) || length(span) != 1L || !(span > 0)) {
-    stop("`span` must be a single positive number")
   }
   if (length(counts@x) && any(counts@x != round(counts@x))) {
     warning("`counts` does not look like integer counts; seurat_v3 expects raw counts")
@@ -76,9 +84,12 @@ select_hvg_seurat_v3 <- function(counts, n_top_genes = 2000L, batch = NULL, span
     batch_f <- factor(rep("1", n_cells))
   } else {
     if (length(batch) != n_cells) {
-      stop("`batch` must have one entry per cell (ncol(counts))")
+      scvir_abort(sprintf("batch has length %d but there are %d cells (columns of counts)",
+                          length(batch), n_cells))
     }
-    if (anyNA(batch)) stop("`batch` must not contain NA")
+    if (anyNA(batch)) {
+      scvir_abort(sprintf("batch has %d missing (NA) value(s); give every cell a batch", sum(is.na(batch))))
+    }
     batch_f <- droplevels(as.factor(batch))
   }
 
@@ -130,20 +141,6 @@ select_hvg_seurat_v3 <- function(counts, n_top_genes = 2000L, batch = NULL, span
   hv[sel] <- TRUE
   out$highly_variable <- hv
   out
-}
-
-# Coerce input to a dgCMatrix (double, general, column-compressed).
-hvg_as_dgc <- function(x) {
-  if (inherits(x, "dgCMatrix")) return(x)
-  if (!inherits(x, "Matrix")) {
-    if (!is.matrix(x) || !is.numeric(x)) {
-      stop("`counts` must be a numeric matrix or a Matrix (genes x cells)")
-    }
-    x <- Matrix::Matrix(x, sparse = TRUE)
-  }
-  x <- methods::as(x, "CsparseMatrix")
-  x <- methods::as(x, "generalMatrix")
-  methods::as(x, "dMatrix")
 }
 
 # Per-gene mean and unbiased variance of a genes x cells dgCMatrix.

@@ -7,11 +7,19 @@
 #' model was trained on). `load_model()` reads it back; queries on the loaded model give the
 #' same numbers as on the original.
 #'
+#' Saving is atomic per file: both files are written to temporary files in `dir` and renamed into
+#' place once complete, so a failed save (no space, no permission) is an error that leaves the
+#' previous model intact; `fit.rds` records a checksum of its `model.scvir`, and `load_model()`
+#' refuses a pair from two different saves. File-system failures are `scvir_input_error`s that
+#' name the path and the cause.
+#'
 #' Models also survive [saveRDS()] / [readRDS()] as they are, alone or inside a Seurat or
 #' SingleCellExperiment object: the model's bytes are plain R data.
 #'
 #' @param object An `scvi_model`, or a Seurat / SingleCellExperiment object holding one.
 #' @param dir Directory to write (created if needed).
+#' @param ... Unused: it makes the later arguments match by their full names only; an unknown or
+#'   abbreviated name is a `scvir_config_error` that names the closest arguments.
 #' @param overwrite Replace an existing model in `dir`.
 #' @param save_data Also save the training counts (so that the loaded model needs no `newdata`).
 #' @return `save_model()`: `dir`, invisibly. `load_model()`: an `scvi_model`.
@@ -26,32 +34,70 @@
 #' all.equal(get_latent_representation(fit), get_latent_representation(fit2))
 #' unlink(dir, recursive = TRUE)
 #' @export
-save_model <- function(object, dir, overwrite = FALSE, save_data = TRUE) {
+save_model <- function(object, dir, ..., overwrite = FALSE, save_data = TRUE) {
+  .check_dots(list(...), formals(save_model), after = "dir")
+  overwrite <- .check_flag(overwrite, "overwrite")
+  save_data <- .check_flag(save_data, "save_data")
   fit <- .fit_of(object)
+  dir <- .check_path(dir, "dir")
   path <- file.path(dir, "model.scvir")
-  if (file.exists(path) && !isTRUE(overwrite)) {
+  r_path <- file.path(dir, "fit.rds")
+  if (file.exists(path) && !overwrite) {
     scvir_abort(sprintf("%s exists; use overwrite = TRUE to replace it", path))
   }
-  dir.create(dir, showWarnings = FALSE, recursive = TRUE)
-  writeBin(fit$model, path)
+  if (file.exists(dir) && !dir.exists(dir)) {
+    scvir_abort(sprintf("cannot save the model in %s: it is a file, not a directory", dir))
+  }
+  if (!dir.exists(dir)) {
+    .fs_step(dir.create(dir, recursive = TRUE), "create the directory", dir)
+  }
+  # Both files are written next to their final place and renamed into it only once complete, so
+  # that a failed save leaves the previous model as it was and a reader never sees half a file.
+  tmp_model <- tempfile(".model.scvir.", tmpdir = dir)
+  tmp_fit <- tempfile(".fit.rds.", tmpdir = dir)
+  on.exit(unlink(c(tmp_model, tmp_fit)), add = TRUE)
+  .write_bytes(fit$model, tmp_model, path)
   r_side <- fit
   r_side$model <- NULL
-  if (!isTRUE(save_data)) r_side$data <- NULL
-  saveRDS(unclass(r_side), file.path(dir, "fit.rds"))
+  if (!save_data) r_side$data <- NULL
+  # Ties fit.rds to its model.scvir: load_model() refuses a pair from different saves.
+  r_side$model_md5 <- unname(tools::md5sum(tmp_model))
+  .write_rds(unclass(r_side), tmp_fit, r_path)
+  .fs_step(file.rename(tmp_fit, r_path), "replace", r_path)
+  .fs_step(file.rename(tmp_model, path), "replace", path)
   invisible(dir)
 }
 
 #' @rdname save_model
 #' @export
 load_model <- function(dir) {
+  dir <- .check_path(dir, "dir")
+  if (!dir.exists(dir)) {
+    scvir_abort(sprintf("no model found in %s: %s", dir,
+                        if (file.exists(dir)) "it is a file, not a directory" else "no such directory"))
+  }
   path <- file.path(dir, "model.scvir")
   if (!file.exists(path)) scvir_abort(sprintf("no model found: %s does not exist", path))
-  bytes <- readBin(path, "raw", file.info(path)$size)
+  bytes <- .read_bytes(path)
   r_path <- file.path(dir, "fit.rds")
-  r_side <- if (file.exists(r_path)) readRDS(r_path) else list()
+  r_side <- if (file.exists(r_path)) {
+    .fs_step(readRDS(r_path), "read", r_path,
+             hint = "the file is damaged or was not written by save_model()")
+  } else {
+    list()
+  }
+  if (!is.list(r_side)) {
+    scvir_abort(sprintf("cannot read %s: it does not hold a model record (not written by save_model())", r_path))
+  }
+  # The engine checks the model file itself (a damaged one is a scvir_model_error) ...
   fit <- .new_fit(bytes, cells = r_side$cells, data = r_side$data, seed = r_side$seed %||% 0L,
                   n_threads = r_side$n_threads %||% .default_threads(), hvg = r_side$hvg,
                   source = r_side$source)
+  # ... and fit.rds must belong to it (older saves carry no checksum).
+  if (!is.null(r_side$model_md5) && !identical(.bytes_md5(bytes), r_side$model_md5)) {
+    scvir_abort(sprintf(paste("%s and %s come from different saves (a save was interrupted or is",
+                              "under way); save the model again"), path, r_path))
+  }
   fit$batch_key <- r_side$batch_key %||% fit$batch_key
   fit$train_seconds <- r_side$train_seconds
   fit$accelerator <- r_side$accelerator %||% "auto"
@@ -64,6 +110,96 @@ load_model <- function(dir) {
   fit
 }
 
+# A single, non-empty path, with `~` expanded.
+.check_path <- function(path, name) {
+  if (!is.character(path) || length(path) != 1 || is.na(path) || !nzchar(path)) {
+    scvir_abort(sprintf("%s must be a single path; got %s", name, .describe_value(path)),
+                "scvir_config_error")
+  }
+  path.expand(path)
+}
+
+# Runs one file-system step. R reports the cause of a failure (permission denied, not a
+# directory, no space left) in a warning and then fails with a generic error ("cannot open the
+# connection") or returns FALSE: either becomes a scvir_input_error naming the path and the cause.
+.fs_step <- function(expr, action, path, hint = NULL) {
+  cause <- NULL
+  fail <- function(why) {
+    scvir_abort(sprintf("cannot %s %s: %s%s", action, path, why,
+                        if (is.null(hint)) "" else paste0(" (", hint, ")")))
+  }
+  value <- withCallingHandlers(
+    tryCatch(expr, error = function(e) {
+      if (inherits(e, "scvir_error")) stop(e)
+      fail(paste(unique(c(cause, .fs_cause(conditionMessage(e)))), collapse = "; "))
+    }),
+    warning = function(w) {
+      cause <<- c(cause, .fs_cause(conditionMessage(w)))
+      invokeRestart("muffleWarning")
+    })
+  if (isFALSE(value)) fail(if (length(cause)) paste(unique(cause), collapse = "; ") else "failed")
+  value
+}
+
+# The operating system's reason in one of R's file warnings.
+.fs_cause <- function(msg) {
+  reason <- regmatches(msg, regexec("reason '([^']*)'", msg))[[1]]
+  if (length(reason) == 2) return(reason[2])
+  after <- regmatches(msg, regexec("': (.+)$", msg))[[1]]
+  if (length(after) == 2) return(after[2])
+  trimws(sub("^Problem closing connection: *", "", msg))
+}
+
+# Writes bytes to `tmp` (the temporary file of `target`) and checks that all of them arrived.
+.write_bytes <- function(bytes, tmp, target = tmp) {
+  con <- .fs_step(file(tmp, "wb"), "write", target)
+  .fs_step(tryCatch(writeBin(bytes, con), finally = close(con)), "write", target)
+  size <- file.size(tmp)
+  if (is.na(size) || size != length(bytes)) {
+    scvir_abort(sprintf("cannot write %s: only %s of %s bytes were written (is the disk full?)",
+                        target, format(size %||% 0), format(length(bytes))))
+  }
+  invisible(TRUE)
+}
+
+# saveRDS() that checks the result: R does not report every failed write (a full disk), so the
+# gzip trailer's length of the serialized data is compared with what was written.
+.write_rds <- function(object, tmp, target = tmp) {
+  bytes <- serialize(object, NULL)
+  con <- .fs_step(gzfile(tmp, "wb"), "write", target)
+  .fs_step(tryCatch(writeBin(bytes, con), finally = close(con)), "write", target)
+  size <- file.size(tmp)
+  isize <- if (!is.na(size) && size >= 18) {
+    con <- file(tmp, "rb")
+    on.exit(close(con), add = TRUE)
+    seek(con, size - 4)
+    v <- readBin(con, "integer", size = 4, endian = "little")
+    if (length(v)) if (v < 0) v + 2^32 else v
+  }
+  if (!length(isize) || isize != length(bytes) %% 2^32) {
+    scvir_abort(sprintf("cannot write %s: the file is incomplete (is the disk full?)", target))
+  }
+  invisible(TRUE)
+}
+
+# MD5 of bytes in memory (tools::md5sum() hashes files only): those read, not the file now.
+.bytes_md5 <- function(bytes) {
+  tmp <- tempfile("scvir-md5-")
+  on.exit(unlink(tmp))
+  writeBin(bytes, tmp)
+  unname(tools::md5sum(tmp))
+}
+
+# Reads a whole file, naming the path and the cause when that fails.
+.read_bytes <- function(path) {
+  size <- file.size(path)
+  bytes <- .fs_step(readBin(path, "raw", size), "read", path)
+  if (length(bytes) != size) {
+    scvir_abort(sprintf("cannot read %s: got %d of %s bytes", path, length(bytes), format(size)))
+  }
+  bytes
+}
+
 #' Read an AnnData .h5ad file
 #'
 #' Reads the count matrix (`X` or a layer; CSR, CSC or dense) and the cell and gene tables of
@@ -71,6 +207,8 @@ load_model <- function(dir) {
 #' genes x cells `dgCMatrix`. Categorical columns become factors.
 #'
 #' @param path File path.
+#' @param ... Unused: it makes the later arguments match by their full names only; an unknown or
+#'   abbreviated name is a `scvir_config_error` that names the closest arguments.
 #' @param layer Layer to read as counts instead of `X`.
 #' @return A SingleCellExperiment.
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
@@ -80,10 +218,16 @@ load_model <- function(dir) {
 #' sce
 #' table(sce$cell_type)
 #' @export
-read_h5ad <- function(path, layer = NULL) {
+read_h5ad <- function(path, ..., layer = NULL) {
+  .check_dots(list(...), formals(read_h5ad), after = "path")
   .need("SingleCellExperiment")
-  if (!is.character(path) || length(path) != 1) scvir_abort("path must be a single file path")
-  raw <- .engine(.rs_read_h5ad(path.expand(path), layer %||% ""))
+  path <- .check_path(path, "path")
+  if (!is.null(layer) && (!is.character(layer) || length(layer) != 1 || is.na(layer) || !nzchar(layer))) {
+    scvir_abort(sprintf("layer must be NULL or a single layer name; got %s", .describe_value(layer)),
+                "scvir_config_error")
+  }
+  .check_readable(path)
+  raw <- .engine(.rs_read_h5ad(path, layer %||% ""))
   # Cells x genes CSR is exactly genes x cells CSC: no transpose needed.
   counts <- methods::new("dgCMatrix", i = raw$indices, p = raw$indptr, x = raw$values,
                          Dim = c(raw$n_genes, raw$n_cells),
@@ -91,6 +235,21 @@ read_h5ad <- function(path, layer = NULL) {
   SingleCellExperiment::SingleCellExperiment(
     assays = list(counts = counts),
     colData = .frame_to_df(raw$obs), rowData = .frame_to_df(raw$var))
+}
+
+# A file to read: it exists, is a file and can be opened (the cause of a failure is named).
+.check_readable <- function(path) {
+  if (!file.exists(path)) {
+    parent <- dirname(path)
+    why <- if (file.exists(parent) && !dir.exists(parent)) {
+      sprintf("%s is a file, not a directory", parent)
+    } else "file not found"
+    scvir_abort(sprintf("cannot read %s: %s", path, why))
+  }
+  if (dir.exists(path)) scvir_abort(sprintf("cannot read %s: it is a directory, not a file", path))
+  con <- .fs_step(file(path, "rb", raw = TRUE), "read", path)
+  close(con)
+  invisible(TRUE)
 }
 
 .frame_to_df <- function(f) {

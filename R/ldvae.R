@@ -40,19 +40,7 @@ ldvae <- function(counts, ...) scvi_model(counts, linear_decoder = TRUE, ...)
 #' @export
 get_loadings <- function(object) {
   fit <- .fit_of(object)
-  if (!isTRUE(fit$config$linear_decoder)) {
-    scvir_abort("loadings exist only for a linear decoder; train with ldvae() or linear_decoder = TRUE")
-  }
-  n_genes <- length(fit$genes)
-  n_latent <- fit$config$n_latent
-  prefix <- "decoder.factor_regressor.layer_0."
-  w <- .model_tensor_values(fit, paste0(prefix, "linear.weight"))
-  w <- matrix(w, nrow = n_genes, byrow = TRUE)[, seq_len(n_latent), drop = FALSE]
-  if (isTRUE(fit$config$use_batch_norm_decoder)) {
-    gamma <- .model_tensor_values(fit, paste0(prefix, "batch_norm.weight"))
-    running_var <- .model_tensor_values(fit, paste0(prefix, "batch_norm.running_var"))
-    w <- w * (gamma / sqrt(running_var + 1e-3))
-  }
-  dimnames(w) <- list(fit$genes, paste0("Z_", seq_len(n_latent) - 1L))
+  w <- .engine(.rs_model_values(fit$model, "loadings"))
+  dimnames(w) <- list(fit$genes, paste0("Z_", seq_len(ncol(w)) - 1L))
   w
 }

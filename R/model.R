@@ -14,6 +14,9 @@
 #'
 #' @param counts Raw UMI counts, genes x cells: a `dgCMatrix` (used without copying), any
 #'   `Matrix`, or a base matrix. Gene names are row names, cell names column names.
+#' @param ... Unused: every argument after `counts` is given by its full name (partial matching
+#'   could change the meaning: `n_epochs` would have set `n_epochs_kl_warmup`); an unknown or
+#'   abbreviated name is a `scvir_config_error` that names the closest arguments.
 #' @param batch Optional batch of each cell (vector or factor, one per cell).
 #' @param labels Optional label of each cell (needed for `dispersion = "gene-label"`).
 #' @param categorical_covariates Optional extra categorical covariates: a named list or data
@@ -98,7 +101,7 @@
 #'                      n_latent = 5, max_epochs = 5, seed = 1, n_threads = 1, verbose = FALSE)
 #' fit_nb$batches
 #' @export
-scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariates = NULL,
+scvi_model <- function(counts, ..., batch = NULL, labels = NULL, categorical_covariates = NULL,
                        continuous_covariates = NULL, size_factor = NULL,
                        n_top_genes = 2000L, features = NULL,
                        n_hidden = 128L, n_latent = 10L, n_layers = 1L, dropout_rate = 0.1,
@@ -120,6 +123,7 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
                        lr_threshold = 0, lr_min = 0, lr_scheduler_metric = "elbo_validation",
                        seed = NULL, n_threads = NULL, accelerator = "auto", device = "auto",
                        verbose = TRUE, keep_data = TRUE, .scanvi = NULL, .init_model = NULL) {
+  .check_dots(list(...), formals(scvi_model), after = "counts")
   if (isTRUE(.check_flag(linear_decoder, "linear_decoder"))) {
     if (missing(gene_likelihood)) gene_likelihood <- "nb"
     if (missing(use_observed_lib_size)) use_observed_lib_size <- FALSE
@@ -133,7 +137,9 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
   batch <- .check_batch(batch, ncol(counts))
   covariates <- list(labels = labels, categorical = categorical_covariates,
                      continuous = continuous_covariates, size_factor = size_factor)
-  .scvi_fit(counts, batch, batch_key = NULL, covariates = covariates, n_top_genes = n_top_genes, features = features,
+  .scvi_fit(counts, batch, batch_key = NULL, covariates = covariates,
+            n_top_genes = .check_count_arg(n_top_genes, "n_top_genes", min = 2, null_ok = TRUE),
+            features = .check_features(features),
             model = list(n_hidden = .check_count_arg(n_hidden, "n_hidden"),
                          n_latent = .check_count_arg(n_latent, "n_latent"),
                          n_layers = .check_count_arg(n_layers, "n_layers"),
@@ -179,7 +185,8 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
                          lr_threshold = .check_number(lr_threshold, "lr_threshold", 0),
                          lr_min = .check_number(lr_min, "lr_min", 0),
                          lr_scheduler_metric = .check_choice(lr_scheduler_metric, monitors, "lr_scheduler_metric")),
-            seed = seed, n_threads = n_threads, verbose = verbose, keep_data = keep_data,
+            seed = seed, n_threads = n_threads, verbose = .check_flag(verbose, "verbose"),
+            keep_data = .check_flag(keep_data, "keep_data"),
             accelerator = .check_choice(accelerator, c("auto", "cpu", "gpu"), "accelerator"),
             device_index = if (identical(device, "auto")) 0L else .check_count_arg(device, "device", min = 0),
             init_model = .init_model)
@@ -196,7 +203,8 @@ scvi_model <- function(counts, batch = NULL, labels = NULL, categorical_covariat
 
 `%||%` <- function(a, b) if (is.null(a)) b else a
 
-.default_max_epochs <- function(n_cells) max(min(round(20000 / n_cells * 400), 400), 1)
+# scvi-tools' rule min(round(20000 / n_cells * 400), 400), as the engine applies it.
+.default_max_epochs <- function(n_cells) .rs_call("scvir_default_max_epochs", as.numeric(n_cells))
 
 .resolve_seed <- function(seed) {
   if (is.null(seed)) return(sample.int(.Machine$integer.max, 1L) - 1L)
@@ -499,7 +507,7 @@ print.summary.scvi_model <- function(x, ...) {
 #' `validation_loss`; plus `train_seconds` (wall time of the epoch's training part).
 #'
 #' @param x An `scvi_model`, or a Seurat / SingleCellExperiment object holding one.
-#' @param ... Unused.
+#' @param ... Unused; anything given there is a `scvir_config_error`.
 #' @return A data.frame with one row per epoch (`epoch` starts at 1).
 #' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
 #' data("pbmc_small", package = "SeuratObject")
@@ -512,15 +520,18 @@ training_history <- function(x, ...) UseMethod("training_history")
 
 #' @rdname training_history
 #' @export
-training_history.scvi_model <- function(x, ...) x$history
+training_history.scvi_model <- function(x, ...) {
+  .check_dots(list(...), character(), after = "x")
+  x$history
+}
 
 #' @rdname training_history
 #' @export
-training_history.Seurat <- function(x, ...) training_history(.fit_of(x))
+training_history.Seurat <- function(x, ...) training_history(.fit_of(x), ...)
 
 #' @rdname training_history
 #' @export
-training_history.SingleCellExperiment <- function(x, ...) training_history(.fit_of(x))
+training_history.SingleCellExperiment <- function(x, ...) training_history(.fit_of(x), ...)
 
 #' Plot the training history of a model
 #'
@@ -674,22 +685,6 @@ test_indices <- function(x) .fit_of(x)$test_indices
                   vapply(meta$tensors, function(t) t$name, ""))
 }
 
-# Values of one tensor of the model file (format: README), as a numeric vector in row-major order.
-.model_tensor_values <- function(fit, name) {
-  bytes <- .fit_of(fit)$model
-  header_len <- readBin(bytes[13:16], "integer", size = 4, endian = "little")
-  meta <- jsonlite::fromJSON(.engine(.rs_model_meta(bytes)), simplifyVector = FALSE)
-  offset <- 20 + header_len
-  for (t in meta$tensors) {
-    n <- prod(unlist(t$shape))
-    if (identical(t$name, name)) {
-      return(readBin(bytes[offset + seq_len(4 * n)], "numeric", size = 4, n = n, endian = "little"))
-    }
-    offset <- offset + 4 * n
-  }
-  NULL
-}
-
 #' Batch embedding of a model
 #'
 #' For models trained with `batch_representation = "embedding"`, the learnt vector of each batch
@@ -706,10 +701,7 @@ test_indices <- function(x) .fit_of(x)$test_indices
 #' @export
 get_batch_representation <- function(object) {
   fit <- .fit_of(object)
-  if (!identical(fit$config$batch_representation, "embedding")) {
-    scvir_abort("this model represents batches one-hot; train with batch_representation = \"embedding\"")
-  }
-  v <- .model_tensor_values(fit, "batch_embedding")
-  matrix(v, nrow = length(fit$batches), byrow = TRUE,
-         dimnames = list(fit$batches, paste0("dim_", seq_len(length(v) / length(fit$batches)))))
+  m <- .engine(.rs_model_values(fit$model, "batch_embedding"))
+  dimnames(m) <- list(fit$batches, paste0("dim_", seq_len(ncol(m))))
+  m
 }

@@ -34,7 +34,7 @@
 # bar. NULL when not verbose.
 .progress_reporter <- function(verbose, title) {
   if (!.verbose(verbose)) return(NULL)
-  state <- new.env(parent = emptyenv())
+  state <- new.env(parent = baseenv())  # cli evaluates the bar format (cli::pb_*) here
   state$started <- proc.time()[["elapsed"]]
   state$shown <- .signal_progress(title)
   state$bar <- NULL

@@ -17,6 +17,16 @@
   fit
 }
 
+# Queries on a Seurat / SingleCellExperiment object run on the object's own cells.
+.refuse_object_cells <- function(given, fun) {
+  given <- intersect(c("newdata", "batch", "covariates"), given)
+  if (length(given)) {
+    scvir_abort(sprintf(paste("%s: the cells of an object are its own; for other cells call %s() on",
+                              "the model (e.g. object@misc$scvi or metadata(sce)$scvi)"),
+                        paste(given, collapse = ", "), fun), "scvir_config_error")
+  }
+}
+
 # Counts (model genes, in model order) and 0-based batch codes for a query.
 .query_data <- function(fit, newdata = NULL, batch = NULL, indices = NULL, covariates = NULL) {
   if (is.null(newdata)) {
@@ -99,7 +109,10 @@
 #' @param covariates For `newdata` of a model trained with covariates: `list(labels = ,
 #'   categorical = , continuous = , size_factor = )` with the cells' values (as given to
 #'   [scvi_model()]); objects supply them from their metadata.
-#' @param ... Unused.
+#' @param ... For Seurat and SingleCellExperiment objects, arguments of the `scvi_model` method
+#'   (all but `newdata`, `batch` and `covariates`: an object's cells are its own). Arguments after
+#'   `object` match by their full names only; an unknown or abbreviated name is a
+#'   `scvir_config_error` that names the closest arguments.
 #' @return A cells x n_latent matrix (row names: cells).
 #' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
 #' data("pbmc_small", package = "SeuratObject")
@@ -116,11 +129,16 @@ get_latent_representation <- function(object, ...) UseMethod("get_latent_represe
 
 #' @rdname get_latent_representation
 #' @export
-get_latent_representation.scvi_model <- function(object, newdata = NULL, batch = NULL,
+get_latent_representation.scvi_model <- function(object, ..., newdata = NULL, batch = NULL,
                                                  give_mean = TRUE, mc_samples = 5000L,
                                                  return_dist = FALSE, batch_size = 128L,
                                                  seed = NULL, n_threads = NULL, indices = NULL,
-                                                 covariates = NULL, ...) {
+                                                 covariates = NULL) {
+  .check_dots(list(...), formals(get_latent_representation.scvi_model), after = "object")
+  give_mean <- .check_flag(give_mean, "give_mean")
+  return_dist <- .check_flag(return_dist, "return_dist")
+  mc_samples <- .check_count_arg(mc_samples, "mc_samples")
+  seed <- .check_seed(seed)
   d <- .query_data(object, newdata, batch, indices, covariates)
   what <- if (isTRUE(return_dist)) "dist" else if (isTRUE(give_mean)) "mean" else "sample"
   res <- .engine(.rs_latent(object$model, .data_arg(d$counts, d$codes, d$cov),
@@ -138,6 +156,7 @@ get_latent_representation.scvi_model <- function(object, newdata = NULL, batch =
 #' @rdname get_latent_representation
 #' @export
 get_latent_representation.Seurat <- function(object, ...) {
+  .refuse_object_cells(...names(), "get_latent_representation")
   d <- .seurat_query_inputs(object)
   get_latent_representation(d$fit, newdata = d$counts, batch = d$batch, covariates = d$covariates, ...)
 }
@@ -145,6 +164,7 @@ get_latent_representation.Seurat <- function(object, ...) {
 #' @rdname get_latent_representation
 #' @export
 get_latent_representation.SingleCellExperiment <- function(object, ...) {
+  .refuse_object_cells(...names(), "get_latent_representation")
   d <- .sce_query_inputs(object)
   get_latent_representation(d$fit, newdata = d$counts, batch = d$batch, covariates = d$covariates, ...)
 }
@@ -183,13 +203,25 @@ get_normalized_expression <- function(object, ...) UseMethod("get_normalized_exp
 
 #' @rdname get_normalized_expression
 #' @export
-get_normalized_expression.scvi_model <- function(object, newdata = NULL, batch = NULL,
+get_normalized_expression.scvi_model <- function(object, ..., newdata = NULL, batch = NULL,
                                                  transform_batch = NULL, gene_list = NULL,
                                                  library_size = 1, n_samples = 1L,
                                                  n_samples_overall = NULL, return_mean = TRUE,
                                                  batch_size = 128L, seed = NULL,
                                                  n_threads = NULL, indices = NULL,
-                                                 covariates = NULL, ...) {
+                                                 covariates = NULL) {
+  .check_dots(list(...), formals(get_normalized_expression.scvi_model), after = "object")
+  return_mean <- .check_flag(return_mean, "return_mean")
+  seed <- .check_seed(seed)
+  lib <- if (identical(library_size, "latent")) -1 else {
+    if (is.character(library_size)) {
+      scvir_abort(sprintf("library_size must be a positive number or \"latent\"; got %s",
+                          .describe_value(library_size)), "scvir_config_error")
+    }
+    .check_scale(library_size, "library_size")
+  }
+  n_samples <- .check_count_arg(n_samples, "n_samples")
+  n_samples_overall <- .check_count_arg(n_samples_overall, "n_samples_overall", null_ok = TRUE)
   d <- .query_data(object, newdata, batch, indices, covariates)
   tb <- integer()
   if (!is.null(transform_batch)) {
@@ -207,11 +239,8 @@ get_normalized_expression.scvi_model <- function(object, newdata = NULL, batch =
                           length(unknown), unknown[1]))
     }
   }
-  lib <- if (identical(library_size, "latent")) -1 else .check_number(library_size, "library_size", 0)
-  n_samples <- .check_count_arg(n_samples, "n_samples")
   opts <- .opts_arg(object, seed, batch_size, n_threads)
   if (!is.null(n_samples_overall)) {
-    n_samples_overall <- .check_count_arg(n_samples_overall, "n_samples_overall")
     if (n_samples != 1) scvir_abort("n_samples_overall needs n_samples = 1")
     n_samples <- n_samples_overall %/% ncol(d$counts) + 1L
     return_mean <- FALSE
@@ -245,6 +274,7 @@ get_normalized_expression.scvi_model <- function(object, newdata = NULL, batch =
 #' @rdname get_normalized_expression
 #' @export
 get_normalized_expression.Seurat <- function(object, ...) {
+  .refuse_object_cells(...names(), "get_normalized_expression")
   d <- .seurat_query_inputs(object)
   get_normalized_expression(d$fit, newdata = d$counts, batch = d$batch, covariates = d$covariates, ...)
 }
@@ -252,6 +282,7 @@ get_normalized_expression.Seurat <- function(object, ...) {
 #' @rdname get_normalized_expression
 #' @export
 get_normalized_expression.SingleCellExperiment <- function(object, ...) {
+  .refuse_object_cells(...names(), "get_normalized_expression")
   d <- .sce_query_inputs(object)
   get_normalized_expression(d$fit, newdata = d$counts, batch = d$batch, covariates = d$covariates, ...)
 }

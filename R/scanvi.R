@@ -60,7 +60,10 @@ scanvi <- function(object, ...) UseMethod("scanvi")
 
 #' @rdname scanvi
 #' @param labels Label of each cell (matrix input); `unlabeled_category` or `NA` for unknown.
-#' @param unlabeled_category The value marking cells without a label.
+#' @param unlabeled_category The value marking cells without a label. If no cell has it (nor
+#'   `NA`), every cell is labelled: scANVI trains the classifier on all of them and says so in a
+#'   message. Labels that look like an unlabelled marker spelt differently (`"unknown"` for
+#'   `"Unknown"`, `"unlabelled"`, `"NA"`) are then an error, as they would become a cell type.
 #' @param scvi_fit A trained scVI model to start from (an `scvi_model`, or a Seurat /
 #'   SingleCellExperiment object holding one), or `NULL` to train from scratch.
 #' @param batch Batch of each cell (matrix input, from scratch; with `scvi_fit`, the batches must
@@ -77,11 +80,15 @@ scanvi <- function(object, ...) UseMethod("scanvi")
 #' @param max_epochs Epochs (`NULL`: the rule above).
 #' @param seed,n_threads,verbose As in [scvi_model()].
 #' @export
-scanvi.default <- function(object, labels, unlabeled_category = "Unknown", scvi_fit = NULL,
+scanvi.default <- function(object, labels, ..., unlabeled_category = "Unknown", scvi_fit = NULL,
                            batch = NULL, classification_ratio = 50, y_prior = NULL,
                            labels_groups = NULL, use_labels_groups = FALSE,
                            linear_classifier = FALSE, n_samples_per_label = NULL,
-                           max_epochs = NULL, seed = NULL, n_threads = NULL, verbose = TRUE, ...) {
+                           max_epochs = NULL, seed = NULL, n_threads = NULL, verbose = TRUE) {
+  .check_dots(list(...), c(names(formals(scvi_model)), names(formals(scanvi.default))), after = "labels")
+  if (missing(labels)) {
+    scvir_abort("labels is missing: give the label of each cell (unlabeled_category or NA for unknown)")
+  }
   counts <- .check_counts(.as_dgc(object))
   .scanvi_core(counts, labels = labels, batch = batch, batch_key = NULL, covariates = list(),
                unlabeled_category = unlabeled_category, scvi_fit = scvi_fit,
@@ -99,15 +106,16 @@ scanvi.default <- function(object, labels, unlabeled_category = "Unknown", scvi_
 #' @param reduction.name,reduction.key Seurat-style spellings of `reduction_name` and
 #'   `reduction_key` (give one spelling or the other).
 #' @export
-scanvi.Seurat <- function(object, labels_key, unlabeled_category = "Unknown", scvi_fit = NULL,
+scanvi.Seurat <- function(object, ..., labels_key, unlabeled_category = "Unknown", scvi_fit = NULL,
                           classification_ratio = 50, y_prior = NULL, labels_groups = NULL,
                           use_labels_groups = FALSE, linear_classifier = FALSE,
                           n_samples_per_label = NULL, max_epochs = NULL, seed = NULL,
                           n_threads = NULL, verbose = TRUE,
                           prediction_key = "scanvi_predictions", reduction_name = "scanvi",
-                          reduction_key = "scanvi_", reduction.name = NULL, reduction.key = NULL,
-                          ...) {
+                          reduction_key = "scanvi_", reduction.name = NULL, reduction.key = NULL) {
   .need("SeuratObject")
+  .check_scanvi_object_dots(list(...), scanvi.Seurat, c("assay", "layer"))
+  if (missing(labels_key)) .missing_labels_key()
   call <- match.call()
   reduction_name <- .dot_alias(reduction_name, reduction.name, "reduction_name", !missing(reduction_name))
   reduction_key <- .dot_alias(reduction_key, reduction.key, "reduction_key", !missing(reduction_key))
@@ -138,15 +146,17 @@ scanvi.Seurat <- function(object, labels_key, unlabeled_category = "Unknown", sc
 #' @rdname scanvi
 #' @param reduced_dim_name Name of the SingleCellExperiment `reducedDim`.
 #' @export
-scanvi.SingleCellExperiment <- function(object, labels_key, unlabeled_category = "Unknown",
+scanvi.SingleCellExperiment <- function(object, ..., labels_key, unlabeled_category = "Unknown",
                                         scvi_fit = NULL, classification_ratio = 50,
                                         y_prior = NULL, labels_groups = NULL,
                                         use_labels_groups = FALSE, linear_classifier = FALSE,
                                         n_samples_per_label = NULL, max_epochs = NULL,
                                         seed = NULL, n_threads = NULL,
                                         verbose = TRUE, prediction_key = "scanvi_predictions",
-                                        reduced_dim_name = "scANVI", ...) {
+                                        reduced_dim_name = "scANVI") {
   .need("SingleCellExperiment")
+  .check_scanvi_object_dots(list(...), scanvi.SingleCellExperiment, "assay")
+  if (missing(labels_key)) .missing_labels_key()
   meta <- as.data.frame(SummarizedExperiment::colData(object))
   args <- .scanvi_object_args(meta, scvi_fit, list(...))
   assay <- args$source$assay %||% args$dots$assay %||% "counts"
@@ -162,6 +172,20 @@ scanvi.SingleCellExperiment <- function(object, labels_key, unlabeled_category =
     predict(fit, newdata = newdata, batch = args$batch, covariates = args$cov)
   S4Vectors::metadata(object)$scanvi <- fit
   object
+}
+
+# `...` of scanvi() for objects: scvi_model() options, the metadata keys and the assay / layer
+# (not the per-cell data, which come from the object's metadata).
+.check_scanvi_object_dots <- function(dots, method, where) {
+  per_cell <- .refuse_per_cell_args(dots)
+  keys <- c("batch_key", "categorical_covariate_keys", "continuous_covariate_keys", "size_factor_key")
+  .check_dots(dots, c(setdiff(names(formals(scvi_model)), per_cell), names(formals(method)), keys, where),
+              after = "object")
+}
+
+.missing_labels_key <- function() {
+  scvir_abort("labels_key is missing: give the metadata column holding the cell labels",
+              "scvir_config_error")
 }
 
 # The scanvi() arguments that objects pass on to .scanvi_core() unchanged.
@@ -226,13 +250,19 @@ scanvi.SingleCellExperiment <- function(object, labels_key, unlabeled_category =
                          scvi_fit, classification_ratio, y_prior, labels_groups,
                          use_labels_groups, linear_classifier, n_samples_per_label, max_epochs,
                          seed, n_threads, verbose, dots, source, keep_data = TRUE) {
-  if (!is.character(unlabeled_category) || length(unlabeled_category) != 1) {
-    scvir_abort("unlabeled_category must be a single string", "scvir_config_error")
+  if (!is.character(unlabeled_category) || length(unlabeled_category) != 1 || is.na(unlabeled_category)) {
+    scvir_abort(sprintf("unlabeled_category must be a single string; got %s",
+                        .describe_value(unlabeled_category)), "scvir_config_error")
+  }
+  if (is.null(labels) || !is.null(dim(labels)) || !(is.atomic(labels) || is.factor(labels))) {
+    scvir_abort(sprintf("labels must be a vector or factor with one label per cell; got %s",
+                        .describe_value(labels)))
   }
   if (length(labels) != ncol(counts)) {
     scvir_abort(sprintf("labels has length %d but there are %d cells", length(labels), ncol(counts)))
   }
   labels <- as.character(labels)
+  all_labelled <- .check_unlabeled_category(labels, unlabeled_category, colnames(counts))
   labels[is.na(labels)] <- unlabeled_category
   known <- sort(unique(labels[labels != unlabeled_category]))
   if (length(known) < 2) {
@@ -285,9 +315,17 @@ scanvi.SingleCellExperiment <- function(object, labels_key, unlabeled_category =
     init <- scvi_fit$model
   }
   args$max_epochs <- max_epochs
-  unknown <- setdiff(names(dots), setdiff(names(formals(scvi_model)), c(".scanvi", ".init_model")))
-  if (length(unknown)) {
-    scvir_abort(sprintf("unknown argument(s): %s", paste(unknown, collapse = ", ")), "scvir_config_error")
+  clash <- intersect(names(dots), c(names(args), ".scanvi", ".init_model"))
+  if (length(clash)) {
+    scvir_abort(sprintf("%s cannot be given to scanvi() here: it is set from scanvi()'s own arguments or the object",
+                        paste0("`", clash, "`", collapse = ", ")), "scvir_config_error")
+  }
+  .check_dots(dots, setdiff(names(formals(scvi_model)), c(".scanvi", ".init_model")), after = "object")
+  if (all_labelled) {
+    message(sprintf(paste("scanvi(): no cell has unlabeled_category \"%s\" (or NA): all %d cells are",
+                          "labelled (%d labels), so every cell trains the classifier and predict()",
+                          "re-predicts the label of every cell"),
+                    unlabeled_category, n_cells, length(known)))
   }
   args <- c(args, dots)
   fit <- do.call(scvi_model, c(args, list(.scanvi = scanvi_cfg, .init_model = init)))
@@ -299,9 +337,35 @@ scanvi.SingleCellExperiment <- function(object, labels_key, unlabeled_category =
   fit
 }
 
+# Whether every cell is labelled. Labels that look like the unlabelled marker spelt differently
+# ("unknown" for "Unknown") would silently become a cell type: refused, as are empty labels.
+.check_unlabeled_category <- function(labels, unlabeled_category, cells) {
+  empty <- which(!is.na(labels) & !nzchar(labels))
+  if (length(empty) && nzchar(unlabeled_category)) {
+    scvir_abort(sprintf(paste("labels has %d empty (\"\") value(s) (e.g. cell \"%s\"); mark unlabelled",
+                              "cells with NA or unlabeled_category (\"%s\")"),
+                        length(empty), cells[empty[1]], unlabeled_category))
+  }
+  if (anyNA(labels) || unlabeled_category %in% labels) return(FALSE)
+  norm <- function(x) tolower(gsub("[^[:alnum:]]", "", x))
+  values <- unique(labels)
+  markers <- c("unknown", "unlabeled", "unlabelled", "unassigned", "unannotated", "na", "nan",
+               "none", "null", "missing", "")
+  alike <- values[norm(values) == norm(unlabeled_category) | norm(values) %in% markers]
+  if (length(alike)) {
+    scvir_abort(sprintf(paste("no cell has unlabeled_category \"%s\", but labels has %s (%d cell(s)),",
+                              "which would become a cell type of its own; set unlabeled_category =",
+                              "\"%s\" if these cells are unlabelled"),
+                        unlabeled_category, paste0("\"", alike, "\"", collapse = ", "),
+                        sum(labels %in% alike), alike[1]))
+  }
+  TRUE
+}
+
 .scanvi_prior <- function(y_prior, known) {
   if (is.null(y_prior)) return(numeric())
-  if (!is.numeric(y_prior) || length(y_prior) != length(known) || anyNA(y_prior) || any(y_prior <= 0)) {
+  if (!is.numeric(y_prior) || length(y_prior) != length(known) || anyNA(y_prior) ||
+      any(!is.finite(y_prior)) || any(y_prior <= 0)) {
     scvir_abort(sprintf("y_prior needs %d positive numbers, one per known label", length(known)),
                 "scvir_config_error")
   }
@@ -350,7 +414,8 @@ scanvi.SingleCellExperiment <- function(object, labels_key, unlabeled_category =
 #' @param batch_size Cells per minibatch.
 #' @param n_threads Threads (`NULL`: the model's setting).
 #' @param seed Seed of the posterior sample when `use_posterior_mean = FALSE`.
-#' @param ... Unused.
+#' @param ... Unused: it makes the later arguments match by their full names only; an unknown or
+#'   abbreviated name is a `scvir_config_error` that names the closest arguments.
 #' @return A factor of labels (levels: the known labels), or with `soft = TRUE` a cells x labels
 #'   matrix whose rows sum to 1.
 #' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
@@ -367,10 +432,12 @@ scanvi.SingleCellExperiment <- function(object, labels_key, unlabeled_category =
 #' # other cells, given as counts (here the same cells)
 #' table(predict(fit, newdata = counts))
 #' @export
-predict.scanvi_model <- function(object, newdata = NULL, batch = NULL, covariates = NULL,
+predict.scanvi_model <- function(object, ..., newdata = NULL, batch = NULL, covariates = NULL,
                                  soft = FALSE, batch_size = 128L, indices = NULL,
-                                 n_threads = NULL, use_posterior_mean = TRUE, seed = NULL, ...) {
+                                 n_threads = NULL, use_posterior_mean = TRUE, seed = NULL) {
+  .check_dots(list(...), formals(predict.scanvi_model), after = "object")
   .check_flag(soft, "soft")
+  seed <- .check_seed(seed)
   d <- .query_data(object, newdata, batch, indices, covariates)
   p <- .engine(.rs_predict(object$model, .data_arg(d$counts, d$codes, d$cov),
                            .opts_arg(object, seed, batch_size, n_threads),

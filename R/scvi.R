@@ -72,15 +72,16 @@ scvi <- function(object, ...) UseMethod("scvi")
 #' @param reduction.name,reduction.key Seurat-style spellings of `reduction_name` and
 #'   `reduction_key` (give one spelling or the other).
 #' @export
-scvi.Seurat <- function(object, assay = NULL, layer = "counts", batch_key = NULL,
+scvi.Seurat <- function(object, ..., assay = NULL, layer = "counts", batch_key = NULL,
                         labels_key = NULL, categorical_covariate_keys = NULL,
                         continuous_covariate_keys = NULL, size_factor_key = NULL,
                         n_epochs = NULL, use_highly_variable_genes = TRUE, subset_genes = NULL,
                         linear_decoder = FALSE, copy = TRUE, return_posterior = FALSE,
                         model_kwargs = list(), trainer_kwargs = list(), store_expression = FALSE,
                         reduction_name = "scvi", reduction_key = "scvi_",
-                        reduction.name = NULL, reduction.key = NULL, ...) {
+                        reduction.name = NULL, reduction.key = NULL) {
   .need("SeuratObject")
+  .check_wrapper_dots(list(...), scvi.Seurat)
   call <- match.call()
   target <- substitute(object)
   caller <- parent.frame()
@@ -128,15 +129,16 @@ scvi.Seurat <- function(object, assay = NULL, layer = "counts", batch_key = NULL
 #' @rdname scvi
 #' @param reduced_dim_name Name of the SingleCellExperiment `reducedDim`.
 #' @export
-scvi.SingleCellExperiment <- function(object, assay = "counts", batch_key = NULL,
+scvi.SingleCellExperiment <- function(object, ..., assay = "counts", batch_key = NULL,
                                       labels_key = NULL, categorical_covariate_keys = NULL,
                                       continuous_covariate_keys = NULL, size_factor_key = NULL,
                                       n_epochs = NULL, use_highly_variable_genes = TRUE,
                                       subset_genes = NULL, linear_decoder = FALSE, copy = TRUE,
                                       return_posterior = FALSE, model_kwargs = list(),
                                       trainer_kwargs = list(), store_expression = FALSE,
-                                      reduced_dim_name = "scVI", ...) {
+                                      reduced_dim_name = "scVI") {
   .need("SingleCellExperiment")
+  .check_wrapper_dots(list(...), scvi.SingleCellExperiment)
   target <- substitute(object)
   caller <- parent.frame()
   if (identical(copy, FALSE) && !is.name(target)) {
@@ -194,6 +196,29 @@ scvi.SingleCellExperiment <- function(object, assay = "counts", batch_key = NULL
   object
 }
 
+# `...` of the object wrappers holds scvi_model() arguments (all but the data it takes from the
+# object): anything else is refused, with the closest argument of either function suggested.
+.check_wrapper_dots <- function(dots, method) {
+  per_cell <- .refuse_per_cell_args(dots)
+  known <- c(setdiff(names(formals(scvi_model)), c(per_cell, "...")), names(formals(method)))
+  .check_dots(dots, known, after = "object")
+}
+
+# scvi_model()'s per-cell data arguments, which objects take from their own data and metadata:
+# refused when given to an object's method; returns their names.
+.refuse_per_cell_args <- function(dots) {
+  per_cell <- c("counts", "labels", "batch", "categorical_covariates", "continuous_covariates",
+                "size_factor", "keep_data")
+  given <- intersect(names(dots), per_cell)
+  if (length(given)) {
+    scvir_abort(sprintf(paste("%s: an object's cells take their counts, labels, batch and covariates",
+                              "from the object; give labels_key, batch_key, categorical_covariate_keys,",
+                              "continuous_covariate_keys or size_factor_key (metadata columns) instead"),
+                        paste0("`", given, "`", collapse = ", ")), "scvir_config_error")
+  }
+  per_cell
+}
+
 # The scanpy wrapper's arguments (seed 001) turned into scvi_model() arguments.
 .wrapper_args <- function(dots, n_epochs, hvg, subset_genes, linear_decoder, model_kwargs,
                           trainer_kwargs, use_hvg) {
@@ -211,7 +236,7 @@ scvi.SingleCellExperiment <- function(object, assay = "counts", batch_key = NULL
                   "batch_representation", "batch_embedding_dim")
   bad <- setdiff(names(model_kwargs), model_args)
   if (length(bad)) scvir_abort(sprintf("model_kwargs has non-model argument(s): %s", paste(bad, collapse = ", ")), "scvir_config_error")
-  train_args <- setdiff(names(formals(scvi_model)), c(model_args, "counts", "batch", "labels",
+  train_args <- setdiff(names(formals(scvi_model)), c(model_args, "counts", "...", "batch", "labels",
                                                       "categorical_covariates", "continuous_covariates",
                                                       "size_factor", "n_top_genes", "features",
                                                       "linear_decoder", "keep_data", ".scanvi", ".init_model"))
@@ -263,9 +288,14 @@ scvi.default <- function(object, ...) scvi_model(object, ...)
 # Trains from an object's counts; the model does not duplicate the data the object holds.
 .fit_from_object <- function(counts, batch, batch_key, cov, ..., source) {
   args <- list(...)
-  if (!is.null(args[["batch"]])) scvir_abort("give batch_key (a metadata column) instead of batch for objects")
+  if ("batch" %in% names(args)) {
+    scvir_abort("give batch_key (a metadata column) instead of batch for objects", "scvir_config_error")
+  }
   cov_args <- c("labels", "categorical_covariates", "continuous_covariates", "size_factor")
-  if (any(cov_args %in% names(args))) scvir_abort("give metadata keys (labels_key, ...) for objects")
+  if (any(cov_args %in% names(args))) {
+    scvir_abort(sprintf("%s: give metadata keys (labels_key, categorical_covariate_keys, ...) for objects",
+                        paste(intersect(cov_args, names(args)), collapse = ", ")), "scvir_config_error")
+  }
   args$labels <- cov$labels
   args$categorical_covariates <- cov$categorical
   args$continuous_covariates <- cov$continuous
@@ -273,10 +303,7 @@ scvi.default <- function(object, ...) scvi_model(object, ...)
   args$keep_data <- FALSE
   counts <- .check_counts(counts)
   batch <- .check_batch(batch, ncol(counts), sprintf("batch_key \"%s\"", batch_key %||% ""))
-  unknown <- setdiff(names(args), names(formals(scvi_model)))
-  if (length(unknown)) {
-    scvir_abort(sprintf("unknown argument(s): %s", paste(unknown, collapse = ", ")), "scvir_config_error")
-  }
+  .check_dots(args, formals(scvi_model), after = "object")
   fit <- do.call(scvi_model, c(list(counts = counts, batch = batch), args))
   fit$batch_key <- batch_key
   fit$source <- source

@@ -35,3 +35,18 @@ interrupted_run <- function(train) {
   if (!any(grepl("^ALIVE", out))) tools::pskill(pid, tools::SIGKILL)
   out
 }
+
+rscript <- function() file.path(R.home("bin"), "Rscript")
+
+# Runs R code in a fresh process; returns its output lines with the exit status as attribute.
+run_r <- function(code, env = character(), timeout = 120) {
+  script <- tempfile(fileext = ".R")
+  writeLines(code, script)
+  timeout_bin <- Sys.which("timeout")
+  cmd <- if (nzchar(timeout_bin)) timeout_bin else rscript()
+  args <- if (nzchar(timeout_bin)) c(timeout, rscript(), script) else script
+  out <- suppressWarnings(system2(cmd, args, stdout = TRUE, stderr = TRUE, env = env))
+  attr(out, "status") <- attr(out, "status") %||% 0L
+  out
+}
+`%||%` <- function(a, b) if (is.null(a)) b else a

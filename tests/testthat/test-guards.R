@@ -7,9 +7,6 @@ test_that("settings BatchNorm cannot train on are refused, not turned into NaN",
   counts <- pbmc_small_counts()
   expect_error(scvi_model(counts, batch_size = 1, max_epochs = 1, verbose = FALSE),
                class = "scvir_config_error", regexp = "batch_size must be at least 2 with BatchNorm")
-  # 72 training cells in minibatches of 71 would leave one cell alone.
-  expect_error(scvi_model(counts, batch_size = 71, max_epochs = 1, verbose = FALSE),
-               class = "scvir_config_error", regexp = "last minibatch would hold one cell")
   expect_error(scvi_model(counts[, 1:2], max_epochs = 1, verbose = FALSE, n_top_genes = NULL),
                class = "scvir_error", regexp = "training set has 1 cell|at least 2")
   # Without BatchNorm, one-cell minibatches are fine.
@@ -52,8 +49,25 @@ test_that("Ctrl-C stops a long query with scvir_interrupted", {
   skip_on_cran()
   out <- interrupted_run(paste(
     "{fit <- scvi_model(counts, max_epochs = 2, seed = 1, n_threads = 1, verbose = FALSE);",
-    "get_normalized_expression(fit, n_samples = 2e5, library_size = 1e4, n_threads = 1)}"))
+    "get_normalized_expression(fit, n_samples = 5e4, library_size = 1e4, n_threads = 1)}"))
   expect_true(any(grepl("CAUGHT: the computation was interrupted .*; nothing was modified", out)),
               info = paste(out, collapse = "\n"))
   expect_true(any(grepl("^ALIVE TRUE TRUE", out)), info = paste(out, collapse = "\n"))
+})
+
+test_that("setTimeLimit() stops a long query with scvir_interrupted", {
+  skip_on_cran()
+  out <- run_r(c(
+    "suppressMessages(library(scviR))",
+    "e <- new.env(); utils::data('pbmc_small', package = 'SeuratObject', envir = e)",
+    "counts <- scviR:::.assay_data(e$pbmc_small, 'RNA', 'counts')",
+    "fit <- scvi_model(counts, max_epochs = 2, seed = 1, n_threads = 1, verbose = FALSE)",
+    "started <- proc.time()[['elapsed']]",
+    "r <- tryCatch({ setTimeLimit(elapsed = 2, transient = TRUE)",
+    "  get_normalized_expression(fit, n_samples = 5e4, library_size = 1e4, n_threads = 1) },",
+    "  scvir_interrupted = function(e) 'STOPPED')",
+    "cat(r, round(proc.time()[['elapsed']] - started), '\\n')"))
+  line <- grep("^STOPPED", out, value = TRUE)
+  expect_length(line, 1L)
+  expect_lt(as.numeric(strsplit(line, " ")[[1]][2]), 10)
 })

@@ -3,21 +3,6 @@
 # it, on success, on error and when forked children use the engine. Progress goes through the
 # condition system. libtorch is found at load time, and its absence is a classed error.
 
-rscript <- function() file.path(R.home("bin"), "Rscript")
-
-# Runs R code in a fresh process; returns its output lines with the exit status as attribute.
-run_r <- function(code, env = character(), timeout = 120) {
-  script <- tempfile(fileext = ".R")
-  writeLines(code, script)
-  timeout_bin <- Sys.which("timeout")
-  cmd <- if (nzchar(timeout_bin)) timeout_bin else rscript()
-  args <- if (nzchar(timeout_bin)) c(timeout, rscript(), script) else script
-  out <- suppressWarnings(system2(cmd, args, stdout = TRUE, stderr = TRUE, env = env))
-  attr(out, "status") <- attr(out, "status") %||% 0L
-  out
-}
-`%||%` <- function(a, b) if (is.null(a)) b else a
-
 test_that("training and queries leave denormals, threads and BLAS as they were", {
   tiny <- 2^-1070
   expect_gt(tiny, 0)
@@ -145,4 +130,18 @@ test_that("a handler that exits on a progress condition leaves training cleanly"
   # The engine is usable afterwards.
   fit <- scvi_model(counts, max_epochs = 2, seed = 1, n_threads = 1, verbose = FALSE)
   expect_s3_class(fit, "scvi_model")
+})
+
+test_that("a dynamic terminal shows a cli progress bar with the epoch, loss, elapsed time and ETA", {
+  skip_on_cran()
+  out <- run_r(c(
+    "options(cli.dynamic = TRUE, cli.progress_show_after = 0, cli.width = 200)",
+    "suppressMessages(library(scviR))",
+    "e <- new.env(); utils::data('pbmc_small', package = 'SeuratObject', envir = e)",
+    "counts <- scviR:::.assay_data(e$pbmc_small, 'RNA', 'counts')",
+    "fit <- scvi_model(counts, max_epochs = 4, seed = 1, n_threads = 1)"))
+  text <- paste(out, collapse = "\n")
+  expect_match(text, "epoch 4/4 \\| elbo_train [0-9.]+ \\| .* elapsed \\| ETA")
+  # The bar replaces the per-epoch lines.
+  expect_false(grepl("Epoch 4/4: elbo_train", text))
 })

@@ -102,6 +102,13 @@ fn scvir_process_state() -> List {
     )
 }
 
+/// scvi-tools' default number of epochs for `n_cells` cells (the engine's rule).
+/// @noRd
+#[extendr]
+fn scvir_default_max_epochs(n_cells: f64) -> i32 {
+    train::default_max_epochs(n_cells.max(1.0) as usize) as i32
+}
+
 /// CPUs this process may use (affinity, cgroup quota, OMP_NUM_THREADS, SLURM_CPUS_PER_TASK).
 /// @noRd
 #[extendr]
@@ -362,6 +369,23 @@ fn scvir_predict(model: Raw, data: List, opts: List, use_posterior_mean: bool) -
     Ok(row_major_to_matrix(&p, d.n_cells(), k).into_robj())
 }
 
+/// Fixed properties of a trained model computed by the engine: "loadings" (LDVAE, genes x
+/// n_latent) or "batch_embedding" (batches x dim), as a matrix.
+/// @noRd
+#[extendr]
+fn scvir_model_values(model: Raw, what: &str) -> Result<Robj> {
+    let _session = prepare(1);
+    let (vae, _) = model_file::from_bytes(model.as_slice(), Device::Cpu).map_err(engine_error)?;
+    let (values, ncol) = match what {
+        "loadings" => (infer::loadings(&vae), vae.config.n_latent as usize),
+        "batch_embedding" => (infer::batch_embedding(&vae), vae.config.batch_embedding_dim as usize),
+        other => return Err(Error::Other(format!("[scviR:config] unknown model value \"{other}\""))),
+    };
+    let values = values.map_err(engine_error)?;
+    let nrow = values.len() / ncol.max(1);
+    Ok(row_major_to_matrix(&values, nrow, ncol).into_robj())
+}
+
 /// Reads an .h5ad file: CSR counts (cells x genes) and the obs / var data frames.
 /// @noRd
 #[extendr]
@@ -444,5 +468,7 @@ extendr_module! {
     fn scvir_available_cores;
     fn scvir_process_state;
     fn scvir_resume_unwind;
+    fn scvir_model_values;
+    fn scvir_default_max_epochs;
     fn scvir_debug_panic;
 }

@@ -17,7 +17,7 @@
 
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int, c_uint, c_void};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Once;
 
 /// What a session may change, and to what.
@@ -35,14 +35,30 @@ pub struct SessionOptions {
 }
 
 static INTERRUPT_CHECK: std::sync::Mutex<Option<fn() -> bool>> = std::sync::Mutex::new(None);
+/// Set once the check fired in this session: the host's pending interrupt is consumed when it is
+/// seen, so the cancellation must stick until the session ends.
+static CANCELLED: AtomicBool = AtomicBool::new(false);
 
-/// Err(Cancelled) when the session's interrupt check says so. Call it from the thread that
-/// entered the session only.
-pub fn check_interrupt() -> crate::Result<()> {
+/// Whether the session's interrupt check fired (now or earlier in this session). Call it from
+/// the thread that entered the session only.
+pub fn cancelled() -> bool {
+    if CANCELLED.load(Ordering::Relaxed) {
+        return true;
+    }
     let f = *INTERRUPT_CHECK.lock().unwrap_or_else(|e| e.into_inner());
-    match f {
-        Some(f) if f() => Err(crate::Error::Cancelled),
-        _ => Ok(()),
+    let fired = f.map_or(false, |f| f());
+    if fired {
+        CANCELLED.store(true, Ordering::Relaxed);
+    }
+    fired
+}
+
+/// Err(Cancelled) when [`cancelled`].
+pub fn check_interrupt() -> crate::Result<()> {
+    if cancelled() {
+        Err(crate::Error::Cancelled)
+    } else {
+        Ok(())
     }
 }
 
@@ -66,6 +82,7 @@ impl Session {
     pub fn enter(opts: SessionOptions) -> Session {
         install_fork_handler();
         *INTERRUPT_CHECK.lock().unwrap_or_else(|e| e.into_inner()) = opts.interrupt;
+        CANCELLED.store(false, Ordering::Relaxed);
         let mut s = Session {
             mxcsr: None,
             team: 0,

@@ -50,7 +50,8 @@ fn for_each_minibatch<'a>(
             let mb = builder.build(chunk);
             f(&mb, chunk);
         }
-        Ok(())
+        // Sample loops inside `f` stop early when interrupted; their partial result is dropped.
+        crate::runtime::check_interrupt()
     })
 }
 
@@ -145,6 +146,9 @@ pub fn normalized_expression(
         };
         let mut acc = Tensor::zeros([chunk.len() as i64, vae.config.n_genes], (Kind::Float, vae.device()));
         for s in 0..n_samples {
+            if crate::runtime::cancelled() {
+                break;
+            }
             let inf = vae.inference(&mb, false);
             let mut sample = Tensor::zeros_like(&acc);
             for b in &decode_batches {
@@ -209,6 +213,9 @@ pub fn marginal_ll(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Cov
     for_each_minibatch(vae, counts, batch_codes, cov, batch_size, |mb, _| {
         let mut terms = Vec::with_capacity(n_mc_samples);
         for _ in 0..n_mc_samples {
+            if crate::runtime::cancelled() {
+                break;
+            }
             let inf = vae.inference(&mb, false);
             let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, &mb, false);
             let log_p_x = -vae.reconstruction_loss(&mb, &gen);
@@ -286,6 +293,9 @@ pub fn likelihood_parameters(
         let shape = [chunk.len() as i64, vae.config.n_genes];
         let mut acc: [Option<Tensor>; 3] = [None, None, None];
         for s in 0..n_samples {
+            if crate::runtime::cancelled() {
+                break;
+            }
             let inf = vae.inference(&mb, false);
             let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, &mb, false);
             let values = [
@@ -345,6 +355,9 @@ pub fn posterior_predictive_sample(
     let lik = vae.config.gene_likelihood;
     for_each_minibatch(vae, counts, batch_codes, cov, batch_size, |mb, _| {
         for sample in out.iter_mut() {
+            if crate::runtime::cancelled() {
+                break;
+            }
             let inf = vae.inference(&mb, false);
             let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, &mb, false);
             let x = match (lik, &gen.theta) {
@@ -388,6 +401,9 @@ pub fn denoised_samples(
             None => mb.batch_index.shallow_clone(),
         };
         for _ in 0..n_samples.max(1) {
+            if crate::runtime::cancelled() {
+                break;
+            }
             let inf = vae.inference(&mb, false);
             let gen = vae.generative(&inf.z, &inf.library, &decode_batch, &mb, false);
             let rate = &gen.px_scale * rna_size_factor;
@@ -423,4 +439,45 @@ pub fn label_probabilities(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], c
         out.extend(to_vec(&logits.softmax(-1, Kind::Float)));
     })?;
     Ok(out)
+}
+
+/// One of the model's tensors (parameter or BatchNorm statistic) by name, on the CPU.
+fn named_tensor(vae: &Vae, name: &str) -> Result<Tensor> {
+    vae.vs
+        .variables()
+        .remove(name)
+        .map(|t| t.detach().to_kind(Kind::Float).to_device(tch::Device::Cpu))
+        .ok_or_else(|| Error::InvalidInput(format!("the model has no tensor {name}")))
+}
+
+/// LDVAE's gene loadings (scvi-tools' `LinearSCVI.get_loadings()`): the linear decoder's weights
+/// of the latent factors, scaled by its BatchNorm (`gamma / sqrt(running_var + eps)`) when it has
+/// one. Row-major genes x n_latent.
+pub fn loadings(vae: &Vae) -> Result<Vec<f32>> {
+    if !vae.config.linear_decoder {
+        return Err(Error::InvalidInput(
+            "loadings exist only for a linear decoder; train with ldvae() or linear_decoder = TRUE".into(),
+        ));
+    }
+    let prefix = "decoder.factor_regressor.layer_0.";
+    let n_latent = vae.config.n_latent;
+    // The weight's columns are the latent factors, then any injected covariates.
+    let mut w = named_tensor(vae, &format!("{prefix}linear.weight"))?.narrow(1, 0, n_latent);
+    if vae.config.use_batch_norm_decoder {
+        let gamma = named_tensor(vae, &format!("{prefix}batch_norm.weight"))?;
+        let var = named_tensor(vae, &format!("{prefix}batch_norm.running_var"))?;
+        w = w * (gamma / (var + crate::nn::init::BATCH_NORM_EPS).sqrt()).unsqueeze(1);
+    }
+    Ok(to_vec(&w))
+}
+
+/// The learnt batch vectors (row-major n_batch x batch_embedding_dim) of a model trained with
+/// `batch_representation = "embedding"`.
+pub fn batch_embedding(vae: &Vae) -> Result<Vec<f32>> {
+    if !vae.config.batch_embedding() {
+        return Err(Error::InvalidInput(
+            "this model represents batches one-hot; train with batch_representation = \"embedding\"".into(),
+        ));
+    }
+    Ok(to_vec(&named_tensor(vae, "batch_embedding")?))
 }

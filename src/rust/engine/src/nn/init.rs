@@ -14,10 +14,13 @@ pub fn linear(path: nn::Path, n_in: i64, n_out: i64, bias: bool) -> nn::Linear {
 }
 
 /// scvi-tools' BatchNorm1d: momentum 0.01, eps 1e-3.
+/// BatchNorm's epsilon in every layer (scvi-tools' FCLayers).
+pub const BATCH_NORM_EPS: f64 = 1e-3;
+
 pub fn batch_norm(path: nn::Path, n: i64) -> nn::BatchNorm {
     let cfg = nn::BatchNormConfig {
         cudnn_enabled: true,
-        eps: 1e-3,
+        eps: BATCH_NORM_EPS,
         momentum: 0.01,
         affine: true,
         ws_init: nn::Init::Const(1.0),
