@@ -28,7 +28,10 @@ scvir_abort <- function(message, class = "scvir_input_error", call = NULL) {
         interrupted = "scvir_interrupted", numerical = "scvir_numerical_error",
         model = "scvir_model_error", file = "scvir_input_error",
         resource = "scvir_resource_error", unwind = "scvir_engine_error", "scvir_engine_error")
-      if (kind == "resource") text <- .resource_message(text)
+      # libtorch's own allocation failures carry C++ detail; the engine's estimates are worded.
+      if (kind == "resource" && grepl("can't allocate|out of memory|bad_alloc|Cannot allocate", text)) {
+        text <- .resource_message(text)
+      }
       if (kind == "interrupted") {
         text <- paste0(text, "; nothing was modified")
       }

@@ -71,3 +71,14 @@ test_that("setTimeLimit() stops a long query with scvir_interrupted", {
   expect_length(line, 1L)
   expect_lt(as.numeric(strsplit(line, " ")[[1]][2]), 10)
 })
+
+test_that("results larger than the free memory are refused up front as scvir_resource_error", {
+  fit <- quick_fit(max_epochs = 2L)
+  # 1e9 samples of 80 cells x 230 genes would need about 220 TB.
+  expect_error(get_normalized_expression(fit, n_samples = 1e9, return_mean = FALSE),
+               class = "scvir_resource_error", regexp = "would need about [0-9.]+ GB")
+  expect_error(posterior_predictive_sample(fit, n_samples = 1e9),
+               class = "scvir_resource_error", regexp = "posterior predictive samples would need")
+  # The engine is usable afterwards.
+  expect_equal(dim(get_latent_representation(fit)), c(80L, 10L))
+})

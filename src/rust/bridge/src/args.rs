@@ -9,10 +9,15 @@ use extendr_api::Result;
 use scvir_engine::data::{Counts, Covariates};
 use std::collections::HashMap;
 
-fn fields(list: &List, what: &str) -> Result<HashMap<String, Robj>> {
+/// The bundle's fields by name; a name outside `allowed` is refused (a renamed or misspelt field
+/// must not silently become a default).
+fn fields(list: &List, what: &str, allowed: &[&str]) -> Result<HashMap<String, Robj>> {
     let map: HashMap<String, Robj> = list.iter().map(|(k, v)| (k.to_string(), v)).collect();
     if map.is_empty() {
         return Err(Error::Other(format!("[scviR:engine] empty {what} list")));
+    }
+    if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(Error::Other(format!("[scviR:engine] unknown field {k} in the {what} list (known: {})", allowed.join(", "))));
     }
     Ok(map)
 }
@@ -35,7 +40,7 @@ pub struct DataArgs {
 
 impl DataArgs {
     pub fn from_list(list: &List) -> Result<Self> {
-        let map = fields(list, "data")?;
+        let map = fields(list, "data", &["indptr", "indices", "values", "n_cells", "n_genes", "batch_codes", "covariates"])?;
         let n_cells = int(&map, "n_cells")?.max(0) as usize;
         let n_genes = int(&map, "n_genes")?.max(0) as usize;
         let covariates = match map.get("covariates").and_then(|c| c.as_list()) {
@@ -83,7 +88,7 @@ pub struct Opts {
 
 impl Opts {
     pub fn from_list(list: &List) -> Result<Self> {
-        let map = fields(list, "opts")?;
+        let map = fields(list, "opts", &["seed", "batch_size", "n_threads", "accelerator", "device_index"])?;
         Ok(Opts {
             seed: field(&map, "seed")?.as_real().unwrap_or(0.0),
             batch_size: int(&map, "batch_size")?.max(1) as usize,

@@ -14,6 +14,7 @@ pub fn engine_error(e: scvir_engine::Error) -> Error {
         E::NumericalFailure(_) => "numerical",
         E::ModelFormat(_) => "model",
         E::Io(_) | E::Hdf5(_) => "file",
+        E::Resource(_) => "resource",
         E::Torch(t) if is_out_of_memory(&t.to_string()) => "resource",
         _ => "engine",
     };

@@ -19,6 +19,9 @@ pub enum Error {
     /// A query or DE stopped by the host's interrupt check (Ctrl-C, a time limit).
     #[error("the computation was interrupted (Ctrl-C or a time limit)")]
     Cancelled,
+    /// A result or working set larger than the memory this machine has free.
+    #[error("{0}")]
+    Resource(String),
     /// A model file that is not ours or from an incompatible format version.
     #[error("model file: {0}")]
     ModelFormat(String),

@@ -180,6 +180,31 @@ pub fn process_state() -> ProcessState {
     }
 }
 
+/// Memory the system can give this process now (Linux's MemAvailable), if known.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses, before anything is allocated, a computation whose result needs more memory than is
+/// available: `values` numbers of `bytes_each` bytes (the engine's f32 copy plus R's f64 one).
+pub fn ensure_memory(values: u128, bytes_each: u128, what: &str) -> crate::Result<()> {
+    let need = values.saturating_mul(bytes_each);
+    let fits_usize = usize::try_from(values).is_ok();
+    let available = available_memory().map(u128::from);
+    if !fits_usize || available.is_some_and(|a| need > a) {
+        let gb = |b: u128| b as f64 / 1e9;
+        return Err(crate::Error::Resource(format!(
+            "{what} would need about {:.1} GB{}; ask for fewer samples, cells or genes (or return the mean)",
+            gb(need),
+            available.map_or(String::new(), |a| format!(", but only {:.1} GB of memory is available", gb(a)))
+        )));
+    }
+    Ok(())
+}
+
 pub fn cuda_available() -> bool {
     tch::Cuda::is_available()
 }

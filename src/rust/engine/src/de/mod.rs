@@ -169,6 +169,12 @@ pub fn compare(
     if cfg.n_samples_overall == 0 {
         return Err(Error::InvalidInput("n_samples_overall must be positive".into()));
     }
+    // Two groups' posterior scale samples, n_samples_overall x genes each, and their statistics.
+    crate::runtime::ensure_memory(
+        4 * cfg.n_samples_overall as u128 * vae.config.n_genes as u128,
+        8,
+        "differential expression with this n_samples_overall",
+    )?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.n_threads.max(1))
         .build()

@@ -28,6 +28,12 @@ fn check_genes(vae: &Vae, counts: &Counts<'_>) -> Result<()> {
     Ok(())
 }
 
+/// `n_out` cells x genes matrices, as f32 here and f64 in R.
+fn output_fits(n_out: usize, counts: &Counts<'_>, what: &str) -> Result<()> {
+    let values = n_out as u128 * counts.n_cells() as u128 * counts.n_genes() as u128;
+    crate::runtime::ensure_memory(values, 12, what)
+}
+
 pub(crate) fn check_inputs(vae: &Vae, counts: &Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>) -> Result<()> {
     check_genes(vae, counts)?;
     check_batches(vae, batch_codes, cov, counts.n_cells())
@@ -137,7 +143,9 @@ pub fn normalized_expression(
         return Err(Error::InvalidInput("transform_batch is outside the model's batches".into()));
     }
     let n_samples = n_samples.max(1);
-    let mut out = vec![Vec::new(); if return_mean { 1 } else { n_samples }];
+    let n_out = if return_mean { 1 } else { n_samples };
+    output_fits(n_out, &counts, "the normalized expression")?;
+    let mut out = vec![Vec::new(); n_out];
     for_each_minibatch(vae, counts, batch_codes, cov, batch_size, |mb, chunk| {
         let decode_batches: Vec<Tensor> = if transform_batches.is_empty() {
             vec![mb.batch_index.shallow_clone()]
@@ -283,6 +291,7 @@ pub fn likelihood_parameters(
     check_inputs(vae, &counts, batch_codes, cov)?;
     let n_samples = n_samples.max(1);
     let n_out = if give_mean { 1 } else { n_samples };
+    output_fits(3 * n_out, &counts, "the likelihood parameters")?;
     let lik = vae.config.gene_likelihood;
     let mut out = LikelihoodParameters {
         mean: vec![Vec::new(); n_out],
@@ -351,6 +360,7 @@ pub fn posterior_predictive_sample(
 ) -> Result<Vec<Vec<f32>>> {
     check_inputs(vae, &counts, batch_codes, cov)?;
     let n_samples = n_samples.max(1);
+    output_fits(n_samples, &counts, "the posterior predictive samples")?;
     let mut out = vec![Vec::new(); n_samples];
     let lik = vae.config.gene_likelihood;
     for_each_minibatch(vae, counts, batch_codes, cov, batch_size, |mb, _| {
@@ -394,6 +404,7 @@ pub fn denoised_samples(
     if transform_batch.is_some_and(|b| b as i64 >= vae.config.n_batch) {
         return Err(Error::InvalidInput("transform_batch is outside the model's batches".into()));
     }
+    output_fits(n_samples.max(1), &counts, "the denoised samples")?;
     let mut out = Vec::with_capacity(counts.n_cells() * n_samples.max(1) * counts.n_genes());
     for_each_minibatch(vae, counts, batch_codes, cov, batch_size, |mb, _| {
         let decode_batch = match transform_batch {
