@@ -236,20 +236,9 @@ scvi_model <- function(counts, ..., batch = NULL, labels = NULL, categorical_cov
   if (nrow(counts) < 2) scvir_abort("fewer than 2 genes are left after gene selection")
   .check_no_empty_cells(counts, sprintf("in the %d selected genes", nrow(counts)))
   cov <- .encode_covariates(covariates, ncol(counts))
-  model$n_labels <- length(cov$registry$labels)
-  model$n_cats_per_cov <- I(vapply(cov$registry$categorical, length, 1L))
-  model$n_continuous_cov <- length(cov$registry$continuous)
-  model$use_size_factor_key <- isTRUE(cov$registry$size_factor)
-  if (model$linear_decoder && identical(model$dispersion, "gene-cell")) {
-    scvir_abort("linear_decoder = TRUE has no per-cell dispersion; use dispersion \"gene\", \"gene-batch\" or \"gene-label\"",
-                "scvir_config_error")
-  }
-  if (model$linear_decoder && model$use_size_factor_key) {
-    scvir_abort("linear_decoder = TRUE does not take size factors (as scvi-tools' LinearSCVI)", "scvir_config_error")
-  }
-  if (identical(model$dispersion, "gene-label") && model$n_labels == 0) {
-    scvir_abort("dispersion = \"gene-label\" needs labels (labels / labels_key)", "scvir_config_error")
-  }
+  # Model sizes (labels, covariate categories, size factors) and the option combinations the
+  # model cannot take are the engine's: it derives the first from the registry and refuses the
+  # second before training.
   registry <- list(labels = I(cov$registry$labels),
                    categorical_covariates = unname(Map(function(k, l) list(k, I(l)),
                                                        names(cov$registry$categorical), cov$registry$categorical)),

@@ -82,3 +82,40 @@ test_that("results larger than the free memory are refused up front as scvir_res
   # The engine is usable afterwards.
   expect_equal(dim(get_latent_representation(fit)), c(80L, 10L))
 })
+
+test_that("a model read while another process saves over it is the old or the new one, never a mix", {
+  skip_on_cran()
+  skip_on_os("windows")
+  a <- quick_fit(max_epochs = 2L, seed = 1L)
+  b <- quick_fit(max_epochs = 2L, seed = 2L)
+  dir <- tempfile("model")
+  save_model(a, dir)
+  fits <- tempfile(fileext = ".rds")
+  saveRDS(list(a = a, b = b), fits)
+  stop_file <- tempfile()
+  writer <- tempfile(fileext = ".R")
+  writeLines(c(
+    "suppressMessages(library(scviR))",
+    sprintf("f <- readRDS('%s')", fits),
+    "i <- 0",
+    sprintf("while (!file.exists('%s') && i < 2000) {", stop_file),
+    "  i <- i + 1",
+    sprintf("  save_model(if (i %%%% 2) f$b else f$a, '%s', overwrite = TRUE)", dir),
+    "}"), writer)
+  system2(file.path(R.home("bin"), "Rscript"), writer, wait = FALSE, stdout = FALSE, stderr = FALSE)
+  on.exit(file.create(stop_file), add = TRUE)
+  outcomes <- character()
+  deadline <- Sys.time() + 6
+  while (Sys.time() < deadline) {
+    outcomes <- c(outcomes, tryCatch({
+      m <- load_model(dir)
+      if (identical(m$model, a$model)) "a" else if (identical(m$model, b$model)) "b" else "mixed"
+    }, scvir_error = function(e) paste0("error:", class(e)[1])))
+  }
+  file.create(stop_file)
+  expect_false("mixed" %in% outcomes)
+  expect_true(any(outcomes %in% c("a", "b")))
+  # A reader caught between the two renames gets a classed error, not a model.
+  expect_true(all(outcomes %in% c("a", "b", "error:scvir_input_error", "error:scvir_model_error")),
+              info = paste(unique(outcomes), collapse = ", "))
+})

@@ -155,8 +155,6 @@ fn scvir_train(
     let (x, batch_codes, cov) = (d.counts()?, d.batch_codes()?, d.covariates());
     let config_error = |e: serde_json::Error| Error::Other(format!("[scviR:config] {e}"));
     let mut vae_cfg: VaeConfig = serde_json::from_str(model_json).map_err(config_error)?;
-    vae_cfg.n_genes = d.n_genes() as i64;
-    vae_cfg.n_batch = batches.len().max(1) as i64;
     let train_cfg: TrainConfig = serde_json::from_str(train_json).map_err(config_error)?;
     let extra: Registry = serde_json::from_str(registry_json).map_err(config_error)?;
     let registry = Registry {
@@ -166,6 +164,12 @@ fn scvir_train(
     };
     let prior = scvir_engine::data::registry::library_prior(x, batch_codes, batches.len().max(1));
     let registry = Registry { library_log_means: prior.0.clone(), library_log_vars: prior.1.clone(), n_cells_fitted: d.n_cells(), ..registry };
+    // The model's sizes follow from the registry and the data, whatever the R side sent.
+    registry.apply_to(&mut vae_cfg);
+    vae_cfg.use_size_factor_key = cov.size_factor.is_some();
+    if vae_cfg.n_genes as usize != d.n_genes() {
+        return Err(Error::Other(format!("[scviR:input] {} gene names for {} genes", vae_cfg.n_genes, d.n_genes())));
+    }
     runtime::seed_everything(train_cfg.seed);
     let mut vae = Vae::new(vae_cfg.clone(), dev, Some((&prior.0, &prior.1))).map_err(engine_error)?;
     // Pretrained weights (SCANVI from an SCVI model): every matching tensor is copied.

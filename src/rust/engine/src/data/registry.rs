@@ -30,6 +30,16 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Sets the model sizes that follow from the registry (genes, batches, labels, covariate
+    /// categories, continuous covariates), so that they are derived in one place, not passed in.
+    pub fn apply_to(&self, cfg: &mut crate::module::VaeConfig) {
+        cfg.n_genes = self.genes.len() as i64;
+        cfg.n_batch = self.n_batch() as i64;
+        cfg.n_labels = self.labels.len() as i64;
+        cfg.n_cats_per_cov = self.categorical_covariates.iter().map(|(_, c)| c.len() as i64).collect();
+        cfg.n_continuous_cov = self.continuous_covariates.len() as i64;
+    }
+
     pub fn n_batch(&self) -> usize {
         self.batches.len().max(1)
     }

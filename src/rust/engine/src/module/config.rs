@@ -171,7 +171,7 @@ impl VaeConfig {
             return bad("dispersion = \"gene-label\" is not available for scANVI (its labels are partly unknown)".into());
         }
         if self.linear_decoder && self.dispersion == Dispersion::GeneCell {
-            return bad("the linear decoder has no per-cell dispersion head; use another dispersion".into());
+            return bad("linear_decoder = TRUE has no per-cell dispersion; use dispersion \"gene\", \"gene-batch\" or \"gene-label\"".into());
         }
         if self.linear_decoder && self.use_size_factor_key {
             return bad("the linear decoder (LDVAE) does not take size factors, as in scvi-tools' LinearSCVI".into());
