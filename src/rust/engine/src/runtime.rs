@@ -283,28 +283,34 @@ fn symbol(name: &str) -> *mut c_void {
     unsafe { libc::dlsym(libc::RTLD_DEFAULT, c.as_ptr()) }
 }
 
-fn omp_get_max_threads() -> Option<c_int> {
-    let f = symbol("omp_get_max_threads");
+/// Calls `int name(void)` if the process has that symbol.
+fn get_int(name: &str) -> Option<c_int> {
+    let f = symbol(name);
     (!f.is_null()).then(|| unsafe { std::mem::transmute::<_, extern "C" fn() -> c_int>(f)() })
+}
+
+/// Calls `void name(int)` if the process has that symbol.
+fn set_int(name: &str, n: c_int) {
+    let f = symbol(name);
+    if !f.is_null() {
+        unsafe { std::mem::transmute::<_, extern "C" fn(c_int)>(f)(n) }
+    }
+}
+
+fn omp_get_max_threads() -> Option<c_int> {
+    get_int("omp_get_max_threads")
 }
 
 fn omp_set_num_threads(n: c_int) {
-    let f = symbol("omp_set_num_threads");
-    if !f.is_null() {
-        unsafe { std::mem::transmute::<_, extern "C" fn(c_int)>(f)(n) }
-    }
+    set_int("omp_set_num_threads", n)
 }
 
 fn openblas_get_num_threads() -> Option<c_int> {
-    let f = symbol("openblas_get_num_threads");
-    (!f.is_null()).then(|| unsafe { std::mem::transmute::<_, extern "C" fn() -> c_int>(f)() })
+    get_int("openblas_get_num_threads")
 }
 
 fn openblas_set_num_threads(n: c_int) {
-    let f = symbol("openblas_set_num_threads");
-    if !f.is_null() {
-        unsafe { std::mem::transmute::<_, extern "C" fn(c_int)>(f)(n) }
-    }
+    set_int("openblas_set_num_threads", n)
 }
 
 /// OpenBLAS's kernel set ("Haswell", "SkylakeX", "Prescott", ...), if OpenBLAS is loaded.
