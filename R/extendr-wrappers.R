@@ -18,9 +18,17 @@
 }
 
 .rs_train <- function(data, genes, batches, batch_key, registry_json, model_json, train_json,
-                      n_threads, progress, accelerator, device_index, init_model = NULL) {
+                      n_threads, progress, accelerator, device_index, init_model = NULL,
+                      resume = FALSE) {
   .rs_call("scvir_train", data, genes, batches, batch_key, registry_json, model_json, train_json,
-        n_threads, progress, accelerator, device_index, init_model)
+        n_threads, progress, accelerator, device_index, init_model, resume)
+}
+.rs_query_registry <- function(reference, batches, categorical_json) {
+  .rs_call("scvir_query_registry", reference, as.character(batches), categorical_json)
+}
+.rs_load_query <- function(reference, registry_json, data, options_json, seed, n_threads) {
+  .rs_call("scvir_load_query", reference, registry_json, data, options_json, as.numeric(seed),
+           as.integer(n_threads))
 }
 .rs_model_meta <- function(model) .rs_call("scvir_model_meta", model)
 .rs_latent <- function(model, data, opts, what, mc_samples) {
@@ -42,10 +50,16 @@
 .rs_debug_panic <- function() .rs_call("scvir_debug_panic")
 .rs_blas_info <- function() .rs_call("scvir_blas_info")
 .rs_de_compare <- function(model, data, opts, cells1, cells2, batches1, batches2, mode, delta,
-                           pseudocounts, n_samples_overall, threshold_counts, test_mode) {
+                           pseudocounts, n_samples_overall, threshold_counts, test_mode,
+                           importance = "") {
   .rs_call("scvir_de_compare", model, data, opts, as.integer(cells1), as.integer(cells2),
         as.integer(batches1), as.integer(batches2), mode, as.numeric(delta), as.numeric(pseudocounts),
-        as.integer(n_samples_overall), as.numeric(threshold_counts), test_mode)
+        as.integer(n_samples_overall), as.numeric(threshold_counts), test_mode, importance)
+}
+.rs_weighted_expression <- function(model, data, opts, transform_batch, n_samples_overall,
+                                    library_size, importance) {
+  .rs_call("scvir_weighted_expression", model, data, opts, as.integer(transform_batch),
+           as.integer(n_samples_overall), as.numeric(library_size), importance)
 }
 .rs_predict <- function(model, data, opts, use_posterior_mean) {
   .rs_call("scvir_predict", model, data, opts, use_posterior_mean)
@@ -66,3 +80,4 @@
 }
 .rs_process_state <- function() .rs_call("scvir_process_state")
 .rs_model_values <- function(model, what) .rs_call("scvir_model_values", model, what)
+.rs_model_tensors <- function(model) .rs_call("scvir_model_tensors", model)

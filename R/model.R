@@ -129,8 +129,6 @@ scvi_model <- function(counts, ..., batch = NULL, labels = NULL, categorical_cov
     if (missing(use_observed_lib_size)) use_observed_lib_size <- FALSE
   }
   norm_where <- c("both", "encoder", "decoder", "none")
-  monitors <- c("elbo_validation", "reconstruction_loss_validation", "kl_local_validation",
-                "validation_loss")
   bn <- .check_choice(use_batch_norm, norm_where, "use_batch_norm")
   ln <- .check_choice(use_layer_norm, norm_where, "use_layer_norm")
   counts <- .check_counts(.as_dgc(counts))
@@ -159,32 +157,7 @@ scvi_model <- function(counts, ..., batch = NULL, labels = NULL, categorical_cov
                          batch_representation = .check_choice(batch_representation, c("one-hot", "embedding"), "batch_representation"),
                          batch_embedding_dim = .check_count_arg(batch_embedding_dim, "batch_embedding_dim"),
                          linear_decoder = linear_decoder, scanvi = .scanvi),
-            train = list(max_epochs = .check_count_arg(max_epochs, "max_epochs", null_ok = TRUE),
-                         batch_size = .check_count_arg(batch_size, "batch_size"),
-                         train_size = .check_number(train_size, "train_size", 0, 1, null_ok = TRUE),
-                         validation_size = .check_number(validation_size, "validation_size", 0, 1, null_ok = TRUE),
-                         shuffle_set_split = .check_flag(shuffle_set_split, "shuffle_set_split"),
-                         lr = .check_number(lr, "lr", 0),
-                         weight_decay = .check_number(weight_decay, "weight_decay", 0),
-                         eps = .check_number(eps, "eps", 0),
-                         optimizer = .check_choice(optimizer, c("Adam", "AdamW"), "optimizer"),
-                         n_epochs_kl_warmup = .check_count_arg(n_epochs_kl_warmup, "n_epochs_kl_warmup", 0, null_ok = TRUE),
-                         n_steps_kl_warmup = .check_count_arg(n_steps_kl_warmup, "n_steps_kl_warmup", 0, null_ok = TRUE),
-                         max_kl_weight = .check_number(max_kl_weight, "max_kl_weight", 0),
-                         min_kl_weight = .check_number(min_kl_weight, "min_kl_weight", 0),
-                         check_val_every_n_epoch = .check_count_arg(check_val_every_n_epoch, "check_val_every_n_epoch", null_ok = TRUE),
-                         early_stopping = .check_flag(early_stopping, "early_stopping"),
-                         early_stopping_monitor = .check_choice(early_stopping_monitor, monitors, "early_stopping_monitor"),
-                         early_stopping_patience = .check_count_arg(early_stopping_patience, "early_stopping_patience"),
-                         early_stopping_min_delta = .check_number(early_stopping_min_delta, "early_stopping_min_delta", 0),
-                         early_stopping_mode = .check_choice(early_stopping_mode, c("min", "max"), "early_stopping_mode"),
-                         early_stopping_warmup_epochs = .check_count_arg(early_stopping_warmup_epochs, "early_stopping_warmup_epochs", 0),
-                         reduce_lr_on_plateau = .check_flag(reduce_lr_on_plateau, "reduce_lr_on_plateau"),
-                         lr_factor = .check_number(lr_factor, "lr_factor", 0, 1),
-                         lr_patience = .check_count_arg(lr_patience, "lr_patience", 0),
-                         lr_threshold = .check_number(lr_threshold, "lr_threshold", 0),
-                         lr_min = .check_number(lr_min, "lr_min", 0),
-                         lr_scheduler_metric = .check_choice(lr_scheduler_metric, monitors, "lr_scheduler_metric")),
+            train = do.call(.train_config, mget(names(formals(.train_config)))),
             seed = seed, n_threads = n_threads, verbose = .check_flag(verbose, "verbose"),
             keep_data = .check_flag(keep_data, "keep_data"),
             accelerator = .check_choice(accelerator, c("auto", "cpu", "gpu"), "accelerator"),
@@ -310,7 +283,7 @@ scvi_model <- function(counts, ..., batch = NULL, labels = NULL, categorical_cov
     source = source,
     data = data,
     engine_version = meta$engine_version,
-    is_trained = TRUE
+    is_trained = is.data.frame(history) && nrow(history) > 0
   ), class = if (identical(meta$model, "SCANVI")) c("scanvi_model", "scvi_model") else "scvi_model")
   if (inherits(fit, "scanvi_model")) {
     # Label codes 0..n-1 are the known labels; the unlabelled category, if any cell had it, follows.
@@ -360,6 +333,18 @@ print.scvi_model <- function(x, ...) {
     cat(sprintf("  continuous covariates: %s\n", paste(x$continuous_covariates, collapse = ", ")))
   }
   if (isTRUE(x$uses_size_factor)) cat("  size factors: yes (library = log size factor)\n")
+  if (!is.null(x$config$query)) {
+    q <- x$config$query
+    ref_batches <- unlist(q$reference_batches)
+    cat(sprintf("  query:    mapped onto a %s reference (%d cells); %d new batch(es)%s\n",
+                x$reference$model_type %||% x$model_type, q$reference_n_cells,
+                length(setdiff(x$batches, ref_batches)),
+                if (isTRUE(q$unfrozen)) ", all weights trained" else ", reference weights frozen"))
+    if (!isTRUE(x$is_trained)) cat("            not trained yet: train_model()\n")
+  }
+  if (!is.null(x$minified)) {
+    cat(sprintf("  minified: latent posterior of %d cells, no counts\n", length(x$minified$cells)))
+  }
   cat(sprintf("  model:    n_hidden %d, n_latent %d, n_layers %d, dropout %.2f\n",
               cfg$n_hidden, cfg$n_latent, cfg$n_layers, cfg$dropout_rate))
   cat(sprintf("            %s likelihood, %s dispersion, %s library size, %s latent, batch %s\n",
@@ -693,4 +678,46 @@ get_batch_representation <- function(object) {
   m <- .engine(.rs_model_values(fit$model, "batch_embedding"))
   dimnames(m) <- list(fit$batches, paste0("dim_", seq_len(ncol(m))))
   m
+}
+
+# Training options (scvi-tools' TrainingPlan / Trainer / DataSplitter), validated once here for
+# scvi_model() and train_model(); the engine's TrainConfig refuses unknown fields.
+.train_config <- function(max_epochs = NULL, batch_size = 128L, train_size = NULL,
+                          validation_size = NULL, shuffle_set_split = TRUE, lr = 1e-3,
+                          weight_decay = 1e-6, eps = 0.01, optimizer = "Adam",
+                          n_epochs_kl_warmup = 400L, n_steps_kl_warmup = NULL, max_kl_weight = 1,
+                          min_kl_weight = 0, check_val_every_n_epoch = 1L, early_stopping = FALSE,
+                          early_stopping_monitor = "elbo_validation", early_stopping_patience = 45L,
+                          early_stopping_min_delta = 0, early_stopping_mode = "min",
+                          early_stopping_warmup_epochs = 0L, reduce_lr_on_plateau = FALSE,
+                          lr_factor = 0.6, lr_patience = 30L, lr_threshold = 0, lr_min = 0,
+                          lr_scheduler_metric = "elbo_validation") {
+  monitors <- c("elbo_validation", "reconstruction_loss_validation", "kl_local_validation",
+                "validation_loss")
+  list(max_epochs = .check_count_arg(max_epochs, "max_epochs", null_ok = TRUE),
+       batch_size = .check_count_arg(batch_size, "batch_size"),
+       train_size = .check_number(train_size, "train_size", 0, 1, null_ok = TRUE),
+       validation_size = .check_number(validation_size, "validation_size", 0, 1, null_ok = TRUE),
+       shuffle_set_split = .check_flag(shuffle_set_split, "shuffle_set_split"),
+       lr = .check_number(lr, "lr", 0),
+       weight_decay = .check_number(weight_decay, "weight_decay", 0),
+       eps = .check_number(eps, "eps", 0),
+       optimizer = .check_choice(optimizer, c("Adam", "AdamW"), "optimizer"),
+       n_epochs_kl_warmup = .check_count_arg(n_epochs_kl_warmup, "n_epochs_kl_warmup", 0, null_ok = TRUE),
+       n_steps_kl_warmup = .check_count_arg(n_steps_kl_warmup, "n_steps_kl_warmup", 0, null_ok = TRUE),
+       max_kl_weight = .check_number(max_kl_weight, "max_kl_weight", 0),
+       min_kl_weight = .check_number(min_kl_weight, "min_kl_weight", 0),
+       check_val_every_n_epoch = .check_count_arg(check_val_every_n_epoch, "check_val_every_n_epoch", null_ok = TRUE),
+       early_stopping = .check_flag(early_stopping, "early_stopping"),
+       early_stopping_monitor = .check_choice(early_stopping_monitor, monitors, "early_stopping_monitor"),
+       early_stopping_patience = .check_count_arg(early_stopping_patience, "early_stopping_patience"),
+       early_stopping_min_delta = .check_number(early_stopping_min_delta, "early_stopping_min_delta", 0),
+       early_stopping_mode = .check_choice(early_stopping_mode, c("min", "max"), "early_stopping_mode"),
+       early_stopping_warmup_epochs = .check_count_arg(early_stopping_warmup_epochs, "early_stopping_warmup_epochs", 0),
+       reduce_lr_on_plateau = .check_flag(reduce_lr_on_plateau, "reduce_lr_on_plateau"),
+       lr_factor = .check_number(lr_factor, "lr_factor", 0, 1),
+       lr_patience = .check_count_arg(lr_patience, "lr_patience", 0),
+       lr_threshold = .check_number(lr_threshold, "lr_threshold", 0),
+       lr_min = .check_number(lr_min, "lr_min", 0),
+       lr_scheduler_metric = .check_choice(lr_scheduler_metric, monitors, "lr_scheduler_metric"))
 }

@@ -57,6 +57,46 @@ pub struct OwnedCovariates {
     categorical: Vec<Vec<i32>>,
     continuous: Vec<Vec<f64>>,
     size_factor: Option<Vec<f64>>,
+    latent: Option<OwnedLatent>,
+}
+
+/// A minified model's stored posterior: R's cells x n_latent matrices made row-major.
+struct OwnedLatent {
+    mean: Vec<f64>,
+    var: Vec<f64>,
+    n_latent: usize,
+    library: Vec<f64>,
+}
+
+impl OwnedLatent {
+    /// `list(mean = , var = , library = )`, the first two cells x n_latent double matrices.
+    fn from_list(list: &List) -> Result<Self> {
+        let bad = |m: &str| Error::Other(format!("[scviR:input] latent posterior: {m}"));
+        let map: std::collections::HashMap<&str, Robj> = list.iter().collect();
+        if let Some(k) = map.keys().find(|k| !["mean", "var", "library"].contains(k)) {
+            return Err(bad(&format!("unknown field {k}")));
+        }
+        let matrix = |name: &str| -> Result<(Vec<f64>, usize)> {
+            let m = map.get(name).ok_or_else(|| bad(&format!("{name} is missing")))?;
+            let values = m.as_real_slice().ok_or_else(|| bad(&format!("{name} must be a double matrix")))?;
+            let dim = m.dim().ok_or_else(|| bad(&format!("{name} must be a matrix")))?;
+            let (nrow, ncol) = (dim.elt(0).0 as usize, dim.elt(1).0 as usize);
+            let mut out = vec![0.0; nrow * ncol];
+            for r in 0..nrow {
+                for c in 0..ncol {
+                    out[r * ncol + c] = values[c * nrow + r];
+                }
+            }
+            Ok((out, ncol))
+        };
+        let (mean, n_latent) = matrix("mean")?;
+        let (var, k2) = matrix("var")?;
+        if k2 != n_latent {
+            return Err(bad("mean and var differ in shape"));
+        }
+        let library = map.get("library").and_then(|l| l.as_real_slice()).ok_or_else(|| bad("library must be double"))?.to_vec();
+        Ok(OwnedLatent { mean, var, n_latent, library })
+    }
 }
 
 impl OwnedCovariates {
@@ -80,6 +120,7 @@ impl OwnedCovariates {
                         out.continuous.push(v.as_real_slice().ok_or_else(|| bad("continuous"))?.to_vec());
                     }
                 }
+                "latent" => out.latent = Some(OwnedLatent::from_list(&value.as_list().ok_or_else(|| bad("latent"))?)?),
                 other => return Err(Error::Other(format!("[scviR:input] unknown covariate field \"{other}\""))),
             }
         }
@@ -92,6 +133,12 @@ impl OwnedCovariates {
             categorical: self.categorical.iter().map(|v| v.as_slice()).collect(),
             continuous: self.continuous.iter().map(|v| v.as_slice()).collect(),
             size_factor: self.size_factor.as_deref(),
+            latent: self.latent.as_ref().map(|l| scvir_engine::data::LatentPosterior {
+                mean: &l.mean,
+                var: &l.var,
+                n_latent: l.n_latent,
+                library: &l.library,
+            }),
         }
     }
 }

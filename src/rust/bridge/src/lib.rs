@@ -131,7 +131,11 @@ fn doubles(m: Vec<f32>) -> Vec<f64> {
     m.into_iter().map(f64::from).collect()
 }
 
-/// Trains an SCVI model on `data` (see `args`). Returns the model bytes and the training record.
+/// Trains a model on `data` (see `args`) and returns its bytes and the training record. A new
+/// SCVI / LDVAE / scANVI model is built from the registry and the options; with `resume`,
+/// `init_model` is the model itself (a query model of reference mapping, or a trained model to
+/// train further), whose architecture, registry and freezing rules are kept. Otherwise
+/// `init_model`, if given, lends its matching weights (scANVI from an SCVI model).
 /// @noRd
 #[extendr]
 #[allow(clippy::too_many_arguments)]
@@ -148,38 +152,49 @@ fn scvir_train(
     accelerator: &str,
     device_index: i32,
     init_model: Robj,
+    resume: bool,
 ) -> Result<List> {
     let _session = prepare(n_threads);
     let dev = device(accelerator, device_index)?;
     let d = DataArgs::from_list(&data)?;
     let (x, batch_codes, cov) = (d.counts()?, d.batch_codes()?, d.covariates());
     let config_error = |e: serde_json::Error| Error::Other(format!("[scviR:config] {e}"));
-    let mut vae_cfg: VaeConfig = serde_json::from_str(model_json).map_err(config_error)?;
     let train_cfg: TrainConfig = serde_json::from_str(train_json).map_err(config_error)?;
-    let extra: Registry = serde_json::from_str(registry_json).map_err(config_error)?;
-    let registry = Registry {
-        batches: batches.clone(),
-        batch_key: (!batch_key.is_empty()).then(|| batch_key.to_string()),
-        ..Registry { genes, ..extra }
-    };
-    let prior = scvir_engine::data::registry::library_prior(x, batch_codes, batches.len().max(1));
-    let registry = Registry { library_log_means: prior.0.clone(), library_log_vars: prior.1.clone(), n_cells_fitted: d.n_cells(), ..registry };
-    // The model's sizes follow from the registry and the data, whatever the R side sent.
-    registry.apply_to(&mut vae_cfg);
-    vae_cfg.use_size_factor_key = cov.size_factor.is_some();
-    if vae_cfg.n_genes as usize != d.n_genes() {
-        return Err(Error::Other(format!("[scviR:input] {} gene names for {} genes", vae_cfg.n_genes, d.n_genes())));
-    }
-    runtime::seed_everything(train_cfg.seed);
-    let mut vae = Vae::new(vae_cfg.clone(), dev, Some((&prior.0, &prior.1))).map_err(engine_error)?;
-    // Pretrained weights (SCANVI from an SCVI model): every matching tensor is copied.
-    if let Some(bytes) = init_model.as_raw() {
-        let (pretrained, _) = model_file::from_bytes(bytes.as_slice(), dev).map_err(engine_error)?;
-        if pretrained.config.n_genes != vae.config.n_genes {
-            return Err(Error::Other("[scviR:input] the pretrained model has different genes".into()));
+    let (mut vae, registry) = if resume {
+        let bytes = init_model.as_raw().ok_or_else(|| Error::Other("[scviR:engine] resume needs the model".into()))?;
+        let (vae, meta) = model_file::from_bytes(bytes.as_slice(), dev).map_err(engine_error)?;
+        if vae.config.n_genes as usize != d.n_genes() {
+            return Err(Error::Other(format!("[scviR:input] the data have {} genes, the model {}", d.n_genes(), vae.config.n_genes)));
         }
-        vae.copy_matching_weights(&pretrained);
-    }
+        (vae, Registry { n_cells_fitted: d.n_cells(), ..meta.registry })
+    } else {
+        let mut vae_cfg: VaeConfig = serde_json::from_str(model_json).map_err(config_error)?;
+        let extra: Registry = serde_json::from_str(registry_json).map_err(config_error)?;
+        let registry = Registry {
+            batches: batches.clone(),
+            batch_key: (!batch_key.is_empty()).then(|| batch_key.to_string()),
+            ..Registry { genes, ..extra }
+        };
+        let prior = scvir_engine::data::registry::library_prior(x, batch_codes, batches.len().max(1));
+        let registry = Registry { library_log_means: prior.0.clone(), library_log_vars: prior.1.clone(), n_cells_fitted: d.n_cells(), ..registry };
+        // The model's sizes follow from the registry and the data, whatever the R side sent.
+        registry.apply_to(&mut vae_cfg);
+        vae_cfg.use_size_factor_key = cov.size_factor.is_some();
+        if vae_cfg.n_genes as usize != d.n_genes() {
+            return Err(Error::Other(format!("[scviR:input] {} gene names for {} genes", vae_cfg.n_genes, d.n_genes())));
+        }
+        runtime::seed_everything(train_cfg.seed);
+        let mut vae = Vae::new(vae_cfg, dev, Some((&prior.0, &prior.1))).map_err(engine_error)?;
+        // Pretrained weights (SCANVI from an SCVI model): every matching tensor is copied.
+        if let Some(bytes) = init_model.as_raw() {
+            let (pretrained, _) = model_file::from_bytes(bytes.as_slice(), dev).map_err(engine_error)?;
+            if pretrained.config.n_genes != vae.config.n_genes {
+                return Err(Error::Other("[scviR:input] the pretrained model has different genes".into()));
+            }
+            vae.copy_matching_weights(&pretrained);
+        }
+        (vae, registry)
+    };
     let mut obs = RObserver::new(progress.as_function());
     let result = train::train(&mut vae, x, batch_codes, &cov, &train_cfg, &mut obs);
     if obs.unwind_pending {
@@ -188,9 +203,9 @@ fn scvir_train(
     }
     let outcome = result.map_err(engine_error)?;
     let meta = model_file::ModelMeta {
-        model: if vae_cfg.scanvi.is_some() { "SCANVI" } else if vae_cfg.linear_decoder { "LDVAE" } else { "SCVI" }.into(),
+        model: model_name(&vae.config).into(),
         engine_version: env!("CARGO_PKG_VERSION").into(),
-        vae: vae_cfg,
+        vae: vae.config.clone(),
         train: TrainConfig { max_epochs: Some(outcome.max_epochs), ..train_cfg },
         registry,
         history: outcome.history.clone(),
@@ -212,6 +227,61 @@ fn scvir_train(
             format!("{dev:?}").into_robj(),
         ],
     )
+}
+
+fn model_name(cfg: &VaeConfig) -> &'static str {
+    if cfg.scanvi.is_some() {
+        "SCANVI"
+    } else if cfg.linear_decoder {
+        "LDVAE"
+    } else {
+        "SCVI"
+    }
+}
+
+/// The registry of a query model: the reference's, extended by the query's batches and
+/// categorical covariate values (`categorical_json`: `[[key, [values]], ...]`), as JSON.
+/// @noRd
+#[extendr]
+fn scvir_query_registry(reference: Raw, batches: Vec<String>, categorical_json: &str) -> Result<String> {
+    quiet_panics();
+    let (meta, _) = model_file::read_meta(reference.as_slice()).map_err(engine_error)?;
+    let categorical: Vec<(String, Vec<String>)> =
+        serde_json::from_str(categorical_json).map_err(|e| Error::Other(format!("[scviR:engine] {e}")))?;
+    let registry = scvir_engine::module::arches::extend_registry(&meta.registry, &batches, &categorical, meta.vae.scanvi.as_ref().map(|s| s.n_labels))
+        .map_err(engine_error)?;
+    serde_json::to_string(&registry).map_err(|e| Error::Other(e.to_string()))
+}
+
+/// Builds the untrained query model of scArches reference mapping from the reference model, the
+/// extended registry, the query's data (coded against that registry) and the freeze options
+/// (`options_json`, the engine's `QueryConfig`). Returns the model bytes.
+/// @noRd
+#[extendr]
+fn scvir_load_query(reference: Raw, registry_json: &str, data: List, options_json: &str, seed: f64, n_threads: i32) -> Result<Robj> {
+    let _session = prepare(n_threads);
+    let config_error = |e: serde_json::Error| Error::Other(format!("[scviR:config] {e}"));
+    let (reference_vae, ref_meta) = model_file::from_bytes(reference.as_slice(), Device::Cpu).map_err(engine_error)?;
+    let mut registry: Registry = serde_json::from_str(registry_json).map_err(config_error)?;
+    let mut options: scvir_engine::module::arches::QueryConfig = serde_json::from_str(options_json).map_err(config_error)?;
+    options.reference_batches = ref_meta.registry.batches.clone();
+    options.reference_n_cells = ref_meta.registry.n_cells_fitted;
+    let d = DataArgs::from_list(&data)?;
+    runtime::seed_everything(seed.max(0.0) as u64);
+    let vae = scvir_engine::module::arches::query_model(&reference_vae, &mut registry, d.counts()?, d.batch_codes()?, options, Device::Cpu)
+        .map_err(engine_error)?;
+    let meta = model_file::ModelMeta {
+        model: ref_meta.model.clone(),
+        engine_version: env!("CARGO_PKG_VERSION").into(),
+        vae: vae.config.clone(),
+        train: ref_meta.train.clone(),
+        registry: Registry { n_cells_fitted: d.n_cells(), ..registry },
+        history: Default::default(),
+        split: Default::default(),
+        tensors: vec![],
+    };
+    let bytes = model_file::to_bytes(&vae, &meta).map_err(engine_error)?;
+    Ok(Raw::from_bytes(&bytes).into_robj())
 }
 
 /// The model's header (config, registry, history, split) as JSON.
@@ -330,8 +400,10 @@ fn scvir_de_compare(
     n_samples_overall: i32,
     threshold_counts: f64,
     test_mode: &str,
+    importance_json: &str,
 ) -> Result<List> {
     let (_session, vae, d, o) = open_query(&model, &data, &opts)?;
+    let importance = importance_config(importance_json)?;
     let mode = match mode {
         "vanilla" => de::Mode::Vanilla,
         "change" => de::Mode::Change,
@@ -355,11 +427,45 @@ fn scvir_de_compare(
         batch_size: o.batch_size,
         seed: o.seed as u64,
         n_threads: o.n_threads.max(1) as usize,
+        importance,
     };
     let r = de::compare(&vae, d.counts()?, d.batch_codes()?, &d.covariates(), &idx(cells1), &idx(cells2), &policy(batches1), &policy(batches2), &cfg)
         .map_err(engine_error)?;
     let names: Vec<&str> = r.columns.iter().map(|(n, _)| n.as_str()).collect();
     List::from_names_and_values(names, r.columns.iter().map(|(_, v)| v.clone()))
+}
+
+/// lvm-DE's importance-weighting options (JSON, the engine's `ImportanceConfig`); "" for none.
+fn importance_config(json: &str) -> Result<Option<de::importance::ImportanceConfig>> {
+    if json.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(json).map(Some).map_err(|e| Error::Other(format!("[scviR:config] importance_weighting_kwargs: {e}")))
+}
+
+/// `n_samples_overall` importance-weighted expression samples over all cells (lvm-DE's
+/// `get_normalized_expression(weights = "importance")`): a row-major samples x genes vector and
+/// the 0-based cell each sample came from. `library_size` < 0: each sample's own library.
+/// @noRd
+#[extendr]
+fn scvir_weighted_expression(
+    model: Raw,
+    data: List,
+    opts: List,
+    transform_batch: i32,
+    n_samples_overall: i32,
+    library_size: f64,
+    importance_json: &str,
+) -> Result<List> {
+    let (_session, vae, d, o) = open_query(&model, &data, &opts)?;
+    let cfg = importance_config(importance_json)?.unwrap_or_default();
+    let lib = if library_size < 0.0 { de::importance::SampleLibrary::Own } else { de::importance::SampleLibrary::Constant(library_size) };
+    let tb = (transform_batch >= 0).then_some(transform_batch as usize);
+    let (rows, cells) = de::importance::weighted_expression(
+        &vae, d.counts()?, d.batch_codes()?, &d.covariates(), tb, n_samples_overall.max(1) as usize, lib, &cfg, o.batch_size, o.seed as u64,
+    )
+    .map_err(engine_error)?;
+    List::from_names_and_values(["values", "cells"], [doubles(rows).into_robj(), cells.iter().map(|&c| c as i32).collect::<Vec<i32>>().into_robj()])
 }
 
 /// scANVI label probabilities, a cells x labels matrix.
@@ -371,6 +477,29 @@ fn scvir_predict(model: Raw, data: List, opts: List, use_posterior_mean: bool) -
         .map_err(engine_error)?;
     let k = vae.scanvi.as_ref().map_or(1, |h| h.config.n_labels as usize);
     Ok(row_major_to_matrix(&p, d.n_cells(), k).into_robj())
+}
+
+/// Every tensor of a model file by name (values flattened row-major), without building the model:
+/// for inspecting weights (tests of reference mapping's freezing rules).
+/// @noRd
+#[extendr]
+fn scvir_model_tensors(model: Raw) -> Result<List> {
+    quiet_panics();
+    let bytes = model.as_slice();
+    let (meta, mut offset) = model_file::read_meta(bytes).map_err(engine_error)?;
+    let mut names = Vec::new();
+    let mut values = Vec::new();
+    for t in &meta.tensors {
+        let n: usize = t.shape.iter().product::<i64>() as usize;
+        let v: Vec<f64> = bytes[offset..offset + 4 * n].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect();
+        offset += 4 * n;
+        let mut r = v.into_robj();
+        let dims: Vec<i32> = t.shape.iter().map(|&d| d as i32).collect();
+        r.set_attrib("shape", dims).map_err(|e| Error::Other(e.to_string()))?;
+        names.push(t.name.clone());
+        values.push(r);
+    }
+    List::from_names_and_values(names, values)
 }
 
 /// Fixed properties of a trained model computed by the engine: "loadings" (LDVAE, genes x
@@ -458,12 +587,15 @@ fn scvir_debug_panic() {
 extendr_module! {
     mod scviR;
     fn scvir_train;
+    fn scvir_query_registry;
+    fn scvir_load_query;
     fn scvir_model_meta;
     fn scvir_latent;
     fn scvir_normalized_expression;
     fn scvir_evaluate;
     fn scvir_denoised_samples;
     fn scvir_de_compare;
+    fn scvir_weighted_expression;
     fn scvir_predict;
     fn scvir_read_h5ad;
     fn scvir_cuda_available;
@@ -473,6 +605,7 @@ extendr_module! {
     fn scvir_process_state;
     fn scvir_resume_unwind;
     fn scvir_model_values;
+    fn scvir_model_tensors;
     fn scvir_default_max_epochs;
     fn scvir_debug_panic;
 }

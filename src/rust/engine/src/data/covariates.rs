@@ -16,6 +16,19 @@ pub struct Covariates<'a> {
     pub continuous: Vec<&'a [f64]>,
     /// Positive size factors (the library is log(size factor)).
     pub size_factor: Option<&'a [f64]>,
+    /// A minified model's stored posterior of z and observed library size, used instead of
+    /// encoding the counts.
+    pub latent: Option<LatentPosterior<'a>>,
+}
+
+/// Each cell's Gaussian posterior q(z | x) (means and variances, cells x n_latent row-major) and
+/// observed library size, as scvi-tools' minified data keep them ("latent_posterior_parameters").
+#[derive(Clone, Copy, Debug)]
+pub struct LatentPosterior<'a> {
+    pub mean: &'a [f64],
+    pub var: &'a [f64],
+    pub n_latent: usize,
+    pub library: &'a [f64],
 }
 
 impl Covariates<'_> {
@@ -50,6 +63,21 @@ impl Covariates<'_> {
         if let Some(s) = self.size_factor {
             if s.len() != n_cells || s.iter().any(|x| !(x.is_finite() && *x > 0.0 && *x < f32::MAX as f64 && *x > f32::MIN_POSITIVE as f64)) {
                 return bad("size factors must be positive and finite in 32-bit floats, one per cell".into());
+            }
+        }
+        if let Some(p) = &self.latent {
+            if !cfg.use_observed_lib_size {
+                return bad("a minified model needs the observed library size (use_observed_lib_size = TRUE), as in scvi-tools".into());
+            }
+            let n = n_cells * cfg.n_latent as usize;
+            if p.n_latent != cfg.n_latent as usize || p.mean.len() != n || p.var.len() != n || p.library.len() != n_cells {
+                return bad(format!("the stored latent posterior needs {n_cells} cells x {} latent dimensions and one library size per cell", cfg.n_latent));
+            }
+            if p.mean.iter().any(|x| !x.is_finite()) || p.var.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+                return bad("the stored latent posterior needs finite means and positive finite variances".into());
+            }
+            if p.library.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+                return bad("the stored observed library sizes must be positive and finite".into());
             }
         }
         if let Some(l) = self.labels {

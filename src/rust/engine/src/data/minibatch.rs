@@ -33,6 +33,8 @@ pub struct Minibatch {
     pub continuous: Option<Tensor>,
     /// log of the size factors, cells x 1.
     pub log_size_factor: Option<Tensor>,
+    /// A minified model's stored q(z | x): means and variances, cells x n_latent.
+    pub latent: Option<(Tensor, Tensor)>,
     pub n_cells: usize,
 }
 
@@ -61,7 +63,9 @@ impl<'a> MinibatchBuilder<'a> {
         for c in 0..n {
             let (_, vals) = counts.cell(c);
             lgamma_x1.push(vals.iter().map(|&v| libm::lgamma(v + 1.0)).sum::<f64>() as f32);
-            log_library.push((vals.iter().sum::<f64>()).ln() as f32);
+            // A minified model's cells carry their observed library size instead of counts.
+            let library = covariates.latent.map_or_else(|| vals.iter().sum::<f64>(), |p| p.library[c]);
+            log_library.push(library.ln() as f32);
         }
         MinibatchBuilder {
             counts,
@@ -135,11 +139,23 @@ impl<'a> MinibatchBuilder<'a> {
             let v: Vec<f32> = cells.iter().map(|&c| s[c].ln() as f32).collect();
             Tensor::from_slice(&v).view([b as i64, 1]).to_device(dev)
         });
+        let latent = cov.latent.map(|p| {
+            let k = p.n_latent;
+            let rows = |v: &[f64]| {
+                let mut out = Vec::with_capacity(b * k);
+                for &c in cells {
+                    out.extend(v[c * k..(c + 1) * k].iter().map(|&x| x as f32));
+                }
+                Tensor::from_slice(&out).view([b as i64, k as i64]).to_device(dev)
+            };
+            (rows(p.mean), rows(p.var))
+        });
         Minibatch {
             labels,
             categorical,
             continuous,
             log_size_factor,
+            latent,
             x: Tensor::from_slice(&self.dense).view([b as i64, g as i64]).to_device(dev),
             x_log1p: Tensor::from_slice(&self.dense_log1p).view([b as i64, g as i64]).to_device(dev),
             log_library: Tensor::from_slice(&ll).view([b as i64, 1]).to_device(dev),
@@ -174,6 +190,7 @@ impl Minibatch {
             categorical: self.categorical.iter().map(|c| c.index_select(0, rows)).collect(),
             continuous: self.continuous.as_ref().map(|c| c.index_select(0, rows)),
             log_size_factor: self.log_size_factor.as_ref().map(|s| s.index_select(0, rows)),
+            latent: self.latent.as_ref().map(|(m, v)| (m.index_select(0, rows), v.index_select(0, rows))),
             n_cells: rows.size()[0] as usize,
         }
     }

@@ -9,7 +9,7 @@ pub mod registry;
 pub mod split;
 
 pub use counts::Counts;
-pub use covariates::Covariates;
+pub use covariates::{Covariates, LatentPosterior};
 pub use minibatch::{Minibatch, MinibatchBuilder};
 pub use registry::Registry;
 pub use split::DataSplit;

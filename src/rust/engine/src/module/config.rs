@@ -97,6 +97,8 @@ pub struct VaeConfig {
     pub linear_decoder: bool,
     /// scANVI: the semi-supervised heads (classifier, z2 layer) on top of the VAE.
     pub scanvi: Option<super::scanvi::ScanviConfig>,
+    /// A query model of scArches reference mapping: what stays frozen when it trains.
+    pub query: Option<super::arches::QueryConfig>,
 }
 
 impl Default for VaeConfig {
@@ -135,7 +137,25 @@ impl VaeConfig {
             batch_embedding_dim: 5,
             linear_decoder: false,
             scanvi: None,
+            query: None,
         }
+    }
+
+    /// The freezing rules of a query model, unless it was loaded `unfrozen`.
+    pub fn frozen(&self) -> Option<&super::arches::QueryConfig> {
+        self.query.as_ref().filter(|q| !q.unfrozen)
+    }
+
+    /// Dropout rate in the networks: 0 for a query model with `freeze_dropout`.
+    pub fn effective_dropout(&self) -> f64 {
+        if self.frozen().is_some_and(|q| q.freeze_dropout) { 0.0 } else { self.dropout_rate }
+    }
+
+    /// BatchNorm momentum of the encoders (`encoder = true`) or decoders: 0 (running statistics
+    /// kept) for a query model that freezes them.
+    pub fn batch_norm_momentum(&self, encoder: bool) -> f64 {
+        let frozen = self.frozen().is_some_and(|q| if encoder { q.freeze_batchnorm_encoder } else { q.freeze_batchnorm_decoder });
+        if frozen { 0.0 } else { crate::nn::init::BATCH_NORM_MOMENTUM }
     }
 
     pub fn batch_embedding(&self) -> bool {

@@ -1,5 +1,6 @@
 //! Models as scvi-tools' modules: `inference` (q(z|x), library) -> `generative` (p(x|z)) -> `loss`.
 
+pub mod arches;
 pub mod config;
 pub mod scanvi;
 pub mod vae;

@@ -44,10 +44,17 @@ struct Classifier {
 }
 
 impl Classifier {
-    fn new(path: nn::Path, n_in: i64, n_hidden: i64, n_out: i64, n_layers: i64, dropout: f64, bn: bool, ln: bool) -> Self {
+    #[allow(clippy::too_many_arguments)]
+    fn new(path: nn::Path, n_in: i64, n_hidden: i64, n_out: i64, n_layers: i64, dropout: f64, bn: bool, ln: bool, momentum: f64) -> Self {
         let deep = n_hidden > 0 && n_layers > 0;
         let fc = deep.then(|| {
-            let cfg = FcLayersConfig { dropout_rate: dropout, use_batch_norm: bn, use_layer_norm: ln, ..FcLayersConfig::plain(n_in, n_hidden, n_layers, n_hidden) };
+            let cfg = FcLayersConfig {
+                dropout_rate: dropout,
+                use_batch_norm: bn,
+                use_layer_norm: ln,
+                batch_norm_momentum: momentum,
+                ..FcLayersConfig::plain(n_in, n_hidden, n_layers, n_hidden)
+            };
             FcLayers::new(&path / "fc", &cfg)
         });
         let out = init::linear(&path / "out", if deep { n_hidden } else { n_in }, n_out, true);
@@ -109,26 +116,33 @@ impl ScanviHeads {
             return Err(crate::Error::InvalidConfig(format!("scANVI needs at least 2 known labels, got {n_labels}")));
         }
         let (n_hidden, n_layers) = if s.linear_classifier { (0, 0) } else { (c.n_hidden, c.n_layers) };
+        let dropout = c.effective_dropout();
+        // A query model keeps the classifier's BatchNorm statistics while the classifier is
+        // frozen (scvi-tools lets them move, changing the reference's predictions).
+        let classifier_momentum = if c.frozen().is_some_and(|q| q.freeze_classifier) { 0.0 } else { init::BATCH_NORM_MOMENTUM };
         let classifier = Classifier::new(
             &path / "classifier",
             c.n_latent,
             n_hidden,
             n_labels,
             n_layers,
-            c.dropout_rate,
+            dropout,
             c.use_batch_norm_encoder,
             c.use_layer_norm_encoder,
+            classifier_momentum,
         );
         // z1 and the label in, as scvi-tools' Encoder / Decoder with n_cat_list = [n_labels].
-        let z_fc = |bn: bool, ln: bool, dropout: f64| FcLayersConfig {
+        let z_fc = |bn: bool, ln: bool, dropout: f64, momentum: f64| FcLayersConfig {
             n_cat_list: vec![n_labels],
             dropout_rate: dropout,
             use_batch_norm: bn,
             use_layer_norm: ln,
+            batch_norm_momentum: momentum,
             ..FcLayersConfig::plain(c.n_latent, c.n_hidden, c.n_layers, c.n_hidden)
         };
-        let encoder_z2_z1 = Encoder::new(&path / "encoder_z2_z1", &z_fc(c.use_batch_norm_encoder, c.use_layer_norm_encoder, c.dropout_rate), c.n_latent, false);
-        let dec_fc = z_fc(c.use_batch_norm_decoder, c.use_layer_norm_decoder, 0.0);
+        let enc_fc = z_fc(c.use_batch_norm_encoder, c.use_layer_norm_encoder, dropout, c.batch_norm_momentum(true));
+        let encoder_z2_z1 = Encoder::new(&path / "encoder_z2_z1", &enc_fc, c.n_latent, false);
+        let dec_fc = z_fc(c.use_batch_norm_decoder, c.use_layer_norm_decoder, 0.0, c.batch_norm_momentum(false));
         let dpath = &path / "decoder_z1_z2";
         let decoder_z1_z2 = GaussianDecoder {
             fc: FcLayers::new(&dpath / "decoder", &dec_fc),
@@ -156,12 +170,22 @@ impl ScanviHeads {
             if groups.iter().any(|t| t.numel() == 0) || s.labels_groups.iter().any(|&g| g < 0) {
                 return Err(crate::Error::InvalidConfig("labels_groups must use every group code 0..n_groups-1".into()));
             }
-            let cg = Classifier::new(&path / "classifier_groups", c.n_latent, c.n_hidden, n_groups, c.n_layers, c.dropout_rate, true, false);
+            let cg = Classifier::new(&path / "classifier_groups", c.n_latent, c.n_hidden, n_groups, c.n_layers, dropout, true, false, classifier_momentum);
             (Some(cg), groups)
         } else {
             (None, vec![])
         };
         Ok(ScanviHeads { config: s.clone(), classifier, classifier_groups, encoder_z2_z1, decoder_z1_z2, log_y_prior, groups })
+    }
+
+    /// The covariate layout of the FC blocks' weights (classifiers, z2 layer).
+    pub fn fc_layouts(&self) -> Vec<crate::nn::BlockLayout> {
+        let mut out = self.encoder_z2_z1.fc_layouts();
+        out.extend(self.decoder_z1_z2.fc.layouts().iter().cloned());
+        for c in std::iter::once(&self.classifier).chain(self.classifier_groups.as_ref()) {
+            out.extend(c.fc.iter().flat_map(|f| f.layouts().iter().cloned()));
+        }
+        out
     }
 
     /// Label log-probabilities from z (cells x labels). With label groups:

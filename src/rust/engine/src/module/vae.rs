@@ -70,17 +70,19 @@ impl Vae {
             n_cat_list: if c.encode_covariates { cat_list.clone() } else { vec![] },
             n_layers: c.n_layers,
             n_hidden: c.n_hidden,
-            dropout_rate: c.dropout_rate,
+            dropout_rate: c.effective_dropout(),
             use_batch_norm: c.use_batch_norm_encoder,
             use_layer_norm: c.use_layer_norm_encoder,
             inject_covariates: c.deeply_inject_covariates,
             use_activation: true,
             bias: true,
+            batch_norm_momentum: c.batch_norm_momentum(true),
         };
         let softplus_var = c.var_activation == super::config::VarActivation::Softplus;
         let z_encoder = Encoder::new(&root / "z_encoder", &encoder_fc, c.n_latent, softplus_var);
         let l_encoder = (!c.use_observed_lib_size).then(|| {
-            let fc = FcLayersConfig { n_layers: 1, ..encoder_fc.clone() };
+            // scArches leaves the library encoder free, its BatchNorm statistics included.
+            let fc = FcLayersConfig { n_layers: 1, batch_norm_momentum: crate::nn::init::BATCH_NORM_MOMENTUM, ..encoder_fc.clone() };
             Encoder::new(&root / "l_encoder", &fc, 1, softplus_var)
         });
         let decoder_fc = FcLayersConfig {
@@ -95,6 +97,7 @@ impl Vae {
             inject_covariates: c.deeply_inject_covariates,
             use_activation: true,
             bias: true,
+            batch_norm_momentum: c.batch_norm_momentum(false),
         };
         let decoder = if c.linear_decoder {
             DecoderScvi::new_linear(&root / "decoder", &decoder_fc, c.n_genes)
@@ -141,6 +144,19 @@ impl Vae {
         self.vs.device()
     }
 
+    /// The covariate layout of every FC block's weight (encoders, decoder, scANVI heads).
+    pub fn fc_layouts(&self) -> Vec<crate::nn::BlockLayout> {
+        let mut out = self.z_encoder.fc_layouts();
+        if let Some(l) = &self.l_encoder {
+            out.extend(l.fc_layouts());
+        }
+        out.extend(self.decoder.fc_layouts());
+        if let Some(h) = &self.scanvi {
+            out.extend(h.fc_layouts());
+        }
+        out
+    }
+
     pub fn n_parameters(&self) -> i64 {
         self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
     }
@@ -149,7 +165,7 @@ impl Vae {
     pub fn inference(&self, mb: &Minibatch, train: bool) -> Inference {
         let x_in = self.encoder_input(mb);
         let cats = self.categoricals(&mb.batch_index, mb);
-        let qz = self.z_encoder.forward(&x_in, &cats, train);
+        let qz = self.posterior_z(mb, &x_in, &cats, train);
         let z_untransformed = qz.rsample();
         let z = if self.config.logistic_normal() { z_untransformed.softmax(-1, Kind::Float) } else { z_untransformed.shallow_clone() };
         let (library, ql) = match (&self.l_encoder, &mb.log_size_factor) {
@@ -161,6 +177,14 @@ impl Vae {
             }
         };
         Inference { qz, z_untransformed, z, library, ql }
+    }
+
+    /// q(z | x): from the encoder, or a minified model's stored posterior.
+    fn posterior_z(&self, mb: &Minibatch, x_in: &Tensor, cats: &[&Tensor], train: bool) -> EncoderOutput {
+        match &mb.latent {
+            Some((m, v)) => EncoderOutput { q_mean: m.shallow_clone(), q_var: v.shallow_clone() },
+            None => self.z_encoder.forward(x_in, cats, train),
+        }
     }
 
     /// The encoders' input: log1p counts (or counts), with the continuous covariates and batch
@@ -268,7 +292,7 @@ impl Vae {
         let heads = self.scanvi.as_ref().expect("classify needs a scANVI model");
         // Only q(z | x) runs, as in scvi-tools: no library encoder pass (whose BatchNorm
         // statistics would otherwise also move on the labelled minibatch) and no sampling.
-        let qz = self.z_encoder.forward(&self.encoder_input(mb), &self.categoricals(&mb.batch_index, mb), train);
+        let qz = self.posterior_z(mb, &self.encoder_input(mb), &self.categoricals(&mb.batch_index, mb), train);
         heads.classify_z(&qz.q_mean, train)
     }
 

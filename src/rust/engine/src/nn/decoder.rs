@@ -61,6 +61,16 @@ impl DecoderScvi {
         }
     }
 
+    /// The covariate layout of the FC layers' weights.
+    pub fn fc_layouts(&self) -> Vec<super::fc_layers::BlockLayout> {
+        match &self.kind {
+            DecoderKind::Deep(d) => d.fc.layouts().to_vec(),
+            DecoderKind::Linear { factor_regressor, px_dropout } => {
+                factor_regressor.layouts().iter().chain(px_dropout.layouts()).cloned().collect()
+            }
+        }
+    }
+
     pub fn forward(&self, z: &Tensor, cats: &[&Tensor], train: bool) -> DecoderOutput {
         match &self.kind {
             DecoderKind::Deep(d) => {

@@ -37,6 +37,11 @@ impl Encoder {
         }
     }
 
+    /// The covariate layout of the hidden layers' weights.
+    pub fn fc_layouts(&self) -> Vec<super::fc_layers::BlockLayout> {
+        self.fc.layouts().to_vec()
+    }
+
     pub fn forward(&self, x: &Tensor, cats: &[&Tensor], train: bool) -> EncoderOutput {
         let h = self.fc.forward(x, cats, train);
         let v = h.apply(&self.var);

@@ -22,6 +22,9 @@ pub struct FcLayersConfig {
     pub use_activation: bool,
     /// Bias in the Linear layers (false for LDVAE's linear decoder).
     pub bias: bool,
+    /// BatchNorm's running-statistics momentum: scvi-tools' 0.01, or 0 to keep the statistics
+    /// as they are (scArches' frozen BatchNorm).
+    pub batch_norm_momentum: f64,
 }
 
 impl FcLayersConfig {
@@ -40,8 +43,26 @@ impl FcLayersConfig {
             inject_covariates: true,
             use_activation: true,
             bias: true,
+            batch_norm_momentum: init::BATCH_NORM_MOMENTUM,
         }
     }
+}
+
+/// Where the covariate columns of one block's weight are: `base` input columns (the previous
+/// layer or the data), then one segment per covariate of `widths[k]` columns (0 for a covariate
+/// with a single category, which is dropped). Reference mapping uses it to extend a weight with
+/// the columns of new categories.
+#[derive(Clone, Debug)]
+pub struct BlockLayout {
+    /// Full name of the Linear weight in the model's variable store.
+    pub weight: String,
+    /// Full name of its bias, if any.
+    pub bias: Option<String>,
+    /// Block index within the stack (0: the first layer).
+    pub index: usize,
+    pub base: i64,
+    /// Covariate segments, in input order; empty when the block takes no covariates.
+    pub widths: Vec<i64>,
 }
 
 struct Block {
@@ -57,6 +78,7 @@ pub struct FcLayers {
     use_activation: bool,
     /// Widths of the covariates actually injected (single-category ones removed).
     n_cat_list: Vec<i64>,
+    layouts: Vec<BlockLayout>,
 }
 
 impl FcLayers {
@@ -66,6 +88,7 @@ impl FcLayers {
         let mut dims = vec![cfg.n_in];
         dims.extend(std::iter::repeat(cfg.n_hidden).take((cfg.n_layers - 1).max(0) as usize));
         dims.push(cfg.n_out);
+        let mut layouts = Vec::new();
         let blocks = dims
             .windows(2)
             .enumerate()
@@ -73,15 +96,28 @@ impl FcLayers {
                 let takes_covariates = i == 0 || cfg.inject_covariates;
                 let p = &path / format!("layer_{i}");
                 let n_in = w[0] + if takes_covariates { cat_width } else { 0 };
+                let lp = &p / "linear";
+                layouts.push(BlockLayout {
+                    weight: lp.path("weight"),
+                    bias: cfg.bias.then(|| lp.path("bias")),
+                    index: i,
+                    base: w[0],
+                    widths: if takes_covariates { n_cat_list.clone() } else { vec![] },
+                });
                 Block {
-                    linear: init::linear(&p / "linear", n_in, w[1], cfg.bias),
-                    batch_norm: cfg.use_batch_norm.then(|| init::batch_norm(&p / "batch_norm", w[1])),
+                    linear: init::linear(lp, n_in, w[1], cfg.bias),
+                    batch_norm: cfg.use_batch_norm.then(|| init::batch_norm(&p / "batch_norm", w[1], cfg.batch_norm_momentum)),
                     layer_norm_width: cfg.use_layer_norm.then_some(w[1]),
                     takes_covariates,
                 }
             })
             .collect();
-        FcLayers { blocks, dropout_rate: cfg.dropout_rate, use_activation: cfg.use_activation, n_cat_list }
+        FcLayers { blocks, dropout_rate: cfg.dropout_rate, use_activation: cfg.use_activation, n_cat_list, layouts }
+    }
+
+    /// The covariate layout of each block's weight.
+    pub fn layouts(&self) -> &[BlockLayout] {
+        &self.layouts
     }
 
     /// `cats` holds one tensor of category codes (i64, per cell) for each covariate.

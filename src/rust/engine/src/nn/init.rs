@@ -13,15 +13,18 @@ pub fn linear(path: nn::Path, n_in: i64, n_out: i64, bias: bool) -> nn::Linear {
     nn::linear(path, n_in, n_out, cfg)
 }
 
-/// scvi-tools' BatchNorm1d: momentum 0.01, eps 1e-3.
 /// BatchNorm's epsilon in every layer (scvi-tools' FCLayers).
 pub const BATCH_NORM_EPS: f64 = 1e-3;
+/// BatchNorm's running-statistics momentum in every layer (scvi-tools' FCLayers).
+pub const BATCH_NORM_MOMENTUM: f64 = 0.01;
 
-pub fn batch_norm(path: nn::Path, n: i64) -> nn::BatchNorm {
+/// scvi-tools' BatchNorm1d: eps 1e-3 and the given momentum (0.01, or 0 to freeze the running
+/// statistics).
+pub fn batch_norm(path: nn::Path, n: i64, momentum: f64) -> nn::BatchNorm {
     let cfg = nn::BatchNormConfig {
         cudnn_enabled: true,
         eps: BATCH_NORM_EPS,
-        momentum: 0.01,
+        momentum,
         affine: true,
         ws_init: nn::Init::Const(1.0),
         bs_init: nn::Init::Const(0.0),

@@ -8,4 +8,4 @@ pub mod init;
 
 pub use decoder::DecoderScvi;
 pub use encoder::{Encoder, EncoderOutput};
-pub use fc_layers::{FcLayers, FcLayersConfig};
+pub use fc_layers::{BlockLayout, FcLayers, FcLayersConfig};

@@ -7,6 +7,8 @@ use tch::{Device, Kind, Tensor};
 
 pub struct Adam {
     params: Vec<Tensor>,
+    /// 0/1 mask per parameter: entries at 0 are never updated (None: all entries are).
+    masks: Vec<Option<Tensor>>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
     step: i32,
@@ -20,9 +22,23 @@ pub struct Adam {
 
 impl Adam {
     pub fn new(params: Vec<Tensor>, lr: f64, eps: f64, weight_decay: f64, decoupled_weight_decay: bool) -> Self {
+        let masked = params.into_iter().map(|p| (p, None)).collect();
+        Self::with_masks(masked, lr, eps, weight_decay, decoupled_weight_decay)
+    }
+
+    /// An optimiser that changes only the entries where each parameter's mask is 1 (a frozen
+    /// entry keeps its value exactly, weight decay included, and its moments stay 0).
+    pub fn with_masks(params: Vec<(Tensor, Option<Tensor>)>, lr: f64, eps: f64, weight_decay: f64, decoupled_weight_decay: bool) -> Self {
+        let (params, masks): (Vec<Tensor>, Vec<Option<Tensor>>) = params
+            .into_iter()
+            .map(|(p, m)| {
+                let m = m.map(|m| m.to_kind(Kind::Float).to_device(p.device()).contiguous());
+                (p, m)
+            })
+            .unzip();
         let exp_avg = params.iter().map(|p| p.zeros_like()).collect();
         let exp_avg_sq = params.iter().map(|p| p.zeros_like()).collect();
-        Adam { params, exp_avg, exp_avg_sq, step: 0, lr, beta1: 0.9, beta2: 0.999, eps, weight_decay, decoupled_weight_decay }
+        Adam { params, masks, exp_avg, exp_avg_sq, step: 0, lr, beta1: 0.9, beta2: 0.999, eps, weight_decay, decoupled_weight_decay }
     }
 
     /// Gradients of all parameters set to zero (before the first backward they do not exist).
@@ -62,7 +78,8 @@ impl Adam {
                     let gv = std::slice::from_raw_parts_mut(g.data_ptr() as *mut f32, n);
                     let mv = std::slice::from_raw_parts_mut(self.exp_avg[i].data_ptr() as *mut f32, n);
                     let vv = std::slice::from_raw_parts_mut(self.exp_avg_sq[i].data_ptr() as *mut f32, n);
-                    self.update_slice(pv, gv, mv, vv, step_size, bc2_sqrt);
+                    let mask = self.masks[i].as_ref().map(|m| std::slice::from_raw_parts(m.data_ptr() as *const f32, n));
+                    self.update_slice(pv, gv, mv, vv, mask, step_size, bc2_sqrt);
                 }
             } else {
                 self.update_tensor(i, &g, step_size, bc2_sqrt);
@@ -70,7 +87,8 @@ impl Adam {
         }
     }
 
-    fn update_slice(&self, p: &mut [f32], g: &mut [f32], m: &mut [f32], v: &mut [f32], step_size: f64, bc2_sqrt: f64) {
+    #[allow(clippy::too_many_arguments)]
+    fn update_slice(&self, p: &mut [f32], g: &mut [f32], m: &mut [f32], v: &mut [f32], mask: Option<&[f32]>, step_size: f64, bc2_sqrt: f64) {
         let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
         let (eps, lr) = (self.eps as f32, self.lr as f32);
         let wd = self.weight_decay as f32;
@@ -78,7 +96,7 @@ impl Adam {
         let inv_bc2_sqrt = (1.0 / bc2_sqrt) as f32;
         let decay = if self.decoupled_weight_decay { 1.0 - lr * wd } else { 1.0 };
         let coupled_wd = if self.decoupled_weight_decay { 0.0 } else { wd };
-        for j in 0..p.len() {
+        let update = |j: usize, p: &mut [f32], g: &mut [f32], m: &mut [f32], v: &mut [f32]| {
             let grad = g[j] + coupled_wd * p[j];
             let mj = b1 * m[j] + (1.0 - b1) * grad;
             let vj = b2 * v[j] + (1.0 - b2) * grad * grad;
@@ -87,19 +105,41 @@ impl Adam {
             let denom = vj.sqrt() * inv_bc2_sqrt + eps;
             p[j] = p[j] * decay - step_size * mj / denom;
             g[j] = 0.0;
+        };
+        match mask {
+            None => (0..p.len()).for_each(|j| update(j, p, g, m, v)),
+            Some(k) => {
+                for j in 0..p.len() {
+                    if k[j] == 0.0 {
+                        g[j] = 0.0;
+                    } else {
+                        update(j, p, g, m, v);
+                    }
+                }
+            }
         }
     }
 
     fn update_tensor(&mut self, i: usize, g: &Tensor, step_size: f64, bc2_sqrt: f64) {
         tch::no_grad(|| {
             let mut p = self.params[i].shallow_clone();
+            let mask = self.masks[i].as_ref();
             let grad = if self.decoupled_weight_decay || self.weight_decay == 0.0 {
                 g.shallow_clone()
             } else {
                 g + &p * self.weight_decay
             };
+            // Masked entries get no gradient, so their moments and update stay 0.
+            let grad = match mask {
+                Some(m) => grad * m,
+                None => grad,
+            };
             if self.decoupled_weight_decay {
-                let _ = p.g_mul_scalar_(1.0 - self.lr * self.weight_decay);
+                let decay = &p * (self.lr * self.weight_decay);
+                let _ = p.g_sub_(&match mask {
+                    Some(m) => decay * m,
+                    None => decay,
+                });
             }
             let m = &mut self.exp_avg[i];
             let _ = m.g_mul_scalar_(self.beta1);

@@ -71,6 +71,12 @@ pub fn train(
         return Err(Error::InvalidInput("one batch code per cell is needed".into()));
     }
     cov.check(n, &vae.config)?;
+    if cov.latent.is_some() {
+        return Err(Error::InvalidInput("a minified model has no counts to train on; train the full model".into()));
+    }
+    if batch_codes.iter().any(|&b| b < 0 || b as i64 >= vae.config.n_batch) {
+        return Err(Error::InvalidInput(format!("a batch code is outside the model's {} batches", vae.config.n_batch)));
+    }
     if let Some(&c) = counts.empty_cells().first() {
         return Err(Error::InvalidInput(format!(
             "cell {} has no counts in the selected genes; remove empty cells before training",
@@ -133,7 +139,12 @@ pub fn train(
     let mut labelled_pos = labelled_train.len();
 
     let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
-    let mut optimizer = Adam::new(vae.vs.trainable_variables(), cfg.lr, cfg.eps, cfg.weight_decay, decoupled);
+    // A query model (reference mapping) updates only what its freeze options leave free.
+    let params = crate::module::arches::trainable_parameters(vae);
+    if params.is_empty() {
+        return Err(Error::InvalidConfig("every parameter of the model is frozen: nothing would train".into()));
+    }
+    let mut optimizer = Adam::with_masks(params, cfg.lr, cfg.eps, cfg.weight_decay, decoupled);
     let mut history = History::default();
     let mut global_step = 0usize;
     let mut order = split.train.clone();
