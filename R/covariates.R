@@ -107,7 +107,11 @@
   list(labels = if (!is.null(engine_cov$labels)) engine_cov$labels[idx],
        categorical = lapply(engine_cov$categorical, `[`, idx),
        continuous = lapply(engine_cov$continuous, `[`, idx),
-       size_factor = if (!is.null(engine_cov$size_factor)) engine_cov$size_factor[idx])
+       size_factor = if (!is.null(engine_cov$size_factor)) engine_cov$size_factor[idx],
+       latent = if (!is.null(engine_cov$latent)) {
+         l <- engine_cov$latent
+         list(mean = l$mean[idx, , drop = FALSE], var = l$var[idx, , drop = FALSE], library = l$library[idx])
+       })
 }
 
 # Covariates of an object's cells from its metadata columns.

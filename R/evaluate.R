@@ -7,6 +7,9 @@
   give_mean <- .check_flag(give_mean, "give_mean")
   seed <- .check_seed(seed)
   d <- .query_data(object, newdata, batch, indices, covariates)
+  if (!is.null(d$cov$latent) && what %in% c("losses", "marginal_ll")) {
+    .refuse_minified(object, if (what == "losses") "the ELBO / reconstruction error" else "the marginal log-likelihood")
+  }
   res <- .engine(.rs_evaluate(object$model, .data_arg(d$counts, d$codes, d$cov),
                               .opts_arg(object, seed, batch_size, n_threads), what, as.integer(n),
                               isTRUE(give_mean)))

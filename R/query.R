@@ -27,18 +27,34 @@
   }
 }
 
-# Counts (model genes, in model order) and 0-based batch codes for a query.
+# Counts (model genes, in model order) and 0-based batch codes for a query. A minified model
+# without newdata answers from its stored latent posterior (the counts are then an empty matrix).
 .query_data <- function(fit, newdata = NULL, batch = NULL, indices = NULL, covariates = NULL) {
+  latent <- NULL
   if (is.null(newdata)) {
-    if (is.null(fit$data)) {
+    if (!is.null(fit$minified)) {
+      m <- fit$minified
+      counts <- Matrix::sparseMatrix(i = integer(), j = integer(), x = numeric(),
+                                     dims = c(length(fit$genes), length(m$cells)),
+                                     dimnames = list(fit$genes, m$cells))
+      latent <- list(mean = m$mean, var = m$var, library = as.double(m$library))
+    } else if (is.null(fit$data) || is.null(fit$data$counts)) {
       scvir_abort("this model keeps no data (keep_data = FALSE or loaded without data); pass newdata")
+    } else {
+      counts <- fit$data$counts
     }
-    counts <- fit$data$counts
     batch <- fit$data$batch
     covariates <- covariates %||% fit$data$covariates
   } else {
     counts <- .check_counts(.as_dgc(newdata, "newdata"), "newdata")
     missing <- setdiff(fit$genes, rownames(counts))
+    # A query model maps cells lacking some reference genes as zero counts (prepare_query()).
+    filled <- intersect(missing, fit$zero_filled_genes)
+    if (length(filled)) {
+      counts <- suppressMessages(.prepare_counts(counts[intersect(rownames(counts), fit$genes), , drop = FALSE],
+                                                 fit$genes, "newdata"))
+      missing <- setdiff(missing, filled)
+    }
     if (length(missing)) {
       scvir_abort(sprintf(paste("newdata lacks %d of the model's %d genes (e.g. %s); it must contain",
                                 "every gene the model was trained on"),
@@ -49,6 +65,7 @@
   }
   codes <- .batch_codes(fit, batch, ncol(counts))
   cov <- .encode_covariates(covariates, ncol(counts), fit)$engine
+  cov$latent <- latent
   if (!is.null(indices)) {
     if (is.logical(indices)) {
       if (length(indices) != ncol(counts)) scvir_abort("a logical indices vector needs one value per cell")
@@ -188,6 +205,10 @@ get_latent_representation.SingleCellExperiment <- function(object, ...) {
 #'   the cell drawn. Needs `n_samples = 1`.
 #' @param return_mean Average over the `n_samples` samples (`FALSE`: an array genes x cells x
 #'   samples).
+#' @param weights With `n_samples_overall`: draw the samples uniformly (`"uniform"`) or with
+#'   lvm-DE's importance weights (`"importance"`, see [differential_expression()]); a single
+#'   `transform_batch` at most, as in scvi-tools.
+#' @param importance_weighting_kwargs lvm-DE options (see [differential_expression()]).
 #' @return A genes x cells matrix (see `return_mean` and `n_samples_overall` for the others).
 #' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
 #' data("pbmc_small", package = "SeuratObject")
@@ -209,8 +230,11 @@ get_normalized_expression.scvi_model <- function(object, ..., newdata = NULL, ba
                                                  n_samples_overall = NULL, return_mean = TRUE,
                                                  batch_size = 128L, seed = NULL,
                                                  n_threads = NULL, indices = NULL,
-                                                 covariates = NULL) {
+                                                 covariates = NULL, weights = "uniform",
+                                                 importance_weighting_kwargs = list()) {
   .check_dots(list(...), formals(get_normalized_expression.scvi_model), after = "object")
+  weights <- .check_choice(weights %||% "uniform", c("uniform", "importance"), "weights")
+  importance <- .importance_json(weights, importance_weighting_kwargs)
   return_mean <- .check_flag(return_mean, "return_mean")
   seed <- .check_seed(seed)
   lib <- if (identical(library_size, "latent")) -1 else {
@@ -240,6 +264,23 @@ get_normalized_expression.scvi_model <- function(object, ..., newdata = NULL, ba
     }
   }
   opts <- .opts_arg(object, seed, batch_size, n_threads)
+  if (nzchar(importance)) {
+    if (is.null(n_samples_overall)) {
+      scvir_abort("weights = \"importance\" weighs the draws of n_samples_overall; give n_samples_overall",
+                  "scvir_config_error")
+    }
+    if (length(tb) > 1) {
+      scvir_abort("importance weights cannot be computed when expression is averaged over several transform_batch values (as in scvi-tools)",
+                  "scvir_config_error")
+    }
+    if (!is.null(d$cov$latent)) .refuse_minified(object, "weights = \"importance\"")
+    r <- .engine(.rs_weighted_expression(object$model, .data_arg(d$counts, d$codes, d$cov), opts,
+                                         if (length(tb)) tb else -1L, n_samples_overall, lib, importance))
+    genes <- object$genes
+    m <- matrix(r$values, nrow = length(genes), dimnames = list(genes, colnames(d$counts)[r$cells + 1L]))
+    keep <- if (is.null(gene_list)) seq_along(genes) else match(gene_list, genes)
+    return(m[keep, , drop = FALSE])
+  }
   if (!is.null(n_samples_overall)) {
     if (n_samples != 1) scvir_abort("n_samples_overall needs n_samples = 1")
     n_samples <- n_samples_overall %/% ncol(d$counts) + 1L

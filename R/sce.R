@@ -14,6 +14,7 @@
 
 .sce_query_inputs <- function(object, which = "scvi") {
   fit <- .fit_of(object, which)
+  if (!is.null(fit$minified)) return(.minified_inputs(fit, colnames(object)))
   m <- .sce_counts(object, fit$source$assay %||% "counts")
   cd <- as.data.frame(SummarizedExperiment::colData(object))
   batch <- .metadata_column(cd, fit$batch_key)

@@ -33,6 +33,7 @@
 
 .seurat_query_inputs <- function(object, which = "scvi") {
   fit <- .fit_of(object, which)
+  if (!is.null(fit$minified)) return(.minified_inputs(fit, colnames(object)))
   src <- fit$source %||% list()
   input <- .seurat_counts(object, src$assay, src$layer %||% "counts")
   list(fit = fit, counts = input$counts, batch = .metadata_column(object@meta.data, fit$batch_key),

@@ -129,6 +129,7 @@ fn de_sampler_rows_are_proportions_and_seeded() {
         batch_size: 64,
         seed: 3,
         n_threads: 2,
+        importance: None,
     };
     let run = |cfg: &DeConfig| {
         tch::manual_seed(1);
@@ -145,4 +146,12 @@ fn de_sampler_rows_are_proportions_and_seeded() {
     assert!(pc >= 1e-10 && pc < 1e-3);
     let vanilla = run(&DeConfig { mode: Mode::Vanilla, ..cfg.clone() });
     assert!(col(&vanilla, "proba_m1").iter().zip(col(&vanilla, "proba_m2")).all(|(p, q)| (p + q - 1.0).abs() < 1e-12));
+    // lvm-DE: importance-weighted samples are still proportions, and seeded (the B-cell marker
+    // check on a trained model is in the R tests).
+    let iw = de::importance::ImportanceConfig { max_cells: 50, truncation: true, n_mc_samples: 20 };
+    let w = run(&DeConfig { importance: Some(iw.clone()), ..cfg.clone() });
+    assert_eq!(col(&w, "lfc_mean"), col(&run(&DeConfig { importance: Some(iw), ..cfg.clone() }), "lfc_mean"));
+    let sw: f64 = col(&w, "scale1").iter().sum();
+    assert!((sw - 1.0).abs() < 1e-3, "weighted proportions sum to 1: {sw}");
+    assert!(col(&w, "proba_de").iter().all(|&p| (0.0..=1.0).contains(&p)));
 }

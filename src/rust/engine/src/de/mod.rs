@@ -9,6 +9,7 @@
 pub mod bayes;
 pub mod count_stats;
 pub mod delta;
+pub mod importance;
 pub mod scale_sampler;
 
 use crate::data::{Counts, Covariates, MinibatchBuilder};
@@ -47,6 +48,8 @@ pub struct DeConfig {
     pub batch_size: usize,
     pub seed: u64,
     pub n_threads: usize,
+    /// lvm-DE: importance-weighted samples (`weights = "importance"`); None: uniform.
+    pub importance: Option<importance::ImportanceConfig>,
 }
 
 /// Per-gene results of one comparison; vectors have one entry per gene (in the model's order).
@@ -91,10 +94,13 @@ fn group_samples(
     cfg: &DeConfig,
     rng: &mut ChaCha8Rng,
 ) -> Result<Vec<f32>> {
+    let sample = |builder: &mut MinibatchBuilder<'_>, rng: &mut ChaCha8Rng, batch: Option<usize>, n: usize| match &cfg.importance {
+        None => scale_sampler::sample_group_scales(vae, builder, cells, batch, n, cfg.batch_size, rng),
+        Some(iw) => importance::sample_group_weighted(vae, builder, cells, batch, n, cfg.batch_size, rng, iw, importance::SampleLibrary::Constant(1.0))
+            .map(|(rows, _)| rows),
+    };
     match policy {
-        BatchPolicy::Observed => {
-            scale_sampler::sample_group_scales(vae, builder, cells, None, cfg.n_samples_overall, cfg.batch_size, rng)
-        }
+        BatchPolicy::Observed => sample(builder, rng, None, cfg.n_samples_overall),
         BatchPolicy::Transform(batches) => {
             // scvi-tools: int(n_samples_overall / n_batches) per batch, at least 2.
             let per_batch = match cfg.n_samples_overall / batches.len() {
@@ -103,7 +109,7 @@ fn group_samples(
             };
             let mut all = Vec::new();
             for &b in batches {
-                all.extend(scale_sampler::sample_group_scales(vae, builder, cells, Some(b), per_batch, cfg.batch_size, rng)?);
+                all.extend(sample(builder, rng, Some(b), per_batch)?);
             }
             Ok(all)
         }
@@ -153,6 +159,11 @@ pub fn compare(
     cfg: &DeConfig,
 ) -> Result<DeResult> {
     crate::infer::check_inputs(vae, &counts, batch_codes, cov)?;
+    if cfg.importance.is_some() && cov.latent.is_some() {
+        return Err(Error::InvalidInput(
+            "importance weights (lvm-DE) need the counts, which a minified model does not keep; use weights = \"uniform\" or the full model".into(),
+        ));
+    }
     if cells1.is_empty() || cells2.is_empty() {
         return Err(Error::InvalidInput("a group of the comparison has no cells".into()));
     }

@@ -191,7 +191,16 @@ fn to_f64(t: &Tensor) -> Vec<f64> {
     to_vec(t).into_iter().map(f64::from).collect()
 }
 
+/// Refuses a query that evaluates the likelihood of the counts on a minified model's cells.
+fn needs_counts(cov: &Covariates<'_>, what: &str) -> Result<()> {
+    if cov.latent.is_some() {
+        return Err(Error::InvalidInput(format!("{what} needs the counts, which a minified model does not keep; use the full model")));
+    }
+    Ok(())
+}
+
 pub fn cell_losses(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>, batch_size: usize) -> Result<CellLosses> {
+    needs_counts(cov, "the ELBO / reconstruction error")?;
     check_inputs(vae, &counts, batch_codes, cov)?;
     let mut out = CellLosses { reconstruction: Vec::new(), kl_local: Vec::new() };
     for_each_minibatch(vae, counts, batch_codes, cov, batch_size, |mb, _| {
@@ -203,7 +212,7 @@ pub fn cell_losses(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Cov
 }
 
 /// Gaussian log density, summed over the last dimension.
-fn normal_log_prob(x: &Tensor, mean: &Tensor, var: &Tensor) -> Tensor {
+pub(crate) fn normal_log_prob(x: &Tensor, mean: &Tensor, var: &Tensor) -> Tensor {
     ((x - mean).square() / var + var.log() + (2.0 * std::f64::consts::PI).ln())
         .sum_dim_intlist(-1, false, Kind::Float)
         * -0.5
@@ -213,37 +222,45 @@ fn normal_log_prob(x: &Tensor, mean: &Tensor, var: &Tensor) -> Tensor {
 /// logsumexp_k [log p(z_k) + log p(x | z_k, l_k) - log q(z_k | x) (+ log p(l_k) - log q(l_k | x))]
 /// - log K.
 pub fn marginal_ll(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>, n_mc_samples: usize, batch_size: usize) -> Result<Vec<f64>> {
+    needs_counts(cov, "the marginal log-likelihood")?;
     check_inputs(vae, &counts, batch_codes, cov)?;
     if n_mc_samples == 0 {
         return Err(Error::InvalidInput("n_mc_samples must be at least 1".into()));
     }
     let mut out = Vec::with_capacity(counts.n_cells());
     for_each_minibatch(vae, counts, batch_codes, cov, batch_size, |mb, _| {
-        let mut terms = Vec::with_capacity(n_mc_samples);
-        for _ in 0..n_mc_samples {
-            if crate::runtime::cancelled() {
-                break;
-            }
-            let inf = vae.inference(&mb, false);
-            let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, &mb, false);
-            let log_p_x = -vae.reconstruction_loss(&mb, &gen);
-            // Densities of the Gaussian sample (for a logistic-normal latent this is where the
-            // prior and q live; scvi-tools evaluates them at the softmax-transformed z).
-            let u = &inf.z_untransformed;
-            let log_p_z = normal_log_prob(u, &u.zeros_like(), &u.ones_like());
-            let log_q_z = normal_log_prob(u, &inf.qz.q_mean, &inf.qz.q_var);
-            let mut t = log_p_z + log_p_x - log_q_z;
-            if let (Some(ql), Some((prior_mean, prior_var))) = (&inf.ql, vae.library_prior(&mb.batch_index)) {
-                t = t + normal_log_prob(&inf.library, &prior_mean, &prior_var)
-                    - normal_log_prob(&inf.library, &ql.q_mean, &ql.q_var);
-            }
-            terms.push(t);
-        }
-        let stacked = Tensor::stack(&terms, 0);
-        let ll = stacked.logsumexp([0], false) - (n_mc_samples as f64).ln();
-        out.extend(to_f64(&ll));
+        out.extend(to_f64(&marginal_ll_minibatch(vae, mb, n_mc_samples)));
     })?;
     Ok(out)
+}
+
+/// The importance-sampled log p(x) of a minibatch's cells (see `marginal_ll`), cells.
+pub(crate) fn marginal_ll_minibatch(vae: &Vae, mb: &Minibatch, n_mc_samples: usize) -> Tensor {
+    let mut terms = Vec::with_capacity(n_mc_samples);
+    for _ in 0..n_mc_samples {
+        if crate::runtime::cancelled() {
+            break;
+        }
+        let inf = vae.inference(mb, false);
+        let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, mb, false);
+        let log_p_x = -vae.reconstruction_loss(mb, &gen);
+        // Densities of the Gaussian sample (for a logistic-normal latent this is where the
+        // prior and q live; scvi-tools evaluates them at the softmax-transformed z).
+        let u = &inf.z_untransformed;
+        let log_p_z = normal_log_prob(u, &u.zeros_like(), &u.ones_like());
+        let log_q_z = normal_log_prob(u, &inf.qz.q_mean, &inf.qz.q_var);
+        let mut t = log_p_z + log_p_x - log_q_z;
+        if let (Some(ql), Some((prior_mean, prior_var))) = (&inf.ql, vae.library_prior(&mb.batch_index)) {
+            t = t + normal_log_prob(&inf.library, &prior_mean, &prior_var)
+                - normal_log_prob(&inf.library, &ql.q_mean, &ql.q_var);
+        }
+        terms.push(t);
+    }
+    if terms.is_empty() {
+        return Tensor::zeros([mb.n_cells as i64], (Kind::Float, vae.device()));
+    }
+    let n = terms.len();
+    Tensor::stack(&terms, 0).logsumexp([0], false) - (n as f64).ln()
 }
 
 /// Library size per cell: exp of the observed log library (`give_mean = false`), or the mean of
