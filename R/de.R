@@ -14,7 +14,8 @@
 #' or from `idx1` / `idx2`. Both read the cell metadata: Seurat `meta.data`, SingleCellExperiment
 #' `colData`, or `metadata` for a model fitted on a matrix.
 #'
-#' The procedure and its defaults are scvi-tools' (`n_samples_overall = 5000` samples per group,
+#' The procedure and its defaults are scvi-tools' (`mode = "change"` as in the released
+#' `SCVI.differential_expression()`, `n_samples_overall = 5000` samples per group,
 #' pseudocounts estimated from barely expressed genes, `delta = NULL` estimated with a
 #' three-component Gaussian mixture, FDR by cumulative posterior error). Samples are paired
 #' element-wise (`use_permutation = FALSE`, scvi-tools' default). Choices that differ:
@@ -45,7 +46,10 @@
 #' @param idx1,idx2 Cells of group 1 / group 2 instead of `groupby`: a logical vector, 1-based
 #'   positions, or an R expression as a string evaluated in the cell metadata (e.g.
 #'   `"cell_type == 'NK'"`). Without `idx2`, group 2 is all other cells.
-#' @param mode `"vanilla"` or `"change"`.
+#' @param mode `"change"` (the default, as in scvi-tools' released
+#'   `SCVI.differential_expression()`) or `"vanilla"` (Lopez et al. 2018's test). scvi-tools'
+#'   development branch lists `"vanilla"` as its default; give `mode = "vanilla"` explicitly for
+#'   that test.
 #' @param delta LFC threshold of change mode (`NULL`: estimated from the data).
 #' @param batch_size Cells per minibatch.
 #' @param all_stats Add raw count statistics (means, nonzero proportions, normalized means).
@@ -54,7 +58,15 @@
 #' @param batchid1,batchid2 Batches to decode group 1 / group 2 in (`batch_correction` only).
 #' @param fdr_target Target posterior expected FDR of the `is_de_fdr_<target>` flag (change mode).
 #' @param silent Do not report progress.
-#' @param weights `"uniform"` (the only weighting implemented).
+#' @param weights `"uniform"`, or `"importance"` for lvm-DE (Boyeau et al. 2023): each group's
+#'   posterior samples are drawn with importance weights that favour latent codes explaining many
+#'   of the group's cells (scvi-tools' `get_importance_weights`; see
+#'   `importance_weighting_kwargs`). It needs the counts, so not on minified models.
+#' @param importance_weighting_kwargs lvm-DE options, scvi-tools' names and defaults:
+#'   `max_cells = 1024` (anchor cells per group), `truncation = FALSE` (floor the log-weights at
+#'   their log-mean), `n_mc_samples = 500` (importance samples of each anchor's marginal
+#'   likelihood); `n_mc_samples_per_pass` is accepted and has no effect (the engine bounds memory
+#'   itself).
 #' @param filter_outlier_cells Drop outlying cells of each group in latent space first.
 #' @param n_samples_overall Posterior samples per group.
 #' @param pseudocounts Pseudocount of the LFC (`NULL`: estimated).
@@ -80,17 +92,18 @@
 #'                               mode = "change", n_samples_overall = 1000, seed = 1,
 #'                               silent = TRUE)
 #' head(de[, c("gene", "proba_de", "lfc_mean", "is_de_fdr_0.05")])
-#' # every cluster against the rest, vanilla mode
+#' # every cluster against the rest (change mode, the default)
 #' de_all <- differential_expression(pbmc_small, groupby = "RNA_snn_res.1",
 #'                                   n_samples_overall = 1000, seed = 1, silent = TRUE)
 #' table(de_all$comparison)
-#' # groups given as cells: group "g1" against group "g2"
+#' # groups given as cells: group "g1" against group "g2", vanilla mode
 #' de_g <- differential_expression(pbmc_small, idx1 = "groups == 'g1'", idx2 = "groups == 'g2'",
-#'                                 n_samples_overall = 1000, seed = 1, silent = TRUE)
+#'                                 mode = "vanilla", n_samples_overall = 1000, seed = 1,
+#'                                 silent = TRUE)
 #' head(de_g[, c("gene", "proba_m1", "bayes_factor")])
 #' @export
 differential_expression <- function(object, ..., groupby = NULL, group1 = NULL, group2 = NULL,
-                                    idx1 = NULL, idx2 = NULL, mode = "vanilla", delta = 0.25,
+                                    idx1 = NULL, idx2 = NULL, mode = "change", delta = 0.25,
                                     batch_size = 128L, all_stats = TRUE, batch_correction = FALSE,
                                     batchid1 = NULL, batchid2 = NULL, fdr_target = 0.05,
                                     silent = FALSE, weights = "uniform",
@@ -98,17 +111,15 @@ differential_expression <- function(object, ..., groupby = NULL, group1 = NULL, 
                                     pseudocounts = NULL, threshold_counts = 0.01,
                                     test_mode = "three", seed = NULL, metadata = NULL,
                                     newdata = NULL, batch = NULL, covariates = NULL,
-                                    n_threads = NULL, model = "scvi") {
+                                    n_threads = NULL, model = "scvi",
+                                    importance_weighting_kwargs = list()) {
   .check_dots(list(...), formals(differential_expression), after = "object")
   model <- .check_choice(model, c("scvi", "scanvi"), "model")
   fit <- .fit_of(object, model)
   mode <- .check_choice(mode, c("vanilla", "change"), "mode")
   test_mode <- .check_choice(test_mode, c("three", "two"), "test_mode")
   weights <- .check_choice(weights %||% "uniform", c("uniform", "importance"), "weights")
-  if (weights == "importance") {
-    scvir_abort("weights = \"importance\" (lvm-DE) is not implemented yet; use \"uniform\"",
-                "scvir_config_error")
-  }
+  importance <- .importance_json(weights, importance_weighting_kwargs)
   delta <- .check_number(delta, "delta", 0, null_ok = TRUE)
   pseudocounts <- .check_number(pseudocounts, "pseudocounts", 0, null_ok = TRUE)
   fdr_target <- .check_number(fdr_target, "fdr_target", 0, 1)
@@ -121,6 +132,7 @@ differential_expression <- function(object, ..., groupby = NULL, group1 = NULL, 
 
   inputs <- .object_inputs(object, newdata, batch, covariates, model)
   d <- .query_data(fit, inputs$newdata, inputs$batch, NULL, inputs$covariates)
+  if (nzchar(importance) && !is.null(d$cov$latent)) .refuse_minified(fit, "weights = \"importance\" (lvm-DE)")
   n_cells <- ncol(d$counts)
   meta <- .de_metadata(object, metadata, newdata, n_cells)
   # Seurat's convention (FindAllMarkers): without a grouping, the cells' identity classes.
@@ -150,8 +162,12 @@ differential_expression <- function(object, ..., groupby = NULL, group1 = NULL, 
     opts$seed <- as.numeric((seed + k - 1) %% .Machine$integer.max)
     cols <- .engine(.rs_de_compare(fit$model, data, opts, cells1 - 1L, cells2 - 1L, b1, b2, mode,
                                    delta %||% NaN, pseudocounts %||% NaN, n_samples_overall,
-                                   threshold_counts, test_mode))
+                                   threshold_counts, test_mode, importance))
     res <- data.frame(gene = fit$genes, cols, check.names = FALSE, stringsAsFactors = FALSE)
+    raw <- c("raw_mean1", "raw_mean2", "non_zeros_proportion1", "non_zeros_proportion2",
+             "raw_normalized_mean1", "raw_normalized_mean2")
+    # A minified model has no counts to summarise.
+    if (!is.null(d$cov$latent)) res[intersect(raw, names(res))] <- NA_real_
     if (!all_stats) {
       res <- res[, setdiff(names(res), c("raw_mean1", "raw_mean2", "non_zeros_proportion1",
                                          "non_zeros_proportion2", "raw_normalized_mean1",
@@ -174,6 +190,28 @@ differential_expression <- function(object, ..., groupby = NULL, group1 = NULL, 
   out <- do.call(rbind, results)
   rownames(out) <- if (length(results) == 1) out$gene else NULL
   out
+}
+
+# lvm-DE's options as the engine takes them ("" for uniform weights).
+.importance_json <- function(weights, kwargs) {
+  if (!is.list(kwargs) || (length(kwargs) && (is.null(names(kwargs)) || any(names(kwargs) == "")))) {
+    scvir_abort("importance_weighting_kwargs must be a named list", "scvir_config_error")
+  }
+  known <- c("max_cells", "truncation", "n_mc_samples", "n_mc_samples_per_pass")
+  bad <- setdiff(names(kwargs), known)
+  if (length(bad)) {
+    scvir_abort(sprintf("importance_weighting_kwargs: unknown option(s) %s (known: %s)",
+                        paste(bad, collapse = ", "), paste(known, collapse = ", ")), "scvir_config_error")
+  }
+  if (weights != "importance") {
+    if (length(kwargs)) scvir_abort("importance_weighting_kwargs apply to weights = \"importance\" only", "scvir_config_error")
+    return("")
+  }
+  opts <- list(max_cells = .check_count_arg(kwargs$max_cells %||% 1024L, "max_cells"),
+               truncation = .check_flag(kwargs$truncation %||% FALSE, "truncation"),
+               n_mc_samples = .check_count_arg(kwargs$n_mc_samples %||% 500L, "n_mc_samples"))
+  .check_count_arg(kwargs$n_mc_samples_per_pass %||% 250L, "n_mc_samples_per_pass")
+  .to_json(opts)
 }
 
 # scvi-tools' `_fdr_de_prediction`: with probabilities sorted decreasingly, the expected FDR of

@@ -23,7 +23,8 @@ test_that("attaching scviR masks nothing", {
   expect_identical(intersect(exported, base_names), character(0))
   # S3 methods only for scviR's generics or scviR's classes.
   s3 <- getNamespaceInfo(asNamespace("scviR"), "S3methods")
-  own_classes <- c("scvi_model", "scanvi_model", "summary.scvi_model", "scvir_libtorch_info")
+  own_classes <- c("scvi_model", "scanvi_model", "summary.scvi_model", "scvir_libtorch_info",
+                   "scvir_setup_args")
   foreign <- s3[!(s3[, 1] %in% exported | s3[, 2] %in% own_classes), , drop = FALSE]
   expect_equal(nrow(foreign), 0L, info = paste(foreign[, 3], collapse = ", "))
   expect_true("predict_labels" %in% exported)

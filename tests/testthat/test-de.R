@@ -40,6 +40,29 @@ test_that("change-mode DE finds the B-cell markers on PBMC 3k", {
   expect_gt(d, 20)
 })
 
+test_that("lvm-DE (importance weights) finds the B-cell markers on PBMC 3k", {
+  skip_on_cran()
+  sce <- pbmc3k_fit()
+  kw <- list(max_cells = 200, n_mc_samples = 30, truncation = TRUE)
+  de <- differential_expression(sce, groupby = "cell_type", group1 = "B", weights = "importance",
+                                importance_weighting_kwargs = kw, n_samples_overall = 1000,
+                                seed = 1, silent = TRUE)
+  top <- head(de, 20)
+  expect_true(all(c("MS4A1", "CD79A", "CD79B") %in% top$gene))
+  expect_true(all(top[c("MS4A1", "CD79A", "CD79B"), "lfc_mean"] > 0))
+  again <- differential_expression(sce, groupby = "cell_type", group1 = "B", weights = "importance",
+                                   importance_weighting_kwargs = kw, n_samples_overall = 1000,
+                                   seed = 1, silent = TRUE)
+  expect_identical(again, de)
+  # get_normalized_expression(): n_samples_overall weighted draws, each a cell's proportions
+  b <- which(sce$cell_type == "B")
+  e <- get_normalized_expression(sce, indices = b[1:100], n_samples_overall = 300,
+                                 weights = "importance", importance_weighting_kwargs = kw, seed = 2)
+  expect_equal(dim(e), c(2000L, 300L))
+  expect_true(all(colnames(e) %in% colnames(sce)[b[1:100]]))
+  expect_equal(unname(colSums(e)), rep(1, 300), tolerance = 1e-4)
+})
+
 test_that("DE is reproducible for a seed and changes with the seed", {
   sce <- pbmc3k_fit()
   run <- function(seed) differential_expression(sce, groupby = "cell_type", group1 = "NK",
@@ -149,7 +172,13 @@ test_that("bad DE inputs give clear errors", {
   expect_error(de(groupby = "RNA_snn_res.1", group1 = "0", group2 = "0"), "both \"0\"")
   expect_error(de(groupby = "RNA_snn_res.1", mode = "fast"), "mode must be one of",
                class = "scvir_config_error")
-  expect_error(de(groupby = "RNA_snn_res.1", weights = "importance"), "not implemented")
+  expect_error(de(groupby = "RNA_snn_res.1", weights = "importance",
+                  importance_weighting_kwargs = list(max_cell = 10)), "unknown option",
+               class = "scvir_config_error")
+  expect_error(de(groupby = "RNA_snn_res.1", importance_weighting_kwargs = list(max_cells = 10)),
+               "weights = \"importance\" only", class = "scvir_config_error")
+  expect_error(get_normalized_expression(fit, weights = "importance"), "n_samples_overall",
+               class = "scvir_config_error")
   expect_error(de(groupby = "RNA_snn_res.1", delta = -1), "delta")
   expect_error(de(groupby = rep("a", 80)), "single group")
   expect_error(de(), "give groupby")
