@@ -17,3 +17,7 @@ pub mod runtime;
 pub mod train;
 
 pub use error::{Error, Result};
+
+/// libtorch's random generator is global to the process: unit tests that seed it take turns.
+#[cfg(test)]
+pub(crate) static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -41,6 +41,7 @@ mod tests {
 
     #[test]
     fn sampling_moments_match_the_distributions() {
+        let _turn = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(11);
         let n = 400_000;
         let full = |v: f64| Tensor::full([n], v, (Kind::Float, Device::Cpu));

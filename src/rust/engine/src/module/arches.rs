@@ -321,6 +321,7 @@ pub fn trainable_parameters(vae: &Vae) -> Vec<(Tensor, Option<Tensor>)> {
 mod tests {
     use super::*;
     use crate::module::VaeConfig;
+    use crate::TORCH_RNG;
 
     fn registry(batches: &[&str]) -> Registry {
         Registry {
@@ -354,6 +355,7 @@ mod tests {
 
     #[test]
     fn query_weights_extend_the_reference() {
+        let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
         let _ = tch::manual_seed(1);
         let r = registry(&["a", "b"]);
         let mut cfg = VaeConfig::new(20, 2);
@@ -399,5 +401,39 @@ mod tests {
         let unfrozen = QueryConfig { unfrozen: true, ..QueryConfig::default() };
         let open = query_model(&reference, &mut q, counts, &[2, 2], unfrozen, Device::Cpu).unwrap();
         assert!(trainable_parameters(&open).iter().all(|(_, m)| m.is_none()));
+    }
+
+    #[test]
+    fn split_training_product_matches_the_full_one() {
+        let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let r = registry(&["a", "b"]);
+        let mut cfg = VaeConfig::new(20, 2);
+        cfg.n_hidden = 8;
+        cfg.dropout_rate = 0.0;
+        cfg.encode_covariates = true;
+        r.apply_to(&mut cfg);
+        let _ = tch::manual_seed(3);
+        let reference = Vae::new(cfg, Device::Cpu, None).unwrap();
+        let (indptr, indices, values) = (vec![0, 2, 3, 5], vec![0, 3, 1, 2, 19], vec![2.0, 5.0, 1.0, 3.0, 4.0]);
+        let counts = Counts::from_csr(3, 20, &indptr, &indices, &values).unwrap();
+        let codes = [2, 0, 2];
+        let build = |options: QueryConfig| {
+            let mut q = extend_registry(&r, &["c".into()], &[], None).unwrap();
+            let _ = tch::manual_seed(5);
+            query_model(&reference, &mut q, counts, &codes, options, Device::Cpu).unwrap()
+        };
+        let frozen = build(QueryConfig::default());
+        let open = build(QueryConfig { unfrozen: true, ..QueryConfig::default() });
+        let cov = crate::data::Covariates::default();
+        let mut builder = crate::data::MinibatchBuilder::new(counts, &codes, &cov, Device::Cpu);
+        let mb = builder.build(&[0, 1, 2]);
+        let (a, b) = (frozen.inference(&mb, true).qz.q_mean, open.inference(&mb, true).qz.q_mean);
+        assert!(a.allclose(&b, 1e-5, 1e-6, false), "split and concatenated products agree");
+        // The new column's gradient is the same either way.
+        a.sum(Kind::Float).backward();
+        b.sum(Kind::Float).backward();
+        let name = "z_encoder.encoder.layer_0.linear.weight";
+        let (ga, gb) = (frozen.vs.variables()[name].grad(), open.vs.variables()[name].grad());
+        assert!(ga.narrow(1, 22, 1).allclose(&gb.narrow(1, 22, 1), 1e-5, 1e-6, false));
     }
 }

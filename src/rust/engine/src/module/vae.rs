@@ -77,12 +77,18 @@ impl Vae {
             use_activation: true,
             bias: true,
             batch_norm_momentum: c.batch_norm_momentum(true),
+            frozen_base_from: c.frozen().map(|q| if q.freeze_expression { 0 } else { 1 }),
         };
         let softplus_var = c.var_activation == super::config::VarActivation::Softplus;
         let z_encoder = Encoder::new(&root / "z_encoder", &encoder_fc, c.n_latent, softplus_var);
         let l_encoder = (!c.use_observed_lib_size).then(|| {
             // scArches leaves the library encoder free, its BatchNorm statistics included.
-            let fc = FcLayersConfig { n_layers: 1, batch_norm_momentum: crate::nn::init::BATCH_NORM_MOMENTUM, ..encoder_fc.clone() };
+            let fc = FcLayersConfig {
+                n_layers: 1,
+                batch_norm_momentum: crate::nn::init::BATCH_NORM_MOMENTUM,
+                frozen_base_from: None,
+                ..encoder_fc.clone()
+            };
             Encoder::new(&root / "l_encoder", &fc, 1, softplus_var)
         });
         let decoder_fc = FcLayersConfig {
@@ -98,6 +104,7 @@ impl Vae {
             use_activation: true,
             bias: true,
             batch_norm_momentum: c.batch_norm_momentum(false),
+            frozen_base_from: c.frozen().map(|q| if q.freeze_decoder_first_layer || c.linear_decoder { 0 } else { 1 }),
         };
         let decoder = if c.linear_decoder {
             DecoderScvi::new_linear(&root / "decoder", &decoder_fc, c.n_genes)

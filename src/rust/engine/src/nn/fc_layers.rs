@@ -25,6 +25,10 @@ pub struct FcLayersConfig {
     /// BatchNorm's running-statistics momentum: scvi-tools' 0.01, or 0 to keep the statistics
     /// as they are (scArches' frozen BatchNorm).
     pub batch_norm_momentum: f64,
+    /// Blocks from this index on have frozen weights outside their covariate columns (a query
+    /// model of reference mapping): in training their product is split so that no gradient of
+    /// the frozen columns is computed.
+    pub frozen_base_from: Option<usize>,
 }
 
 impl FcLayersConfig {
@@ -44,6 +48,7 @@ impl FcLayersConfig {
             use_activation: true,
             bias: true,
             batch_norm_momentum: init::BATCH_NORM_MOMENTUM,
+            frozen_base_from: None,
         }
     }
 }
@@ -70,6 +75,7 @@ struct Block {
     batch_norm: Option<nn::BatchNorm>,
     layer_norm_width: Option<i64>,
     takes_covariates: bool,
+    frozen_base: bool,
 }
 
 pub struct FcLayers {
@@ -109,6 +115,7 @@ impl FcLayers {
                     batch_norm: cfg.use_batch_norm.then(|| init::batch_norm(&p / "batch_norm", w[1], cfg.batch_norm_momentum)),
                     layer_norm_width: cfg.use_layer_norm.then_some(w[1]),
                     takes_covariates,
+                    frozen_base: cfg.frozen_base_from.is_some_and(|k| i >= k),
                 }
             })
             .collect();
@@ -131,14 +138,28 @@ impl FcLayers {
             .collect();
         let mut h = x.shallow_clone();
         for block in &self.blocks {
-            let input = if block.takes_covariates && !one_hots.is_empty() {
-                let mut parts = vec![h.shallow_clone()];
-                parts.extend(one_hots.iter().map(|t| t.shallow_clone()));
-                Tensor::cat(&parts, 1)
+            let covariates = block.takes_covariates && !one_hots.is_empty();
+            let mut y = if covariates && block.frozen_base && train {
+                // [h, one-hots] W^T as h W_base^T + one-hots W_cov^T, the frozen base detached:
+                // the same product without the gradient of the frozen columns.
+                let cats = Tensor::cat(&one_hots, 1);
+                let w = &block.linear.ws;
+                let base = w.size()[1] - cats.size()[1];
+                let y = h.matmul(&w.narrow(1, 0, base).detach().tr()) + cats.matmul(&w.narrow(1, base, w.size()[1] - base).tr());
+                match &block.linear.bs {
+                    Some(b) => y + b,
+                    None => y,
+                }
             } else {
-                h
+                let input = if covariates {
+                    let mut parts = vec![h.shallow_clone()];
+                    parts.extend(one_hots.iter().map(|t| t.shallow_clone()));
+                    Tensor::cat(&parts, 1)
+                } else {
+                    h
+                };
+                input.apply(&block.linear)
             };
-            let mut y = input.apply(&block.linear);
             if let Some(bn) = &block.batch_norm {
                 y = bn.forward_t(&y, train);
             }
@@ -149,10 +170,63 @@ impl FcLayers {
                 y = y.relu();
             }
             if self.dropout_rate > 0.0 {
-                y = y.dropout(self.dropout_rate, train);
+                y = dropout(&y, self.dropout_rate, train);
             }
             h = y;
         }
         h
+    }
+}
+
+/// Inverted dropout as torch's: in training each entry is zeroed with probability `p` and the
+/// others scaled by 1 / (1 - p). On the CPU the mask comes from ChaCha8 seeded by one draw of
+/// libtorch's generator (so `manual_seed` still fixes it), instead of libtorch's serial
+/// per-entry Bernoulli sampler, which costs several percent of a training step.
+pub fn dropout(y: &Tensor, p: f64, train: bool) -> Tensor {
+    if !train || p <= 0.0 {
+        return y.shallow_clone();
+    }
+    if y.device() != tch::Device::Cpu || p >= 1.0 {
+        return y.dropout(p, train);
+    }
+    use rand::{RngCore, SeedableRng};
+    let seed = Tensor::randint(i64::MAX, [1], (tch::Kind::Int64, tch::Device::Cpu)).int64_value(&[0]) as u64;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n = y.numel();
+    let mut bits = vec![0u32; n];
+    rng.fill_bytes(bytemuck_u32(&mut bits));
+    // Zero when a uniform 32-bit draw falls below p * 2^32.
+    let cut = (p * 4_294_967_296.0) as u64;
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = bits.iter().map(|&b| if (b as u64) < cut { 0.0 } else { keep }).collect();
+    y * Tensor::from_slice(&mask).view(y.size().as_slice())
+}
+
+/// The bytes of a u32 buffer, for filling it from a byte-oriented generator.
+fn bytemuck_u32(v: &mut [u32]) -> &mut [u8] {
+    // SAFETY: u32 has no invalid bit patterns and u8 has alignment 1; the slice covers exactly
+    // the buffer's bytes.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dropout;
+    use tch::{Kind, Tensor};
+
+    #[test]
+    fn dropout_keeps_the_expectation_and_follows_the_seed() {
+        let _turn = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let x = Tensor::ones([400, 500], (Kind::Float, tch::Device::Cpu));
+        tch::manual_seed(3);
+        let a = dropout(&x, 0.2, true);
+        tch::manual_seed(3);
+        let b = dropout(&x, 0.2, true);
+        assert!(a.equal(&b));
+        let zeros = a.eq(0.0).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+        assert!((zeros - 0.2).abs() < 0.005, "dropped fraction {zeros}");
+        let mean = a.mean(Kind::Double).double_value(&[]);
+        assert!((mean - 1.0).abs() < 0.01, "mean {mean}");
+        assert!(dropout(&x, 0.2, false).equal(&x));
     }
 }
