@@ -46,6 +46,12 @@
   .rs_call("scvir_denoised_samples", model, data, opts, transform_batch, n_samples, rna_size_factor)
 }
 .rs_read_h5ad <- function(path, layer) .rs_call("scvir_read_h5ad", path, layer)
+.rs_read_h5ad_extras <- function(path, n_cells, n_genes, layers, obsm, raw) {
+  .rs_call("scvir_read_h5ad_extras", path, as.integer(n_cells), as.integer(n_genes), layers, obsm, raw)
+}
+.rs_write_h5ad <- function(path, x, layers, obs, var, obsm, varm, uns) {
+  .rs_call("scvir_write_h5ad", path, x, layers, obs, var, obsm, varm, uns)
+}
 .rs_cuda_available <- function() .rs_call("scvir_cuda_available")
 .rs_debug_panic <- function() .rs_call("scvir_debug_panic")
 .rs_blas_info <- function() .rs_call("scvir_blas_info")

@@ -202,14 +202,23 @@ load_model <- function(dir) {
 
 #' Read an AnnData .h5ad file
 #'
-#' Reads the count matrix (`X` or a layer; CSR, CSC or dense) and the cell and gene tables of
-#' an `.h5ad` file natively (no Python), into a SingleCellExperiment whose `counts` assay is a
-#' genes x cells `dgCMatrix`. Categorical columns become factors.
+#' Reads an `.h5ad` file natively (no Python) into a SingleCellExperiment: the count matrix (`X`
+#' or a layer; CSR, CSC or dense) as the `counts` assay (a genes x cells `dgCMatrix`), the cell
+#' and gene tables as `colData` / `rowData` (categorical columns become factors), every other
+#' layer as an assay of that name, dense `obsm` matrices as `reducedDims` (`X_umap` becomes
+#' `umap`, `X_scVI` becomes `scVI`), dense `varm` matrices as matrix columns of `rowData`, `raw`
+#' as the alternative experiment `"raw"`, and the scalar entries of `uns` in
+#' `metadata(sce)$uns`. The fields of scvi-tools' minified data (`_scvi_latent_qzm`,
+#' `_scvi_latent_qzv` in obsm, `_scvi_observed_lib_size` in obs, `_scvi_adata_minify_type` in
+#' uns) arrive as such. Entries in encodings it does not read (sparse obsm, data frames) are
+#' listed in `metadata(sce)$skipped`.
 #'
 #' @param path File path.
 #' @param ... Unused: it makes the later arguments match by their full names only; an unknown or
 #'   abbreviated name is a `scvir_config_error` that names the closest arguments.
-#' @param layer Layer to read as counts instead of `X`.
+#' @param layer Layer to read as counts instead of `X` (`X` then becomes the assay `"X"`).
+#' @param layers,obsm,raw Read the other layers, obsm / varm and raw (`FALSE` skips them, e.g.
+#'   to save memory on large files).
 #' @return A SingleCellExperiment.
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
 #' # PBMC 3k (10x Genomics), 2,000 highly variable genes, with published cell types
@@ -218,7 +227,7 @@ load_model <- function(dir) {
 #' sce
 #' table(sce$cell_type)
 #' @export
-read_h5ad <- function(path, ..., layer = NULL) {
+read_h5ad <- function(path, ..., layer = NULL, layers = TRUE, obsm = TRUE, raw = TRUE) {
   .check_dots(list(...), formals(read_h5ad), after = "path")
   .need("SingleCellExperiment")
   path <- .check_path(path, "path")
@@ -226,15 +235,48 @@ read_h5ad <- function(path, ..., layer = NULL) {
     scvir_abort(sprintf("layer must be NULL or a single layer name; got %s", .describe_value(layer)),
                 "scvir_config_error")
   }
+  for (nm in c("layers", "obsm", "raw")) .check_flag(get(nm), nm)
   .check_readable(path)
-  raw <- .engine(.rs_read_h5ad(path, layer %||% ""))
+  main <- .engine(.rs_read_h5ad(path, layer %||% ""))
+  cells <- main$obs$index
+  genes <- main$var$index
   # Cells x genes CSR is exactly genes x cells CSC: no transpose needed.
-  counts <- methods::new("dgCMatrix", i = raw$indices, p = raw$indptr, x = raw$values,
-                         Dim = c(raw$n_genes, raw$n_cells),
-                         Dimnames = list(raw$var$index, raw$obs$index))
-  SingleCellExperiment::SingleCellExperiment(
-    assays = list(counts = counts),
-    colData = .frame_to_df(raw$obs), rowData = .frame_to_df(raw$var))
+  as_dgc <- function(m, rows = genes) {
+    methods::new("dgCMatrix", i = m$indices, p = m$indptr, x = m$values,
+                 Dim = c(m$n_genes, m$n_cells), Dimnames = list(rows, cells))
+  }
+  extras <- .engine(.rs_read_h5ad_extras(path, length(cells), length(genes), layers, obsm, raw))
+  assays <- list(counts = as_dgc(main))
+  for (nm in names(extras$layers)) {
+    if (identical(nm, layer)) next
+    assays[[if (nm == "counts") "counts_layer" else nm]] <- as_dgc(extras$layers[[nm]])
+  }
+  if (!is.null(layer) && isTRUE(layers)) {
+    x <- .engine(.rs_read_h5ad(path, ""))
+    assays$X <- as_dgc(x)
+  }
+  row_data <- .frame_to_df(main$var)
+  for (nm in names(extras$varm)) {
+    m <- extras$varm[[nm]]
+    rownames(m) <- genes
+    row_data[[nm]] <- m
+  }
+  reduced <- lapply(extras$obsm, function(m) {
+    rownames(m) <- cells
+    m
+  })
+  names(reduced) <- sub("^X_", "", names(reduced))
+  sce <- SingleCellExperiment::SingleCellExperiment(
+    assays = assays, colData = .frame_to_df(main$obs), rowData = row_data,
+    reducedDims = reduced)
+  if (!is.null(extras$raw)) {
+    raw_genes <- extras$raw$var$index
+    SingleCellExperiment::altExp(sce, "raw") <- SummarizedExperiment::SummarizedExperiment(
+      assays = list(counts = as_dgc(extras$raw$x, raw_genes)), rowData = .frame_to_df(extras$raw$var))
+  }
+  if (length(extras$uns)) S4Vectors::metadata(sce)$uns <- extras$uns
+  if (length(extras$skipped)) S4Vectors::metadata(sce)$skipped <- extras$skipped
+  sce
 }
 
 # A file to read: it exists, is a file and can be opened (the cause of a failure is named).

@@ -92,6 +92,16 @@ scvi.Seurat <- function(object, ..., assay = NULL, layer = "counts", batch_key =
   }
   input <- .seurat_counts(object, assay, layer)
   batch <- .metadata_column(object@meta.data, batch_key)
+  if (is.null(batch_key) && !is.null(input$layer_batch)) {
+    # Split layers without a batch_key: each cell's layer is its batch, recorded as a metadata
+    # column so that later queries find it.
+    batch <- input$layer_batch
+    batch_key <- "scvi_batch"
+    object@meta.data[[batch_key]] <- batch
+    message(sprintf(paste("scvi(): no batch_key; the %d split \"%s\" layers of assay \"%s\" are the",
+                          "batches (%s), recorded in meta.data$scvi_batch"),
+                    nlevels(batch), layer, input$assay, paste(utils::head(levels(batch), 5), collapse = ", ")))
+  }
   keys <- list(labels_key = labels_key, categorical_covariate_keys = categorical_covariate_keys,
                continuous_covariate_keys = continuous_covariate_keys, size_factor_key = size_factor_key)
   cov <- do.call(.metadata_covariates, c(list(object@meta.data), keys))

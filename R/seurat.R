@@ -13,8 +13,13 @@
       scvir_abort(sprintf("layer \"%s\" not found in assay \"%s\" (layers: %s)", layer, assay,
                           paste(.seurat_v5_fn("Layers")(a), collapse = ", ")))
     }
+    layer_batch <- NULL
     if (length(found) > 1) {
-      # Split layers (counts.<batch>): join them for training, cells back in object order.
+      # Split layers (counts.<batch>): join them for training, cells back in object order; the
+      # layer of each cell is its batch unless a batch_key says otherwise.
+      cells <- lapply(found, function(l) colnames(.seurat_v5_fn("LayerData")(a, layer = l)))
+      layer_batch <- stats::setNames(rep(sub(paste0("^", layer, "\\."), "", found), lengths(cells)),
+                                     unlist(cells))
       a <- .seurat_v5_fn("JoinLayers")(a, layers = layer)
     }
     m <- .seurat_v5_fn("LayerData")(a, layer = layer)
@@ -28,7 +33,8 @@
   if (!nrow(m) || !ncol(m)) scvir_abort(sprintf("layer \"%s\" of assay \"%s\" is empty", layer, assay))
   m <- .as_dgc(m, sprintf("layer \"%s\" of assay \"%s\"", layer, assay))
   if (!identical(colnames(m), colnames(object))) m <- m[, colnames(object), drop = FALSE]
-  list(counts = m, assay = assay)
+  list(counts = m, assay = assay,
+       layer_batch = if (inherits(a, "Assay5") && !is.null(layer_batch)) factor(unname(layer_batch[colnames(object)])))
 }
 
 .seurat_query_inputs <- function(object, which = "scvi") {

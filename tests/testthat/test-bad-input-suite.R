@@ -39,6 +39,8 @@ local({
   hidden[seq(1, 80, by = 4)] <- "Unknown"
   sfit <- scanvi(counts, labels = hidden, max_epochs = 1L, seed = 1L, n_threads = 1L,
                  verbose = FALSE)
+  fit_latent_lib <- quick_fit(counts, use_observed_lib_size = FALSE, max_epochs = 1L)
+  fit_min <- minify(fit, verbose = FALSE)
 
   # Counts with one defect each (synthetic names and values on real counts).
   pattern <- methods::as(counts, "nsparseMatrix")
@@ -366,6 +368,52 @@ check_cases("queries", list(
        "scvir_config_error", "argument 1 after `x` has no name \\(\"elbo\"\\); this function takes no arguments after `x`"),
   case("a negative n_labels for plot_de()", plot_de(NULL, n_labels = -1),
        "scvir_config_error", "n_labels must be a single integer >= 0")
+), fx)
+
+check_cases("reference mapping & minified models", list(
+  case("a query batch for a reference without batches", load_query_data(counts, fit, batch = groups),
+       "scvir_input_error", "trained without a batch key", c("fit", "counts")),
+  case("no query batch for a reference with batches", load_query_data(counts, fit_b),
+       "scvir_config_error", "give the query cells' batch", "fit_b"),
+  case("a query missing the covariate the reference was trained with",
+       load_query_data(counts, fit_b, batch = rep("new", 80)), "scvir_input_error",
+       "categorical covariate \"cluster\""),
+  case("a query without the reference's genes", load_query_data(counts[1:50, ], fit),
+       "scvir_input_error", "lacks 180 of the reference's 230 genes.*prepare_query"),
+  case("a freeze option as text", load_query_data(counts, fit, freeze_expression = "yes"),
+       "scvir_config_error", "freeze_expression must be TRUE or FALSE"),
+  case("a misspelt freeze option", load_query_data(counts, fit, freeze_encoder = TRUE),
+       "scvir_config_error", "unknown argument `freeze_encoder`"),
+  case("a reference that is not a model", load_query_data(counts, counts), "scvir_input_error",
+       "reference must be an scvi_model"),
+  case("an object without a model as reference", load_query_data(counts, seu), "scvir_input_error",
+       "holds no scVI or scANVI model", "seu"),
+  case("scANVI query labels unknown to the reference", load_query_data(counts, sfit, labels = groups),
+       "scvir_input_error", "not labels of the scANVI model.*\"g[12]\"", "sfit"),
+  case("no gene in common with the reference",
+       prepare_query(with_names(counts, rows = paste0("ENSG", seq_along(genes))), fit),
+       "scvir_input_error", "none of the reference model's 230 genes"),
+  case("train_model() on something else", train_model(counts), "scvir_input_error",
+       "model must be an scvi_model"),
+  case("train_model() with a misspelt option", train_model(fit, max_epoch = 1),
+       "scvir_config_error", "unknown argument `max_epoch`", "fit"),
+  case("minify() of a latent-library model", minify(fit_latent_lib), "scvir_config_error",
+       "use_observed_lib_size", "fit_latent_lib"),
+  case("the ELBO of a minified model", get_elbo(fit_min), "scvir_minified_error",
+       "needs the counts", "fit_min"),
+  case("training a minified model", train_model(fit_min, max_epochs = 1), "scvir_minified_error",
+       "needs the counts", "fit_min"),
+  case("lvm-DE on a minified model",
+       differential_expression(fit_min, groupby = groups, weights = "importance", silent = TRUE),
+       "scvir_minified_error", "needs the counts"),
+  case("lvm-DE options that do not exist",
+       differential_expression(fit, groupby = groups, weights = "importance", silent = TRUE,
+                               importance_weighting_kwargs = list(n_anchors = 5)),
+       "scvir_config_error", "unknown option\\(s\\) n_anchors"),
+  case("importance weights over several transform batches",
+       get_normalized_expression(fit_b, n_samples_overall = 10, weights = "importance",
+                                 transform_batch = c("g1", "g2")),
+       "scvir_config_error", "several transform_batch")
 ), fx)
 
 check_cases("files", list(

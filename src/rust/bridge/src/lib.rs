@@ -531,15 +531,6 @@ fn scvir_read_h5ad(path: &str, layer: &str) -> Result<List> {
             other => other,
         })
         .map_err(engine_error)?;
-    let frame = |f: &h5ad::Frame| -> Result<List> {
-        let names: Vec<&str> = f.columns.iter().map(|(n, _)| n.as_str()).collect();
-        let cols: Vec<Robj> = f.columns.iter().map(|(_, c)| column_to_robj(c)).collect();
-        let columns = List::from_names_and_values(names, cols)?;
-        List::from_names_and_values(
-            ["index", "columns", "skipped"],
-            [f.index.clone().into_robj(), columns.into_robj(), f.skipped.clone().into_robj()],
-        )
-    };
     let c = &data.counts;
     List::from_names_and_values(
         ["indptr", "indices", "values", "n_cells", "n_genes", "obs", "var"],
@@ -549,10 +540,161 @@ fn scvir_read_h5ad(path: &str, layer: &str) -> Result<List> {
             c.data.clone().into_robj(),
             (c.n_cells as i32).into_robj(),
             (c.n_genes as i32).into_robj(),
-            frame(&data.obs)?.into_robj(),
-            frame(&data.var)?.into_robj(),
+            frame_to_list(&data.obs)?.into_robj(),
+            frame_to_list(&data.var)?.into_robj(),
         ],
     )
+}
+
+/// The extras of an .h5ad file: layers (CSR lists), dense obsm / varm (matrices), raw (CSR and
+/// var frame), uns scalars and the entries skipped.
+/// @noRd
+#[extendr]
+fn scvir_read_h5ad_extras(path: &str, n_cells: i32, n_genes: i32, layers: bool, obsm: bool, raw: bool) -> Result<List> {
+    quiet_panics();
+    let e = h5ad::read_extras(path, n_cells.max(0) as usize, n_genes.max(0) as usize, layers, obsm, raw)
+        .map_err(|e| h5ad_error(path, e))
+        .map_err(engine_error)?;
+    let csr = |c: &scvir_engine::data::counts::OwnedCounts| -> Result<Robj> {
+        Ok(List::from_names_and_values(
+            ["indptr", "indices", "values", "n_cells", "n_genes"],
+            [c.indptr.clone().into_robj(), c.indices.clone().into_robj(), c.data.clone().into_robj(), (c.n_cells as i32).into_robj(), (c.n_genes as i32).into_robj()],
+        )?
+        .into_robj())
+    };
+    let dense = |list: &[(String, scvir_engine::io::h5ad_write::DenseOut)]| -> Result<Robj> {
+        let names: Vec<&str> = list.iter().map(|(n, _)| n.as_str()).collect();
+        let mats: Vec<Robj> = list
+            .iter()
+            .map(|(_, m)| RMatrix::new_matrix(m.n_rows, m.n_cols, |r, c| m.values[r * m.n_cols + c]).into_robj())
+            .collect();
+        Ok(List::from_names_and_values(names, mats)?.into_robj())
+    };
+    let layer_names: Vec<&str> = e.layers.iter().map(|(n, _)| n.as_str()).collect();
+    let layer_values = e.layers.iter().map(|(_, m)| csr(m)).collect::<Result<Vec<Robj>>>()?;
+    let raw = match &e.raw {
+        Some((m, var)) => List::from_names_and_values(["x", "var"], [csr(m)?, frame_to_list(var)?.into_robj()])?.into_robj(),
+        None => ().into_robj(),
+    };
+    let uns_names: Vec<&str> = e.uns.iter().map(|(n, _)| n.as_str()).collect();
+    let uns_values: Vec<String> = e.uns.iter().map(|(_, v)| v.clone()).collect();
+    List::from_names_and_values(
+        ["layers", "obsm", "varm", "raw", "uns", "skipped"],
+        [
+            List::from_names_and_values(layer_names, layer_values)?.into_robj(),
+            dense(&e.obsm)?,
+            dense(&e.varm)?,
+            raw,
+            List::from_names_and_values(uns_names, uns_values.into_iter().map(|v| v.into_robj()))?.into_robj(),
+            e.skipped.clone().into_robj(),
+        ],
+    )
+}
+
+/// An R data-frame description as the writer takes it: `list(index = , columns = list(name =
+/// list(kind, values, categories, ordered)))` with kind "numeric", "bool", "string" or
+/// "categorical" (0-based codes, -1 missing).
+fn frame_from_list(l: &List, what: &str) -> Result<h5ad::Frame> {
+    let bad = |m: String| Error::Other(format!("[scviR:engine] {what}: {m}"));
+    let map: std::collections::HashMap<&str, Robj> = l.iter().collect();
+    let index: Vec<String> = map
+        .get("index")
+        .and_then(|i| i.as_string_vector())
+        .ok_or_else(|| bad("index must be character".into()))?;
+    let cols = map.get("columns").and_then(|c| c.as_list()).ok_or_else(|| bad("columns must be a list".into()))?;
+    let mut columns = Vec::new();
+    for (name, c) in cols.iter() {
+        let c = c.as_list().ok_or_else(|| bad(format!("column {name} is not a list")))?;
+        let f: std::collections::HashMap<&str, Robj> = c.iter().collect();
+        let kind = f.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        let values = f.get("values").ok_or_else(|| bad(format!("column {name} has no values")))?;
+        let col = match kind {
+            "numeric" => h5ad::Column::Numeric(values.as_real_vector().ok_or_else(|| bad(format!("column {name}: numeric values")))?),
+            "bool" => h5ad::Column::Boolean(
+                values.as_logical_vector().ok_or_else(|| bad(format!("column {name}: logical values")))?.iter().map(|b| b.is_true()).collect(),
+            ),
+            "string" => h5ad::Column::Strings(values.as_string_vector().ok_or_else(|| bad(format!("column {name}: strings")))?),
+            "categorical" => h5ad::Column::Categorical {
+                codes: values.as_integer_vector().ok_or_else(|| bad(format!("column {name}: integer codes")))?,
+                categories: f.get("categories").and_then(|c| c.as_string_vector()).unwrap_or_default(),
+                ordered: f.get("ordered").and_then(|o| o.as_bool()).unwrap_or(false),
+            },
+            other => return Err(bad(format!("column {name} has unknown kind \"{other}\""))),
+        };
+        columns.push((name.to_string(), col));
+    }
+    Ok(h5ad::Frame { index, columns, skipped: vec![] })
+}
+
+fn frame_to_list(f: &h5ad::Frame) -> Result<List> {
+    let names: Vec<&str> = f.columns.iter().map(|(n, _)| n.as_str()).collect();
+    let cols: Vec<Robj> = f.columns.iter().map(|(_, c)| column_to_robj(c)).collect();
+    let columns = List::from_names_and_values(names, cols)?;
+    List::from_names_and_values(["index", "columns", "skipped"], [f.index.clone().into_robj(), columns.into_robj(), f.skipped.clone().into_robj()])
+}
+
+/// `list(indptr, indices, values, n_rows, n_cols)` (a dgCMatrix's slots read as compressed rows).
+fn csr_from_list(l: &List, what: &str) -> Result<scvir_engine::io::h5ad_write::CsrOut> {
+    let bad = |m: &str| Error::Other(format!("[scviR:engine] {what}: {m}"));
+    let map: std::collections::HashMap<&str, Robj> = l.iter().collect();
+    let ints = |k: &str| map.get(k).and_then(|v| v.as_integer_slice()).ok_or_else(|| bad(k));
+    let values = map.get("values").and_then(|v| v.as_real_slice()).ok_or_else(|| bad("values"))?;
+    if let Some(v) = values.iter().find(|v| !v.is_finite() || v.abs() > f32::MAX as f64) {
+        return Err(Error::Other(format!("[scviR:input] {what} holds {v}, which a float32 .h5ad matrix cannot store")));
+    }
+    let n = |k: &str| map.get(k).and_then(|v| v.as_integer().or_else(|| v.as_real().map(|x| x as i32))).ok_or_else(|| bad(k));
+    Ok(scvir_engine::io::h5ad_write::CsrOut {
+        n_rows: n("n_rows")?.max(0) as usize,
+        n_cols: n("n_cols")?.max(0) as usize,
+        indptr: ints("indptr")?.iter().map(|&x| x as i64).collect(),
+        indices: ints("indices")?.to_vec(),
+        data: values.iter().map(|&v| v as f32).collect(),
+    })
+}
+
+fn dense_list(l: &List, what: &str) -> Result<Vec<(String, scvir_engine::io::h5ad_write::DenseOut)>> {
+    let mut out = Vec::new();
+    for (name, m) in l.iter() {
+        let values = m.as_real_slice().ok_or_else(|| Error::Other(format!("[scviR:engine] {what} {name} must be a double matrix")))?;
+        let dim = m.dim().ok_or_else(|| Error::Other(format!("[scviR:engine] {what} {name} must be a matrix")))?;
+        let (nr, nc) = (dim.elt(0).0 as usize, dim.elt(1).0 as usize);
+        let mut v = vec![0.0; nr * nc];
+        for r in 0..nr {
+            for c in 0..nc {
+                v[r * nc + c] = values[c * nr + r];
+            }
+        }
+        out.push((name.to_string(), scvir_engine::io::h5ad_write::DenseOut { n_rows: nr, n_cols: nc, values: v }));
+    }
+    Ok(out)
+}
+
+/// Writes an .h5ad file from R's pieces (see `frame_from_list`, `csr_from_list`).
+/// @noRd
+#[extendr]
+fn scvir_write_h5ad(path: &str, x: List, layers: List, obs: List, var: List, obsm: List, varm: List, uns: List) -> Result<()> {
+    quiet_panics();
+    let layers = layers.iter().map(|(n, m)| Ok((n.to_string(), csr_from_list(&m.as_list().unwrap_or_default(), n)?))).collect::<Result<Vec<_>>>()?;
+    let uns = uns.iter().map(|(n, v)| (n.to_string(), v.as_str().unwrap_or("").to_string())).collect();
+    let d = scvir_engine::io::h5ad_write::H5adOut {
+        x: csr_from_list(&x, "X")?,
+        layers,
+        obs: frame_from_list(&obs, "obs")?,
+        var: frame_from_list(&var, "var")?,
+        obsm: dense_list(&obsm, "obsm")?,
+        varm: dense_list(&varm, "varm")?,
+        uns,
+    };
+    scvir_engine::io::h5ad_write::write(path, &d).map_err(|e| h5ad_error(path, e)).map_err(engine_error)
+}
+
+/// HDF5 and I/O errors do not name the file.
+fn h5ad_error(path: &str, e: scvir_engine::Error) -> scvir_engine::Error {
+    match e {
+        scvir_engine::Error::Hdf5(h) => scvir_engine::Error::InvalidInput(format!("{path}: {h}")),
+        scvir_engine::Error::Io(io) => scvir_engine::Error::InvalidInput(format!("{path}: {io}")),
+        other => other,
+    }
 }
 
 extern "C" {
@@ -598,6 +740,8 @@ extendr_module! {
     fn scvir_weighted_expression;
     fn scvir_predict;
     fn scvir_read_h5ad;
+    fn scvir_read_h5ad_extras;
+    fn scvir_write_h5ad;
     fn scvir_cuda_available;
     fn scvir_set_tuning;
     fn scvir_blas_info;

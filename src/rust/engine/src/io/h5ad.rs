@@ -259,6 +259,84 @@ fn read_column(g: &Group, name: &str) -> Result<Option<Column>> {
     }
 }
 
+/// What an .h5ad file holds besides X, obs and var.
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    pub layers: Vec<(String, OwnedCounts)>,
+    /// Dense obsm / varm matrices (row-major); sparse or data-frame entries are listed in
+    /// `skipped`.
+    pub obsm: Vec<(String, super::h5ad_write::DenseOut)>,
+    pub varm: Vec<(String, super::h5ad_write::DenseOut)>,
+    /// `raw`: its X (cells x raw genes) and var.
+    pub raw: Option<(OwnedCounts, Frame)>,
+    /// Scalar entries of uns (strings and numbers, as text).
+    pub uns: Vec<(String, String)>,
+    pub skipped: Vec<String>,
+}
+
+fn read_dense_group(g: &Group, what: &str, n_rows: usize, out: &mut Vec<(String, super::h5ad_write::DenseOut)>, skipped: &mut Vec<String>) {
+    for name in g.member_names().unwrap_or_default() {
+        match g.dataset(&name) {
+            Ok(ds) if ds.ndim() == 2 && ds.shape()[0] == n_rows => match ds.read_raw::<f64>() {
+                Ok(values) => out.push((name, super::h5ad_write::DenseOut { n_rows, n_cols: ds.shape()[1], values })),
+                Err(_) => skipped.push(format!("{what}/{name}")),
+            },
+            _ => skipped.push(format!("{what}/{name}")),
+        }
+    }
+}
+
+/// Reads layers, obsm, varm, raw and uns scalars (each on request).
+pub fn read_extras(path: &str, n_cells: usize, n_genes: usize, layers: bool, obsm: bool, raw: bool) -> Result<Extras> {
+    let file = open(path)?;
+    let mut out = Extras::default();
+    if layers {
+        if let Ok(g) = file.group("layers") {
+            for name in g.member_names().unwrap_or_default() {
+                match read_matrix(&g, &name, n_cells, n_genes, path) {
+                    Ok(m) => out.layers.push((name, m)),
+                    Err(_) => out.skipped.push(format!("layers/{name}")),
+                }
+            }
+        }
+    }
+    if obsm {
+        if let Ok(g) = file.group("obsm") {
+            read_dense_group(&g, "obsm", n_cells, &mut out.obsm, &mut out.skipped);
+        }
+        if let Ok(g) = file.group("varm") {
+            read_dense_group(&g, "varm", n_genes, &mut out.varm, &mut out.skipped);
+        }
+    }
+    if raw {
+        if let Ok(g) = file.group("raw") {
+            let var = read_frame(&g.group("var").map_err(|_| fmt_err(path, "raw has no var"))?)?;
+            let m = read_matrix(&g, "X", n_cells, var.index.len(), path)?;
+            out.raw = Some((m, var));
+        }
+    }
+    if let Ok(g) = file.group("uns") {
+        for name in g.member_names().unwrap_or_default() {
+            let Ok(ds) = g.dataset(&name) else { continue };
+            if ds.ndim() != 0 {
+                continue;
+            }
+            let value = if is_string_dataset(&ds) {
+                ds.read_scalar::<VarLenUnicode>()
+                    .map(|s| s.as_str().to_string())
+                    .or_else(|_| ds.read_scalar::<VarLenAscii>().map(|s| s.as_str().to_string()))
+                    .ok()
+            } else {
+                ds.read_scalar::<f64>().ok().map(|v| v.to_string())
+            };
+            if let Some(v) = value {
+                out.uns.push((name, v));
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::csc_to_csr;

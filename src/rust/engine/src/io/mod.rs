@@ -1,4 +1,5 @@
-//! Model files and AnnData (.h5ad) input.
+//! Model files and AnnData (.h5ad) input and output.
 
 pub mod h5ad;
+pub mod h5ad_write;
 pub mod model_file;
