@@ -16,6 +16,14 @@
 #' Models also survive [saveRDS()] / [readRDS()] as they are, alone or inside a Seurat or
 #' SingleCellExperiment object: the model's bytes are plain R data.
 #'
+#' `load_model()` also reads directories saved by scvi-tools' `model.save()`: `model.pt`
+#' (scvi-tools >= 0.15) or the legacy `model_params.pt` / `var_names.csv` / `attr.pkl`, for
+#' SCVI, LinearSCVI (returned as LDVAE) and SCANVI, natively (zip archive, pickle and tensor
+#' storages parsed by the engine; no Python). The architecture, genes, batches, labels and
+#' covariate categories come from the save; a class or option scviR does not implement is an
+#' error naming it. Such a model holds no cells (give `newdata`), answers every query, maps
+#' queries ([load_query_data()]) and is saved again by `save_model()` in scviR's format.
+#'
 #' @param object An `scvi_model`, or a Seurat / SingleCellExperiment object holding one.
 #' @param dir Directory to write (created if needed).
 #' @param ... Unused: it makes the later arguments match by their full names only; an unknown or
@@ -77,7 +85,10 @@ load_model <- function(dir) {
                         if (file.exists(dir)) "it is a file, not a directory" else "no such directory"))
   }
   path <- file.path(dir, "model.scvir")
-  if (!file.exists(path)) scvir_abort(sprintf("no model found: %s does not exist", path))
+  if (!file.exists(path)) {
+    if (any(file.exists(file.path(dir, c("model.pt", "model_params.pt"))))) return(.import_scvi_tools(dir))
+    scvir_abort(sprintf("no model found: %s does not exist (nor a scvi-tools model.pt)", path))
+  }
   bytes <- .read_bytes(path)
   r_path <- file.path(dir, "fit.rds")
   r_side <- if (file.exists(r_path)) {
@@ -107,6 +118,21 @@ load_model <- function(dir) {
     fit$unlabeled_category <- r_side$unlabeled_category %||% fit$unlabeled_category
     fit$pretrained <- r_side$pretrained
   }
+  fit
+}
+
+# A directory saved by scvi-tools' model.save() (model.pt, or the pre-0.15 model_params.pt,
+# var_names.csv and attr.pkl), read by the engine without Python. The saved model holds no cells
+# (scvi-tools saves the AnnData only on request): queries take newdata.
+.import_scvi_tools <- function(dir) {
+  bytes <- .engine(.rs_import_scvi_tools(dir))
+  fit <- .new_fit(as.raw(bytes), cells = character(), data = NULL, seed = 0L,
+                  n_threads = .default_threads())
+  fit$is_trained <- TRUE
+  fit$source <- list(type = "scvi-tools", model = attr(bytes, "scvi_tools_model"),
+                     version = attr(bytes, "scvi_tools_version"), dir = dir)
+  fit$accelerator <- "auto"
+  fit$device_index <- 0L
   fit
 }
 

@@ -546,6 +546,30 @@ fn scvir_read_h5ad(path: &str, layer: &str) -> Result<List> {
     )
 }
 
+/// A model directory saved by scvi-tools (model.pt, or the legacy files), converted to this
+/// engine's model bytes.
+/// @noRd
+#[extendr]
+fn scvir_import_scvi_tools(dir: &str) -> Result<Robj> {
+    let _session = prepare(1);
+    let imp = scvir_engine::io::scvi_tools::load_dir(std::path::Path::new(dir), Device::Cpu).map_err(engine_error)?;
+    let meta = model_file::ModelMeta {
+        model: model_name(&imp.config).into(),
+        engine_version: env!("CARGO_PKG_VERSION").into(),
+        vae: imp.config.clone(),
+        train: TrainConfig::default(),
+        registry: imp.registry,
+        history: Default::default(),
+        split: Default::default(),
+        tensors: vec![],
+    };
+    let bytes = model_file::to_bytes(&imp.vae, &meta).map_err(engine_error)?;
+    let mut r = Raw::from_bytes(&bytes).into_robj();
+    r.set_attrib("scvi_tools_model", imp.model).map_err(|e| Error::Other(e.to_string()))?;
+    r.set_attrib("scvi_tools_version", imp.scvi_version).map_err(|e| Error::Other(e.to_string()))?;
+    Ok(r)
+}
+
 /// The extras of an .h5ad file: layers (CSR lists), dense obsm / varm (matrices), raw (CSR and
 /// var frame), uns scalars and the entries skipped.
 /// @noRd
@@ -741,6 +765,7 @@ extendr_module! {
     fn scvir_predict;
     fn scvir_read_h5ad;
     fn scvir_read_h5ad_extras;
+    fn scvir_import_scvi_tools;
     fn scvir_write_h5ad;
     fn scvir_cuda_available;
     fn scvir_set_tuning;

@@ -3,3 +3,5 @@
 pub mod h5ad;
 pub mod h5ad_write;
 pub mod model_file;
+pub mod pickle;
+pub mod scvi_tools;

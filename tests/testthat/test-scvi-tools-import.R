@@ -1,0 +1,55 @@
+# Models saved by scvi-tools (fixtures made by bench/scvi_tools_fixtures.py on the bundled PBMC 3k:
+# the first 300 cells and 100 genes, batches alternating a / b) load natively and give the latent
+# means scvi-tools computed.
+
+fixture <- function(...) test_path("fixtures", "scvi-tools", ...)
+
+fixture_cells <- function() {
+  sce <- read_h5ad(pbmc3k_path())
+  list(counts = SingleCellExperiment::counts(sce)[1:100, 1:300],
+       batch = ifelse(seq_len(300) %% 2 == 1, "a", "b"))
+}
+
+test_that("SCVI, LinearSCVI and SCANVI saves of scvi-tools give scvi-tools' latent means", {
+  skip_if_not_installed("SingleCellExperiment")
+  d <- fixture_cells()
+  for (model in c("SCVI", "LinearSCVI", "SCANVI")) {
+    for (dir in c(model, paste0(model, "_legacy"))) {
+      fit <- load_model(fixture(dir))
+      expect_s3_class(fit, "scvi_model")
+      expect_identical(fit$genes, rownames(d$counts), info = dir)
+      expect_identical(fit$batches, c("a", "b"), info = dir)
+      expected <- utils::read.csv(fixture(model, "expected.csv"), row.names = 1)
+      z <- get_latent_representation(fit, newdata = d$counts, batch = d$batch)
+      expect_lt(max(abs(z - as.matrix(expected[, grep("^z", names(expected))]))), 1e-4)
+      if (model == "SCANVI") {
+        expect_s3_class(fit, "scanvi_model")
+        expect_identical(as.character(predict(fit, newdata = d$counts, batch = d$batch)),
+                         expected$prediction)
+      }
+      if (model == "LinearSCVI") expect_identical(fit$model_type, "LDVAE")
+    }
+  }
+})
+
+test_that("an imported model is saved in scviR's format and maps a query", {
+  skip_if_not_installed("SingleCellExperiment")
+  d <- fixture_cells()
+  fit <- load_model(fixture("SCVI"))
+  dir <- tempfile("imported_")
+  on.exit(unlink(dir, recursive = TRUE))
+  save_model(fit, dir)
+  again <- load_model(dir)
+  expect_identical(get_latent_representation(again, newdata = d$counts, batch = d$batch),
+                   get_latent_representation(fit, newdata = d$counts, batch = d$batch))
+  q <- load_query_data(d$counts[, 1:60], fit, batch = rep("new", 60), seed = 1, n_threads = 1)
+  expect_identical(q$batches, c("a", "b", "new"))
+})
+
+test_that("directories that are not scvi-tools saves are refused with the path named", {
+  dir <- tempfile("not_a_model_")
+  dir.create(dir)
+  on.exit(unlink(dir, recursive = TRUE))
+  writeBin(as.raw(1:100), file.path(dir, "model.pt"))
+  expect_error(load_model(dir), "zip", class = "scvir_model_error")
+})
