@@ -46,6 +46,7 @@
   .rs_call("scvir_denoised_samples", model, data, opts, transform_batch, n_samples, rna_size_factor)
 }
 .rs_read_h5ad <- function(path, layer) .rs_call("scvir_read_h5ad", path, layer)
+.rs_save_scvi_tools <- function(model, dir) .rs_call("scvir_save_scvi_tools", model, dir)
 .rs_import_scvi_tools <- function(dir) .rs_call("scvir_import_scvi_tools", dir)
 .rs_read_h5ad_extras <- function(path, n_cells, n_genes, layers, obsm, raw) {
   .rs_call("scvir_read_h5ad_extras", path, as.integer(n_cells), as.integer(n_genes), layers, obsm, raw)

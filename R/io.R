@@ -30,6 +30,13 @@
 #'   abbreviated name is a `scvir_config_error` that names the closest arguments.
 #' @param overwrite Replace an existing model in `dir`.
 #' @param save_data Also save the training counts (so that the loaded model needs no `newdata`).
+#' @param format `"scviR"` (this package's format), or `"scvi-tools"`: a directory with
+#'   `model.pt` that scvi-tools' `SCVI.load(dir, adata = )` (`LinearSCVI` for LDVAE, `SCANVI`)
+#'   reads, without the data. The AnnData given to it needs the model's genes and, in `obs`, the
+#'   batch column named by the model's batch key (`"batch"` for models trained on a batch
+#'   vector) and, for scANVI, the labels column (`"labels"` unless the model records one).
+#'   Extra covariates, size factors, batch embeddings, softplus variances, label groups and
+#'   reference-mapping query models are refused (scviR format only).
 #' @return `save_model()`: `dir`, invisibly. `load_model()`: an `scvi_model`.
 #' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
 #' data("pbmc_small", package = "SeuratObject")
@@ -42,12 +49,14 @@
 #' all.equal(get_latent_representation(fit), get_latent_representation(fit2))
 #' unlink(dir, recursive = TRUE)
 #' @export
-save_model <- function(object, dir, ..., overwrite = FALSE, save_data = TRUE) {
+save_model <- function(object, dir, ..., overwrite = FALSE, save_data = TRUE, format = "scviR") {
   .check_dots(list(...), formals(save_model), after = "dir")
   overwrite <- .check_flag(overwrite, "overwrite")
   save_data <- .check_flag(save_data, "save_data")
+  format <- .check_choice(format, c("scviR", "scvi-tools"), "format")
   fit <- .fit_of(object)
   dir <- .check_path(dir, "dir")
+  if (format == "scvi-tools") return(.save_scvi_tools(fit, dir, overwrite))
   path <- file.path(dir, "model.scvir")
   r_path <- file.path(dir, "fit.rds")
   if (file.exists(path) && !overwrite) {
@@ -119,6 +128,21 @@ load_model <- function(dir) {
     fit$pretrained <- r_side$pretrained
   }
   fit
+}
+
+# scvi-tools' format: dir/model.pt, written atomically by the engine.
+.save_scvi_tools <- function(fit, dir, overwrite) {
+  path <- file.path(dir, "model.pt")
+  if (file.exists(path) && !overwrite) scvir_abort(sprintf("%s exists; use overwrite = TRUE to replace it", path))
+  if (file.exists(dir) && !dir.exists(dir)) {
+    scvir_abort(sprintf("cannot save the model in %s: it is a file, not a directory", dir))
+  }
+  if (!dir.exists(dir)) .fs_step(dir.create(dir, recursive = TRUE), "create the directory", dir)
+  tmp <- tempfile(".scvi-tools-", tmpdir = dir)
+  on.exit(unlink(tmp, recursive = TRUE), add = TRUE)
+  .engine(.rs_save_scvi_tools(fit$model, tmp))
+  .fs_step(file.rename(file.path(tmp, "model.pt"), path), "write", path)
+  invisible(dir)
 }
 
 # A directory saved by scvi-tools' model.save() (model.pt, or the pre-0.15 model_params.pt,

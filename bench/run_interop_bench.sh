@@ -11,3 +11,7 @@ out=$(mktemp -d)
 "$venv/bin/python" "$here/scvi_tools_fixtures.py" "$out" --cells 2638 --genes 2000 --hidden 128 \
   --latent 10 --epochs 20 2>&1 | grep '^RESULT'
 Rscript "$here/scvi_tools_interop.R" "$out" 2638 2000
+# scviR -> scvi-tools: models saved with save_model(format = "scvi-tools"), loaded by scvi-tools.
+exp=$(mktemp -d)
+Rscript "$here/scvir_export.R" "$exp" 2638 2000 20 2>&1 | grep '^RESULT'
+"$venv/bin/python" "$here/scvi_tools_load_check.py" "$exp" 2638 2000 2>&1 | grep '^|'

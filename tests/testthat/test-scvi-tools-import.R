@@ -53,3 +53,24 @@ test_that("directories that are not scvi-tools saves are refused with the path n
   writeBin(as.raw(1:100), file.path(dir, "model.pt"))
   expect_error(load_model(dir), "zip", class = "scvir_model_error")
 })
+
+test_that("save_model(format = \"scvi-tools\") writes a model.pt that reads back the same", {
+  fit <- quick_fit(max_epochs = 3L, batch = rep(c("a", "b"), 40))
+  dir <- tempfile("to_scvi_tools_")
+  on.exit(unlink(dir, recursive = TRUE))
+  save_model(fit, dir, format = "scvi-tools")
+  expect_true(file.exists(file.path(dir, "model.pt")))
+  expect_length(list.files(dir, all.files = TRUE, no.. = TRUE), 1) # no temporary left
+  back <- load_model(dir)
+  expect_identical(back$batches, fit$batches)
+  expect_equal(get_latent_representation(back, newdata = pbmc_small_counts(), batch = rep(c("a", "b"), 40)),
+               get_latent_representation(fit), tolerance = 1e-6)
+  expect_error(save_model(fit, dir, format = "scvi-tools"), "overwrite", class = "scvir_input_error")
+  expect_error(save_model(fit, dir, format = "anndata"), class = "scvir_config_error")
+  # what scvi-tools' format cannot hold is refused, naming it
+  q <- load_query_data(pbmc_small_counts(), fit, batch = rep("c", 80), seed = 1, n_threads = 1)
+  expect_error(save_model(q, tempfile(), format = "scvi-tools"), "query model", class = "scvir_input_error")
+  emb <- quick_fit(max_epochs = 1L, batch = rep(c("a", "b"), 40), batch_representation = "embedding")
+  expect_error(save_model(emb, tempfile(), format = "scvi-tools"), "batch embedding",
+               class = "scvir_input_error")
+})

@@ -570,6 +570,16 @@ fn scvir_import_scvi_tools(dir: &str) -> Result<Robj> {
     Ok(r)
 }
 
+/// Writes `dir/model.pt` in scvi-tools' save format for this engine's model bytes.
+/// @noRd
+#[extendr]
+fn scvir_save_scvi_tools(model: Raw, dir: &str) -> Result<()> {
+    let _session = prepare(1);
+    let (vae, meta) = model_file::from_bytes(model.as_slice(), Device::Cpu).map_err(engine_error)?;
+    scvir_engine::io::scvi_tools_write::save_dir(std::path::Path::new(dir), &meta.model, &vae, &meta.registry, "1.4.2")
+        .map_err(engine_error)
+}
+
 /// The extras of an .h5ad file: layers (CSR lists), dense obsm / varm (matrices), raw (CSR and
 /// var frame), uns scalars and the entries skipped.
 /// @noRd
@@ -766,6 +776,7 @@ extendr_module! {
     fn scvir_read_h5ad;
     fn scvir_read_h5ad_extras;
     fn scvir_import_scvi_tools;
+    fn scvir_save_scvi_tools;
     fn scvir_write_h5ad;
     fn scvir_cuda_available;
     fn scvir_set_tuning;

@@ -5,3 +5,4 @@ pub mod h5ad_write;
 pub mod model_file;
 pub mod pickle;
 pub mod scvi_tools;
+pub mod scvi_tools_write;
