@@ -313,9 +313,14 @@ scvi_model <- function(counts, ..., batch = NULL, labels = NULL, categorical_cov
 print.scvi_model <- function(x, ...) {
   cfg <- x$config
   h <- x$history
-  cat(sprintf("%s model (scviR %s), trained for %d epochs%s\n", x$model_type, x$engine_version,
-              if (is.data.frame(h)) nrow(h) else 0L,
-              if (!is.null(x$stopped_early_at)) " (stopped early)" else ""))
+  if (identical(x$source$type, "scvi-tools")) {
+    cat(sprintf("%s model imported from scvi-tools %s (%s)\n", x$model_type, x$source$version %||% "",
+                x$source$model %||% x$model_type))
+  } else {
+    cat(sprintf("%s model (scviR %s), trained for %d epochs%s\n", x$model_type, x$engine_version,
+                if (is.data.frame(h)) nrow(h) else 0L,
+                if (!is.null(x$stopped_early_at)) " (stopped early)" else ""))
+  }
   cat(sprintf("  data:     %d genes x %d cells (train %d, validation %d, test %d)\n",
               length(x$genes), length(x$cells), length(x$train_indices),
               length(x$validation_indices), length(x$test_indices)))
