@@ -238,3 +238,18 @@ test_that("a scANVI reference transfers labels to a batch-shifted PBMC 3k query"
   expect_error(load_query_data(a$query, ref_fit, batch_key = "batch", labels_key = "batch"),
                "not labels of the scANVI model", class = "scvir_input_error")
 })
+
+test_that("an LDVAE reference maps a query: only the new batch's decoder columns train", {
+  s <- small_arches()
+  ref <- ldvae(s$counts[, 1:60], batch = rep(c("a", "b"), 30), max_epochs = 5L, seed = 1L,
+               n_threads = 1L, verbose = FALSE)
+  q <- load_query_data(s$query, ref, batch = rep("c", 20), seed = 2, n_threads = 1)
+  q <- train_model(q, max_epochs = 3L, weight_decay = 1e-3, seed = 3, n_threads = 1, verbose = FALSE)
+  expect_identical(q$model_type, "LDVAE")
+  changed <- compare_weights(ref, q)
+  expect_false(any(c("decoder.factor_regressor.layer_0.linear.weight", "z_encoder.mean_encoder.weight") %in% changed))
+  expect_equal(dim(get_loadings(q)), dim(get_loadings(ref)))
+  w <- tensors(q)[["decoder.factor_regressor.layer_0.linear.weight"]]
+  expect_gt(max(abs(w[, ncol(w)] - tensors(load_query_data(s$query, ref, batch = rep("c", 20), seed = 2,
+                                                              n_threads = 1))[["decoder.factor_regressor.layer_0.linear.weight"]][, ncol(w)])), 0)
+})
