@@ -81,21 +81,15 @@ minify.scvi_model <- function(object, ..., newdata = NULL, batch = NULL, covaria
 minify.Seurat <- function(object, ..., which = "scvi", drop_counts = TRUE, batch_size = 128L,
                           n_threads = NULL, verbose = TRUE) {
   .check_dots(list(...), formals(minify.Seurat), after = "object")
-  which <- .check_choice(which, c("scvi", "scanvi"), "which")
-  drop_counts <- .check_flag(drop_counts, "drop_counts")
-  verbose <- .check_flag(verbose, "verbose")
-  d <- .seurat_query_inputs(object, which)
-  if (is.null(d$counts)) return(object)
-  before <- utils::object.size(object)
-  fit <- minify(d$fit, newdata = d$counts, batch = d$batch, covariates = d$covariates,
-                batch_size = batch_size, n_threads = n_threads, verbose = FALSE)
-  if (drop_counts) {
-    src <- d$fit$source %||% list()
-    object <- .empty_seurat_counts(object, .seurat_counts(object, src$assay, src$layer %||% "counts")$assay)
-  }
-  object@misc[[which]] <- fit
-  if (verbose) .report_minified(before, object, ncol(d$counts), drop_counts)
-  object
+  .minify_object(object, .seurat_query_inputs, which, drop_counts, batch_size, n_threads, verbose,
+                 empty = function(object, fit) {
+                   src <- fit$source %||% list()
+                   .empty_seurat_counts(object, .seurat_counts(object, src$assay, src$layer %||% "counts")$assay)
+                 },
+                 store = function(object, which, fit) {
+                   object@misc[[which]] <- fit
+                   object
+                 })
 }
 
 #' @rdname minify
@@ -103,20 +97,33 @@ minify.Seurat <- function(object, ..., which = "scvi", drop_counts = TRUE, batch
 minify.SingleCellExperiment <- function(object, ..., which = "scvi", drop_counts = TRUE,
                                         batch_size = 128L, n_threads = NULL, verbose = TRUE) {
   .check_dots(list(...), formals(minify.SingleCellExperiment), after = "object")
+  .minify_object(object, .sce_query_inputs, which, drop_counts, batch_size, n_threads, verbose,
+                 empty = function(object, fit) {
+                   assay <- fit$source$assay %||% "counts"
+                   old <- SummarizedExperiment::assay(object, assay, withDimnames = TRUE)
+                   SummarizedExperiment::assay(object, assay, withDimnames = FALSE) <- .empty_like(old)
+                   object
+                 },
+                 store = function(object, which, fit) {
+                   S4Vectors::metadata(object)[[which]] <- fit
+                   object
+                 })
+}
+
+# An object's model minified on the object's cells; `empty` drops the counts, `store` puts the
+# model back where the object keeps it.
+.minify_object <- function(object, inputs, which, drop_counts, batch_size, n_threads, verbose,
+                           empty, store) {
   which <- .check_choice(which, c("scvi", "scanvi"), "which")
   drop_counts <- .check_flag(drop_counts, "drop_counts")
   verbose <- .check_flag(verbose, "verbose")
-  d <- .sce_query_inputs(object, which)
+  d <- inputs(object, which)
   if (is.null(d$counts)) return(object)
   before <- utils::object.size(object)
   fit <- minify(d$fit, newdata = d$counts, batch = d$batch, covariates = d$covariates,
                 batch_size = batch_size, n_threads = n_threads, verbose = FALSE)
-  if (drop_counts) {
-    assay <- d$fit$source$assay %||% "counts"
-    old <- SummarizedExperiment::assay(object, assay, withDimnames = TRUE)
-    SummarizedExperiment::assay(object, assay, withDimnames = FALSE) <- .empty_like(old)
-  }
-  S4Vectors::metadata(object)[[which]] <- fit
+  if (drop_counts) object <- empty(object, d$fit)
+  object <- store(object, which, fit)
   if (verbose) .report_minified(before, object, ncol(d$counts), drop_counts)
   object
 }
