@@ -6,6 +6,9 @@
 # Counts (genes x cells dgCMatrix; its slots are the cells x genes CSR the engine reads in
 # place), 0-based batch codes and encoded covariates.
 .data_arg <- function(counts, codes, cov = NULL) {
+  if (.is_backed(counts)) {
+    return(list(h5ad = .backed_arg(counts), batch_codes = as.integer(codes), covariates = cov))
+  }
   list(indptr = counts@p, indices = counts@i, values = counts@x, n_cells = ncol(counts),
        n_genes = nrow(counts), batch_codes = as.integer(codes), covariates = cov)
 }
@@ -46,6 +49,15 @@
   .rs_call("scvir_denoised_samples", model, data, opts, transform_batch, n_samples, rna_size_factor)
 }
 .rs_read_h5ad <- function(path, layer) .rs_call("scvir_read_h5ad", path, layer)
+.rs_h5ad_backed <- function(path, layer) .rs_call("scvir_h5ad_backed", path, layer)
+.rs_h5ad_obs <- function(path, columns, index) .rs_call("scvir_h5ad_obs", path, as.character(columns), index)
+.rs_h5ad_gene_sums <- function(path, location, genes, codes, n_batches, clip) {
+  .rs_call("scvir_h5ad_gene_sums", path, location, as.integer(genes), as.integer(codes),
+           as.integer(n_batches), if (is.null(clip)) NULL else as.double(clip))
+}
+.rs_h5ad_read_cells <- function(path, location, genes, cells) {
+  .rs_call("scvir_h5ad_read_cells", path, location, as.integer(genes), as.integer(cells))
+}
 .rs_save_scvi_tools <- function(model, dir) .rs_call("scvir_save_scvi_tools", model, dir)
 .rs_import_scvi_tools <- function(dir) .rs_call("scvir_import_scvi_tools", dir)
 .rs_read_h5ad_extras <- function(path, n_cells, n_genes, layers, obsm, raw) {

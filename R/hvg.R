@@ -24,7 +24,9 @@
 #'
 #' @param counts A genes x cells matrix of raw counts, ideally a
 #'   `Matrix::dgCMatrix` (a base matrix or another `Matrix` class is converted),
-#'   with gene names as row names.
+#'   with gene names as row names; or counts on disk: an `.h5ad` path or
+#'   `read_h5ad(path, backed = TRUE)`, read in two passes without loading the matrix (there,
+#'   `batch` may name an obs column).
 #' @param ... Unused: it makes the later arguments match by their full names only; an unknown or
 #'   abbreviated name is a `scvir_config_error` that names the closest arguments.
 #' @param n_top_genes Number of genes to flag as highly variable.
@@ -56,30 +58,34 @@ select_hvg_seurat_v3 <- function(counts, ..., n_top_genes = 2000L, batch = NULL,
   flavor <- if (missing(flavor)) "seurat_v3" else .check_choice(flavor, c("seurat_v3", "seurat_v3_paper"), "flavor")
   n_top_genes <- .check_count_arg(n_top_genes, "n_top_genes")
   span <- .check_number(span, "span", lower = 0, open_lower = TRUE)
-  counts <- .as_dgc(counts)
+  counts <- .as_backed_input(counts)
+  backed <- .is_backed(counts)
+  if (!backed) counts <- .as_dgc(counts)
   if (!nrow(counts) || !ncol(counts)) {
     scvir_abort(sprintf("counts has %d genes x %d cells; at least one of each is needed",
                         nrow(counts), ncol(counts)))
   }
-  .check_dimnames(rownames(counts), "counts", "gene")
-  bad <- which(!is.finite(counts@x) | counts@x < 0)
+  .check_dimnames(.gene_names(counts), "counts", "gene")
+  # Counts on disk are checked by the engine as it reads them (an error names the cell).
+  bad <- if (backed) integer() else which(!is.finite(counts@x) | counts@x < 0)
   if (length(bad)) {
     scvir_abort(sprintf("counts contain %d negative, NaN/NA or infinite value(s) (first: %s); seurat_v3 needs raw counts",
                         length(bad), format(counts@x[bad[1]])))
   }
   n_genes <- nrow(counts)
   n_cells <- ncol(counts)
-  genes <- rownames(counts)
+  genes <- .gene_names(counts)
   if (is.null(genes)) genes <- as.character(seq_len(n_genes))
 
   if (n_top_genes > n_genes) {
     warning("`n_top_genes` > number of genes; flagging all genes")
     n_top_genes <- n_genes
   }
-  if (length(counts@x) && any(counts@x != round(counts@x))) {
+  if (!backed && length(counts@x) && any(counts@x != round(counts@x))) {
     warning("`counts` does not look like integer counts; seurat_v3 expects raw counts")
   }
 
+  if (backed) batch <- .obs_or_values(counts, batch, "batch")
   if (is.null(batch)) {
     batch_f <- factor(rep("1", n_cells))
   } else {
@@ -93,13 +99,18 @@ select_hvg_seurat_v3 <- function(counts, ..., n_top_genes = 2000L, batch = NULL,
     batch_f <- droplevels(as.factor(batch))
   }
 
-  stats_all <- hvg_mean_var(counts)
-
   batches <- levels(batch_f)
-  norm_var <- matrix(0, nrow = length(batches), ncol = n_genes)
-  for (b in seq_along(batches)) {
-    cols <- which(batch_f == batches[b])
-    norm_var[b, ] <- hvg_norm_var_batch(counts[, cols, drop = FALSE], span = span)
+  if (backed) {
+    st <- .hvg_backed_stats(counts, batch_f, span)
+    stats_all <- st$stats_all
+    norm_var <- st$norm_var
+  } else {
+    stats_all <- hvg_mean_var(counts)
+    norm_var <- matrix(0, nrow = length(batches), ncol = n_genes)
+    for (b in seq_along(batches)) {
+      cols <- which(batch_f == batches[b])
+      norm_var[b, ] <- hvg_norm_var_batch(counts[, cols, drop = FALSE], span = span)
+    }
   }
 
   # 0-based ranks within each batch, highest normalised variance first.
@@ -160,7 +171,19 @@ hvg_norm_var_batch <- function(m, span) {
   n <- ncol(m)
   mv <- hvg_mean_var(m)
   mu <- mv$mean
-  v <- mv$var
+  reg_std <- hvg_reg_std(mu, mv$var, span)
+  # Clip each (non-zero) count at mean + sqrt(n) * reg_std; zeros stay zero.
+  clip_val <- reg_std * sqrt(n) + mu
+  row <- m@i + 1L
+  m@x <- pmin(m@x, clip_val[row])
+  s1 <- Matrix::rowSums(m)
+  m@x <- m@x^2
+  s2 <- Matrix::rowSums(m)
+  hvg_norm_var_from(n, mu, reg_std, s1, s2)
+}
+
+# The loess fit of log10 variance on log10 mean (non-constant genes), as a standard deviation.
+hvg_reg_std <- function(mu, v, span) {
   non_const <- v > 0
   fitted_log10_var <- numeric(length(mu))
   if (any(non_const)) {
@@ -169,17 +192,12 @@ hvg_norm_var_batch <- function(m, span) {
     fit <- stats::loess(y ~ x, span = span, degree = 2)
     fitted_log10_var[non_const] <- stats::fitted(fit)
   }
-  reg_std <- sqrt(10^fitted_log10_var)
+  sqrt(10^fitted_log10_var)
+}
 
-  # Clip each (non-zero) count at mean + sqrt(n) * reg_std; zeros stay zero.
-  clip_val <- reg_std * sqrt(n) + mu
-  row <- m@i + 1L
-  m@x <- pmin(m@x, clip_val[row])
-  s1 <- Matrix::rowSums(m)
-  m@x <- m@x^2
-  s2 <- Matrix::rowSums(m)
-
-  # sum_j (x_ij - mu_i)^2 over the clipped values, standardised by reg_std.
+# sum_j (x_ij - mu_i)^2 over the clipped values (their sums s1 and sums of squares s2),
+# standardised by reg_std.
+hvg_norm_var_from <- function(n, mu, reg_std, s1, s2) {
   if (n > 1L) {
     (n * mu^2 + s2 - 2 * s1 * mu) / ((n - 1) * reg_std^2)
   } else {

@@ -269,7 +269,13 @@ load_model <- function(dir) {
 #' @param layer Layer to read as counts instead of `X` (`X` then becomes the assay `"X"`).
 #' @param layers,obsm,raw Read the other layers, obsm / varm and raw (`FALSE` skips them, e.g.
 #'   to save memory on large files).
-#' @return A SingleCellExperiment.
+#' @param backed `TRUE` leaves the counts on disk: the result is a handle (class `scvir_h5ad`:
+#'   the path, the matrix, var and the names of obs's columns) that [scvi_model()],
+#'   [scanvi_model()], [select_hvg_seurat_v3()] and the queries read in blocks, so memory holds
+#'   per-cell summaries rather than the matrix. The counts must be stored as CSR (anndata's
+#'   default for sparse X). `h[genes, ]` selects genes without reading; `h[, cells]` reads those
+#'   cells into a `dgCMatrix`. An `.h5ad` path given as counts is opened this way.
+#' @return A SingleCellExperiment, or with `backed = TRUE` an `scvir_h5ad` handle.
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
 #' # PBMC 3k (10x Genomics), 2,000 highly variable genes, with published cell types
 #' path <- system.file("extdata", "pbmc3k_hvg2000.h5ad", package = "scviR")
@@ -277,16 +283,17 @@ load_model <- function(dir) {
 #' sce
 #' table(sce$cell_type)
 #' @export
-read_h5ad <- function(path, ..., layer = NULL, layers = TRUE, obsm = TRUE, raw = TRUE) {
+read_h5ad <- function(path, ..., layer = NULL, layers = TRUE, obsm = TRUE, raw = TRUE, backed = FALSE) {
   .check_dots(list(...), formals(read_h5ad), after = "path")
-  .need("SingleCellExperiment")
   path <- .check_path(path, "path")
   if (!is.null(layer) && (!is.character(layer) || length(layer) != 1 || is.na(layer) || !nzchar(layer))) {
     scvir_abort(sprintf("layer must be NULL or a single layer name; got %s", .describe_value(layer)),
                 "scvir_config_error")
   }
-  for (nm in c("layers", "obsm", "raw")) .check_flag(get(nm), nm)
+  for (nm in c("layers", "obsm", "raw", "backed")) .check_flag(get(nm), nm)
   .check_readable(path)
+  if (isTRUE(backed)) return(.h5ad_backed(normalizePath(path), layer))
+  .need("SingleCellExperiment")
   main <- .engine(.rs_read_h5ad(path, layer %||% ""))
   cells <- main$obs$index
   genes <- main$var$index

@@ -131,7 +131,14 @@ scvi_model <- function(counts, ..., batch = NULL, labels = NULL, categorical_cov
   norm_where <- c("both", "encoder", "decoder", "none")
   bn <- .check_choice(use_batch_norm, norm_where, "use_batch_norm")
   ln <- .check_choice(use_layer_norm, norm_where, "use_layer_norm")
-  counts <- .check_counts(.as_dgc(counts))
+  counts <- .as_backed_input(counts)
+  if (.is_backed(counts)) {
+    # On disk: batch and labels may name obs columns of the file.
+    batch <- .obs_or_values(counts, batch, "batch")
+    labels <- .obs_or_values(counts, labels, "labels")
+  } else {
+    counts <- .check_counts(.as_dgc(counts))
+  }
   batch <- .check_batch(batch, ncol(counts))
   covariates <- list(labels = labels, categorical = categorical_covariates,
                      continuous = continuous_covariates, size_factor = size_factor)
@@ -193,12 +200,12 @@ scvi_model <- function(counts, ..., batch = NULL, labels = NULL, categorical_cov
   hvg <- NULL
   if (!is.null(features)) {
     features <- unique(as.character(features))
-    missing <- setdiff(features, rownames(counts))
+    missing <- setdiff(features, .gene_names(counts))
     if (length(missing)) {
       scvir_abort(sprintf("%d of the requested features are not genes of the data (e.g. %s)",
                           length(missing), paste0("\"", utils::head(missing, 3), "\"", collapse = ", ")))
     }
-    counts <- counts[rownames(counts) %in% features, , drop = FALSE]
+    counts <- counts[.gene_names(counts) %in% features, , drop = FALSE]
   } else if (!is.null(n_top_genes)) {
     n_top_genes <- .check_count_arg(n_top_genes, "n_top_genes", min = 2)
     if (nrow(counts) > n_top_genes) {
@@ -207,7 +214,8 @@ scvi_model <- function(counts, ..., batch = NULL, labels = NULL, categorical_cov
     }
   }
   if (nrow(counts) < 2) scvir_abort("fewer than 2 genes are left after gene selection")
-  .check_no_empty_cells(counts, sprintf("in the %d selected genes", nrow(counts)))
+  # Counts on disk: the engine finds empty cells in its first pass over the file.
+  if (!.is_backed(counts)) .check_no_empty_cells(counts, sprintf("in the %d selected genes", nrow(counts)))
   cov <- .encode_covariates(covariates, ncol(counts))
   # Model sizes (labels, covariate categories, size factors) and the option combinations the
   # model cannot take are the engine's: it derives the first from the registry and refuses the
@@ -228,7 +236,7 @@ scvi_model <- function(counts, ..., batch = NULL, labels = NULL, categorical_cov
     nrow(counts), max_epochs, n_threads, if (n_threads == 1) "" else "s", seed))
   if (!is.null(progress)) on.exit(progress$done(), add = TRUE)
   started <- proc.time()[["elapsed"]]
-  res <- .engine(.rs_train(.data_arg(counts, codes, cov$engine), rownames(counts), batches,
+  res <- .engine(.rs_train(.data_arg(counts, codes, cov$engine), .gene_names(counts), batches,
                            batch_key %||% "", .to_json(registry), .to_json(model),
                            .to_json(train), n_threads, progress$callback, accelerator,
                            as.integer(device_index), init_model))

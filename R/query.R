@@ -45,6 +45,16 @@
     }
     batch <- fit$data$batch
     covariates <- covariates %||% fit$data$covariates
+  } else if (.is_backed(newdata <- .as_backed_input(newdata))) {
+    # Counts on disk: the model's genes are a view of the file; batch may name an obs column.
+    missing <- setdiff(fit$genes, .gene_names(newdata))
+    if (length(missing)) {
+      scvir_abort(sprintf("newdata (%s) lacks %d of the model's %d genes (e.g. %s)", newdata$path,
+                          length(missing), length(fit$genes),
+                          paste0("\"", utils::head(missing, 3), "\"", collapse = ", ")))
+    }
+    counts <- newdata[fit$genes, ]
+    batch <- .obs_or_values(counts, batch, "batch")
   } else {
     counts <- .check_counts(.as_dgc(newdata, "newdata"), "newdata")
     missing <- setdiff(fit$genes, rownames(counts))

@@ -6,7 +6,8 @@
 use crate::convert::{engine_error, OwnedCovariates};
 use extendr_api::prelude::*;
 use extendr_api::Result;
-use scvir_engine::data::{Counts, Covariates};
+use scvir_engine::data::disk::CellSummaries;
+use scvir_engine::data::{CountSource, Counts, Covariates, DiskCounts};
 use std::collections::HashMap;
 
 /// The bundle's fields by name; a name outside `allowed` is refused (a renamed or misspelt field
@@ -36,18 +37,44 @@ pub struct DataArgs {
     n_cells: usize,
     n_genes: usize,
     covariates: OwnedCovariates,
+    /// Counts left in an .h5ad file, with their per-cell summaries.
+    disk: Option<(DiskCounts, CellSummaries)>,
 }
 
 impl DataArgs {
     pub fn from_list(list: &List) -> Result<Self> {
-        let map = fields(list, "data", &["indptr", "indices", "values", "n_cells", "n_genes", "batch_codes", "covariates"])?;
-        let n_cells = int(&map, "n_cells")?.max(0) as usize;
-        let n_genes = int(&map, "n_genes")?.max(0) as usize;
+        let map = fields(list, "data", &["indptr", "indices", "values", "n_cells", "n_genes", "batch_codes", "covariates", "h5ad"])?;
         let covariates = match map.get("covariates").and_then(|c| c.as_list()) {
             Some(l) => OwnedCovariates::from_list(&l)?,
             None => OwnedCovariates::default(),
         };
-        Ok(DataArgs { map, n_cells, n_genes, covariates })
+        if let Some(h) = map.get("h5ad").and_then(|h| h.as_list()) {
+            // list(path, location, genes): the file, "X" or "layers/<name>", and the 0-based file
+            // positions of the model's genes.
+            let h = fields(&h, "h5ad", &["path", "location", "genes"])?;
+            let text = |k: &str| field(&h, k).map(|v| v.as_str().unwrap_or("").to_string());
+            let genes: Vec<usize> = field(&h, "genes")?
+                .as_integer_slice()
+                .ok_or_else(|| Error::Other("[scviR:engine] h5ad genes must be integer".into()))?
+                .iter()
+                .map(|&g| g.max(0) as usize)
+                .collect();
+            let disk = DiskCounts::open(&text("path")?, &text("location")?, &genes).map_err(engine_error)?;
+            let summaries = disk.summaries().map_err(engine_error)?;
+            let (n_cells, n_genes) = (disk.n_cells(), disk.n_genes());
+            return Ok(DataArgs { map, n_cells, n_genes, covariates, disk: Some((disk, summaries)) });
+        }
+        let n_cells = int(&map, "n_cells")?.max(0) as usize;
+        let n_genes = int(&map, "n_genes")?.max(0) as usize;
+        Ok(DataArgs { map, n_cells, n_genes, covariates, disk: None })
+    }
+
+    /// The cells, in memory or on disk.
+    pub fn source(&self) -> Result<CountSource<'_>> {
+        match &self.disk {
+            Some((d, s)) => Ok(CountSource::Disk(d, s)),
+            None => Ok(CountSource::Memory(self.counts()?)),
+        }
     }
 
     fn ints(&self, name: &str) -> Result<&[i32]> {
@@ -62,7 +89,11 @@ impl DataArgs {
         self.n_genes
     }
 
+    /// The counts in memory (queries that pick cells at random need them).
     pub fn counts(&self) -> Result<Counts<'_>> {
+        if self.disk.is_some() {
+            return Err(Error::Other("[scviR:input] this computation needs the counts in memory; the data given are an .h5ad file on disk".into()));
+        }
         let values = field(&self.map, "values")?
             .as_real_slice()
             .ok_or_else(|| Error::Other("[scviR:engine] values must be double".into()))?;

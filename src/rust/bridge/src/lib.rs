@@ -157,7 +157,7 @@ fn scvir_train(
     let _session = prepare(n_threads);
     let dev = device(accelerator, device_index)?;
     let d = DataArgs::from_list(&data)?;
-    let (x, batch_codes, cov) = (d.counts()?, d.batch_codes()?, d.covariates());
+    let (x, batch_codes, cov) = (d.source()?, d.batch_codes()?, d.covariates());
     let config_error = |e: serde_json::Error| Error::Other(format!("[scviR:config] {e}"));
     let train_cfg: TrainConfig = serde_json::from_str(train_json).map_err(config_error)?;
     let (mut vae, registry) = if resume {
@@ -196,7 +196,7 @@ fn scvir_train(
         (vae, registry)
     };
     let mut obs = RObserver::new(progress.as_function());
-    let result = train::train(&mut vae, x, batch_codes, &cov, &train_cfg, &mut obs);
+    let result = train::train_on(&mut vae, x, batch_codes, &cov, &train_cfg, &mut obs);
     if obs.unwind_pending {
         // Everything Rust holds is dropped on the way out; the R side then resumes the exit.
         return Err(Error::Other("[scviR:unwind] a progress handler left the call".into()));
@@ -304,7 +304,7 @@ fn scvir_latent(model: Raw, data: List, opts: List, what: &str, mc_samples: i32)
         "dist" => infer::LatentQuery::Distribution,
         other => return Err(Error::Other(format!("[scviR:config] unknown latent query \"{other}\""))),
     };
-    let (a, b) = infer::latent_representation(&vae, d.counts()?, d.batch_codes()?, &d.covariates(), query, o.batch_size)
+    let (a, b) = infer::latent_representation(&vae, d.source()?, d.batch_codes()?, &d.covariates(), query, o.batch_size)
         .map_err(engine_error)?;
     let (n, k) = (d.n_cells(), vae.config.n_latent as usize);
     let second = b.map_or(().into_robj(), |v| row_major_to_matrix(&v, n, k).into_robj());
@@ -329,7 +329,7 @@ fn scvir_normalized_expression(
     let tb: Vec<usize> = transform_batches.iter().map(|&b| b.max(0) as usize).collect();
     let lib = if library_size < 0.0 { infer::LibrarySize::Latent } else { infer::LibrarySize::Constant(library_size) };
     let e = infer::normalized_expression(
-        &vae, d.counts()?, d.batch_codes()?, &d.covariates(), &tb, lib, n_samples.max(1) as usize, return_mean, o.batch_size,
+        &vae, d.source()?, d.batch_codes()?, &d.covariates(), &tb, lib, n_samples.max(1) as usize, return_mean, o.batch_size,
     )
     .map_err(engine_error)?;
     Ok(List::from_values(e.into_iter().map(doubles)))
@@ -343,7 +343,7 @@ fn scvir_normalized_expression(
 #[extendr]
 fn scvir_evaluate(model: Raw, data: List, opts: List, what: &str, n: i32, give_mean: bool) -> Result<Robj> {
     let (_session, vae, d, o) = open_query(&model, &data, &opts)?;
-    let (x, codes, cov, bs) = (d.counts()?, d.batch_codes()?, d.covariates(), o.batch_size);
+    let (x, codes, cov, bs) = (d.source()?, d.batch_codes()?, d.covariates(), o.batch_size);
     let n = n.max(0) as usize;
     match what {
         "losses" => {
@@ -375,7 +375,7 @@ fn scvir_evaluate(model: Raw, data: List, opts: List, what: &str, n: i32, give_m
 fn scvir_denoised_samples(model: Raw, data: List, opts: List, transform_batch: i32, n_samples: i32, rna_size_factor: f64) -> Result<Vec<f64>> {
     let (_session, vae, d, o) = open_query(&model, &data, &opts)?;
     let tb = (transform_batch >= 0).then_some(transform_batch as usize);
-    let v = infer::denoised_samples(&vae, d.counts()?, d.batch_codes()?, &d.covariates(), tb, n_samples.max(1) as usize, rna_size_factor, o.batch_size)
+    let v = infer::denoised_samples(&vae, d.source()?, d.batch_codes()?, &d.covariates(), tb, n_samples.max(1) as usize, rna_size_factor, o.batch_size)
         .map_err(engine_error)?;
     Ok(doubles(v))
 }
@@ -473,7 +473,7 @@ fn scvir_weighted_expression(
 #[extendr]
 fn scvir_predict(model: Raw, data: List, opts: List, use_posterior_mean: bool) -> Result<Robj> {
     let (_session, vae, d, o) = open_query(&model, &data, &opts)?;
-    let p = infer::label_probabilities(&vae, d.counts()?, d.batch_codes()?, &d.covariates(), use_posterior_mean, o.batch_size)
+    let p = infer::label_probabilities(&vae, d.source()?, d.batch_codes()?, &d.covariates(), use_posterior_mean, o.batch_size)
         .map_err(engine_error)?;
     let k = vae.scanvi.as_ref().map_or(1, |h| h.config.n_labels as usize);
     Ok(row_major_to_matrix(&p, d.n_cells(), k).into_robj())
@@ -723,6 +723,78 @@ fn scvir_write_h5ad(path: &str, x: List, layers: List, obs: List, var: List, obs
 }
 
 /// HDF5 and I/O errors do not name the file.
+/// A file opened for reading its counts from disk: matrix location, encoding and shape, var,
+/// obs's column names.
+/// @noRd
+#[extendr]
+fn scvir_h5ad_backed(path: &str, layer: &str) -> Result<List> {
+    quiet_panics();
+    let info = h5ad::backed_info(path, (!layer.is_empty()).then_some(layer)).map_err(|e| h5ad_error(path, e)).map_err(engine_error)?;
+    List::from_names_and_values(
+        ["location", "encoding", "n_cells", "n_genes", "var", "obs_columns"],
+        [
+            info.location.into_robj(),
+            info.encoding.into_robj(),
+            (info.n_cells as f64).into_robj(),
+            (info.n_genes as f64).into_robj(),
+            frame_to_list(&info.var)?.into_robj(),
+            info.obs_columns.into_robj(),
+        ],
+    )
+}
+
+/// obs columns (and the cell names when `index`) of a file.
+/// @noRd
+#[extendr]
+fn scvir_h5ad_obs(path: &str, columns: Vec<String>, index: bool) -> Result<List> {
+    quiet_panics();
+    let f = h5ad::read_frame_part(path, "obs", index, &columns).map_err(|e| h5ad_error(path, e)).map_err(engine_error)?;
+    frame_to_list(&f)
+}
+
+fn open_disk(path: &str, location: &str, genes: &[i32]) -> Result<scvir_engine::data::DiskCounts> {
+    let genes: Vec<usize> = genes.iter().map(|&g| g.max(0) as usize).collect();
+    scvir_engine::data::DiskCounts::open(path, location, &genes).map_err(|e| h5ad_error(path, e)).map_err(engine_error)
+}
+
+/// Per batch and gene, sums and sums of squares of the counts of a file (each clipped at
+/// `clip[batch, gene]` when `clip` is a batches x genes matrix), in one pass: the statistics
+/// of seurat_v3 gene selection.
+/// @noRd
+#[extendr]
+fn scvir_h5ad_gene_sums(path: &str, location: &str, genes: &[i32], batch_codes: &[i32], n_batches: i32, clip: Robj) -> Result<List> {
+    let _session = prepare(1);
+    let disk = open_disk(path, location, genes)?;
+    // R's batches x genes matrix is column-major; the engine wants batch-major rows.
+    let clip: Option<Vec<f64>> = clip.as_real_slice().map(|c| {
+        let (nb, g) = (n_batches.max(1) as usize, genes.len());
+        let mut out = vec![0.0; nb * g];
+        for b in 0..nb {
+            for j in 0..g {
+                out[b * g + j] = c[j * nb + b];
+            }
+        }
+        out
+    });
+    let (sum, sq) = disk.gene_sums(batch_codes, n_batches.max(1) as usize, clip.as_deref()).map_err(|e| h5ad_error(path, e)).map_err(engine_error)?;
+    List::from_names_and_values(["sum", "sq"], [sum.into_robj(), sq.into_robj()])
+}
+
+/// The counts of some cells (1-based) of a file, restricted to `genes`, as compressed rows.
+/// @noRd
+#[extendr]
+fn scvir_h5ad_read_cells(path: &str, location: &str, genes: &[i32], cells: &[i32]) -> Result<List> {
+    let _session = prepare(1);
+    let disk = open_disk(path, location, genes)?;
+    let cells: Vec<usize> = cells.iter().map(|&c| (c.max(1) - 1) as usize).collect();
+    let block = disk.read_cells(&cells).map_err(|e| h5ad_error(path, e)).map_err(engine_error)?;
+    let (indptr, indices, values) = block.to_csr();
+    List::from_names_and_values(
+        ["indptr", "indices", "values", "n_cells", "n_genes"],
+        [indptr.into_robj(), indices.into_robj(), values.into_robj(), (cells.len() as i32).into_robj(), (genes.len() as i32).into_robj()],
+    )
+}
+
 fn h5ad_error(path: &str, e: scvir_engine::Error) -> scvir_engine::Error {
     match e {
         scvir_engine::Error::Hdf5(h) => scvir_engine::Error::InvalidInput(format!("{path}: {h}")),
@@ -775,6 +847,10 @@ extendr_module! {
     fn scvir_predict;
     fn scvir_read_h5ad;
     fn scvir_read_h5ad_extras;
+    fn scvir_h5ad_backed;
+    fn scvir_h5ad_obs;
+    fn scvir_h5ad_gene_sums;
+    fn scvir_h5ad_read_cells;
     fn scvir_import_scvi_tools;
     fn scvir_save_scvi_tools;
     fn scvir_write_h5ad;

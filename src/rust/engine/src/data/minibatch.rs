@@ -4,6 +4,7 @@
 
 use super::counts::Counts;
 use super::covariates::Covariates;
+use super::disk::{CellSummaries, RowBlock};
 use tch::{Device, Kind, Tensor};
 
 pub struct Minibatch {
@@ -40,7 +41,9 @@ pub struct Minibatch {
 
 /// Builds minibatches from CSR counts; per-cell constants are computed once.
 pub struct MinibatchBuilder<'a> {
-    counts: Counts<'a>,
+    /// In-memory counts; None when rows arrive as blocks read from disk.
+    counts: Option<Counts<'a>>,
+    n_genes: usize,
     batch_codes: &'a [i32],
     covariates: Covariates<'a>,
     device: Device,
@@ -68,7 +71,8 @@ impl<'a> MinibatchBuilder<'a> {
             log_library.push(library.ln() as f32);
         }
         MinibatchBuilder {
-            counts,
+            counts: Some(counts),
+            n_genes: counts.n_genes(),
             batch_codes,
             covariates: covariates.clone(),
             device,
@@ -83,12 +87,43 @@ impl<'a> MinibatchBuilder<'a> {
         }
     }
 
-    pub fn n_genes(&self) -> usize {
-        self.counts.n_genes()
+    /// A builder for rows that arrive as blocks (counts on disk), from the per-cell summaries
+    /// computed in one pass over the file.
+    pub fn from_summaries(n_genes: usize, summaries: &CellSummaries, batch_codes: &'a [i32], covariates: &Covariates<'a>, device: Device) -> Self {
+        MinibatchBuilder {
+            counts: None,
+            n_genes,
+            batch_codes,
+            covariates: covariates.clone(),
+            device,
+            lgamma_x1: summaries.lgamma_x1.clone(),
+            log_library: summaries.library.iter().map(|&l| l.ln()).collect(),
+            dense: Vec::new(),
+            dense_log1p: Vec::new(),
+            nz_flat: Vec::new(),
+            nz_row: Vec::new(),
+            nz_gene: Vec::new(),
+            nz_x: Vec::new(),
+        }
     }
 
+    pub fn n_genes(&self) -> usize {
+        self.n_genes
+    }
+
+    /// The minibatch of `cells` (in-memory counts).
     pub fn build(&mut self, cells: &[usize]) -> Minibatch {
-        let g = self.counts.n_genes();
+        let counts = self.counts.expect("a builder over in-memory counts");
+        self.build_rows(cells, |i| counts.cell(cells[i]))
+    }
+
+    /// The minibatch of a block of rows read from disk.
+    pub fn build_block(&mut self, block: &RowBlock) -> Minibatch {
+        self.build_rows(&block.cells, |i| block.row(i))
+    }
+
+    fn build_rows<'r, V: Copy + Into<f64> + 'r>(&mut self, cells: &[usize], row_of: impl Fn(usize) -> (&'r [i32], &'r [V])) -> Minibatch {
+        let g = self.n_genes;
         let b = cells.len();
         self.dense.clear();
         self.dense.resize(b * g, 0.0);
@@ -102,8 +137,9 @@ impl<'a> MinibatchBuilder<'a> {
         let mut ll = Vec::with_capacity(b);
         let mut bi = Vec::with_capacity(b);
         for (row, &cell) in cells.iter().enumerate() {
-            let (genes, vals) = self.counts.cell(cell);
+            let (genes, vals) = row_of(row);
             for (&gene, &v) in genes.iter().zip(vals) {
+                let v: f64 = v.into();
                 if v == 0.0 {
                     continue; // explicit zeros stored in the sparse matrix
                 }

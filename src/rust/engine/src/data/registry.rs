@@ -66,8 +66,8 @@ impl Registry {
 
 /// scvi-tools' `_init_library_size`: per batch, mean and (population) variance of the log total
 /// counts; empty cells count as log-library 0; a batch without cells gets (0, 1).
-pub fn library_prior(counts: Counts<'_>, batch_codes: &[i32], n_batch: usize) -> (Vec<f64>, Vec<f64>) {
-    let lib = counts.library_sizes();
+pub fn library_prior<'a>(counts: impl Into<super::CountSource<'a>>, batch_codes: &[i32], n_batch: usize) -> (Vec<f64>, Vec<f64>) {
+    let lib = counts.into().library_sizes();
     let mut means = vec![0.0; n_batch];
     let mut vars = vec![1.0; n_batch];
     for b in 0..n_batch {

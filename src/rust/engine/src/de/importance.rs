@@ -223,7 +223,7 @@ pub fn weighted_expression(
     batch_size: usize,
     seed: u64,
 ) -> Result<(Vec<f32>, Vec<usize>)> {
-    crate::infer::check_inputs(vae, &counts, batch_codes, cov)?;
+    crate::infer::check_inputs(vae, &counts.into(), batch_codes, cov)?;
     if cov.latent.is_some() {
         return Err(Error::InvalidInput("importance weights need the counts, which a minified model does not keep".into()));
     }

@@ -158,7 +158,7 @@ pub fn compare(
     batches2: &BatchPolicy,
     cfg: &DeConfig,
 ) -> Result<DeResult> {
-    crate::infer::check_inputs(vae, &counts, batch_codes, cov)?;
+    crate::infer::check_inputs(vae, &counts.into(), batch_codes, cov)?;
     if cfg.importance.is_some() && cov.latent.is_some() {
         return Err(Error::InvalidInput(
             "importance weights (lvm-DE) need the counts, which a minified model does not keep; use weights = \"uniform\" or the full model".into(),

@@ -1,7 +1,7 @@
 //! Queries on a trained model: latent representation and normalized expression. All run in
 //! evaluation mode (BatchNorm running statistics, no dropout) without gradients, in minibatches.
 
-use crate::data::{Counts, Covariates, Minibatch, MinibatchBuilder};
+use crate::data::{CountSource, Covariates, Minibatch};
 use crate::error::{Error, Result};
 use crate::module::Vae;
 use tch::{Kind, Tensor};
@@ -17,7 +17,7 @@ fn check_batches(vae: &Vae, batch_codes: &[i32], cov: &Covariates<'_>, n: usize)
     Ok(())
 }
 
-fn check_genes(vae: &Vae, counts: &Counts<'_>) -> Result<()> {
+fn check_genes(vae: &Vae, counts: &CountSource<'_>) -> Result<()> {
     if counts.n_genes() as i64 != vae.config.n_genes {
         return Err(Error::InvalidInput(format!(
             "the data have {} genes but the model was fitted on {}",
@@ -29,12 +29,12 @@ fn check_genes(vae: &Vae, counts: &Counts<'_>) -> Result<()> {
 }
 
 /// `n_out` cells x genes matrices, as f32 here and f64 in R.
-fn output_fits(n_out: usize, counts: &Counts<'_>, what: &str) -> Result<()> {
+fn output_fits(n_out: usize, counts: &CountSource<'_>, what: &str) -> Result<()> {
     let values = n_out as u128 * counts.n_cells() as u128 * counts.n_genes() as u128;
     crate::runtime::ensure_memory(values, 12, what)
 }
 
-pub(crate) fn check_inputs(vae: &Vae, counts: &Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>) -> Result<()> {
+pub(crate) fn check_inputs(vae: &Vae, counts: &CountSource<'_>, batch_codes: &[i32], cov: &Covariates<'_>) -> Result<()> {
     check_genes(vae, counts)?;
     check_batches(vae, batch_codes, cov, counts.n_cells())
 }
@@ -42,20 +42,20 @@ pub(crate) fn check_inputs(vae: &Vae, counts: &Counts<'_>, batch_codes: &[i32], 
 /// Runs `f` on consecutive minibatches of all cells (in order), in evaluation without gradients.
 fn for_each_minibatch<'a>(
     vae: &Vae,
-    counts: Counts<'a>,
+    counts: CountSource<'a>,
     batch_codes: &'a [i32],
     cov: &Covariates<'a>,
     batch_size: usize,
     mut f: impl FnMut(&Minibatch, &[usize]),
 ) -> Result<()> {
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
+    let mut builder = counts.builder(batch_codes, cov, vae.device());
     let cells: Vec<usize> = (0..counts.n_cells()).collect();
     tch::no_grad(|| {
-        for chunk in cells.chunks(batch_size.max(1)) {
+        counts.for_each(&mut builder, &cells, batch_size, |mb, chunk| {
             crate::runtime::check_interrupt()?;
-            let mb = builder.build(chunk);
-            f(&mb, chunk);
-        }
+            f(mb, chunk);
+            Ok(())
+        })?;
         // Sample loops inside `f` stop early when interrupted; their partial result is dropped.
         crate::runtime::check_interrupt()
     })
@@ -81,14 +81,15 @@ pub enum LatentQuery {
 }
 
 /// Cells x n_latent matrices, row-major (a second one, the variances, for `Distribution`).
-pub fn latent_representation(
+pub fn latent_representation<'a>(
     vae: &Vae,
-    counts: Counts<'_>,
+    counts: impl Into<CountSource<'a>>,
     batch_codes: &[i32],
     cov: &Covariates<'_>,
     query: LatentQuery,
     batch_size: usize,
 ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+    let counts: CountSource<'_> = counts.into();
     check_inputs(vae, &counts, batch_codes, cov)?;
     let n = counts.n_cells() * vae.config.n_latent as usize;
     let (mut first, mut second) = (Vec::with_capacity(n), Vec::new());
@@ -127,9 +128,9 @@ pub enum LibrarySize {
 /// (or one averaged over `n_samples` when `return_mean`). scvi-tools samples z even for a single
 /// sample. With `transform_batches`, every cell is decoded as if from each of those batches and
 /// the results are averaged; empty means each cell's own batch.
-pub fn normalized_expression(
+pub fn normalized_expression<'a>(
     vae: &Vae,
-    counts: Counts<'_>,
+    counts: impl Into<CountSource<'a>>,
     batch_codes: &[i32],
     cov: &Covariates<'_>,
     transform_batches: &[usize],
@@ -138,6 +139,7 @@ pub fn normalized_expression(
     return_mean: bool,
     batch_size: usize,
 ) -> Result<Vec<Vec<f32>>> {
+    let counts: CountSource<'_> = counts.into();
     check_inputs(vae, &counts, batch_codes, cov)?;
     if transform_batches.iter().any(|&b| b as i64 >= vae.config.n_batch) {
         return Err(Error::InvalidInput("transform_batch is outside the model's batches".into()));
@@ -199,7 +201,8 @@ fn needs_counts(cov: &Covariates<'_>, what: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn cell_losses(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>, batch_size: usize) -> Result<CellLosses> {
+pub fn cell_losses<'a>(vae: &Vae, counts: impl Into<CountSource<'a>>, batch_codes: &[i32], cov: &Covariates<'_>, batch_size: usize) -> Result<CellLosses> {
+    let counts: CountSource<'_> = counts.into();
     needs_counts(cov, "the ELBO / reconstruction error")?;
     check_inputs(vae, &counts, batch_codes, cov)?;
     let mut out = CellLosses { reconstruction: Vec::new(), kl_local: Vec::new() };
@@ -221,7 +224,8 @@ pub(crate) fn normal_log_prob(x: &Tensor, mean: &Tensor, var: &Tensor) -> Tensor
 /// Importance-sampled log p(x) per cell with q as proposal (scvi-tools' `marginal_ll`):
 /// logsumexp_k [log p(z_k) + log p(x | z_k, l_k) - log q(z_k | x) (+ log p(l_k) - log q(l_k | x))]
 /// - log K.
-pub fn marginal_ll(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>, n_mc_samples: usize, batch_size: usize) -> Result<Vec<f64>> {
+pub fn marginal_ll<'a>(vae: &Vae, counts: impl Into<CountSource<'a>>, batch_codes: &[i32], cov: &Covariates<'_>, n_mc_samples: usize, batch_size: usize) -> Result<Vec<f64>> {
+    let counts: CountSource<'_> = counts.into();
     needs_counts(cov, "the marginal log-likelihood")?;
     check_inputs(vae, &counts, batch_codes, cov)?;
     if n_mc_samples == 0 {
@@ -265,7 +269,8 @@ pub(crate) fn marginal_ll_minibatch(vae: &Vae, mb: &Minibatch, n_mc_samples: usi
 
 /// Library size per cell: exp of the observed log library (`give_mean = false`), or the mean of
 /// the log-normal posterior q(l | x), exp(m + v / 2), when the library is latent.
-pub fn latent_library_size(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>, give_mean: bool, batch_size: usize) -> Result<Vec<f64>> {
+pub fn latent_library_size<'a>(vae: &Vae, counts: impl Into<CountSource<'a>>, batch_codes: &[i32], cov: &Covariates<'_>, give_mean: bool, batch_size: usize) -> Result<Vec<f64>> {
+    let counts: CountSource<'_> = counts.into();
     check_inputs(vae, &counts, batch_codes, cov)?;
     if give_mean && vae.config.use_observed_lib_size {
         return Err(Error::InvalidInput(
@@ -296,15 +301,16 @@ pub struct LikelihoodParameters {
 /// scvi-tools' `get_likelihood_parameters`: for each of `n_samples` posterior samples of z, the
 /// mean mu, the dispersion theta (broadcast to cells) and the zero probability; averaged over
 /// samples when `give_mean`.
-pub fn likelihood_parameters(
+pub fn likelihood_parameters<'a>(
     vae: &Vae,
-    counts: Counts<'_>,
+    counts: impl Into<CountSource<'a>>,
     batch_codes: &[i32],
     cov: &Covariates<'_>,
     n_samples: usize,
     give_mean: bool,
     batch_size: usize,
 ) -> Result<LikelihoodParameters> {
+    let counts: CountSource<'_> = counts.into();
     check_inputs(vae, &counts, batch_codes, cov)?;
     let n_samples = n_samples.max(1);
     let n_out = if give_mean { 1 } else { n_samples };
@@ -367,14 +373,15 @@ fn push_sample(out: &mut LikelihoodParameters, s: usize, values: [Option<Tensor>
 /// matrices: z ~ q(z | x), then x ~ p(x | z). NB and ZINB sample as scvi-tools does, through the
 /// Gamma-Poisson mixture (w ~ Gamma(theta, theta / mu), x ~ Poisson(w), w capped at 1e8),
 /// ZINB then zeroes entries with the zero-inflation probability.
-pub fn posterior_predictive_sample(
+pub fn posterior_predictive_sample<'a>(
     vae: &Vae,
-    counts: Counts<'_>,
+    counts: impl Into<CountSource<'a>>,
     batch_codes: &[i32],
     cov: &Covariates<'_>,
     n_samples: usize,
     batch_size: usize,
 ) -> Result<Vec<Vec<f32>>> {
+    let counts: CountSource<'_> = counts.into();
     check_inputs(vae, &counts, batch_codes, cov)?;
     let n_samples = n_samples.max(1);
     output_fits(n_samples, &counts, "the posterior predictive samples")?;
@@ -407,9 +414,9 @@ pub fn posterior_predictive_sample(
 /// of z, a draw of the Gamma part of the Gamma-Poisson mixture, Gamma(theta, theta / mu'), with
 /// mu' = `rna_size_factor` * px_scale (for Poisson, which has no theta, mu' itself). Rows are
 /// (cell, sample) pairs, row-major with genes as columns. `transform_batch` decodes as that batch.
-pub fn denoised_samples(
+pub fn denoised_samples<'a>(
     vae: &Vae,
-    counts: Counts<'_>,
+    counts: impl Into<CountSource<'a>>,
     batch_codes: &[i32],
     cov: &Covariates<'_>,
     transform_batch: Option<usize>,
@@ -417,6 +424,7 @@ pub fn denoised_samples(
     rna_size_factor: f64,
     batch_size: usize,
 ) -> Result<Vec<f32>> {
+    let counts: CountSource<'_> = counts.into();
     check_inputs(vae, &counts, batch_codes, cov)?;
     if transform_batch.is_some_and(|b| b as i64 >= vae.config.n_batch) {
         return Err(Error::InvalidInput("transform_batch is outside the model's batches".into()));
@@ -451,7 +459,8 @@ pub fn denoised_samples(
 /// scANVI label probabilities, cells x labels row-major, from the classifier on the posterior
 /// mean of z (or on one posterior sample), in evaluation mode, as scvi-tools'
 /// `predict(soft = True, use_posterior_mean)`.
-pub fn label_probabilities(vae: &Vae, counts: Counts<'_>, batch_codes: &[i32], cov: &Covariates<'_>, use_posterior_mean: bool, batch_size: usize) -> Result<Vec<f32>> {
+pub fn label_probabilities<'a>(vae: &Vae, counts: impl Into<CountSource<'a>>, batch_codes: &[i32], cov: &Covariates<'_>, use_posterior_mean: bool, batch_size: usize) -> Result<Vec<f32>> {
+    let counts: CountSource<'_> = counts.into();
     check_inputs(vae, &counts, batch_codes, cov)?;
     if vae.scanvi.is_none() {
         return Err(Error::InvalidInput("label predictions need a scANVI model".into()));

@@ -235,6 +235,76 @@ fn read_frame(g: &Group) -> Result<Frame> {
     Ok(Frame { index, columns, skipped })
 }
 
+/// A frame's column names, in its column order, without reading them.
+fn column_names(g: &Group) -> Vec<String> {
+    let index_name = string_attr(g, "_index").unwrap_or_else(|| "_index".to_string());
+    string_list_attr(g, "column-order")
+        .unwrap_or_else(|| g.member_names().unwrap_or_default().into_iter().filter(|n| *n != index_name).collect())
+}
+
+/// Part of obs or var: the index when asked (else empty) and the named columns. A name that is
+/// not a column is an error naming the columns there are.
+pub fn read_frame_part(path: &str, group: &str, index: bool, columns: &[String]) -> Result<Frame> {
+    let file = open(path)?;
+    let g = file.group(group).map_err(|_| fmt_err(path, format!("no {group} group")))?;
+    let names = column_names(&g);
+    let mut out = Frame { index: Vec::new(), columns: Vec::new(), skipped: Vec::new() };
+    if index {
+        let index_name = string_attr(&g, "_index").unwrap_or_else(|| "_index".to_string());
+        out.index = read_strings(&g.dataset(&index_name)?)?;
+    }
+    for name in columns {
+        if !names.contains(name) {
+            return Err(fmt_err(path, format!("{group} has no column \"{name}\" (columns: {})", names.join(", "))));
+        }
+        match read_column(&g, name)? {
+            Some(col) => out.columns.push((name.clone(), col)),
+            None => out.skipped.push(name.clone()),
+        }
+    }
+    Ok(out)
+}
+
+/// What reading a file's counts from disk needs to know up front.
+pub struct BackedInfo {
+    /// "X" or "layers/<name>".
+    pub location: String,
+    pub encoding: String,
+    pub n_cells: usize,
+    pub n_genes: usize,
+    pub var: Frame,
+    pub obs_columns: Vec<String>,
+}
+
+/// Opens a file for reading from disk: the matrix's shape and encoding, var in full, obs's
+/// column names (the obs frame itself is read column by column, on request).
+pub fn backed_info(path: &str, layer: Option<&str>) -> Result<BackedInfo> {
+    let file = open(path)?;
+    let var = read_frame(&file.group("var").map_err(|_| fmt_err(path, "no var group"))?)?;
+    let obs = file.group("obs").map_err(|_| fmt_err(path, "no obs group"))?;
+    let index_name = string_attr(&obs, "_index").unwrap_or_else(|| "_index".to_string());
+    let n_cells = obs.dataset(&index_name).map(|d| d.size()).map_err(|_| fmt_err(path, "obs has no index"))?;
+    let location = match layer {
+        None => "X".to_string(),
+        Some(l) => {
+            let layers = file.group("layers").map_err(|_| fmt_err(path, "no layers group"))?;
+            if !layers.link_exists(l) {
+                let names = layers.member_names().unwrap_or_default();
+                return Err(fmt_err(path, format!("layer \"{l}\" not found (layers: {})", names.join(", "))));
+            }
+            format!("layers/{l}")
+        }
+    };
+    let encoding = match file.group(&location) {
+        Ok(g) => string_attr(&g, "encoding-type")
+            .or_else(|| string_attr(&g, "h5sparse_format").map(|f| format!("{f}_matrix")))
+            .unwrap_or_default(),
+        Err(_) if file.dataset(&location).is_ok() => "array".to_string(),
+        Err(_) => return Err(fmt_err(path, format!("no matrix {location}"))),
+    };
+    Ok(BackedInfo { location, encoding, n_cells, n_genes: var.index.len(), var, obs_columns: column_names(&obs) })
+}
+
 fn read_column(g: &Group, name: &str) -> Result<Option<Column>> {
     if let Ok(sub) = g.group(name) {
         let enc = string_attr(&sub, "encoding-type").unwrap_or_default();

@@ -9,4 +9,4 @@ pub mod trainer;
 
 pub use config::{default_max_epochs, TrainConfig};
 pub use history::{EpochRecord, History};
-pub use trainer::{train, NoObserver, TrainOutcome, TrainingObserver};
+pub use trainer::{train, train_on, NoObserver, TrainOutcome, TrainingObserver};

@@ -7,10 +7,12 @@ use super::config::Optimizer;
 use super::history::{EpochRecord, History};
 use super::kl_schedule::kl_weight;
 use crate::data::split::{make_semisupervised_split, make_split};
-use crate::data::{Counts, Covariates, DataSplit, MinibatchBuilder};
+use crate::data::source::membership;
+use crate::data::{CountSource, Counts, Covariates, DataSplit, Minibatch, MinibatchBuilder};
 use crate::error::{Error, Result};
 use crate::module::Vae;
 use rand::seq::SliceRandom;
+use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
@@ -63,7 +65,19 @@ pub fn train(
     cfg: &TrainConfig,
     observer: &mut dyn TrainingObserver,
 ) -> Result<TrainOutcome> {
-    let n = counts.n_cells();
+    train_on(vae, CountSource::Memory(counts), batch_codes, cov, cfg, observer)
+}
+
+/// Trains `vae` on counts in memory or on disk.
+pub fn train_on(
+    vae: &mut Vae,
+    data: CountSource<'_>,
+    batch_codes: &[i32],
+    cov: &Covariates<'_>,
+    cfg: &TrainConfig,
+    observer: &mut dyn TrainingObserver,
+) -> Result<TrainOutcome> {
+    let n = data.n_cells();
     if n < 2 {
         return Err(Error::InvalidInput(format!("at least 2 cells are needed to train, got {n}")));
     }
@@ -77,7 +91,7 @@ pub fn train(
     if batch_codes.iter().any(|&b| b < 0 || b as i64 >= vae.config.n_batch) {
         return Err(Error::InvalidInput(format!("a batch code is outside the model's {} batches", vae.config.n_batch)));
     }
-    if let Some(&c) = counts.empty_cells().first() {
+    if let Some(c) = data.first_empty_cell() {
         return Err(Error::InvalidInput(format!(
             "cell {} has no counts in the selected genes; remove empty cells before training",
             c + 1
@@ -138,7 +152,8 @@ pub fn train(
     // The labelled loader cycles, reshuffled at each pass, beside the loader of all cells.
     let mut labelled_pos = labelled_train.len();
 
-    let mut builder = MinibatchBuilder::new(counts, batch_codes, cov, vae.device());
+    let mut builder = data.builder(batch_codes, cov, vae.device());
+    let train_mask = matches!(data, CountSource::Disk(..)).then(|| membership(n, &split.train));
     // A query model (reference mapping) updates only what its freeze options leave free.
     let params = crate::module::arches::trainable_parameters(vae);
     if params.is_empty() {
@@ -173,47 +188,66 @@ pub fn train(
         let mut totals = PassTotals::default();
         let mut classification = ClassificationTotals::default();
         let mut weight = 0.0;
-        for cells in order.chunks(cfg.batch_size) {
-            if observer.interrupt_requested() {
-                return Err(Error::Interrupted { epoch: epoch + 1, max_epochs });
-            }
-            weight = kl_weight(epoch, global_step, cfg.n_epochs_kl_warmup, cfg.n_steps_kl_warmup, cfg.max_kl_weight, cfg.min_kl_weight);
-            let mb = builder.build(cells);
-            let mut out = vae.loss(&mb, true, weight);
-            if !labelled_train.is_empty() {
-                if labelled_pos >= labelled_train.len() {
-                    labelled_train.shuffle(&mut rng);
-                    labelled_pos = 0;
+        // On disk, the epoch's order of blocks and cells comes from its own seed.
+        let disk_seed: Option<u64> = train_mask.as_ref().map(|_| rng.gen());
+        {
+            // One optimisation step on a minibatch of `n_cells` cells.
+            let mut step = |builder: &mut MinibatchBuilder<'_>, mb: Minibatch, n_cells: usize| -> Result<()> {
+                if observer.interrupt_requested() {
+                    return Err(Error::Interrupted { epoch: epoch + 1, max_epochs });
                 }
-                if batch_norm && labelled_train.len() - labelled_pos == 1 && labelled_train.len() > 1 {
-                    // A one-cell labelled minibatch cannot pass BatchNorm: start the next pass.
-                    labelled_train.shuffle(&mut rng);
-                    labelled_pos = 0;
+                weight = kl_weight(epoch, global_step, cfg.n_epochs_kl_warmup, cfg.n_steps_kl_warmup, cfg.max_kl_weight, cfg.min_kl_weight);
+                let mut out = vae.loss(&mb, true, weight);
+                if !labelled_train.is_empty() {
+                    if labelled_pos >= labelled_train.len() {
+                        labelled_train.shuffle(&mut rng);
+                        labelled_pos = 0;
+                    }
+                    if batch_norm && labelled_train.len() - labelled_pos == 1 && labelled_train.len() > 1 {
+                        // A one-cell labelled minibatch cannot pass BatchNorm: start the next pass.
+                        labelled_train.shuffle(&mut rng);
+                        labelled_pos = 0;
+                    }
+                    let end = (labelled_pos + cfg.batch_size).min(labelled_train.len());
+                    let lmb = data.build(builder, &labelled_train[labelled_pos..end])?;
+                    labelled_pos = end;
+                    let logits = vae.classify(&lmb, true);
+                    let ce = logits.cross_entropy_for_logits(&lmb.labels);
+                    classification.add(&logits, &lmb.labels, &ce);
+                    out.loss = out.loss + ce * classification_ratio;
                 }
-                let end = (labelled_pos + cfg.batch_size).min(labelled_train.len());
-                let lmb = builder.build(&labelled_train[labelled_pos..end]);
-                labelled_pos = end;
-                let logits = vae.classify(&lmb, true);
-                let ce = logits.cross_entropy_for_logits(&lmb.labels);
-                classification.add(&logits, &lmb.labels, &ce);
-                out.loss = out.loss + ce * classification_ratio;
+                let loss = scalar(&out.loss);
+                if !loss.is_finite() {
+                    return Err(Error::NumericalFailure(format!(
+                        "the training loss became {loss} at epoch {} of {max_epochs}; try a smaller learning \
+                         rate (lr), check that the counts are raw UMI counts, or remove extreme cells",
+                        epoch + 1
+                    )));
+                }
+                out.loss.backward();
+                optimizer.step();
+                totals.n_cells += n_cells;
+                totals.n_steps += 1;
+                totals.loss_sum += loss;
+                totals.reconstruction += scalar(&out.reconstruction.detach().sum(Kind::Double));
+                totals.kl_local += scalar(&(&out.kl_z + &out.kl_library).detach().sum(Kind::Double));
+                global_step += 1;
+                Ok(())
+            };
+            match (data, &train_mask) {
+                (CountSource::Disk(d, _), Some(mask)) => {
+                    d.for_each_shuffled(mask, cfg.batch_size, disk_seed.unwrap_or_default(), |block| {
+                        let mb = builder.build_block(block);
+                        step(&mut builder, mb, block.len())
+                    })?;
+                }
+                _ => {
+                    for cells in order.chunks(cfg.batch_size) {
+                        let mb = builder.build(cells);
+                        step(&mut builder, mb, cells.len())?;
+                    }
+                }
             }
-            let loss = scalar(&out.loss);
-            if !loss.is_finite() {
-                return Err(Error::NumericalFailure(format!(
-                    "the training loss became {loss} at epoch {} of {max_epochs}; try a smaller learning \
-                     rate (lr), check that the counts are raw UMI counts, or remove extreme cells",
-                    epoch + 1
-                )));
-            }
-            out.loss.backward();
-            optimizer.step();
-            totals.n_cells += cells.len();
-            totals.n_steps += 1;
-            totals.loss_sum += loss;
-            totals.reconstruction += scalar(&out.reconstruction.detach().sum(Kind::Double));
-            totals.kl_local += scalar(&(&out.kl_z + &out.kl_library).detach().sum(Kind::Double));
-            global_step += 1;
         }
         let train_seconds = started.elapsed().as_secs_f64();
         let mut record = EpochRecord {
@@ -232,7 +266,7 @@ pub fn train(
         };
         let validate = check_val_every.map_or(false, |k| k > 0 && (epoch + 1) % k == 0);
         if validate && !split.validation.is_empty() {
-            let v = evaluate(vae, &mut builder, &split.validation, cfg.batch_size, weight);
+            let v = evaluate(vae, data, &mut builder, &split.validation, cfg.batch_size, weight)?;
             if !v.elbo().is_finite() {
                 return Err(Error::NumericalFailure(format!(
                     "the validation ELBO became {} at epoch {} of {max_epochs}; try a smaller learning rate (lr), \
@@ -248,7 +282,7 @@ pub fn train(
             record.kl_global_validation = Some(0.0);
             if let Some(l) = &labelled {
                 let cells: Vec<usize> = split.validation.iter().copied().filter(|&c| l[c]).collect();
-                let c = evaluate_classifier(vae, &mut builder, &cells, cfg.batch_size);
+                let c = evaluate_classifier(vae, data, &mut builder, &cells, cfg.batch_size)?;
                 record.classification_loss_validation = c.loss();
                 record.accuracy_validation = c.accuracy();
             }
@@ -306,16 +340,16 @@ impl ClassificationTotals {
     }
 }
 
-fn evaluate_classifier(vae: &Vae, builder: &mut MinibatchBuilder<'_>, cells: &[usize], batch_size: usize) -> ClassificationTotals {
+fn evaluate_classifier(vae: &Vae, data: CountSource<'_>, builder: &mut MinibatchBuilder<'_>, cells: &[usize], batch_size: usize) -> Result<ClassificationTotals> {
     tch::no_grad(|| {
         let mut totals = ClassificationTotals::default();
-        for chunk in cells.chunks(batch_size) {
-            let mb = builder.build(chunk);
-            let logits = vae.classify(&mb, false);
+        data.for_each(builder, cells, batch_size, |mb, _| {
+            let logits = vae.classify(mb, false);
             let ce = logits.cross_entropy_for_logits(&mb.labels);
             totals.add(&logits, &mb.labels, &ce);
-        }
-        totals
+            Ok(())
+        })?;
+        Ok(totals)
     })
 }
 
@@ -338,18 +372,18 @@ fn subsample_labels(cells: &[usize], codes: &[i32], k: usize, rng: &mut ChaCha8R
 }
 
 /// One pass in evaluation mode (BatchNorm running statistics, no dropout), no gradients.
-fn evaluate(vae: &Vae, builder: &mut MinibatchBuilder<'_>, cells: &[usize], batch_size: usize, kl_weight: f64) -> PassTotals {
+fn evaluate(vae: &Vae, data: CountSource<'_>, builder: &mut MinibatchBuilder<'_>, cells: &[usize], batch_size: usize, kl_weight: f64) -> Result<PassTotals> {
     tch::no_grad(|| {
         let mut totals = PassTotals::default();
-        for chunk in cells.chunks(batch_size) {
-            let mb = builder.build(chunk);
-            let out = vae.loss(&mb, false, kl_weight);
+        data.for_each(builder, cells, batch_size, |mb, chunk| {
+            let out = vae.loss(mb, false, kl_weight);
             totals.n_cells += chunk.len();
             totals.n_steps += 1;
             totals.loss_sum += scalar(&out.loss);
             totals.reconstruction += scalar(&out.reconstruction.sum(Kind::Double));
             totals.kl_local += scalar(&(&out.kl_z + &out.kl_library).sum(Kind::Double));
-        }
-        totals
+            Ok(())
+        })?;
+        Ok(totals)
     })
 }

@@ -1,0 +1,439 @@
+//! Counts that stay on disk: the CSR matrix of an `.h5ad` file (X or a layer), read in row ranges
+//! with HDF5 hyperslab reads. Training and queries hold only per-cell summaries (library size,
+//! the likelihood's lgamma constant) and per-gene statistics; minibatches are assembled from
+//! shuffled blocks of consecutive cells on a background thread while the model trains.
+
+use super::counts::MAX_COUNT;
+use crate::error::{Error, Result};
+use hdf5::{Dataset, File};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::sync::mpsc::sync_channel;
+
+/// Consecutive cells read per HDF5 request when blocks are shuffled (training).
+pub const SHUFFLE_BLOCK_CELLS: usize = 64;
+/// Blocks pooled (and their cells shuffled together) before minibatches are cut from the pool.
+pub const SHUFFLE_POOL_BLOCKS: usize = 256;
+/// Nonzero entries per HDF5 request for sequential passes.
+const SEQUENTIAL_NNZ: usize = 1 << 22;
+/// Minibatches prepared ahead of the consumer.
+const PREFETCH: usize = 4;
+
+/// Rows of some cells, restricted to the model's genes (gene positions are the model's).
+#[derive(Default, Debug, Clone)]
+pub struct RowBlock {
+    /// Cell indices (0-based, of the file) of the rows.
+    pub cells: Vec<usize>,
+    indptr: Vec<usize>,
+    genes: Vec<i32>,
+    values: Vec<f32>,
+}
+
+impl RowBlock {
+    fn new() -> Self {
+        RowBlock { indptr: vec![0], ..Default::default() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    /// Model-gene positions and counts of the `i`-th row.
+    pub fn row(&self, i: usize) -> (&[i32], &[f32]) {
+        let (a, b) = (self.indptr[i], self.indptr[i + 1]);
+        (&self.genes[a..b], &self.values[a..b])
+    }
+
+    /// Row pointers, gene positions and counts (as R's integers and doubles).
+    pub fn to_csr(&self) -> (Vec<i32>, Vec<i32>, Vec<f64>) {
+        (self.indptr.iter().map(|&p| p as i32).collect(), self.genes.clone(), self.values.iter().map(|&v| v as f64).collect())
+    }
+
+    fn push_row(&mut self, cell: usize, genes: impl Iterator<Item = (i32, f32)>) {
+        for (g, v) in genes {
+            self.genes.push(g);
+            self.values.push(v);
+        }
+        self.cells.push(cell);
+        self.indptr.push(self.genes.len());
+    }
+
+    fn push_from(&mut self, other: &RowBlock, i: usize) {
+        let (g, v) = other.row(i);
+        self.genes.extend_from_slice(g);
+        self.values.extend_from_slice(v);
+        self.cells.push(other.cells[i]);
+        self.indptr.push(self.genes.len());
+    }
+}
+
+/// Per-cell constants of the likelihood and the library, over the model's genes.
+pub struct CellSummaries {
+    pub lgamma_x1: Vec<f32>,
+    pub library: Vec<f32>,
+}
+
+/// An `.h5ad` count matrix on disk, seen through a gene selection.
+pub struct DiskCounts {
+    path: String,
+    /// "X" or "layers/<name>".
+    location: String,
+    indptr: Vec<u64>,
+    n_file_genes: usize,
+    /// File gene -> model gene position, or -1 when the gene is not used.
+    gene_map: Vec<i32>,
+    n_genes: usize,
+}
+
+fn err(path: &str, what: impl std::fmt::Display) -> Error {
+    Error::InvalidInput(format!("{path}: {what}"))
+}
+
+fn open_matrix(path: &str, location: &str) -> Result<(File, Dataset, Dataset)> {
+    let file = super::super::io::h5ad::open(path)?;
+    let g = file.group(location).map_err(|_| {
+        if file.dataset(location).is_ok() {
+            err(path, format!("{location} is stored dense; reading from disk needs a CSR matrix (write it with anndata as a csr_matrix)"))
+        } else {
+            err(path, format!("no matrix {location}"))
+        }
+    })?;
+    let indices = g.dataset("indices").map_err(|_| err(path, format!("{location} has no indices")))?;
+    let data = g.dataset("data").map_err(|_| err(path, format!("{location} has no data")))?;
+    Ok((file, indices, data))
+}
+
+impl DiskCounts {
+    /// Opens the CSR matrix at `location` ("X" or "layers/<name>") and reads its row pointers.
+    /// `genes` lists the file's gene positions (0-based) the model uses, in the model's order.
+    pub fn open(path: &str, location: &str, genes: &[usize]) -> Result<Self> {
+        let file = super::super::io::h5ad::open(path)?;
+        let g = file.group(location).map_err(|_| {
+            if file.dataset(location).is_ok() {
+                err(path, format!("{location} is stored dense; training from disk needs a CSR matrix (anndata's csr_matrix encoding)"))
+            } else {
+                err(path, format!("no matrix {location}"))
+            }
+        })?;
+        let enc = g
+            .attr("encoding-type")
+            .ok()
+            .and_then(|a| a.read_scalar::<hdf5::types::VarLenUnicode>().ok().map(|s| s.as_str().to_string()))
+            .or_else(|| {
+                g.attr("h5sparse_format")
+                    .ok()
+                    .and_then(|a| a.read_scalar::<hdf5::types::VarLenUnicode>().ok().map(|s| format!("{}_matrix", s.as_str())))
+            })
+            .unwrap_or_default();
+        if enc != "csr_matrix" {
+            return Err(err(
+                path,
+                format!(
+                    "{location} is stored as {}; training from disk reads cells as rows and needs a csr_matrix (convert it in Python with adata.X = scipy.sparse.csr_matrix(adata.X), or read it into memory with read_h5ad())",
+                    if enc.is_empty() { "an unknown encoding" } else { enc.as_str() }
+                ),
+            ));
+        }
+        let shape: Vec<i64> = g.attr("shape").and_then(|a| a.read_raw::<i64>()).map_err(|_| err(path, format!("{location} has no shape attribute")))?;
+        if shape.len() != 2 || shape[0] < 0 || shape[1] < 0 {
+            return Err(err(path, format!("{location} has a malformed shape attribute {shape:?}")));
+        }
+        let (n_cells, n_file_genes) = (shape[0] as usize, shape[1] as usize);
+        let indptr: Vec<u64> = g
+            .dataset("indptr")
+            .and_then(|d| d.read_raw::<i64>())
+            .map_err(|e| err(path, format!("{location}/indptr cannot be read ({e})")))?
+            .into_iter()
+            .map(|v| v.max(0) as u64)
+            .collect();
+        if indptr.len() != n_cells + 1 || indptr[0] != 0 || indptr.windows(2).any(|w| w[1] < w[0]) {
+            return Err(err(path, format!("{location}/indptr is malformed: it must start at 0, never decrease and hold one entry per cell plus one")));
+        }
+        let nnz = g.dataset("data").map(|d| d.size()).map_err(|_| err(path, format!("{location} has no data")))?;
+        let n_idx = g.dataset("indices").map(|d| d.size()).map_err(|_| err(path, format!("{location} has no indices")))?;
+        if nnz != n_idx || indptr[n_cells] as usize != nnz {
+            return Err(err(path, format!("{location}: indptr, indices and data disagree in length")));
+        }
+        let mut gene_map = vec![-1i32; n_file_genes];
+        for (pos, &gene) in genes.iter().enumerate() {
+            if gene >= n_file_genes {
+                return Err(Error::InvalidInput(format!("gene position {} is outside the file's {n_file_genes} genes", gene + 1)));
+            }
+            if gene_map[gene] >= 0 {
+                return Err(Error::InvalidInput(format!("gene position {} is selected twice", gene + 1)));
+            }
+            gene_map[gene] = pos as i32;
+        }
+        Ok(DiskCounts { path: path.to_string(), location: location.to_string(), indptr, n_file_genes, gene_map, n_genes: genes.len() })
+    }
+
+    pub fn n_cells(&self) -> usize {
+        self.indptr.len() - 1
+    }
+
+    /// Genes the model sees.
+    pub fn n_genes(&self) -> usize {
+        self.n_genes
+    }
+
+    pub fn n_file_genes(&self) -> usize {
+        self.n_file_genes
+    }
+
+    pub fn nnz(&self) -> u64 {
+        self.indptr[self.n_cells()]
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn reader(&self) -> Result<Reader<'_>> {
+        let (file, indices, data) = open_matrix(&self.path, &self.location)?;
+        Ok(Reader { disk: self, _file: file, indices, data })
+    }
+
+    /// Visits every cell in order, in row blocks of about 4M stored entries (all cells when
+    /// `selected` is None).
+    pub fn for_each_sequential(&self, selected: Option<&[bool]>, batch_size: usize, mut f: impl FnMut(&RowBlock) -> Result<()>) -> Result<()> {
+        let n = self.n_cells();
+        let bs = batch_size.max(1);
+        self.produce(
+            move |reader, send| {
+                let mut out = RowBlock::new();
+                let mut start = 0;
+                while start < n {
+                    let mut end = start + 1;
+                    while end < n && (self.indptr[end + 1] - self.indptr[start]) as usize <= SEQUENTIAL_NNZ {
+                        end += 1;
+                    }
+                    let block = reader.read(start, end, selected)?;
+                    for i in 0..block.len() {
+                        out.push_from(&block, i);
+                        if out.len() == bs && !send(std::mem::replace(&mut out, RowBlock::new())) {
+                            return Ok(());
+                        }
+                    }
+                    start = end;
+                }
+                if !out.is_empty() {
+                    send(out);
+                }
+                Ok(())
+            },
+            &mut f,
+        )
+    }
+
+    /// Visits the `selected` cells once in a shuffled order: blocks of consecutive cells in a
+    /// random order, pooled and shuffled together, then cut into minibatches of `batch_size`
+    /// (the remainder of a pool is carried into the next, so only the last minibatch is short).
+    pub fn for_each_shuffled(&self, selected: &[bool], batch_size: usize, seed: u64, mut f: impl FnMut(&RowBlock) -> Result<()>) -> Result<()> {
+        let n = self.n_cells();
+        let bs = batch_size.max(1);
+        self.produce(
+            move |reader, send| {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let mut blocks: Vec<usize> = (0..n.div_ceil(SHUFFLE_BLOCK_CELLS)).collect();
+                blocks.shuffle(&mut rng);
+                let mut carry = RowBlock::new();
+                for group in blocks.chunks(SHUFFLE_POOL_BLOCKS) {
+                    let mut pool = RowBlock::new();
+                    for &b in group {
+                        let start = b * SHUFFLE_BLOCK_CELLS;
+                        let block = reader.read(start, (start + SHUFFLE_BLOCK_CELLS).min(n), Some(selected))?;
+                        for i in 0..block.len() {
+                            pool.push_from(&block, i);
+                        }
+                    }
+                    let mut order: Vec<usize> = (0..pool.len()).collect();
+                    order.shuffle(&mut rng);
+                    for i in order {
+                        carry.push_from(&pool, i);
+                        if carry.len() == bs && !send(std::mem::replace(&mut carry, RowBlock::new())) {
+                            return Ok(());
+                        }
+                    }
+                }
+                if !carry.is_empty() {
+                    send(carry);
+                }
+                Ok(())
+            },
+            &mut f,
+        )
+    }
+
+    /// Runs `producer` on a background thread (its own HDF5 handles) and `consume` on this one;
+    /// minibatches cross a bounded channel. An error of either side ends both.
+    fn produce<P>(&self, producer: P, consume: &mut dyn FnMut(&RowBlock) -> Result<()>) -> Result<()>
+    where
+        P: FnOnce(&Reader<'_>, &mut dyn FnMut(RowBlock) -> bool) -> Result<()> + Send,
+    {
+        let (tx, rx) = sync_channel::<RowBlock>(PREFETCH);
+        std::thread::scope(|scope| {
+            let handle = scope.spawn(move || -> Result<()> {
+                let reader = self.reader()?;
+                let mut send = |b: RowBlock| tx.send(b).is_ok();
+                producer(&reader, &mut send)
+            });
+            let mut consumer_result = Ok(());
+            for block in rx.iter() {
+                if let Err(e) = consume(&block) {
+                    consumer_result = Err(e);
+                    break;
+                }
+            }
+            drop(rx); // a producer blocked on a full channel sees the receiver gone and stops
+            let producer_result = handle.join().unwrap_or_else(|_| Err(Error::Resource("the thread reading the .h5ad file stopped unexpectedly".into())));
+            consumer_result.and(producer_result)
+        })
+    }
+
+    /// Library sizes and lgamma(x + 1) sums over the model's genes, and a check of every stored
+    /// value (finite, non-negative integers below 2^24), in one sequential pass.
+    pub fn summaries(&self) -> Result<CellSummaries> {
+        let n = self.n_cells();
+        let mut s = CellSummaries { lgamma_x1: Vec::with_capacity(n), library: Vec::with_capacity(n) };
+        self.for_each_sequential(None, 4096, |b| {
+            for i in 0..b.len() {
+                let (_, vals) = b.row(i);
+                let mut lib = 0f64;
+                let mut lg = 0f64;
+                for &v in vals {
+                    lib += v as f64;
+                    lg += libm::lgamma(v as f64 + 1.0);
+                }
+                s.library.push(lib as f32);
+                s.lgamma_x1.push(lg as f32);
+            }
+            crate::runtime::check_interrupt()
+        })?;
+        Ok(s)
+    }
+
+    /// Per batch and gene (model genes), the sum and the sum of squares of the counts, each
+    /// count first clipped at `clip[batch * n_genes + gene]` when given (seurat_v3's second pass).
+    pub fn gene_sums(&self, batch_codes: &[i32], n_batches: usize, clip: Option<&[f64]>) -> Result<(Vec<f64>, Vec<f64>)> {
+        let g = self.n_genes;
+        if batch_codes.len() != self.n_cells() {
+            return Err(Error::InvalidInput("one batch code per cell is needed".into()));
+        }
+        if batch_codes.iter().any(|&b| b < 0 || b as usize >= n_batches) {
+            return Err(Error::InvalidInput("a batch code is outside the batches".into()));
+        }
+        if clip.is_some_and(|c| c.len() != n_batches * g) {
+            return Err(Error::InvalidInput("one clipping value per batch and gene is needed".into()));
+        }
+        let mut sum = vec![0f64; n_batches * g];
+        let mut sq = vec![0f64; n_batches * g];
+        self.for_each_sequential(None, 4096, |b| {
+            for i in 0..b.len() {
+                let off = batch_codes[b.cells[i]] as usize * g;
+                let (genes, vals) = b.row(i);
+                for (&gene, &v) in genes.iter().zip(vals) {
+                    let k = off + gene as usize;
+                    let v = match clip {
+                        Some(c) => (v as f64).min(c[k]),
+                        None => v as f64,
+                    };
+                    sum[k] += v;
+                    sq[k] += v * v;
+                }
+            }
+            crate::runtime::check_interrupt()
+        })?;
+        Ok((sum, sq))
+    }
+
+    /// The rows of `cells` (any order; repeats allowed), as a genes-in-model CSR block.
+    pub fn read_cells(&self, cells: &[usize]) -> Result<RowBlock> {
+        let n = self.n_cells();
+        if let Some(&c) = cells.iter().find(|&&c| c >= n) {
+            return Err(Error::InvalidInput(format!("cell {} is outside the file's {n} cells", c + 1)));
+        }
+        let reader = self.reader()?;
+        let mut sorted: Vec<usize> = cells.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        // Runs of nearby cells are read in one request.
+        let mut rows: std::collections::HashMap<usize, usize> = Default::default();
+        let mut all = RowBlock::new();
+        let mut i = 0;
+        while i < sorted.len() {
+            let mut j = i + 1;
+            while j < sorted.len() && sorted[j] - sorted[j - 1] <= 8 && sorted[j] - sorted[i] < 4096 {
+                j += 1;
+            }
+            let (start, end) = (sorted[i], sorted[j - 1] + 1);
+            let block = reader.read(start, end, None)?;
+            for &c in &sorted[i..j] {
+                let k = c - start;
+                rows.insert(c, all.len());
+                all.push_from(&block, k);
+            }
+            i = j;
+        }
+        let mut out = RowBlock::new();
+        for &c in cells {
+            out.push_from(&all, rows[&c]);
+        }
+        Ok(out)
+    }
+}
+
+/// HDF5 handles of one thread.
+struct Reader<'a> {
+    disk: &'a DiskCounts,
+    _file: File,
+    indices: Dataset,
+    data: Dataset,
+}
+
+impl Reader<'_> {
+    /// Cells `start..end` (those `selected`, when given), genes mapped to the model's, values
+    /// checked.
+    fn read(&self, start: usize, end: usize, selected: Option<&[bool]>) -> Result<RowBlock> {
+        let d = self.disk;
+        let (a, b) = (d.indptr[start] as usize, d.indptr[end] as usize);
+        let ctx = |e: hdf5::Error| err(&d.path, format!("{} cannot be read ({e})", d.location));
+        let idx = self.indices.read_slice_1d::<i64, _>(a..b).map_err(ctx)?.into_raw_vec_and_offset().0;
+        let val = self.data.read_slice_1d::<f32, _>(a..b).map_err(ctx)?.into_raw_vec_and_offset().0;
+        let mut out = RowBlock::new();
+        for cell in start..end {
+            if selected.is_some_and(|s| !s[cell]) {
+                continue;
+            }
+            let (lo, hi) = (d.indptr[cell] as usize - a, d.indptr[cell + 1] as usize - a);
+            for k in lo..hi {
+                let (g, v) = (idx[k], val[k]);
+                if g < 0 || g as usize >= d.n_file_genes {
+                    return Err(err(&d.path, format!("{}: cell {} has a gene index ({g}) outside its {} genes", d.location, cell + 1, d.n_file_genes)));
+                }
+                if !(v.is_finite() && v >= 0.0 && v.fract() == 0.0 && (v as f64) <= MAX_COUNT) {
+                    return Err(err(
+                        &d.path,
+                        format!(
+                            "{}: cell {} holds the value {v}; scVI models raw UMI counts (finite, non-negative integers up to 2^24)",
+                            d.location,
+                            cell + 1
+                        ),
+                    ));
+                }
+            }
+            out.push_row(
+                cell,
+                (lo..hi).filter_map(|k| {
+                    let m = d.gene_map[idx[k] as usize];
+                    (m >= 0 && val[k] != 0.0).then_some((m, val[k]))
+                }),
+            );
+        }
+        Ok(out)
+    }
+}
