@@ -160,7 +160,16 @@ differential_expression <- function(object, ..., groupby = NULL, group1 = NULL, 
       cells2 <- .de_inlier_cells(latent, cells2, seed + k)
     }
     opts$seed <- as.numeric((seed + k - 1) %% .Machine$integer.max)
-    cols <- .engine(.rs_de_compare(fit$model, data, opts, cells1 - 1L, cells2 - 1L, b1, b2, mode,
+    data_k <- data
+    if (.is_backed(d$counts)) {
+      # Counts on disk: the comparison's cells are read into memory (the engine samples them at
+      # random).
+      u <- sort(unique(c(cells1, cells2)))
+      data_k <- .data_arg(d$counts[, u], d$codes[u], .subset_covariates(d$cov, u))
+      cells1 <- match(cells1, u)
+      cells2 <- match(cells2, u)
+    }
+    cols <- .engine(.rs_de_compare(fit$model, data_k, opts, cells1 - 1L, cells2 - 1L, b1, b2, mode,
                                    delta %||% NaN, pseudocounts %||% NaN, n_samples_overall,
                                    threshold_counts, test_mode, importance))
     res <- data.frame(gene = fit$genes, cols, check.names = FALSE, stringsAsFactors = FALSE)

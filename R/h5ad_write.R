@@ -65,7 +65,7 @@ write_h5ad.SingleCellExperiment <- function(x, path, ..., assay = "counts", over
     rot <- attr(SingleCellExperiment::reducedDim(x, nm), "rotation")
     if (!is.null(rot)) varm[[paste0(nm, "_loadings")]] <- .full_loadings(rot, rownames(x))
   }
-  names(obsm) <- paste0("X_", names(obsm))
+  if (length(obsm)) names(obsm) <- paste0("X_", names(obsm))
   meta <- S4Vectors::metadata(x)
   .write_h5ad_parts(path, overwrite, counts, layers,
                     obs = as.data.frame(SummarizedExperiment::colData(x), optional = TRUE),

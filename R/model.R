@@ -13,7 +13,14 @@
 #' random number generator, so [set.seed()] makes runs repeatable too.
 #'
 #' @param counts Raw UMI counts, genes x cells: a `dgCMatrix` (used without copying), any
-#'   `Matrix`, or a base matrix. Gene names are row names, cell names column names.
+#'   `Matrix`, or a base matrix. Gene names are row names, cell names column names. Or counts
+#'   left on disk: an `.h5ad` path or a handle from `read_h5ad(path, backed = TRUE)` (CSR X or
+#'   layer). Training then reads the file in shuffled blocks of cells on a background thread and
+#'   holds only per-cell summaries (library size, a likelihood constant) in memory; gene
+#'   selection reads it in two passes; `batch` and `labels` may name obs columns; the model keeps
+#'   the handle (not the counts), so queries read the file again. Minibatches mix cells of 256
+#'   random blocks of 64 consecutive cells, not of the whole data set as in memory: the same
+#'   objective, a slightly different sequence of steps.
 #' @param ... Unused: every argument after `counts` is given by its full name (partial matching
 #'   could change the meaning: `n_epochs` would have set `n_epochs_kl_warmup`); an unknown or
 #'   abbreviated name is a `scvir_config_error` that names the closest arguments.

@@ -24,7 +24,9 @@
 #' group), each a softmax; scvi-tools' code divides the classifier's logits as if they were
 #' probabilities there. The labelled cells' loader is reshuffled at each pass.
 #'
-#' @param object Raw counts (genes x cells), a Seurat object or a SingleCellExperiment.
+#' @param object Raw counts (genes x cells), a Seurat object or a SingleCellExperiment; or
+#'   counts on disk (an `.h5ad` path or `read_h5ad(path, backed = TRUE)`), where `labels` and
+#'   `batch` may name obs columns.
 #' @param ... For matrices and objects: [scvi_model()] options (architecture only without
 #'   `scvi_fit`; training options always). For objects: also `assay`, `layer`, `batch_key` and
 #'   covariate keys as in [scvi()] when training from scratch.
@@ -89,7 +91,14 @@ scanvi.default <- function(object, labels, ..., unlabeled_category = "Unknown", 
   if (missing(labels)) {
     scvir_abort("labels is missing: give the label of each cell (unlabeled_category or NA for unknown)")
   }
-  counts <- .check_counts(.as_dgc(object))
+  counts <- .as_backed_input(object)
+  if (.is_backed(counts)) {
+    # On disk: labels and batch may name obs columns of the file.
+    labels <- .obs_or_values(counts, labels, "labels")
+    batch <- .obs_or_values(counts, batch, "batch")
+  } else {
+    counts <- .check_counts(.as_dgc(object))
+  }
   .scanvi_core(counts, labels = labels, batch = batch, batch_key = NULL, covariates = list(),
                unlabeled_category = unlabeled_category, scvi_fit = scvi_fit,
                classification_ratio = classification_ratio, y_prior = y_prior,
@@ -298,7 +307,7 @@ scanvi.SingleCellExperiment <- function(object, ..., labels_key, unlabeled_categ
       scvir_abort(sprintf("the architecture comes from scvi_fit; do not give %s", paste(arch, collapse = ", ")),
                   "scvir_config_error")
     }
-    missing <- setdiff(scvi_fit$genes, rownames(counts))
+    missing <- setdiff(scvi_fit$genes, .gene_names(counts))
     if (length(missing)) {
       scvir_abort(sprintf("the data lack %d of scvi_fit's genes (e.g. \"%s\")", length(missing), missing[1]))
     }

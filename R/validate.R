@@ -53,21 +53,20 @@
     cell <- findInterval(k - 1, counts@p, rightmost.closed = FALSE)
     sprintf("gene \"%s\", cell \"%s\"", rownames(counts)[counts@i[k] + 1], colnames(counts)[cell])
   }
-  bad <- which(!is.finite(v))
-  if (length(bad)) {
+  # One pass in the engine: no temporary vectors the size of the matrix.
+  p <- .rs_call("scvir_count_problems", v)
+  if (p$n[1]) {
     scvir_abort(sprintf("%s contain %d NaN/NA or infinite value(s) (first at %s); scVI needs raw UMI counts",
-                        what, length(bad), where(bad[1])))
+                        what, p$n[1], where(p$first[1])))
   }
-  bad <- which(v < 0)
-  if (length(bad)) {
+  if (p$n[2]) {
     scvir_abort(sprintf("%s contain %d negative value(s) (first: %g at %s); scVI needs raw UMI counts",
-                        what, length(bad), v[bad[1]], where(bad[1])))
+                        what, p$n[2], v[p$first[2]], where(p$first[2])))
   }
-  bad <- which(v != round(v))
-  if (length(bad)) {
+  if (p$n[3]) {
     scvir_abort(sprintf(paste("%s contain %d non-integer value(s) (first: %g at %s); scVI models raw UMI",
                               "counts, not normalized or log-transformed data (use the counts layer/assay)"),
-                        what, length(bad), v[bad[1]], where(bad[1])))
+                        what, p$n[3], v[p$first[3]], where(p$first[3])))
   }
   counts
 }

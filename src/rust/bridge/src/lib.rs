@@ -523,6 +523,33 @@ fn scvir_model_values(model: Raw, what: &str) -> Result<Robj> {
 /// @noRd
 #[extendr]
 fn scvir_read_h5ad(path: &str, layer: &str) -> Result<List> {
+    quiet_panics();
+    // CSR counts (anndata's usual X) go straight into R's vectors: no second copy of the matrix.
+    let location = if layer.is_empty() { "X".to_string() } else { format!("layers/{layer}") };
+    if let Ok(Some((n_cells, n_genes, nnz))) = h5ad::csr_shape(path, &location) {
+        if nnz <= i32::MAX as usize {
+            let (obs, var) = h5ad::read_frames(path).map_err(|e| h5ad_error(path, e)).map_err(engine_error)?;
+            if (obs.index.len(), var.index.len()) != (n_cells, n_genes) {
+                return Err(engine_error(scvir_engine::Error::InvalidInput(format!(
+                    "{path}: {location}: its shape attribute [{n_cells}, {n_genes}] contradicts obs and var ({} cells x {} genes)",
+                    obs.index.len(),
+                    var.index.len()
+                ))));
+            }
+            let mut indptr: Robj = Integers::new(n_cells + 1).into();
+            let mut indices: Robj = Integers::new(nnz).into();
+            let mut values: Robj = Doubles::new(nnz).into();
+            let slices = (indptr.as_integer_slice_mut(), indices.as_integer_slice_mut(), values.as_real_slice_mut());
+            let (Some(p), Some(i), Some(x)) = slices else {
+                return Err(Error::Other("[scviR:engine] could not allocate the count vectors".into()));
+            };
+            h5ad::read_csr_into(path, &location, p, i, x).map_err(|e| h5ad_error(path, e)).map_err(engine_error)?;
+            return List::from_names_and_values(
+                ["indptr", "indices", "values", "n_cells", "n_genes", "obs", "var"],
+                [indptr, indices, values, (n_cells as i32).into_robj(), (n_genes as i32).into_robj(), frame_to_list(&obs)?.into_robj(), frame_to_list(&var)?.into_robj()],
+            );
+        }
+    }
     let data = h5ad::read(path, (!layer.is_empty()).then_some(layer))
         .map_err(|e| match e {
             // HDF5 and I/O errors do not name the file.
@@ -531,17 +558,17 @@ fn scvir_read_h5ad(path: &str, layer: &str) -> Result<List> {
             other => other,
         })
         .map_err(engine_error)?;
-    let c = &data.counts;
+    let h5ad::H5ad { counts: c, obs, var } = data;
     List::from_names_and_values(
         ["indptr", "indices", "values", "n_cells", "n_genes", "obs", "var"],
         [
-            c.indptr.clone().into_robj(),
-            c.indices.clone().into_robj(),
-            c.data.clone().into_robj(),
+            c.indptr.into_robj(),
+            c.indices.into_robj(),
+            c.data.into_robj(),
             (c.n_cells as i32).into_robj(),
             (c.n_genes as i32).into_robj(),
-            frame_to_list(&data.obs)?.into_robj(),
-            frame_to_list(&data.var)?.into_robj(),
+            frame_to_list(&obs)?.into_robj(),
+            frame_to_list(&var)?.into_robj(),
         ],
     )
 }
@@ -723,6 +750,20 @@ fn scvir_write_h5ad(path: &str, x: List, layers: List, obs: List, var: List, obs
 }
 
 /// HDF5 and I/O errors do not name the file.
+/// Counts, first positions (1-based, NA when none) of non-finite, negative and non-integer
+/// values of a count vector.
+/// @noRd
+#[extendr]
+fn scvir_count_problems(values: &[f64]) -> List {
+    quiet_panics();
+    let p = scvir_engine::data::counts::value_problems(values);
+    let first = |f: Option<usize>| f.map_or(Rfloat::na(), |k| Rfloat::from((k + 1) as f64));
+    list!(
+        n = p.iter().map(|e| e.0 as f64).collect::<Vec<f64>>(),
+        first = p.iter().map(|e| first(e.1)).collect::<Doubles>()
+    )
+}
+
 /// A file opened for reading its counts from disk: matrix location, encoding and shape, var,
 /// obs's column names.
 /// @noRd
@@ -848,6 +889,7 @@ extendr_module! {
     fn scvir_read_h5ad;
     fn scvir_read_h5ad_extras;
     fn scvir_h5ad_backed;
+    fn scvir_count_problems;
     fn scvir_h5ad_obs;
     fn scvir_h5ad_gene_sums;
     fn scvir_h5ad_read_cells;

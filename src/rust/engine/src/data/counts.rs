@@ -95,6 +95,28 @@ fn validate_values(data: &[f64]) -> Result<()> {
     Ok(())
 }
 
+/// How many values are non-finite, negative (finite) and non-integer (finite), each with the
+/// position of its first: the checks R runs on a matrix before anything else, without the
+/// temporary vectors R would allocate for them.
+pub fn value_problems(data: &[f64]) -> [(usize, Option<usize>); 3] {
+    let mut out = [(0usize, None); 3];
+    for (k, &v) in data.iter().enumerate() {
+        let kind = if !v.is_finite() {
+            0
+        } else if v < 0.0 {
+            1
+        } else if v.fract() != 0.0 {
+            2
+        } else {
+            continue;
+        };
+        out[kind].0 += 1;
+        out[kind].1.get_or_insert(k);
+    }
+    // A negative non-integer counts as negative only, as R's checks in that order report it.
+    out
+}
+
 /// The largest count the engine accepts: every integer up to it is exact in f32.
 pub const MAX_COUNT: f64 = 16_777_216.0;
 

@@ -133,15 +133,75 @@ fn read_matrix(parent: &Group, name: &str, n_cells: usize, n_genes: usize, path:
     let to_i32 = |v: Vec<i64>| v.into_iter().map(|x| x as i32).collect::<Vec<i32>>();
     match enc.as_str() {
         "csr_matrix" => {
-            let (indices, data) = check_compressed(path, name, &indptr, indices, data, n_cells, n_genes, "cell", "gene")?;
+            let (mut indices, mut data) = (indices, data);
+            check_compressed(path, name, &indptr, &mut indices, &mut data, n_cells, n_genes, "cell", "gene")?;
             Ok(OwnedCounts { n_cells, n_genes, indptr: to_i32(indptr), indices: to_i32(indices), data })
         }
         "csc_matrix" => {
-            let (indices, data) = check_compressed(path, name, &indptr, indices, data, n_genes, n_cells, "gene", "cell")?;
+            let (mut indices, mut data) = (indices, data);
+            check_compressed(path, name, &indptr, &mut indices, &mut data, n_genes, n_cells, "gene", "cell")?;
             Ok(csc_to_csr(n_cells, n_genes, &indptr, &indices, &data))
         }
         other => Err(fmt_err(path, format!("{name} has an unsupported encoding \"{other}\""))),
     }
+}
+
+/// The shape and number of stored values of a CSR matrix ("X" or "layers/<name>"), or None
+/// when it is stored otherwise (CSC, dense).
+pub fn csr_shape(path: &str, location: &str) -> Result<Option<(usize, usize, usize)>> {
+    let file = open(path)?;
+    let Ok(g) = file.group(location) else { return Ok(None) };
+    let enc = string_attr(&g, "encoding-type").or_else(|| string_attr(&g, "h5sparse_format").map(|f| format!("{f}_matrix")));
+    if enc.as_deref() != Some("csr_matrix") {
+        return Ok(None);
+    }
+    let shape: Vec<i64> = g.attr("shape").and_then(|a| a.read_raw::<i64>()).map_err(|_| fmt_err(path, format!("{location} has no shape attribute")))?;
+    if shape.len() != 2 || shape.iter().any(|&s| s < 0) {
+        return Err(fmt_err(path, format!("{location} has a malformed shape attribute {shape:?}")));
+    }
+    let nnz = g.dataset("data").map_err(|_| fmt_err(path, format!("{location} has no data")))?.size();
+    Ok(Some((shape[0] as usize, shape[1] as usize, nnz)))
+}
+
+/// Reads a CSR matrix straight into the caller's buffers (R's vectors: no second copy of the
+/// counts), in blocks, then validates it in place as `read` does. `indptr` has n_cells + 1
+/// entries; `indices` and `data` one per stored value (fewer than 2^31).
+pub fn read_csr_into(path: &str, location: &str, indptr: &mut [i32], indices: &mut [i32], data: &mut [f64]) -> Result<()> {
+    let file = open(path)?;
+    let g = file.group(location).map_err(|_| fmt_err(path, format!("no matrix {location}")))?;
+    let nnz = data.len();
+    if nnz > i32::MAX as usize {
+        return Err(fmt_err(path, "more than 2^31 nonzero entries do not fit a dgCMatrix; read the file with backed = TRUE"));
+    }
+    let wide = read_i64(&g.dataset("indptr")?)?;
+    let n_genes = csr_shape(path, location)?.map_or(0, |s| s.1);
+    let (ds_i, ds_x) = (g.dataset("indices")?, g.dataset("data")?);
+    if ds_i.size() != nnz || indices.len() != nnz {
+        return Err(fmt_err(path, format!("{location}: indices has {} entries but data has {nnz}; the file is malformed", ds_i.size())));
+    }
+    const BLOCK: usize = 1 << 22;
+    let mut start = 0;
+    while start < nnz {
+        let end = (start + BLOCK).min(nnz);
+        let i = ds_i.read_slice_1d::<i32, _>(start..end)?;
+        indices[start..end].copy_from_slice(i.as_slice().expect("contiguous"));
+        let x = ds_x.read_slice_1d::<f64, _>(start..end)?;
+        data[start..end].copy_from_slice(x.as_slice().expect("contiguous"));
+        start = end;
+    }
+    check_compressed(path, location, &wide, indices, data, indptr.len().saturating_sub(1), n_genes, "cell", "gene")?;
+    for (o, &v) in indptr.iter_mut().zip(&wide) {
+        *o = v as i32;
+    }
+    Ok(())
+}
+
+/// obs and var of a file.
+pub fn read_frames(path: &str) -> Result<(Frame, Frame)> {
+    let file = open(path)?;
+    let obs = read_frame(&file.group("obs").map_err(|_| fmt_err(path, "no obs group"))?)?;
+    let var = read_frame(&file.group("var").map_err(|_| fmt_err(path, "no var group"))?)?;
+    Ok((obs, var))
 }
 
 /// Validates compressed sparse storage read from a file (`n_major` rows of a CSR matrix, or
@@ -149,17 +209,17 @@ fn read_matrix(parent: &Group, name: &str, n_cells: usize, n_genes: usize, path:
 /// every index is in range; no index repeats within a row. Rows whose indices are not sorted are
 /// sorted (scipy allows that). Errors name the file, the matrix and what is wrong.
 #[allow(clippy::too_many_arguments)]
-fn check_compressed(
+fn check_compressed<I: Copy + Ord + Into<i64>>(
     path: &str,
     name: &str,
     indptr: &[i64],
-    mut indices: Vec<i64>,
-    mut data: Vec<f64>,
+    indices: &mut [I],
+    data: &mut [f64],
     n_major: usize,
     n_minor: usize,
     major: &str,
     minor: &str,
-) -> Result<(Vec<i64>, Vec<f64>)> {
+) -> Result<()> {
     let bad = |what: String| Err(fmt_err(path, format!("{name}: {what}; the file is malformed")));
     if indptr.len() != n_major + 1 {
         return bad(format!("indptr has {} entries, expected {} ({n_major} {major}s + 1)", indptr.len(), n_major + 1));
@@ -173,7 +233,7 @@ fn check_compressed(
     if let Some(i) = indptr.windows(2).position(|w| w[1] < w[0]) {
         return bad(format!("indptr decreases at {major} {}", i + 1));
     }
-    if let Some(&v) = indices.iter().find(|&&v| v < 0 || v as usize >= n_minor) {
+    if let Some(v) = indices.iter().map(|&v| v.into()).find(|&v: &i64| v < 0 || v as usize >= n_minor) {
         return bad(format!("index {v} is outside the {n_minor} {minor}s"));
     }
     for r in 0..n_major {
@@ -181,7 +241,7 @@ fn check_compressed(
         if indices[a..b].windows(2).all(|w| w[0] < w[1]) {
             continue;
         }
-        let mut pairs: Vec<(i64, f64)> = indices[a..b].iter().copied().zip(data[a..b].iter().copied()).collect();
+        let mut pairs: Vec<(I, f64)> = indices[a..b].iter().copied().zip(data[a..b].iter().copied()).collect();
         pairs.sort_by_key(|p| p.0);
         if pairs.windows(2).any(|w| w[0].0 == w[1].0) {
             return bad(format!("{major} {} lists the same {minor} twice", r + 1));
@@ -191,7 +251,7 @@ fn check_compressed(
             data[a + k] = v;
         }
     }
-    Ok((indices, data))
+    Ok(())
 }
 
 /// Transposes compressed-column storage into compressed-row storage (counting sort by row).
@@ -414,7 +474,9 @@ mod tests {
     #[test]
     fn malformed_compressed_storage_is_refused_and_unsorted_rows_sorted() {
         use super::check_compressed;
-        let ok = |indptr: &[i64], idx: Vec<i64>, data: Vec<f64>| check_compressed("f.h5ad", "X", indptr, idx, data, 2, 3, "cell", "gene");
+        let ok = |indptr: &[i64], mut idx: Vec<i64>, mut data: Vec<f64>| {
+            check_compressed("f.h5ad", "X", indptr, &mut idx, &mut data, 2, 3, "cell", "gene").map(|_| (idx, data))
+        };
         // Unsorted within a row: sorted with the values.
         let (i, d) = ok(&[0, 2, 3], vec![2, 0, 1], vec![5.0, 6.0, 7.0]).unwrap();
         assert_eq!(i, vec![0, 2, 1]);

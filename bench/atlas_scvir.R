@@ -1,0 +1,31 @@
+# One scviR run on an atlas-sized .h5ad for bench/run_atlas_bench.sh: read, train one epoch (no
+# gene selection), latent; phase times and the process's peak resident memory (VmHWM).
+#   Rscript bench/atlas_scvir.R memory|disk FILE THREADS [EPOCHS]
+args <- commandArgs(TRUE)
+mode <- args[[1]]; path <- args[[2]]; threads <- as.integer(args[[3]])
+epochs <- if (length(args) > 3) as.integer(args[[4]]) else 1L
+suppressMessages(library(scviR))
+peak_gb <- function() {
+  l <- grep("^VmHWM", readLines("/proc/self/status"), value = TRUE)
+  as.numeric(gsub("[^0-9]", "", l)) / 1024^2
+}
+t0 <- proc.time()[["elapsed"]]
+if (mode == "memory") {
+  sce <- read_h5ad(path, layers = FALSE, obsm = FALSE, raw = FALSE)
+  x <- SingleCellExperiment::counts(sce)
+  rm(sce)
+} else {
+  x <- read_h5ad(path, backed = TRUE)
+}
+t1 <- proc.time()[["elapsed"]]
+fit <- scvi_model(x, n_top_genes = NULL, keep_data = mode != "memory", max_epochs = epochs,
+                  seed = 0, n_threads = threads, verbose = FALSE)
+t2 <- proc.time()[["elapsed"]]
+peak_train <- peak_gb()
+z <- if (mode == "memory") get_latent_representation(fit, newdata = x) else get_latent_representation(fit)
+t3 <- proc.time()[["elapsed"]]
+h <- fit$history
+cat(sprintf("RESULT\tscviR %s\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%.1f\t%.3f\n",
+            if (mode == "memory") "(in memory)" else "(from disk)", ncol(x), threads,
+            t1 - t0, t2 - t1, t3 - t2, peak_train, peak_gb(),
+            sum(h$train_seconds), tail(h$elbo_validation, 1)))

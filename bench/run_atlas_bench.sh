@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Atlas scale, side by side: scviR in memory, scviR from disk and scvi-tools 1.4.2 on real PBMC 3k
+# cells resampled to 1,000,000 cells x 2,000 genes (two conditions; bench/make_atlas_h5ad.py), one
+# epoch at batch 128 and 2 threads each, every run in a fresh process; then scviR from disk on
+# 10,000,000 cells. Prints one table: read, train (with set-up), latent, peak RSS during training
+# and in all, epoch time, validation ELBO.
+#   ATLAS_DIR (~/.cache/scviR/atlas)  ATLAS_THREADS (2)  ATLAS_10M (1: include the 10M-cell run)
+# Needs an installed scviR (make install); the files are written once (1.4 GB and 14 GB).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here/.."
+dir="${ATLAS_DIR:-$HOME/.cache/scviR/atlas}"; threads="${ATLAS_THREADS:-2}"
+venv="${SCVIR_BENCH_VENV:-$HOME/.cache/scviR/bench-venv}"
+bash "$here/setup_venv.sh" > /dev/null
+mkdir -p "$dir"
+make_file() { [ -f "$dir/$2" ] || "$venv/bin/python" "$here/make_atlas_h5ad.py" "$1" "$dir/$2" > /dev/null; }
+make_file 1000000 pbmc_1m.h5ad
+out=$(mktemp)
+run() { "$@" 2>&1 | tee -a "$out.log" | grep '^RESULT' >> "$out" || { echo "failed: $*"; tail -n 20 "$out.log"; }; }
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+run Rscript "$here/atlas_scvir.R" memory "$dir/pbmc_1m.h5ad" "$threads"
+run Rscript "$here/atlas_scvir.R" disk "$dir/pbmc_1m.h5ad" "$threads"
+run "$venv/bin/python" "$here/atlas_scvi_tools.py" "$dir/pbmc_1m.h5ad" "$threads"
+if [ "${ATLAS_10M:-1}" = 1 ]; then
+  make_file 10000000 pbmc_10m.h5ad
+  run Rscript "$here/atlas_scvir.R" disk "$dir/pbmc_10m.h5ad" "$threads"
+fi
+printf "| run | cells | threads | read (s) | train incl. set-up (s) | latent (s) | peak RSS in training (GB) | peak RSS in all (GB) | epoch (s) | validation ELBO |\n|---|---|---|---|---|---|---|---|---|---|\n"
+cut -f2- "$out" | sed 's/\t/ | /g; s/^/| /; s/$/ |/'

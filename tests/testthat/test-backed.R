@@ -1,0 +1,131 @@
+# Counts left on disk (read_h5ad(backed = TRUE), .h5ad paths): the bundled PBMC 3k (real counts)
+# read in blocks must give what the same counts in memory give.
+
+pbmc3k_counts <- function() {
+  if (is.null(.pbmc3k_cache$counts)) {
+    .pbmc3k_cache$counts <- SingleCellExperiment::counts(read_h5ad(pbmc3k_path(), layers = FALSE))
+  }
+  .pbmc3k_cache$counts
+}
+
+test_that("a backed handle describes the file and reads cells on request", {
+  skip_if_not_installed("SingleCellExperiment")
+  h <- read_h5ad(pbmc3k_path(), backed = TRUE)
+  x <- pbmc3k_counts()
+  expect_s3_class(h, "scvir_h5ad")
+  expect_equal(dim(h), dim(x))
+  expect_identical(dimnames(h), dimnames(x))
+  expect_output(print(h), "2638 cells x 2000 genes")
+  genes <- rev(rownames(x)[c(3, 10, 500)])
+  v <- h[genes, ]
+  expect_s3_class(v, "scvir_h5ad")
+  expect_equal(dim(v), c(3L, ncol(x)))
+  expect_output(print(v), "of 2000 in the file")
+  cells <- c(17L, 2L, 2638L, 17L)
+  expect_identical(v[, cells], x[genes, cells])
+  expect_error(h[, 5000], class = "scvir_input_error")
+})
+
+test_that("training from disk reaches the in-memory fit, and the latent is the same from either", {
+  skip_if_not_installed("SingleCellExperiment")
+  x <- pbmc3k_counts()
+  fit2 <- function(counts) {
+    scvi_model(counts, n_top_genes = NULL, max_epochs = 12L, seed = 1L, n_threads = 2L, verbose = FALSE)
+  }
+  fit_d <- fit2(pbmc3k_path())
+  fit_m <- fit2(x)
+  # The same split of cells; minibatches differ (blocks on disk), the objective does not.
+  expect_identical(fit_d$validation_indices, fit_m$validation_indices)
+  last <- function(f) utils::tail(f$history$elbo_validation, 1)
+  expect_lt(abs(last(fit_d) - last(fit_m)) / last(fit_m), 0.01)
+  expect_s3_class(fit_d$data$counts, "scvir_h5ad")
+  expect_identical(fit_d$cells, colnames(x))
+  z_disk <- get_latent_representation(fit_d)
+  expect_identical(rownames(z_disk), colnames(x))
+  expect_equal(z_disk, get_latent_representation(fit_d, newdata = x), tolerance = 0)
+  # Cells picked by position are read into memory.
+  # (a minibatch of 2 cells rounds differently from one of 128)
+  expect_equal(get_latent_representation(fit_d, indices = c(5, 1)), z_disk[c(5, 1), ], tolerance = 1e-5)
+  # A model keeps the handle, not the counts, and still finds the file after saveRDS().
+  tmp <- tempfile(fileext = ".rds")
+  on.exit(unlink(tmp))
+  saveRDS(fit_d, tmp)
+  expect_lt(as.numeric(utils::object.size(fit_d$data)), 1e6)
+  expect_equal(get_latent_representation(readRDS(tmp)), z_disk, tolerance = 0)
+})
+
+test_that("obs columns name batches and labels; scANVI trains from disk", {
+  skip_if_not_installed("SingleCellExperiment")
+  h <- read_h5ad(pbmc3k_path(), backed = TRUE)
+  sce <- read_h5ad(pbmc3k_path(), layers = FALSE)
+  fit <- quick_fit(h, batch = "cell_type", n_top_genes = NULL, max_epochs = 3L)
+  expect_identical(fit$batches, levels(factor(sce$cell_type)))
+  expect_error(quick_fit(h, batch = "donor", max_epochs = 1L), "no column \"donor\"", class = "scvir_input_error")
+  labels <- as.character(sce$cell_type)
+  labels[seq(1, length(labels), by = 3)] <- "Unknown"
+  sc <- scanvi(h, labels = labels, n_top_genes = NULL, max_epochs = 3L, seed = 1, n_threads = 1L,
+               verbose = FALSE)
+  expect_s3_class(sc, "scanvi_model")
+  pred <- predict(sc)
+  expect_length(pred, ncol(sce))
+  # Trained for 3 epochs only: better than chance is what is checked.
+  known <- labels != "Unknown"
+  expect_gt(mean(pred[known] == labels[known]), 0.5)
+})
+
+test_that("gene selection on disk equals seurat_v3 in memory", {
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- read_h5ad(pbmc3k_path(), layers = FALSE)
+  # loess warns on the smallest cell types (a few cells), in memory as on disk.
+  on_disk <- suppressWarnings(select_hvg_seurat_v3(pbmc3k_path(), n_top_genes = 400L, batch = "cell_type"))
+  in_memory <- suppressWarnings(select_hvg_seurat_v3(SingleCellExperiment::counts(sce), n_top_genes = 400L,
+                                                     batch = sce$cell_type))
+  expect_equal(on_disk, in_memory, tolerance = 1e-10)
+  expect_identical(on_disk$highly_variable, in_memory$highly_variable)
+})
+
+test_that("DE of a model trained from disk reads only the compared cells, with the in-memory result", {
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- read_h5ad(pbmc3k_path(), layers = FALSE)
+  fit <- quick_fit(pbmc3k_path(), n_top_genes = NULL, max_epochs = 5L)
+  g <- as.character(sce$cell_type)
+  de_disk <- differential_expression(fit, groupby = g, group1 = "B", group2 = "CD14 Mono",
+                                     seed = 3, silent = TRUE)
+  de_mem <- differential_expression(fit, newdata = SingleCellExperiment::counts(sce), groupby = g,
+                                    group1 = "B", group2 = "CD14 Mono", seed = 3, silent = TRUE)
+  expect_equal(de_disk, de_mem, tolerance = 1e-6)
+  expect_gt(nrow(de_disk), 1000)
+})
+
+test_that("bad files on disk give classed errors naming the file and the cell", {
+  skip_if_not_installed("SingleCellExperiment")
+  dir <- tempfile("scvir-backed-")
+  dir.create(dir)
+  on.exit(unlink(dir, recursive = TRUE))
+  x <- pbmc_small_counts()
+  # Normalised (non-integer) values: a layer of log-normalised expression.
+  # (an object without reductions: write_h5ad() once failed on it)
+  sce <- SingleCellExperiment::SingleCellExperiment(list(counts = x, logcounts = log1p(x)))
+  p <- file.path(dir, "normalised.h5ad")
+  write_h5ad(sce, p)
+  h <- read_h5ad(p, backed = TRUE, layer = "logcounts")
+  e <- expect_error(quick_fit(h, n_top_genes = NULL, max_epochs = 1L), class = "scvir_input_error")
+  expect_match(conditionMessage(e), "normalised.h5ad")
+  expect_match(conditionMessage(e), "raw UMI counts")
+  # A cell without counts.
+  z <- x
+  z[, 7] <- 0
+  z <- methods::as(z, "CsparseMatrix")
+  p2 <- file.path(dir, "empty.h5ad")
+  write_h5ad(z, p2)
+  expect_error(quick_fit(p2, n_top_genes = NULL, max_epochs = 1L), "cell 7 has no counts", class = "scvir_input_error")
+  # Not a file, a missing file.
+  expect_error(read_h5ad(file.path(dir, "none.h5ad"), backed = TRUE), "none.h5ad")
+  expect_error(quick_fit(file.path(dir, "none.h5ad")), "none.h5ad")
+  # A model trained on disk whose file is gone says so, naming it.
+  p3 <- file.path(dir, "gone.h5ad")
+  write_h5ad(x, p3)
+  fit <- quick_fit(p3, n_top_genes = NULL, max_epochs = 1L)
+  unlink(p3)
+  expect_error(get_latent_representation(fit), "gone.h5ad", class = "scvir_input_error")
+})
