@@ -249,7 +249,7 @@ load_query_data.SingleCellExperiment <- function(query, reference, ..., batch_ke
   fit$batch_key <- source$batch_key %||% ref$batch_key
   fit$is_trained <- FALSE
   fit$zero_filled_genes <- filled
-  fit$reference <- list(model_type = ref$model_type, batches = ref$batches, n_cells = length(ref$cells))
+  fit$reference <- list(model_type = ref$model_type, batches = ref$batches, n_cells = .fit_n_cells(ref))
   fit$accelerator <- ref$accelerator %||% "auto"
   fit$device_index <- ref$device_index %||% 0L
   fit

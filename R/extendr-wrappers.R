@@ -34,6 +34,7 @@
            as.integer(n_threads))
 }
 .rs_model_meta <- function(model) .rs_call("scvir_model_meta", model)
+.rs_model_split <- function(model) .rs_call("scvir_model_split", model)
 .rs_latent <- function(model, data, opts, what, mc_samples) {
   .rs_call("scvir_latent", model, data, opts, what, mc_samples)
 }

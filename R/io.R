@@ -123,6 +123,7 @@ load_model <- function(dir) {
   fit$accelerator <- r_side$accelerator %||% "auto"
   fit$device_index <- r_side$device_index %||% 0L
   fit$device <- r_side$device
+  fit$n_cells <- r_side$n_cells
   if (inherits(fit, "scanvi_model")) {
     fit$unlabeled_category <- r_side$unlabeled_category %||% fit$unlabeled_category
     fit$pretrained <- r_side$pretrained

@@ -248,10 +248,12 @@ scvi_model <- function(counts, ..., batch = NULL, labels = NULL, categorical_cov
                            .to_json(train), n_threads, progress$callback, accelerator,
                            as.integer(device_index), init_model))
   elapsed <- proc.time()[["elapsed"]] - started
-  fit <- .new_fit(res$model, cells = colnames(counts),
+  # Counts on disk: cell names stay in the file (millions of strings) until a query needs them.
+  fit <- .new_fit(res$model, cells = if (.is_backed(counts)) NULL else colnames(counts),
                   data = if (isTRUE(keep_data)) list(counts = counts, batch = batch, covariates = covariates) else NULL,
                   seed = seed, n_threads = n_threads, hvg = hvg, source = source)
   fit$train_seconds <- elapsed
+  if (.is_backed(counts)) fit$n_cells <- ncol(counts)
   fit$accelerator <- accelerator
   fit$device_index <- as.integer(device_index)
   fit$device <- res$device
@@ -272,7 +274,7 @@ scvi_model <- function(counts, ..., batch = NULL, labels = NULL, categorical_cov
     empty <- cls[vapply(cls, function(k) all(is.na(history[[k]])), TRUE)]
     history <- history[setdiff(names(history), empty)]
   }
-  split <- meta$split
+  split <- .engine(.rs_model_split(bytes))
   fit <- structure(list(
     stopped_early_at = meta$history$stopped_early_at,
     model = bytes,
@@ -289,9 +291,9 @@ scvi_model <- function(counts, ..., batch = NULL, labels = NULL, categorical_cov
     uses_size_factor = isTRUE(meta$vae$use_size_factor_key),
     cells = cells,
     history = history,
-    train_indices = as.integer(split$train) + 1L,
-    validation_indices = as.integer(split$validation) + 1L,
-    test_indices = as.integer(split$test) + 1L,
+    train_indices = split$train,
+    validation_indices = split$validation,
+    test_indices = split$test,
     seed = seed,
     n_threads = n_threads,
     hvg = hvg,
@@ -337,7 +339,7 @@ print.scvi_model <- function(x, ...) {
                 if (!is.null(x$stopped_early_at)) " (stopped early)" else ""))
   }
   cat(sprintf("  data:     %d genes x %d cells (train %d, validation %d, test %d)\n",
-              length(x$genes), length(x$cells), length(x$train_indices),
+              length(x$genes), .fit_n_cells(x), length(x$train_indices),
               length(x$validation_indices), length(x$test_indices)))
   if (length(x$batches) > 1) {
     cat(sprintf("  batch:    \"%s\" with %d categories (%s)\n", x$batch_key %||% "batch",
@@ -417,7 +419,7 @@ summary.scvi_model <- function(object, ...) {
     model_type = object$model_type,
     engine_version = object$engine_version,
     n_genes = length(object$genes),
-    n_cells = length(object$cells),
+    n_cells = .fit_n_cells(object),
     n_train = length(object$train_indices),
     n_validation = length(object$validation_indices),
     n_test = length(object$test_indices),
@@ -741,3 +743,6 @@ get_batch_representation <- function(object) {
        lr_min = .check_number(lr_min, "lr_min", 0),
        lr_scheduler_metric = .check_choice(lr_scheduler_metric, monitors, "lr_scheduler_metric"))
 }
+
+# Cells a model was trained on (its names are not held for counts on disk).
+.fit_n_cells <- function(fit) fit$n_cells %||% length(fit$cells)

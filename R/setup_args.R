@@ -148,7 +148,7 @@ load_registry <- function(dir) {
     continuous_covariates = fit$continuous_covariates,
     size_factor_key = src$size_factor_key,
     source = src,
-    n_cells_fitted = length(fit$cells),
+    n_cells_fitted = .fit_n_cells(fit),
     engine_version = fit$engine_version)
 }
 

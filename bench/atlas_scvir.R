@@ -1,9 +1,11 @@
 # One scviR run on an atlas-sized .h5ad for bench/run_atlas_bench.sh: read, train one epoch (no
 # gene selection), latent; phase times and the process's peak resident memory (VmHWM).
-#   Rscript bench/atlas_scvir.R memory|disk FILE THREADS [EPOCHS]
+#   Rscript bench/atlas_scvir.R memory|disk FILE THREADS [EPOCHS] [TRAIN_SIZE]
 args <- commandArgs(TRUE)
 mode <- args[[1]]; path <- args[[2]]; threads <- as.integer(args[[3]])
 epochs <- if (length(args) > 3) as.integer(args[[4]]) else 1L
+train_size <- if (length(args) > 4) as.numeric(args[[5]]) else NULL
+validation_size <- if (is.null(train_size)) NULL else train_size / 10
 suppressMessages(library(scviR))
 peak_gb <- function() {
   l <- grep("^VmHWM", readLines("/proc/self/status"), value = TRUE)
@@ -19,6 +21,7 @@ if (mode == "memory") {
 }
 t1 <- proc.time()[["elapsed"]]
 fit <- scvi_model(x, n_top_genes = NULL, keep_data = mode != "memory", max_epochs = epochs,
+                  train_size = train_size, validation_size = validation_size,
                   seed = 0, n_threads = threads, verbose = FALSE)
 t2 <- proc.time()[["elapsed"]]
 peak_train <- peak_gb()
@@ -26,6 +29,8 @@ z <- if (mode == "memory") get_latent_representation(fit, newdata = x) else get_
 t3 <- proc.time()[["elapsed"]]
 h <- fit$history
 cat(sprintf("RESULT\tscviR %s\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%.1f\t%.3f\n",
-            if (mode == "memory") "(in memory)" else "(from disk)", ncol(x), threads,
+            paste(if (mode == "memory") "(in memory)" else "(from disk)",
+                  if (is.null(train_size)) "" else sprintf("train_size %g", train_size)),
+            ncol(x), threads,
             t1 - t0, t2 - t1, t3 - t2, peak_train, peak_gb(),
             sum(h$train_seconds), tail(h$elbo_validation, 1)))

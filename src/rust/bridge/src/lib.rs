@@ -288,8 +288,24 @@ fn scvir_load_query(reference: Raw, registry_json: &str, data: List, options_jso
 /// @noRd
 #[extendr]
 fn scvir_model_meta(model: Raw) -> Result<String> {
-    let (meta, _) = model_file::read_meta(model.as_slice()).map_err(engine_error)?;
+    let (mut meta, _) = model_file::read_meta(model.as_slice()).map_err(engine_error)?;
+    // The split (one index per cell: millions for an atlas) comes as integer vectors from
+    // scvir_model_split, not through R's JSON parser.
+    meta.split = Default::default();
     serde_json::to_string(&meta).map_err(|e| Error::Other(e.to_string()))
+}
+
+/// The model's train / validation / test cells, 1-based.
+/// @noRd
+#[extendr]
+fn scvir_model_split(model: Raw) -> Result<List> {
+    quiet_panics();
+    let (meta, _) = model_file::read_meta(model.as_slice()).map_err(engine_error)?;
+    let one_based = |v: &[usize]| v.iter().map(|&i| (i + 1) as i32).collect::<Vec<i32>>();
+    List::from_names_and_values(
+        ["train", "validation", "test"],
+        [one_based(&meta.split.train).into_robj(), one_based(&meta.split.validation).into_robj(), one_based(&meta.split.test).into_robj()],
+    )
 }
 
 /// Cells x n_latent posterior means ("mean"), samples ("sample"), or the Gaussian posterior's
@@ -879,6 +895,7 @@ extendr_module! {
     fn scvir_query_registry;
     fn scvir_load_query;
     fn scvir_model_meta;
+    fn scvir_model_split;
     fn scvir_latent;
     fn scvir_normalized_expression;
     fn scvir_evaluate;
