@@ -40,6 +40,12 @@
   err <- tryCatch({
     dyn.load(file.path(dir, "lib", "libc10.so"), local = TRUE, now = TRUE)
     dyn.load(file.path(dir, "lib", "libtorch_cpu.so"), local = TRUE, now = TRUE)
+    # A CUDA libtorch (install-libtorch.sh with a GPU or SCVIR_CUDA=1): its CUDA libraries find
+    # the nvidia-* runtime installed beside them through their own run paths.
+    for (cuda in c("libc10_cuda.so", "libtorch_cuda.so")) {
+      f <- file.path(dir, "lib", cuda)
+      if (file.exists(f)) dyn.load(f, local = TRUE, now = TRUE)
+    }
     dll <- library.dynam("scviR", pkgname, libname)
     .scvir_state$routines <- getDLLRegisteredRoutines(dll)[[".Call"]]
     NULL

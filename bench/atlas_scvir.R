@@ -5,8 +5,9 @@ args <- commandArgs(TRUE)
 mode <- args[[1]]; path <- args[[2]]; threads <- as.integer(args[[3]])
 epochs <- if (length(args) > 3) as.integer(args[[4]]) else 1L
 train_size <- if (length(args) > 4) as.numeric(args[[5]]) else NULL
-validation_size <- if (is.null(train_size)) NULL else train_size / 10
+validation_size <- if (is.null(train_size)) NULL else min(train_size / 10, 1 - train_size)
 suppressMessages(library(scviR))
+options(scviR.tune_blas = TRUE, scviR.tune_allocator = TRUE)  # the tuned setup, opt-in
 peak_gb <- function() {
   l <- grep("^VmHWM", readLines("/proc/self/status"), value = TRUE)
   as.numeric(gsub("[^0-9]", "", l)) / 1024^2
