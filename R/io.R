@@ -272,7 +272,7 @@ load_model <- function(dir) {
 #'   to save memory on large files).
 #' @param backed `TRUE` leaves the counts on disk: the result is a handle (class `scvir_h5ad`:
 #'   the path, the matrix, var and the names of obs's columns) that [scvi_model()],
-#'   [scanvi_model()], [select_hvg_seurat_v3()] and the queries read in blocks, so memory holds
+#'   [scanvi()], [select_hvg_seurat_v3()] and the queries read in blocks, so memory holds
 #'   per-cell summaries rather than the matrix. The counts must be stored as CSR (anndata's
 #'   default for sparse X). `h[genes, ]` selects genes without reading; `h[, cells]` reads those
 #'   cells into a `dgCMatrix`. An `.h5ad` path given as counts is opened this way.
