@@ -24,7 +24,7 @@ test_that("attaching scviR masks nothing", {
   # S3 methods only for scviR's generics or scviR's classes.
   s3 <- getNamespaceInfo(asNamespace("scviR"), "S3methods")
   own_classes <- c("scvi_model", "scanvi_model", "summary.scvi_model", "scvir_libtorch_info",
-                   "scvir_setup_args")
+                   "scvir_setup_args", "scvir_h5ad")
   foreign <- s3[!(s3[, 1] %in% exported | s3[, 2] %in% own_classes), , drop = FALSE]
   expect_equal(nrow(foreign), 0L, info = paste(foreign[, 3], collapse = ", "))
   expect_true("predict_labels" %in% exported)
