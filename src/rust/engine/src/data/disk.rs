@@ -94,15 +94,20 @@ fn err(path: &str, what: impl std::fmt::Display) -> Error {
     Error::InvalidInput(format!("{path}: {what}"))
 }
 
-fn open_matrix(path: &str, location: &str) -> Result<(File, Dataset, Dataset)> {
-    let file = super::super::io::h5ad::open(path)?;
-    let g = file.group(location).map_err(|_| {
+/// The group of the matrix at `location`; a dense matrix there is refused with what to do.
+fn matrix_group(file: &File, path: &str, location: &str) -> Result<hdf5::Group> {
+    file.group(location).map_err(|_| {
         if file.dataset(location).is_ok() {
-            err(path, format!("{location} is stored dense; reading from disk needs a CSR matrix (write it with anndata as a csr_matrix)"))
+            err(path, format!("{location} is stored dense; reading counts from disk needs a CSR matrix (anndata's csr_matrix encoding)"))
         } else {
             err(path, format!("no matrix {location}"))
         }
-    })?;
+    })
+}
+
+fn open_matrix(path: &str, location: &str) -> Result<(File, Dataset, Dataset)> {
+    let file = super::super::io::h5ad::open(path)?;
+    let g = matrix_group(&file, path, location)?;
     let indices = g.dataset("indices").map_err(|_| err(path, format!("{location} has no indices")))?;
     let data = g.dataset("data").map_err(|_| err(path, format!("{location} has no data")))?;
     Ok((file, indices, data))
@@ -113,13 +118,7 @@ impl DiskCounts {
     /// `genes` lists the file's gene positions (0-based) the model uses, in the model's order.
     pub fn open(path: &str, location: &str, genes: &[usize]) -> Result<Self> {
         let file = super::super::io::h5ad::open(path)?;
-        let g = file.group(location).map_err(|_| {
-            if file.dataset(location).is_ok() {
-                err(path, format!("{location} is stored dense; training from disk needs a CSR matrix (anndata's csr_matrix encoding)"))
-            } else {
-                err(path, format!("no matrix {location}"))
-            }
-        })?;
+        let g = matrix_group(&file, path, location)?;
         let enc = g
             .attr("encoding-type")
             .ok()

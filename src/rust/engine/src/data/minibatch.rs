@@ -70,34 +70,33 @@ impl<'a> MinibatchBuilder<'a> {
             let library = covariates.latent.map_or_else(|| vals.iter().sum::<f64>(), |p| p.library[c]);
             log_library.push(library.ln() as f32);
         }
-        MinibatchBuilder {
-            counts: Some(counts),
-            n_genes: counts.n_genes(),
-            batch_codes,
-            covariates: covariates.clone(),
-            device,
-            lgamma_x1,
-            log_library,
-            dense: Vec::new(),
-            dense_log1p: Vec::new(),
-            nz_flat: Vec::new(),
-            nz_row: Vec::new(),
-            nz_gene: Vec::new(),
-            nz_x: Vec::new(),
-        }
+        Self::with_constants(Some(counts), counts.n_genes(), batch_codes, covariates, device, lgamma_x1, log_library)
     }
 
     /// A builder for rows that arrive as blocks (counts on disk), from the per-cell summaries
     /// computed in one pass over the file.
     pub fn from_summaries(n_genes: usize, summaries: &CellSummaries, batch_codes: &'a [i32], covariates: &Covariates<'a>, device: Device) -> Self {
+        let log_library = summaries.library.iter().map(|&l| l.ln()).collect();
+        Self::with_constants(None, n_genes, batch_codes, covariates, device, summaries.lgamma_x1.clone(), log_library)
+    }
+
+    fn with_constants(
+        counts: Option<Counts<'a>>,
+        n_genes: usize,
+        batch_codes: &'a [i32],
+        covariates: &Covariates<'a>,
+        device: Device,
+        lgamma_x1: Vec<f32>,
+        log_library: Vec<f32>,
+    ) -> Self {
         MinibatchBuilder {
-            counts: None,
+            counts,
             n_genes,
             batch_codes,
             covariates: covariates.clone(),
             device,
-            lgamma_x1: summaries.lgamma_x1.clone(),
-            log_library: summaries.library.iter().map(|&l| l.ln()).collect(),
+            lgamma_x1,
+            log_library,
             dense: Vec::new(),
             dense_log1p: Vec::new(),
             nz_flat: Vec::new(),
