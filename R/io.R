@@ -35,8 +35,13 @@
 #'   reads, without the data. The AnnData given to it needs the model's genes and, in `obs`, the
 #'   batch column named by the model's batch key (`"batch"` for models trained on a batch
 #'   vector) and, for scANVI, the labels column (`"labels"` unless the model records one).
-#'   Extra covariates, size factors, batch embeddings, softplus variances, label groups and
-#'   reference-mapping query models are refused (scviR format only).
+#'   Extra categorical and continuous covariates (`obs` columns named as the model's covariates),
+#'   size factors (`obs` column `"size_factor"` for models trained on a size-factor vector),
+#'   softplus variances, batch embeddings and label priors are written too. A reference-mapping
+#'   query model is written with its reference and query categories; its freezing rules only
+#'   apply to training it here. scANVI with label groups is refused: scviR's label-group
+#'   classifier differs from scvi-tools' (see [scanvi()]), so scvi-tools would predict
+#'   differently with the same weights.
 #' @return `save_model()`: `dir`, invisibly. `load_model()`: an `scvi_model`.
 #' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
 #' data("pbmc_small", package = "SeuratObject")

@@ -24,15 +24,29 @@ def main() -> int:
     labels[1::2] = "Unknown"
     a.obs["labels"] = labels
     print("| model | max abs latent difference | scANVI predictions equal |\n|---|---|---|")
-    for name, cls in [("SCVI", scvi.model.SCVI), ("LinearSCVI", scvi.model.LinearSCVI), ("SCANVI", scvi.model.SCANVI)]:
-        m = cls.load(str(out / name), adata=a.copy())
+    models = [("SCVI", scvi.model.SCVI), ("LinearSCVI", scvi.model.LinearSCVI), ("SCANVI", scvi.model.SCANVI),
+              ("SCVI_covariates", scvi.model.SCVI), ("SCVI_embedding", scvi.model.SCVI),
+              ("SCANVI_prior", scvi.model.SCANVI), ("SCVI_query", scvi.model.SCVI)]
+    for name, cls in models:
         e = pd.read_csv(out / name / "expected.csv", index_col=0)
+        b = a.copy()
+        if name == "SCVI_covariates":
+            for k in ["donor", "log_counts", "size_factor"]:
+                b.obs[k] = e[k].to_numpy()
+        if name == "SCVI_query":
+            b.obs["batch"] = "q"
+        m = cls.load(str(out / name), adata=b)
         z = m.get_latent_representation()
-        zcols = [c for c in e.columns if c != "prediction"]
+        zcols = [c for c in e.columns if c.startswith("z") or c.startswith("scvi_") or c.startswith("scanvi_")]
         diff = float(np.abs(z - e[zcols].to_numpy()).max())
         same = ""
-        if name == "SCANVI":
+        if name.startswith("SCANVI"):
             same = str(bool(np.all(m.predict() == e["prediction"].to_numpy())))
+            prior_file = out / name / "y_prior.csv"
+            if prior_file.exists():
+                want = pd.read_csv(prior_file)["y_prior"].to_numpy()
+                got = m.module.y_prior.detach().cpu().numpy().ravel()
+                same += f" (y_prior max abs difference {float(np.abs(got - want).max()):.1e})"
         print(f"| {name} | {diff:.2e} | {same} |")
     return 0
 

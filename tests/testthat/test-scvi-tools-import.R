@@ -67,10 +67,80 @@ test_that("save_model(format = \"scvi-tools\") writes a model.pt that reads back
                get_latent_representation(fit), tolerance = 1e-6)
   expect_error(save_model(fit, dir, format = "scvi-tools"), "overwrite", class = "scvir_input_error")
   expect_error(save_model(fit, dir, format = "anndata"), class = "scvir_config_error")
-  # what scvi-tools' format cannot hold is refused, naming it
+  # A reference-mapping query model is written as the model it is: reference and query batches.
   q <- load_query_data(pbmc_small_counts(), fit, batch = rep("c", 80), seed = 1, n_threads = 1)
-  expect_error(save_model(q, tempfile(), format = "scvi-tools"), "query model", class = "scvir_input_error")
-  emb <- quick_fit(max_epochs = 1L, batch = rep(c("a", "b"), 40), batch_representation = "embedding")
-  expect_error(save_model(emb, tempfile(), format = "scvi-tools"), "batch embedding",
+  qdir <- tempfile("query_")
+  save_model(q, qdir, format = "scvi-tools")
+  on.exit(unlink(qdir, recursive = TRUE), add = TRUE)
+  expect_identical(load_model(qdir)$batches, c("a", "b", "c"))
+  expect_equal(get_latent_representation(load_model(qdir), newdata = pbmc_small_counts(), batch = rep("c", 80)),
+               get_latent_representation(q), tolerance = 1e-6)
+})
+
+test_that("scvi-tools saves with covariates, size factors, softplus variances or a batch embedding load", {
+  skip_if_not_installed("SingleCellExperiment")
+  d <- fixture_cells()
+  e <- utils::read.csv(fixture("SCVI_covariates", "expected.csv"), row.names = 1)
+  fit <- load_model(fixture("SCVI_covariates"))
+  expect_identical(fit$categorical_covariates, list(donor = c("d1", "d2", "d3")))
+  expect_identical(fit$continuous_covariates, "log_counts")
+  expect_true(fit$uses_size_factor)
+  expect_identical(fit$config$var_activation, "softplus")
+  covs <- list(categorical = e["donor"], continuous = e["log_counts"], size_factor = e$size_factor)
+  z <- get_latent_representation(fit, newdata = d$counts, batch = d$batch, covariates = covs)
+  expect_lt(max(abs(z - as.matrix(e[, grep("^z", names(e))]))), 1e-4)
+  # The covariates are required for new cells, and checked against the saved categories.
+  expect_error(get_latent_representation(fit, newdata = d$counts, batch = d$batch), "covariates",
+               class = "scvir_input_error")
+  covs$categorical$donor[1] <- "d9"
+  expect_error(get_latent_representation(fit, newdata = d$counts, batch = d$batch, covariates = covs),
+               "d9", class = "scvir_input_error")
+
+  e <- utils::read.csv(fixture("SCVI_embedding", "expected.csv"), row.names = 1)
+  fit <- load_model(fixture("SCVI_embedding"))
+  expect_identical(fit$config$batch_representation, "embedding")
+  z <- get_latent_representation(fit, newdata = d$counts, batch = d$batch)
+  expect_lt(max(abs(z - as.matrix(e[, grep("^z", names(e))]))), 1e-4)
+})
+
+test_that("models with covariates, size factors, softplus, batch embeddings and label priors round-trip", {
+  counts <- pbmc_small_counts()
+  batch <- rep(c("a", "b"), 40)
+  total <- Matrix::colSums(counts)
+  # "donor" is synthetic (cells in turn d1, d2, d3); the rest comes from the counts.
+  covs <- list(categorical = data.frame(donor = rep_len(c("d1", "d2", "d3"), 80)),
+               continuous = data.frame(log_counts = log(total)), size_factor = total / stats::median(total))
+  roundtrip <- function(fit, ...) {
+    dir <- tempfile("to_scvi_tools_")
+    save_model(fit, dir, format = "scvi-tools")
+    back <- load_model(dir)
+    unlink(dir, recursive = TRUE)
+    expect_equal(get_latent_representation(back, newdata = counts, batch = batch, ...),
+                 get_latent_representation(fit, newdata = counts, batch = batch, ...), tolerance = 1e-6)
+    back
+  }
+  cov_fit <- quick_fit(max_epochs = 2L, batch = batch, categorical_covariates = covs$categorical,
+                       continuous_covariates = covs$continuous, size_factor = covs$size_factor,
+                       var_activation = "softplus", encode_covariates = TRUE)
+  back <- roundtrip(cov_fit, covariates = covs)
+  expect_identical(back$categorical_covariates, cov_fit$categorical_covariates)
+  expect_identical(back$config$var_activation, "softplus")
+  expect_true(back$uses_size_factor)
+  emb <- quick_fit(max_epochs = 2L, batch = batch, batch_representation = "embedding", batch_embedding_dim = 3L)
+  back <- roundtrip(emb)
+  expect_identical(back$config$batch_embedding_dim, 3L)
+  labels <- as.character(pbmc_small_seurat()$RNA_snn_res.1)
+  labels[seq(2, 80, by = 4)] <- "Unknown"
+  prior <- c("0" = 0.5, "1" = 0.3, "2" = 0.2)
+  sc <- scanvi(counts, labels = labels, batch = batch, max_epochs = 2, seed = 1, n_threads = 1,
+               verbose = FALSE, y_prior = prior, n_latent = 4)
+  back <- roundtrip(sc)
+  expect_equal(back$config$scanvi$y_prior, unname(prior), tolerance = 1e-6)
+  expect_identical(predict(back, newdata = counts, batch = batch), predict(sc))
+  # Label groups are classified differently here than in scvi-tools: refused, saying why.
+  grouped <- scanvi(counts, labels = labels, batch = batch, max_epochs = 1, seed = 1, n_threads = 1,
+                    verbose = FALSE, use_labels_groups = TRUE, n_latent = 4,
+                    labels_groups = c("0" = "a", "1" = "a", "2" = "b"))
+  expect_error(save_model(grouped, tempfile(), format = "scvi-tools"), "label-group classifier differs",
                class = "scvir_input_error")
 })

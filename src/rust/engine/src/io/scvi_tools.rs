@@ -89,6 +89,9 @@ pub fn engine_name(name: &str) -> Option<String> {
     if name.ends_with("num_batches_tracked") || name == "pyro_param_store" {
         return None;
     }
+    if name == "_embeddings_dict.batch.weight" {
+        return Some("batch_embedding".into());
+    }
     let mut n = name.to_string();
     // scANVI's modules live under "scanvi." here.
     for (from, to) in [
@@ -182,6 +185,17 @@ pub fn load_dir(dir: &Path, device: Device) -> Result<Imported> {
         }
     }
     let mut registry = registry;
+    let mut config = config;
+    // scANVI's label prior is a (non-trained) parameter of the state dict; the module's
+    // constructor argument may be a tensor the init parameters do not spell out.
+    if let (Some(sc), Some((_, prior))) = (config.scanvi.as_mut(), weights.get("y_prior")) {
+        let p: Vec<f64> = prior.iter().map(|&x| x as f64).collect();
+        if p.len() != sc.n_labels as usize {
+            return Err(bad(format!("y_prior has {} values for {} labels", p.len(), sc.n_labels)));
+        }
+        let uniform = p.iter().all(|&x| (x - p[0]).abs() <= 1e-6 * p[0].abs());
+        sc.y_prior = if uniform { vec![] } else { p };
+    }
     if let (Some(m), Some(v)) = (weights.get("library_log_means"), weights.get("library_log_vars")) {
         registry.library_log_means = m.1.iter().map(|&x| x as f64).collect();
         registry.library_log_vars = v.1.iter().map(|&x| x as f64).collect();
@@ -319,12 +333,18 @@ fn architecture(p: &Pickle, model: &str, init: usize, reg: usize, genes: Vec<Str
         Some(Node::Object { .. }) if p.class_of(params["var_activation"]).is_some_and(|c| c.ends_with("Softplus")) => VarActivation::Softplus,
         _ => return Err(Error::InvalidInput("var_activation other than exp or softplus is not implemented in scviR".into())),
     };
-    match s("batch_representation").as_deref() {
-        None | Some("one-hot") => {}
-        Some(other) => {
-            return Err(Error::InvalidInput(format!("batch_representation \"{other}\" of a scvi-tools model is not read by scviR yet")));
+    c.batch_representation = match s("batch_representation").as_deref() {
+        None | Some("one-hot") => BatchRepresentation::OneHot,
+        Some("embedding") => {
+            c.batch_embedding_dim = params
+                .get("batch_embedding_kwargs")
+                .and_then(|&d| p.get(d, "embedding_dim"))
+                .and_then(|i| p.int(i))
+                .unwrap_or(5);
+            BatchRepresentation::Embedding
         }
-    }
+        Some(other) => return Err(Error::InvalidInput(format!("batch_representation \"{other}\" is not implemented in scviR"))),
+    };
     c.linear_decoder = linear;
     if model == "SCANVI" {
         let unlabeled = state("labels").and_then(|st| p.get(st, "unlabeled_category")).and_then(|i| p.str(i)).map(String::from);
@@ -334,7 +354,12 @@ fn architecture(p: &Pickle, model: &str, init: usize, reg: usize, genes: Vec<Str
         }
         let y_prior = params.get("y_prior").filter(|&&i| !p.is_none(i)).map(|&i| p.numpy_numbers(i).unwrap_or_default()).unwrap_or_default();
         if params.get("labels_groups").is_some_and(|&i| !p.is_none(i)) {
-            return Err(Error::InvalidInput("scANVI with labels_groups from scvi-tools is not read by scviR yet".into()));
+            // scviR's label-group classifier takes a softmax over groups and one within each
+            // group; scvi-tools' divides the classifier's logits as if they were probabilities,
+            // so the same weights would predict other labels here.
+            return Err(Error::InvalidInput(
+                "scANVI with labels_groups is not read: scviR's label-group classifier differs from scvi-tools' (see ?scanvi), so its predictions would not be scvi-tools'".into(),
+            ));
         }
         c.scanvi = Some(ScanviConfig {
             n_labels: n_known as i64,
@@ -345,7 +370,6 @@ fn architecture(p: &Pickle, model: &str, init: usize, reg: usize, genes: Vec<Str
     }
     registry.apply_to(&mut c);
     c.use_size_factor_key = registry.size_factor_key.is_some();
-    c.batch_representation = BatchRepresentation::OneHot;
     c.validate()?;
     Ok((c, registry))
 }
@@ -367,5 +391,6 @@ mod tests {
         assert_eq!(m("decoder_z1_z2.mean_decoder.weight"), "scanvi.decoder_z1_z2.mean_decoder.weight");
         assert_eq!(m("decoder_z1_z2.decoder.fc_layers.Layer 0.0.bias"), "scanvi.decoder_z1_z2.decoder.layer_0.linear.bias");
         assert_eq!(engine_name("z_encoder.encoder.fc_layers.Layer 0.1.num_batches_tracked"), None);
+        assert_eq!(m("_embeddings_dict.batch.weight"), "batch_embedding");
     }
 }

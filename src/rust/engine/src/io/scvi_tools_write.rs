@@ -249,6 +249,9 @@ pub fn scvi_tools_name(name: &str, linear_classifier: bool) -> String {
         i += 1;
     }
     let mut n = parts.join(".");
+    if n == "batch_embedding" {
+        return "_embeddings_dict.batch.weight".into();
+    }
     n = n.replace("decoder.px_scale_decoder.weight", "decoder.px_scale_decoder.0.weight");
     n = n.replace("decoder.px_scale_decoder.bias", "decoder.px_scale_decoder.0.bias");
     if let Some(rest) = n.strip_prefix("scanvi.classifier.fc.") {
@@ -268,18 +271,13 @@ fn refuse(m: String) -> Error {
 /// Writes `dir/model.pt` for a model named `model` ("SCVI", "LDVAE" or "SCANVI").
 pub fn save_dir(dir: &std::path::Path, model: &str, vae: &Vae, registry: &Registry, scvi_version: &str) -> Result<()> {
     let c = &vae.config;
-    if c.batch_representation != BatchRepresentation::OneHot {
-        return Err(refuse("a batch embedding".into()));
-    }
-    if !registry.categorical_covariates.is_empty() || !registry.continuous_covariates.is_empty() || c.use_size_factor_key {
-        return Err(refuse("extra covariates or size factors".into()));
-    }
     if c.scanvi.as_ref().is_some_and(|s| s.use_labels_groups) {
-        return Err(refuse("label groups".into()));
+        return Err(Error::InvalidInput(
+            "scANVI with label groups cannot be written for scvi-tools: scviR's label-group classifier differs from scvi-tools' (see ?scanvi), so scvi-tools would predict other labels with these weights".into(),
+        ));
     }
-    if c.query.is_some() {
-        return Err(refuse("a reference-mapping query model's freezing rules".into()));
-    }
+    // A reference-mapping query model is written as the model it is (reference and query
+    // categories together); its freezing rules only apply to training it here.
     let class = match model {
         "SCVI" => "SCVI",
         "LDVAE" => "LinearSCVI",
@@ -425,8 +423,12 @@ fn attr_dict(class: &str, c: &VaeConfig, r: &Registry, scvi_version: &str) -> Re
         ("encode_covariates", Py::Bool(c.encode_covariates)),
         ("deeply_inject_covariates", Py::Bool(c.deeply_inject_covariates)),
     ];
-    if c.var_activation != VarActivation::Exp {
-        return Err(refuse("var_activation = \"softplus\"".into()));
+    if c.var_activation == VarActivation::Softplus {
+        kwargs.push(("var_activation", global("torch.nn.functional", "softplus")));
+    }
+    if c.batch_representation == BatchRepresentation::Embedding {
+        kwargs.push(("batch_representation", s("embedding")));
+        kwargs.push(("batch_embedding_kwargs", dict(vec![("embedding_dim", Py::Int(c.batch_embedding_dim))])));
     }
     if c.linear_decoder {
         // LinearSCVI's module takes a single batch-norm and layer-norm switch.
@@ -439,10 +441,9 @@ fn attr_dict(class: &str, c: &VaeConfig, r: &Registry, scvi_version: &str) -> Re
         kwargs.push(("use_layer_norm", both(c.use_layer_norm_encoder, c.use_layer_norm_decoder)));
     }
     if let Some(sc) = &c.scanvi {
+        // A non-uniform y_prior travels in the state dict, which scvi-tools loads over the
+        // constructor's uniform one.
         non_kwargs.push(("linear_classifier", Py::Bool(sc.linear_classifier)));
-        if !sc.y_prior.is_empty() {
-            return Err(refuse("a non-uniform y_prior".into()));
-        }
     }
     let init = dict(vec![("non_kwargs", dict(non_kwargs)), ("kwargs", dict(vec![("kwargs", dict(kwargs))]))]);
 
@@ -472,14 +473,50 @@ fn attr_dict(class: &str, c: &VaeConfig, r: &Registry, scvi_version: &str) -> Re
             ("summary_stats", dict(summary.map(|k| vec![(k, Py::Int(0))]).unwrap_or_default())),
         ])
     };
+    let cat_keys: Vec<String> = r.categorical_covariates.iter().map(|(k, _)| k.clone()).collect();
+    // Models trained here take size factors as values, not an obs column: "size_factor" names it.
+    let sf_key = c.use_size_factor_key.then(|| r.size_factor_key.clone().unwrap_or_else(|| "size_factor".into()));
+    let size_factor = match &sf_key {
+        Some(k) => dict(vec![
+            ("data_registry", dict(vec![("attr_name", s("obs")), ("attr_key", s(k))])),
+            ("state_registry", dict(vec![])),
+            ("summary_stats", dict(vec![])),
+        ]),
+        None => empty(None),
+    };
+    let categorical = if cat_keys.is_empty() {
+        empty(Some("n_extra_categorical_covs"))
+    } else {
+        dict(vec![
+            ("data_registry", dict(vec![("attr_name", s("obsm")), ("attr_key", s("_scvi_extra_categorical_covs"))])),
+            (
+                "state_registry",
+                dict(vec![
+                    ("mappings", Py::Dict(r.categorical_covariates.iter().map(|(k, v)| (s(k), np_strings(v))).collect())),
+                    ("field_keys", Py::List(cat_keys.iter().map(|k| s(k)).collect())),
+                    ("n_cats_per_key", Py::List(r.categorical_covariates.iter().map(|(_, v)| Py::Int(v.len() as i64)).collect())),
+                ]),
+            ),
+            ("summary_stats", dict(vec![("n_extra_categorical_covs", Py::Int(cat_keys.len() as i64))])),
+        ])
+    };
+    let continuous = if r.continuous_covariates.is_empty() {
+        empty(Some("n_extra_continuous_covs"))
+    } else {
+        dict(vec![
+            ("data_registry", dict(vec![("attr_name", s("obsm")), ("attr_key", s("_scvi_extra_continuous_covs"))])),
+            ("state_registry", dict(vec![("columns", np_strings(&r.continuous_covariates))])),
+            ("summary_stats", dict(vec![("n_extra_continuous_covs", Py::Int(r.continuous_covariates.len() as i64))])),
+        ])
+    };
     let mut labels_extra = vec![];
     let mut setup = vec![
         ("layer", Py::None),
         ("batch_key", key_or_none(&batch_key)),
         ("labels_key", key_or_none(&labels_key)),
-        ("size_factor_key", Py::None),
-        ("categorical_covariate_keys", Py::None),
-        ("continuous_covariate_keys", Py::None),
+        ("size_factor_key", key_or_none(&sf_key)),
+        ("categorical_covariate_keys", if cat_keys.is_empty() { Py::None } else { Py::List(cat_keys.iter().map(|k| s(k)).collect()) }),
+        ("continuous_covariate_keys", if r.continuous_covariates.is_empty() { Py::None } else { Py::List(r.continuous_covariates.iter().map(|k| s(k)).collect()) }),
     ];
     let mut labels = r.labels.clone();
     if let Some(sc) = &c.scanvi {
@@ -504,9 +541,9 @@ fn attr_dict(class: &str, c: &VaeConfig, r: &Registry, scvi_version: &str) -> Re
         ),
         ("batch", cat_field("_scvi_batch", &batch_key, &r.batches, "n_batch", vec![])),
         ("labels", cat_field("_scvi_labels", &labels_key, &labels, "n_labels", labels_extra)),
-        ("size_factor", empty(None)),
-        ("extra_categorical_covs", empty(Some("n_extra_categorical_covs"))),
-        ("extra_continuous_covs", empty(Some("n_extra_continuous_covs"))),
+        ("size_factor", size_factor),
+        ("extra_categorical_covs", categorical),
+        ("extra_continuous_covs", continuous),
     ]);
     let registry = dict(vec![
         ("scvi_version", s(scvi_version)),
