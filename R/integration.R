@@ -48,7 +48,7 @@ scvi_integration <- function(object, orig = NULL, groups = NULL, features = NULL
     }
   }
   if (inherits(object, "Assay5")) {
-    found <- .seurat_v5_fn("Layers")(object, search = "counts")
+    found <- .v5_layers(object, "counts")
     if (!length(found)) scvir_abort("the assay has no counts layer; scVI integrates raw counts")
     per_layer <- lapply(found, function(l) .seurat_v5_fn("LayerData")(object, layer = l))
     counts <- if (length(per_layer) > 1) do.call(cbind, per_layer) else per_layer[[1]]

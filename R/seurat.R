@@ -8,7 +8,7 @@
   }
   a <- object[[assay]]
   if (inherits(a, "Assay5")) {
-    found <- .seurat_v5_fn("Layers")(a, search = layer)
+    found <- .v5_layers(a, layer)
     if (!length(found)) {
       scvir_abort(sprintf("layer \"%s\" not found in assay \"%s\" (layers: %s)", layer, assay,
                           paste(.seurat_v5_fn("Layers")(a), collapse = ", ")))
@@ -54,6 +54,14 @@
   } else {
     SeuratObject::GetAssayData(object, assay = assay, slot = layer)
   }
+}
+
+# The layers of a v5 assay that hold `layer`: itself, or its split parts (`counts.<batch>`).
+# Matched here: Layers(search = ) warns when nothing matches, and a missing layer is not a
+# problem for every caller.
+.v5_layers <- function(a, layer) {
+  all <- .seurat_v5_fn("Layers")(a)
+  all[all == layer | startsWith(all, paste0(layer, "."))]
 }
 
 # A function that only SeuratObject >= 5 exports (Layers, LayerData, JoinLayers), looked up when
