@@ -4,7 +4,7 @@
 
 .h5ad_backed <- function(path, layer = NULL) {
   info <- .engine(.rs_h5ad_backed(path, layer %||% ""))
-  if (!identical(info$encoding, "csr_matrix")) {
+  if (!info$encoding %in% c("csr_matrix", "array")) {
     scvir_abort(sprintf(paste("%s: %s is stored as %s; reading counts from disk needs a CSR matrix (cells as",
                               "rows). Convert it in Python with adata.X = scipy.sparse.csr_matrix(adata.X) and",
                               "write it again, or read it into memory with read_h5ad(path)"),
@@ -25,14 +25,49 @@
 # Gene names without reading anything else (rownames() of a handle would read the cell names).
 .gene_names <- function(x) if (.is_backed(x)) x$file_genes[x$gene_index] else rownames(x)
 
-# A path ending in .h5ad given where counts are expected opens the file on disk.
+# A path ending in .h5ad given where counts are expected opens the file on disk; an
+# HDF5Array-backed DelayedMatrix is read from its file too.
 .as_backed_input <- function(x) {
+  if (!is.null(h <- .delayed_backed(x))) return(h)
   if (is.character(x) && length(x) == 1L && !is.na(x) && grepl("\\.h5ad$", x, ignore.case = TRUE)) {
     path <- .check_path(x, "counts")
     .check_readable(path)
     return(.h5ad_backed(path))
   }
   x
+}
+
+# A DelayedMatrix that is an HDF5 dataset and nothing else (HDF5Array's HDF5ArraySeed, as
+# written by writeHDF5Array() or saveHDF5SummarizedExperiment(): the genes x cells matrix is
+# stored with the cells as the dataset's rows), as counts on disk. NULL for anything else, such
+# as a DelayedMatrix with pending operations, which callers read into memory.
+.delayed_backed <- function(x, what = "counts") {
+  if (!methods::is(x, "DelayedMatrix") || !requireNamespace("DelayedArray", quietly = TRUE)) return(NULL)
+  dn <- dimnames(x)
+  y <- x
+  dimnames(y) <- NULL
+  if (!DelayedArray::isPristine(y)) return(NULL)
+  seed <- DelayedArray::seed(y)
+  if (!methods::is(seed, "HDF5ArraySeed")) return(NULL)
+  path <- seed@filepath
+  location <- seed@name
+  shape <- .engine(.rs_disk_shape(path, location))
+  if (!isTRUE(shape$dense) || shape$n_cells != ncol(x) || shape$n_genes != nrow(x)) {
+    scvir_abort(sprintf("%s: the dataset %s of %s holds %g x %g values, not the %d genes x %d cells of the HDF5Array",
+                        what, location, path, shape$n_genes, shape$n_cells, nrow(x), ncol(x)), "scvir_input_error")
+  }
+  genes <- dn[[1]]
+  if (is.null(genes)) {
+    scvir_abort(sprintf("%s has no gene names (rownames); set them on the object", what), "scvir_input_error")
+  }
+  .check_dimnames(genes, what, "gene")
+  h <- structure(list(path = path, layer = NULL, location = location, n_cells = ncol(x),
+                      file_genes = genes, gene_index = seq_along(genes),
+                      var = data.frame(row.names = genes), obs_columns = character(),
+                      cache = new.env(parent = emptyenv())),
+                 class = "scvir_h5ad")
+  h$cache$cells <- dn[[2]] %||% paste0("cell", seq_len(ncol(x)))
+  h
 }
 
 #' @export

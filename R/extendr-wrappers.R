@@ -59,6 +59,7 @@
 .rs_h5ad_read_cells <- function(path, location, genes, cells) {
   .rs_call("scvir_h5ad_read_cells", path, location, as.integer(genes), as.integer(cells))
 }
+.rs_disk_shape <- function(path, location) .rs_call("scvir_disk_shape", path, location)
 .rs_save_scvi_tools <- function(model, dir) .rs_call("scvir_save_scvi_tools", model, dir)
 .rs_import_scvi_tools <- function(dir) .rs_call("scvir_import_scvi_tools", dir)
 .rs_read_h5ad_extras <- function(path, n_cells, n_genes, layers, obsm, raw) {

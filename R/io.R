@@ -279,7 +279,7 @@ load_model <- function(dir) {
 #'   the path, the matrix, var and the names of obs's columns) that [scvi_model()],
 #'   [scanvi()], [select_hvg_seurat_v3()] and the queries read in blocks, so memory holds
 #'   per-cell summaries rather than the matrix. The counts must be stored as CSR (anndata's
-#'   default for sparse X). `h[genes, ]` selects genes without reading; `h[, cells]` reads those
+#'   default for sparse X) or dense (cells as rows, anndata's dense encoding); CSC is refused. `h[genes, ]` selects genes without reading; `h[, cells]` reads those
 #'   cells into a `dgCMatrix`. An `.h5ad` path given as counts is opened this way.
 #' @return A SingleCellExperiment, or with `backed = TRUE` an `scvir_h5ad` handle.
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)

@@ -14,13 +14,17 @@
 #'
 #' @param counts Raw UMI counts, genes x cells: a `dgCMatrix` (used without copying), any
 #'   `Matrix`, or a base matrix. Gene names are row names, cell names column names. Or counts
-#'   left on disk: an `.h5ad` path or a handle from `read_h5ad(path, backed = TRUE)` (CSR X or
-#'   layer). Training then reads the file in shuffled blocks of cells on a background thread and
+#'   left on disk: an `.h5ad` path or a handle from `read_h5ad(path, backed = TRUE)` (X or a
+#'   layer, CSR or dense), or an HDF5Array `DelayedMatrix` that is one HDF5 dataset with no
+#'   pending operations (as `HDF5Array::writeHDF5Array()` or
+#'   `saveHDF5SummarizedExperiment()` leave it; other DelayedArrays are read into memory).
+#'   Training then reads the file in shuffled blocks of cells on a background thread and
 #'   holds only per-cell summaries (library size, a likelihood constant) in memory; gene
 #'   selection reads it in two passes; `batch` and `labels` may name obs columns; the model keeps
 #'   the handle (not the counts), so queries read the file again. Minibatches mix cells of 256
-#'   random blocks of 64 consecutive cells, not of the whole data set as in memory: the same
-#'   objective, a slightly different sequence of steps.
+#'   random blocks of 64 consecutive cells (a chunked dense dataset: blocks of one chunk's
+#'   rows, as many as make about 16,384 cells), not of the whole data set as in memory: the
+#'   same objective, a slightly different sequence of steps.
 #' @param ... Unused: every argument after `counts` is given by its full name (partial matching
 #'   could change the meaning: `n_epochs` would have set `n_epochs_kl_warmup`); an unknown or
 #'   abbreviated name is a `scvir_config_error` that names the closest arguments.

@@ -170,7 +170,7 @@ scanvi.SingleCellExperiment <- function(object, ..., labels_key, unlabeled_categ
   args <- .scanvi_object_args(meta, scvi_fit, list(...))
   assay <- args$source$assay %||% args$dots$assay %||% "counts"
   args$dots$assay <- NULL
-  counts <- .sce_counts(object, assay)
+  counts <- .sce_counts(object, assay, backed = TRUE)
   args$source$type <- "SingleCellExperiment"
   args$source$assay <- assay
   fit <- .scanvi_object_fit(counts, meta, labels_key, args, mget(.scanvi_options))

@@ -154,7 +154,7 @@ scvi.SingleCellExperiment <- function(object, ..., assay = "counts", batch_key =
   if (identical(copy, FALSE) && !is.name(target)) {
     scvir_abort("copy = FALSE needs a variable as object, to update it in place")
   }
-  input <- .sce_counts(object, assay)
+  input <- .sce_counts(object, assay, backed = TRUE)
   cd <- as.data.frame(SummarizedExperiment::colData(object))
   batch <- .metadata_column(cd, batch_key)
   keys <- list(labels_key = labels_key, categorical_covariate_keys = categorical_covariate_keys,
@@ -311,7 +311,8 @@ scvi.default <- function(object, ...) scvi_model(object, ...)
   args$continuous_covariates <- cov$continuous
   args$size_factor <- cov$size_factor
   args$keep_data <- FALSE
-  counts <- .check_counts(counts)
+  # Counts on disk are checked by the engine as it reads them.
+  if (!.is_backed(counts)) counts <- .check_counts(counts)
   batch <- .check_batch(batch, ncol(counts), sprintf("batch_key \"%s\"", batch_key %||% ""))
   .check_dots(args, formals(scvi_model), after = "object")
   fit <- do.call(scvi_model, c(list(counts = counts, batch = batch), args))

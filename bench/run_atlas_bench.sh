@@ -2,7 +2,8 @@
 # Atlas scale, side by side: scviR in memory, scviR from disk and scvi-tools 1.4.2 on real PBMC 3k
 # cells resampled to 1,000,000 cells x 2,000 genes (two conditions; bench/make_atlas_h5ad.py;
 # also 100,000 cells for the scaling of epoch time), one epoch at batch 128 and 2 threads each,
-# every run in a fresh process; then scviR from disk on 10,000,000 cells (one epoch over a 10%
+# every run in a fresh process (scviR also on the same cells as a dense HDF5Array dataset, when
+# HDF5Array is installed); then scviR from disk on 10,000,000 cells (one epoch over a 10%
 # training split and 1% validation: all 10M cells' summaries and split are held, the latent covers
 # all of them; ATLAS_10M_TRAIN=0.9 trains on 90%). Prints one table: read, train (with set-up),
 # latent, peak RSS during training and in all, epoch time, validation ELBO.
@@ -24,6 +25,11 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 run Rscript "$here/atlas_scvir.R" disk "$dir/pbmc_100k.h5ad" "$threads"
 run Rscript "$here/atlas_scvir.R" memory "$dir/pbmc_1m.h5ad" "$threads"
 run Rscript "$here/atlas_scvir.R" disk "$dir/pbmc_1m.h5ad" "$threads"
+if Rscript -e 'quit(status = !requireNamespace("HDF5Array", quietly = TRUE))'; then
+  # the same cells as a dense HDF5Array dataset (what an HDF5-backed SingleCellExperiment holds)
+  [ -f "$dir/pbmc_1m_dense.h5" ] || "$venv/bin/python" "$here/make_dense_h5.py" "$dir/pbmc_1m.h5ad" "$dir/pbmc_1m_dense.h5"
+  run Rscript "$here/atlas_scvir.R" hdf5array "$dir/pbmc_1m_dense.h5" "$threads"
+fi
 run "$venv/bin/python" "$here/atlas_scvi_tools.py" "$dir/pbmc_1m.h5ad" "$threads"
 if [ "${ATLAS_10M:-1}" = 1 ]; then
   make_file 10000000 pbmc_10m.h5ad

@@ -15,6 +15,7 @@ DEB_PACKAGES=(
   r-base-dev r-cran-testthat r-cran-matrix r-cran-seurat r-cran-seuratobject
   r-bioc-singlecellexperiment r-cran-pkgbuild r-cran-uwot r-cran-ggplot2 r-cran-roxygen2
   r-cran-knitr r-cran-rmarkdown r-bioc-biocstyle r-cran-jsonlite r-cran-mass r-cran-cli pandoc
+  r-bioc-hdf5array
   libhdf5-dev pkg-config libopenblas0-openmp python3-pip unzip rsync xz-utils util-linux
 )
 missing=()

@@ -131,3 +131,66 @@ test_that("bad files on disk give classed errors naming the file and the cell", 
   unlink(p3)
   expect_error(get_latent_representation(fit), "gone.h5ad", class = "scvir_input_error")
 })
+
+test_that("HDF5Array-backed SingleCellExperiment counts train and answer queries from their file", {
+  skip_if_not_installed("SingleCellExperiment")
+  skip_if_not_installed("HDF5Array")
+  x <- pbmc3k_counts()[, 1:600]
+  path <- tempfile(fileext = ".h5")
+  on.exit(unlink(path))
+  d <- HDF5Array::writeHDF5Array(as.matrix(x), path, name = "counts", verbose = FALSE)
+  sce <- SingleCellExperiment::SingleCellExperiment(assays = list(counts = d))
+  expect_error(scvi(sce, max_epochs = 1, verbose = FALSE), "no gene names", class = "scvir_input_error")
+  dimnames(sce) <- dimnames(x)
+  h <- scviR:::.delayed_backed(SingleCellExperiment::counts(sce))
+  expect_s3_class(h, "scvir_h5ad")
+  expect_identical(dimnames(h), dimnames(x))
+  expect_identical(h[, c(5L, 1L, 600L)], x[, c(5L, 1L, 600L)])
+  out <- scvi(sce, max_epochs = 5, seed = 1, n_threads = 1, verbose = FALSE, n_top_genes = 500,
+              store_expression = FALSE)
+  fit <- S4Vectors::metadata(out)$scvi
+  mem <- scvi_model(x, max_epochs = 5, seed = 1, n_threads = 1, verbose = FALSE, n_top_genes = 500)
+  # the same genes (HVG selection streamed from the file), the same data: ELBO within 2%
+  expect_identical(fit$genes, mem$genes)
+  elbo <- function(f) utils::tail(training_history(f)$elbo_validation, 1)
+  expect_lt(abs(elbo(fit) / elbo(mem) - 1), 0.02)
+  # the object's counts stay a DelayedMatrix; the latent read again from the file is the one stored
+  expect_s4_class(SingleCellExperiment::counts(out), "DelayedMatrix")
+  expect_equal(get_latent_representation(out), SingleCellExperiment::reducedDim(out, "scVI"), tolerance = 1e-6)
+  # and equals the latent of the same model on the counts in memory
+  expect_equal(get_latent_representation(fit, newdata = x[fit$genes, ]),
+               SingleCellExperiment::reducedDim(out, "scVI"), tolerance = 1e-5, ignore_attr = TRUE)
+  # A DelayedMatrix with pending operations is read into memory and gives the same model input.
+  ops <- SingleCellExperiment::SingleCellExperiment(assays = list(counts = d[, 1:300] * 1L))
+  dimnames(ops) <- dimnames(x[, 1:300])
+  expect_null(scviR:::.delayed_backed(SingleCellExperiment::counts(ops)))
+  expect_equal(dim(SingleCellExperiment::reducedDim(
+    scvi(ops, max_epochs = 1, seed = 1, n_threads = 1, verbose = FALSE, n_top_genes = NULL,
+         store_expression = FALSE), "scVI")), c(300L, 10L))
+})
+
+test_that("a dense X is read from disk as a CSR X is", {
+  skip_if_not_installed("SingleCellExperiment")
+  skip_if_not_installed("rhdf5")
+  x <- pbmc3k_counts()[1:300, 1:400]
+  path <- tempfile(fileext = ".h5ad")
+  on.exit(unlink(path))
+  write_h5ad(x, path)
+  # anndata's dense encoding: a cells x genes dataset (R writes its genes x cells matrix so)
+  rhdf5::h5delete(path, "X")
+  rhdf5::h5write(as.matrix(x), path, "X")
+  fid <- rhdf5::H5Fopen(path)
+  did <- rhdf5::H5Dopen(fid, "X")
+  rhdf5::h5writeAttribute("array", did, "encoding-type", asScalar = TRUE)
+  rhdf5::h5writeAttribute("0.2.0", did, "encoding-version", asScalar = TRUE)
+  rhdf5::H5Dclose(did)
+  rhdf5::H5Fclose(fid)
+  h <- read_h5ad(path, backed = TRUE)
+  expect_identical(h[, c(3L, 1L, 400L)], x[, c(3L, 1L, 400L)])
+  fit <- scvi_model(h, max_epochs = 2, seed = 1, n_threads = 1, verbose = FALSE, n_top_genes = NULL)
+  expect_equal(dim(get_latent_representation(fit)), c(400L, 10L))
+  mem <- scvi_model(x, max_epochs = 2, seed = 1, n_threads = 1, verbose = FALSE, n_top_genes = NULL)
+  elbo <- function(f) utils::tail(training_history(f)$elbo_validation, 1)
+  expect_lt(abs(elbo(fit) / elbo(mem) - 1), 0.02) # same data, other minibatch order
+  expect_identical(SingleCellExperiment::counts(read_h5ad(path)), x)
+})

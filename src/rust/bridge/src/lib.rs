@@ -809,6 +809,18 @@ fn scvir_h5ad_obs(path: &str, columns: Vec<String>, index: bool) -> Result<List>
     frame_to_list(&f)
 }
 
+/// Cells, genes and layout of a count matrix on disk (a CSR group or a dense dataset).
+/// @noRd
+#[extendr]
+fn scvir_disk_shape(path: &str, location: &str) -> Result<List> {
+    quiet_panics();
+    let disk = open_disk(path, location, &[])?;
+    List::from_names_and_values(
+        ["n_cells", "n_genes", "dense"],
+        [(disk.n_cells() as f64).into_robj(), (disk.n_file_genes() as f64).into_robj(), disk.is_dense().into_robj()],
+    )
+}
+
 fn open_disk(path: &str, location: &str, genes: &[i32]) -> Result<scvir_engine::data::DiskCounts> {
     let genes: Vec<usize> = genes.iter().map(|&g| g.max(0) as usize).collect();
     scvir_engine::data::DiskCounts::open(path, location, &genes).map_err(|e| h5ad_error(path, e)).map_err(engine_error)
@@ -910,6 +922,7 @@ extendr_module! {
     fn scvir_h5ad_obs;
     fn scvir_h5ad_gene_sums;
     fn scvir_h5ad_read_cells;
+    fn scvir_disk_shape;
     fn scvir_import_scvi_tools;
     fn scvir_save_scvi_tools;
     fn scvir_write_h5ad;

@@ -141,16 +141,65 @@ fn shuffled_and_sequential_passes_visit_each_selected_cell_once() {
 }
 
 #[test]
-fn a_malformed_or_dense_matrix_is_refused_naming_the_file() {
+fn a_dense_dataset_reads_as_the_csr_matrix_and_malformed_ones_are_refused() {
     let dir = std::env::temp_dir().join(format!("scvir-disk-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("dense.h5ad");
+    // The PBMC 3k counts as a dense cells x genes dataset of integers, in chunks of 100 cells
+    // (as R's HDF5Array stores a genes x cells matrix, or anndata a dense X).
+    let d = h5ad::read(&path(), None).unwrap();
+    let x = counts(&d);
+    let (n, g) = (x.n_cells(), x.n_genes());
+    let mut dense = vec![0i32; n * g];
+    for c in 0..n {
+        let (idx, val) = x.cell(c);
+        for (&j, &v) in idx.iter().zip(val) {
+            dense[c * g + j as usize] = v as i32;
+        }
+    }
+    let p = dir.join("dense.h5");
     {
         let f = hdf5::File::create(&p).unwrap();
-        f.new_dataset::<f32>().shape([3, 2]).create("X").unwrap();
+        let ds = f.new_dataset::<i32>().shape([n, g]).chunk([100, g]).deflate(1).create("counts").unwrap();
+        ds.write_raw(&dense).unwrap();
+        f.new_dataset::<f32>().shape([3, 2, 2]).create("cube").unwrap();
     }
-    let e = DiskCounts::open(p.to_str().unwrap(), "X", &[0, 1]).err().unwrap().to_string();
-    assert!(e.contains("dense.h5ad") && e.contains("CSR"), "{e}");
+    let ps = p.to_str().unwrap();
+    let sel = genes(g);
+    let disk = DiskCounts::open(ps, "counts", &sel).unwrap();
+    let csr = DiskCounts::open(&path(), "X", &sel).unwrap();
+    assert!(disk.is_dense() && !csr.is_dense());
+    assert_eq!((disk.n_cells(), disk.n_genes(), disk.n_file_genes()), (n, sel.len(), g));
+    let cells = [5usize, 0, n - 1, 5, 1000, 99, 100];
+    let (a, b) = (disk.read_cells(&cells).unwrap(), csr.read_cells(&cells).unwrap());
+    for i in 0..cells.len() {
+        let (ga, va) = a.row(i);
+        let (gb, vb) = b.row(i);
+        assert_eq!(sorted_row(ga, va), sorted_row(gb, vb), "cell {}", cells[i]);
+    }
+    let (sa, sb) = (disk.summaries().unwrap(), csr.summaries().unwrap());
+    assert_eq!(sa.library, sb.library);
+    assert_eq!(sa.lgamma_x1, sb.lgamma_x1);
+    let codes: Vec<i32> = (0..n as i32).map(|c| c % 2).collect();
+    assert_eq!(disk.gene_sums(&codes, 2, None).unwrap(), csr.gene_sums(&codes, 2, None).unwrap());
+    let sel_all = vec![true; n];
+    let mut seen = vec![0usize; n];
+    disk.for_each_shuffled(&sel_all, 128, 7, |blk| {
+        blk.cells.iter().for_each(|&c| seen[c] += 1);
+        Ok(())
+    })
+    .unwrap();
+    assert!(seen.iter().all(|&k| k == 1));
+    // A value that is not a count is refused, naming the file and the cell.
+    {
+        let f = hdf5::File::open_rw(&p).unwrap();
+        let mut bad = vec![0f32; n * g];
+        bad[7 * g + 3] = 1.5;
+        f.new_dataset::<f32>().shape([n, g]).create("bad").unwrap().write_raw(&bad).unwrap();
+    }
+    let e = DiskCounts::open(ps, "bad", &sel).unwrap().summaries().err().unwrap().to_string();
+    assert!(e.contains("dense.h5") && e.contains("cell 8") && e.contains("1.5"), "{e}");
+    let e = DiskCounts::open(ps, "cube", &[0]).err().unwrap().to_string();
+    assert!(e.contains("dense.h5") && e.contains("3-dimensional"), "{e}");
     let missing = DiskCounts::open(dir.join("none.h5ad").to_str().unwrap(), "X", &[0]).err().unwrap().to_string();
     assert!(missing.contains("none.h5ad") && missing.contains("not found"), "{missing}");
     std::fs::remove_dir_all(&dir).ok();

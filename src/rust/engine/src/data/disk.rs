@@ -1,5 +1,7 @@
-//! Counts that stay on disk: the CSR matrix of an `.h5ad` file (X or a layer), read in row ranges
-//! with HDF5 hyperslab reads. Training and queries hold only per-cell summaries (library size,
+//! Counts that stay on disk: the CSR matrix of an `.h5ad` file (X or a layer), or a dense 2-D
+//! HDF5 dataset whose rows are cells (a dense `.h5ad` X, or R's HDF5Array, which stores a genes x
+//! cells matrix with the cells as the dataset's rows), read in row ranges with HDF5 hyperslab
+//! reads. Training and queries hold only per-cell summaries (library size,
 //! the likelihood's lgamma constant) and per-gene statistics; minibatches are assembled from
 //! shuffled blocks of consecutive cells on a background thread while the model trains.
 
@@ -83,7 +85,13 @@ pub struct DiskCounts {
     path: String,
     /// "X" or "layers/<name>".
     location: String,
+    /// Row pointers of the stored entries (for a dense dataset: `cell * n_file_genes`).
     indptr: Vec<u64>,
+    /// A dense dataset rather than a CSR group.
+    dense: bool,
+    /// Consecutive cells per read when blocks are shuffled: 64, or for a chunked dense dataset
+    /// its chunk's rows, so that each chunk is decompressed once per pass.
+    block_cells: usize,
     n_file_genes: usize,
     /// File gene -> model gene position, or -1 when the gene is not used.
     gene_map: Vec<i32>,
@@ -94,70 +102,83 @@ fn err(path: &str, what: impl std::fmt::Display) -> Error {
     Error::InvalidInput(format!("{path}: {what}"))
 }
 
-/// The group of the matrix at `location`; a dense matrix there is refused with what to do.
-fn matrix_group(file: &File, path: &str, location: &str) -> Result<hdf5::Group> {
-    file.group(location).map_err(|_| {
-        if file.dataset(location).is_ok() {
-            err(path, format!("{location} is stored dense; reading counts from disk needs a CSR matrix (anndata's csr_matrix encoding)"))
-        } else {
-            err(path, format!("no matrix {location}"))
-        }
-    })
-}
-
-fn open_matrix(path: &str, location: &str) -> Result<(File, Dataset, Dataset)> {
+fn open_matrix(path: &str, location: &str) -> Result<(File, Matrix)> {
     let file = super::super::io::h5ad::open(path)?;
-    let g = matrix_group(&file, path, location)?;
+    if let Ok(ds) = file.dataset(location) {
+        return Ok((file, Matrix::Dense(ds)));
+    }
+    let g = file.group(location).map_err(|_| err(path, format!("no matrix {location}")))?;
     let indices = g.dataset("indices").map_err(|_| err(path, format!("{location} has no indices")))?;
     let data = g.dataset("data").map_err(|_| err(path, format!("{location} has no data")))?;
-    Ok((file, indices, data))
+    Ok((file, Matrix::Sparse { indices, data }))
+}
+
+/// The stored matrix: a CSR group's entries, or a dense dataset.
+enum Matrix {
+    Sparse { indices: Dataset, data: Dataset },
+    Dense(Dataset),
 }
 
 impl DiskCounts {
     /// Opens the CSR matrix at `location` ("X" or "layers/<name>") and reads its row pointers.
     /// `genes` lists the file's gene positions (0-based) the model uses, in the model's order.
     pub fn open(path: &str, location: &str, genes: &[usize]) -> Result<Self> {
-        let file = super::super::io::h5ad::open(path)?;
-        let g = matrix_group(&file, path, location)?;
-        let enc = g
-            .attr("encoding-type")
-            .ok()
-            .and_then(|a| a.read_scalar::<hdf5::types::VarLenUnicode>().ok().map(|s| s.as_str().to_string()))
-            .or_else(|| {
-                g.attr("h5sparse_format")
+        let (_file, matrix) = open_matrix(path, location)?;
+        let mut block_cells = SHUFFLE_BLOCK_CELLS;
+        let (indptr, n_file_genes, dense) = match &matrix {
+            Matrix::Dense(ds) => {
+                let shape = ds.shape();
+                if shape.len() != 2 {
+                    return Err(err(path, format!("{location} is a {}-dimensional dataset; counts need a matrix", shape.len())));
+                }
+                let (n_cells, g) = (shape[0], shape[1]);
+                if let Some(rows) = ds.chunk().and_then(|c| c.first().copied()) {
+                    block_cells = rows.clamp(1, 4096);
+                }
+                ((0..=n_cells as u64).map(|i| i * g as u64).collect::<Vec<u64>>(), g, true)
+            }
+            Matrix::Sparse { indices, data } => {
+                let g = _file.group(location).map_err(|_| err(path, format!("no matrix {location}")))?;
+                let enc = g
+                    .attr("encoding-type")
                     .ok()
-                    .and_then(|a| a.read_scalar::<hdf5::types::VarLenUnicode>().ok().map(|s| format!("{}_matrix", s.as_str())))
-            })
-            .unwrap_or_default();
-        if enc != "csr_matrix" {
-            return Err(err(
-                path,
-                format!(
-                    "{location} is stored as {}; training from disk reads cells as rows and needs a csr_matrix (convert it in Python with adata.X = scipy.sparse.csr_matrix(adata.X), or read it into memory with read_h5ad())",
-                    if enc.is_empty() { "an unknown encoding" } else { enc.as_str() }
-                ),
-            ));
-        }
-        let shape: Vec<i64> = g.attr("shape").and_then(|a| a.read_raw::<i64>()).map_err(|_| err(path, format!("{location} has no shape attribute")))?;
-        if shape.len() != 2 || shape[0] < 0 || shape[1] < 0 {
-            return Err(err(path, format!("{location} has a malformed shape attribute {shape:?}")));
-        }
-        let (n_cells, n_file_genes) = (shape[0] as usize, shape[1] as usize);
-        let indptr: Vec<u64> = g
-            .dataset("indptr")
-            .and_then(|d| d.read_raw::<i64>())
-            .map_err(|e| err(path, format!("{location}/indptr cannot be read ({e})")))?
-            .into_iter()
-            .map(|v| v.max(0) as u64)
-            .collect();
-        if indptr.len() != n_cells + 1 || indptr[0] != 0 || indptr.windows(2).any(|w| w[1] < w[0]) {
-            return Err(err(path, format!("{location}/indptr is malformed: it must start at 0, never decrease and hold one entry per cell plus one")));
-        }
-        let nnz = g.dataset("data").map(|d| d.size()).map_err(|_| err(path, format!("{location} has no data")))?;
-        let n_idx = g.dataset("indices").map(|d| d.size()).map_err(|_| err(path, format!("{location} has no indices")))?;
-        if nnz != n_idx || indptr[n_cells] as usize != nnz {
-            return Err(err(path, format!("{location}: indptr, indices and data disagree in length")));
-        }
+                    .and_then(|a| a.read_scalar::<hdf5::types::VarLenUnicode>().ok().map(|s| s.as_str().to_string()))
+                    .or_else(|| {
+                        g.attr("h5sparse_format")
+                            .ok()
+                            .and_then(|a| a.read_scalar::<hdf5::types::VarLenUnicode>().ok().map(|s| format!("{}_matrix", s.as_str())))
+                    })
+                    .unwrap_or_default();
+                if enc != "csr_matrix" {
+                    return Err(err(
+                        path,
+                        format!(
+                            "{location} is stored as {}; training from disk reads cells as rows and needs a csr_matrix (convert it in Python with adata.X = scipy.sparse.csr_matrix(adata.X), or read it into memory with read_h5ad())",
+                            if enc.is_empty() { "an unknown encoding" } else { enc.as_str() }
+                        ),
+                    ));
+                }
+                let shape: Vec<i64> = g.attr("shape").and_then(|a| a.read_raw::<i64>()).map_err(|_| err(path, format!("{location} has no shape attribute")))?;
+                if shape.len() != 2 || shape[0] < 0 || shape[1] < 0 {
+                    return Err(err(path, format!("{location} has a malformed shape attribute {shape:?}")));
+                }
+                let (n_cells, n_file_genes) = (shape[0] as usize, shape[1] as usize);
+                let indptr: Vec<u64> = g
+                    .dataset("indptr")
+                    .and_then(|d| d.read_raw::<i64>())
+                    .map_err(|e| err(path, format!("{location}/indptr cannot be read ({e})")))?
+                    .into_iter()
+                    .map(|v| v.max(0) as u64)
+                    .collect();
+                if indptr.len() != n_cells + 1 || indptr[0] != 0 || indptr.windows(2).any(|w| w[1] < w[0]) {
+                    return Err(err(path, format!("{location}/indptr is malformed: it must start at 0, never decrease and hold one entry per cell plus one")));
+                }
+                if data.size() != indices.size() || indptr[n_cells] as usize != data.size() {
+                    return Err(err(path, format!("{location}: indptr, indices and data disagree in length")));
+                }
+                (indptr, n_file_genes, false)
+            }
+        };
         let mut gene_map = vec![-1i32; n_file_genes];
         for (pos, &gene) in genes.iter().enumerate() {
             if gene >= n_file_genes {
@@ -168,7 +189,7 @@ impl DiskCounts {
             }
             gene_map[gene] = pos as i32;
         }
-        Ok(DiskCounts { path: path.to_string(), location: location.to_string(), indptr, n_file_genes, gene_map, n_genes: genes.len() })
+        Ok(DiskCounts { path: path.to_string(), location: location.to_string(), indptr, dense, block_cells, n_file_genes, gene_map, n_genes: genes.len() })
     }
 
     pub fn n_cells(&self) -> usize {
@@ -192,9 +213,17 @@ impl DiskCounts {
         &self.path
     }
 
+    /// Whether the counts are a dense dataset (stored entries = cells x genes).
+    pub fn is_dense(&self) -> bool {
+        self.dense
+    }
+
     fn reader(&self) -> Result<Reader<'_>> {
-        let (file, indices, data) = open_matrix(&self.path, &self.location)?;
-        Ok(Reader { disk: self, _file: file, indices, data })
+        let (file, matrix) = open_matrix(&self.path, &self.location)?;
+        if matches!(matrix, Matrix::Dense(_)) != self.dense {
+            return Err(err(&self.path, format!("{} changed since it was opened", self.location)));
+        }
+        Ok(Reader { disk: self, _file: file, matrix })
     }
 
     /// Visits every cell in order, in row blocks of about 4M stored entries (all cells when
@@ -208,8 +237,15 @@ impl DiskCounts {
                 let mut start = 0;
                 while start < n {
                     let mut end = start + 1;
-                    while end < n && (self.indptr[end + 1] - self.indptr[start]) as usize <= SEQUENTIAL_NNZ {
-                        end += 1;
+                    if self.dense {
+                        // whole chunks of rows, as many as fit in one request
+                        let step = self.block_cells;
+                        let per = (SEQUENTIAL_NNZ / (step * self.n_file_genes.max(1))).max(1) * step;
+                        end = ((start / step) * step + per).min(n);
+                    } else {
+                        while end < n && (self.indptr[end + 1] - self.indptr[start]) as usize <= SEQUENTIAL_NNZ {
+                            end += 1;
+                        }
                     }
                     let block = reader.read(start, end, selected)?;
                     for i in 0..block.len() {
@@ -238,14 +274,17 @@ impl DiskCounts {
         self.produce(
             move |reader, send| {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                let mut blocks: Vec<usize> = (0..n.div_ceil(SHUFFLE_BLOCK_CELLS)).collect();
+                let size = self.block_cells;
+                // pools of about the same number of cells whatever the block size
+                let pool_blocks = (SHUFFLE_POOL_BLOCKS * SHUFFLE_BLOCK_CELLS / size).max(1);
+                let mut blocks: Vec<usize> = (0..n.div_ceil(size)).collect();
                 blocks.shuffle(&mut rng);
                 let mut carry = RowBlock::new();
-                for group in blocks.chunks(SHUFFLE_POOL_BLOCKS) {
+                for group in blocks.chunks(pool_blocks) {
                     let mut pool = RowBlock::new();
                     for &b in group {
-                        let start = b * SHUFFLE_BLOCK_CELLS;
-                        let block = reader.read(start, (start + SHUFFLE_BLOCK_CELLS).min(n), Some(selected))?;
+                        let start = b * size;
+                        let block = reader.read(start, (start + size).min(n), Some(selected))?;
                         for i in 0..block.len() {
                             pool.push_from(&block, i);
                         }
@@ -390,8 +429,7 @@ impl DiskCounts {
 struct Reader<'a> {
     disk: &'a DiskCounts,
     _file: File,
-    indices: Dataset,
-    data: Dataset,
+    matrix: Matrix,
 }
 
 impl Reader<'_> {
@@ -399,39 +437,65 @@ impl Reader<'_> {
     /// checked.
     fn read(&self, start: usize, end: usize, selected: Option<&[bool]>) -> Result<RowBlock> {
         let d = self.disk;
-        let (a, b) = (d.indptr[start] as usize, d.indptr[end] as usize);
         let ctx = |e: hdf5::Error| err(&d.path, format!("{} cannot be read ({e})", d.location));
-        let idx = self.indices.read_slice_1d::<i64, _>(a..b).map_err(ctx)?.into_raw_vec_and_offset().0;
-        let val = self.data.read_slice_1d::<f32, _>(a..b).map_err(ctx)?.into_raw_vec_and_offset().0;
+        let check = |cell: usize, v: f32| -> Result<()> {
+            if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && (v as f64) <= MAX_COUNT {
+                return Ok(());
+            }
+            Err(err(
+                &d.path,
+                format!("{}: cell {} holds the value {v}; scVI models raw UMI counts (finite, non-negative integers up to 2^24)", d.location, cell + 1),
+            ))
+        };
         let mut out = RowBlock::new();
-        for cell in start..end {
-            if selected.is_some_and(|s| !s[cell]) {
-                continue;
-            }
-            let (lo, hi) = (d.indptr[cell] as usize - a, d.indptr[cell + 1] as usize - a);
-            for k in lo..hi {
-                let (g, v) = (idx[k], val[k]);
-                if g < 0 || g as usize >= d.n_file_genes {
-                    return Err(err(&d.path, format!("{}: cell {} has a gene index ({g}) outside its {} genes", d.location, cell + 1, d.n_file_genes)));
+        match &self.matrix {
+            Matrix::Sparse { indices, data } => {
+                let (a, b) = (d.indptr[start] as usize, d.indptr[end] as usize);
+                let idx = indices.read_slice_1d::<i64, _>(a..b).map_err(ctx)?.into_raw_vec_and_offset().0;
+                let val = data.read_slice_1d::<f32, _>(a..b).map_err(ctx)?.into_raw_vec_and_offset().0;
+                for cell in start..end {
+                    if selected.is_some_and(|s| !s[cell]) {
+                        continue;
+                    }
+                    let (lo, hi) = (d.indptr[cell] as usize - a, d.indptr[cell + 1] as usize - a);
+                    for k in lo..hi {
+                        let g = idx[k];
+                        if g < 0 || g as usize >= d.n_file_genes {
+                            return Err(err(&d.path, format!("{}: cell {} has a gene index ({g}) outside its {} genes", d.location, cell + 1, d.n_file_genes)));
+                        }
+                        check(cell, val[k])?;
+                    }
+                    out.push_row(
+                        cell,
+                        (lo..hi).filter_map(|k| {
+                            let m = d.gene_map[idx[k] as usize];
+                            (m >= 0 && val[k] != 0.0).then_some((m, val[k]))
+                        }),
+                    );
                 }
-                if !(v.is_finite() && v >= 0.0 && v.fract() == 0.0 && (v as f64) <= MAX_COUNT) {
-                    return Err(err(
-                        &d.path,
-                        format!(
-                            "{}: cell {} holds the value {v}; scVI models raw UMI counts (finite, non-negative integers up to 2^24)",
-                            d.location,
-                            cell + 1
-                        ),
-                    ));
+            }
+            Matrix::Dense(ds) => {
+                let val = ds.read_slice_2d::<f32, _>((start..end, ..)).map_err(ctx)?.into_raw_vec_and_offset().0;
+                let g = d.n_file_genes;
+                for cell in start..end {
+                    if selected.is_some_and(|s| !s[cell]) {
+                        continue;
+                    }
+                    let row = &val[(cell - start) * g..(cell - start + 1) * g];
+                    for &v in row {
+                        if v != 0.0 {
+                            check(cell, v)?;
+                        }
+                    }
+                    out.push_row(
+                        cell,
+                        row.iter().enumerate().filter_map(|(j, &v)| {
+                            let m = d.gene_map[j];
+                            (m >= 0 && v != 0.0).then_some((m, v))
+                        }),
+                    );
                 }
             }
-            out.push_row(
-                cell,
-                (lo..hi).filter_map(|k| {
-                    let m = d.gene_map[idx[k] as usize];
-                    (m >= 0 && val[k] != 0.0).then_some((m, val[k]))
-                }),
-            );
         }
         Ok(out)
     }
