@@ -32,7 +32,10 @@
 #' some; labels must be reference labels, the reference's unlabelled category or `NA`.
 #'
 #' @param query The query cells: raw counts (genes x cells; the reference's genes, in any order:
-#'   see [prepare_query()] when some are missing), a Seurat object or a SingleCellExperiment.
+#'   see [prepare_query()] when some are missing), a Seurat object or a SingleCellExperiment; or
+#'   counts on disk (an `.h5ad` path, `read_h5ad(path, backed = TRUE)` or an HDF5Array), which
+#'   must hold every reference gene: the query model keeps the handle and [train_model()] reads
+#'   the file in blocks, as [scvi_model()] does.
 #' @param reference The reference model: an `scvi_model` / `scanvi_model`, a Seurat or
 #'   SingleCellExperiment object holding one (its scANVI model when it has both), or a directory
 #'   written by [save_model()].
@@ -73,7 +76,7 @@ load_query_data <- function(query, reference, ...) UseMethod("load_query_data")
 
 #' @rdname load_query_data
 #' @param batch Batch of each query cell (matrix input; needed when the reference has a batch
-#'   key). New batches extend the model.
+#'   key; for counts on disk, also the name of an obs column). New batches extend the model.
 #' @param labels scANVI: label of each query cell (`NA` or the unlabelled category for unknown);
 #'   `NULL`: all unlabelled. SCVI with `dispersion = "gene-label"`: the cells' labels.
 #' @param categorical_covariates,continuous_covariates,size_factor The query cells' covariates, as
@@ -88,10 +91,18 @@ load_query_data.default <- function(query, reference, ..., batch = NULL, labels 
                                     freeze_classifier = TRUE, seed = NULL, n_threads = NULL) {
   .check_dots(list(...), formals(load_query_data.default), after = "reference")
   ref <- .reference_fit(reference)
+  query <- .as_backed_input(query)
+  if (.is_backed(query)) {
+    # Counts on disk: batch and labels may name obs columns of the file.
+    batch <- .obs_or_values(query, batch, "batch")
+    labels <- .obs_or_values(query, labels, "labels")
+  } else {
+    query <- .as_dgc(query, "query")
+  }
   cov <- list(labels = if (!inherits(ref, "scanvi_model")) labels,
               categorical = categorical_covariates, continuous = continuous_covariates,
               size_factor = size_factor)
-  .load_query_core(.as_dgc(query, "query"), batch, labels, cov, ref,
+  .load_query_core(query, batch, labels, cov, ref,
                    mget(.freeze_args), seed, n_threads, source = NULL)
 }
 
@@ -196,8 +207,21 @@ load_query_data.SingleCellExperiment <- function(query, reference, ..., batch_ke
 .load_query_core <- function(counts, batch, labels, covariates, ref, freeze, seed, n_threads,
                              source, filled = character()) {
   for (nm in names(freeze)) .check_flag(freeze[[nm]], nm)
-  counts <- .check_counts(counts, "query")
-  counts <- .align_query_genes(counts, ref$genes)
+  if (.is_backed(counts)) {
+    # Counts on disk: the reference's genes become a view of the file, in the reference's order;
+    # genes the file lacks cannot be zero-filled there.
+    absent <- setdiff(ref$genes, counts$file_genes)
+    if (length(absent)) {
+      scvir_abort(sprintf(paste("the query file %s lacks %d of the reference's %d genes (e.g. \"%s\"); counts",
+                                "on disk cannot be zero-filled: read the query into memory (read_h5ad(path))",
+                                "and use prepare_query(), or write a file with every reference gene"),
+                          counts$path, length(absent), length(ref$genes), absent[1]), "scvir_input_error")
+    }
+    counts$gene_index <- match(ref$genes, counts$file_genes)
+  } else {
+    counts <- .check_counts(counts, "query")
+    counts <- .align_query_genes(counts, ref$genes)
+  }
   .check_no_empty_cells(counts, sprintf("in the reference's %d genes", nrow(counts)))
   n <- ncol(counts)
   if (!is.null(ref$batch_key) || length(ref$batches) > 1) {

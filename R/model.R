@@ -225,8 +225,7 @@ scvi_model <- function(counts, ..., batch = NULL, labels = NULL, categorical_cov
     }
   }
   if (nrow(counts) < 2) scvir_abort("fewer than 2 genes are left after gene selection")
-  # Counts on disk: the engine finds empty cells in its first pass over the file.
-  if (!.is_backed(counts)) .check_no_empty_cells(counts, sprintf("in the %d selected genes", nrow(counts)))
+  .check_no_empty_cells(counts, sprintf("in the %d selected genes", nrow(counts)))
   cov <- .encode_covariates(covariates, ncol(counts))
   # Model sizes (labels, covariate categories, size factors) and the option combinations the
   # model cannot take are the engine's: it derives the first from the registry and refuses the

@@ -217,7 +217,9 @@ get_latent_representation.SingleCellExperiment <- function(object, ...) {
 #'   samples).
 #' @param weights With `n_samples_overall`: draw the samples uniformly (`"uniform"`) or with
 #'   lvm-DE's importance weights (`"importance"`, see [differential_expression()]); a single
-#'   `transform_batch` at most, as in scvi-tools.
+#'   `transform_batch` at most, as in scvi-tools. With counts on disk, importance weighting
+#'   reads the cells into memory (sparse, the model's genes): less than the dense samples it
+#'   returns.
 #' @param importance_weighting_kwargs lvm-DE options (see [differential_expression()]).
 #' @return A genes x cells matrix (see `return_mean` and `n_samples_overall` for the others).
 #' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
@@ -284,6 +286,11 @@ get_normalized_expression.scvi_model <- function(object, ..., newdata = NULL, ba
                   "scvir_config_error")
     }
     if (!is.null(d$cov$latent)) .refuse_minified(object, "weights = \"importance\"")
+    if (.is_backed(d$counts)) {
+      # Counts on disk: the cells are read into memory (as the model's genes, sparse), no more
+      # than the n_samples_overall x genes samples this returns; the engine draws from them.
+      d$counts <- d$counts[, seq_len(ncol(d$counts))]
+    }
     r <- .engine(.rs_weighted_expression(object$model, .data_arg(d$counts, d$codes, d$cov), opts,
                                          if (length(tb)) tb else -1L, n_samples_overall, lib, importance))
     genes <- object$genes

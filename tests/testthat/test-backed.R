@@ -97,6 +97,15 @@ test_that("DE of a model trained from disk reads only the compared cells, with t
                                     group1 = "B", group2 = "CD14 Mono", seed = 3, silent = TRUE)
   expect_equal(de_disk, de_mem, tolerance = 1e-6)
   expect_gt(nrow(de_disk), 1000)
+  # importance-weighted expression samples read the cells from the file: the in-memory draws
+  w_disk <- get_normalized_expression(fit, weights = "importance", n_samples_overall = 300, seed = 2,
+                                      importance_weighting_kwargs = list(max_cells = 200, n_mc_samples = 50))
+  w_mem <- get_normalized_expression(fit, newdata = SingleCellExperiment::counts(sce), weights = "importance",
+                                     n_samples_overall = 300, seed = 2,
+                                     importance_weighting_kwargs = list(max_cells = 200, n_mc_samples = 50))
+  expect_equal(nrow(w_disk), 2000L)
+  expect_true(all(colnames(w_disk) %in% colnames(sce)))
+  expect_equal(w_disk, w_mem, tolerance = 1e-6)
 })
 
 test_that("bad files on disk give classed errors naming the file and the cell", {
@@ -193,4 +202,31 @@ test_that("a dense X is read from disk as a CSR X is", {
   elbo <- function(f) utils::tail(training_history(f)$elbo_validation, 1)
   expect_lt(abs(elbo(fit) / elbo(mem) - 1), 0.02) # same data, other minibatch order
   expect_identical(SingleCellExperiment::counts(read_h5ad(path)), x)
+})
+
+test_that("a query on disk is mapped onto a reference and trained from its file", {
+  skip_if_not_installed("SingleCellExperiment")
+  x <- pbmc3k_counts()
+  ref <- scvi_model(x[, 1:1500], batch = rep(c("a", "b"), 750), max_epochs = 3, seed = 1,
+                    n_threads = 1, verbose = FALSE, n_top_genes = 500, use_observed_lib_size = FALSE)
+  path <- tempfile(fileext = ".h5ad")
+  on.exit(unlink(path))
+  q <- x[, 1501:2638]
+  write_h5ad(q, path)
+  on_disk <- load_query_data(path, ref, batch = rep("q", ncol(q)), seed = 4, n_threads = 1)
+  in_mem <- load_query_data(q, ref, batch = rep("q", ncol(q)), seed = 4, n_threads = 1)
+  expect_identical(on_disk$batches, c("a", "b", "q"))
+  expect_s3_class(on_disk$data$counts, "scvir_h5ad")
+  # the same query model: new columns seeded alike, the new batch's library prior from the file
+  expect_equal(scviR:::.model_tensors(on_disk), scviR:::.model_tensors(in_mem), tolerance = 1e-6)
+  expect_equal(get_latent_representation(on_disk), get_latent_representation(in_mem), tolerance = 1e-6)
+  trained <- train_model(on_disk, max_epochs = 2, seed = 1, n_threads = 1, verbose = FALSE)
+  expect_equal(nrow(training_history(trained)), 2L)
+  expect_equal(dim(get_latent_representation(trained)), c(ncol(q), 10L))
+  # a file without every reference gene cannot be zero-filled on disk
+  short <- tempfile(fileext = ".h5ad")
+  on.exit(unlink(short), add = TRUE)
+  write_h5ad(q[setdiff(rownames(q), ref$genes[1:3]), ], short)
+  expect_error(load_query_data(short, ref, batch = rep("q", ncol(q))), "lacks 3 of the reference",
+               class = "scvir_input_error")
 })

@@ -268,7 +268,7 @@ fn scvir_load_query(reference: Raw, registry_json: &str, data: List, options_jso
     options.reference_n_cells = ref_meta.registry.n_cells_fitted;
     let d = DataArgs::from_list(&data)?;
     runtime::seed_everything(seed.max(0.0) as u64);
-    let vae = scvir_engine::module::arches::query_model(&reference_vae, &mut registry, d.counts()?, d.batch_codes()?, options, Device::Cpu)
+    let vae = scvir_engine::module::arches::query_model(&reference_vae, &mut registry, d.source()?, d.batch_codes()?, options, Device::Cpu)
         .map_err(engine_error)?;
     let meta = model_file::ModelMeta {
         model: ref_meta.model.clone(),

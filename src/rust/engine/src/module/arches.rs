@@ -28,7 +28,7 @@
 
 use super::vae::Vae;
 use crate::data::registry::library_prior;
-use crate::data::{Counts, Registry};
+use crate::data::{CountSource, Registry};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -134,14 +134,15 @@ pub fn extend_registry(
 /// one), every reference weight copied, the new categories' entries freshly initialised (seeded
 /// by the caller) and the latent-library prior of the new batches computed from the query cells
 /// (also written into `registry`).
-pub fn query_model(
+pub fn query_model<'a>(
     reference: &Vae,
     registry: &mut Registry,
-    counts: Counts<'_>,
+    counts: impl Into<CountSource<'a>>,
     batch_codes: &[i32],
     options: QueryConfig,
     device: Device,
 ) -> Result<Vae> {
+    let counts = counts.into();
     let mut cfg = reference.config.clone();
     registry.apply_to(&mut cfg);
     if cfg.n_genes != reference.config.n_genes {
@@ -320,6 +321,7 @@ pub fn trainable_parameters(vae: &Vae) -> Vec<(Tensor, Option<Tensor>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Counts;
     use crate::module::VaeConfig;
     use crate::TORCH_RNG;
 
