@@ -3,14 +3,20 @@
 # SeuratObject / Seurat >= 5 it runs: `bash bench/seurat5_check.sh` builds them into a separate
 # library and runs it (SeuratObject 5.3.0 and Seurat 5.0.3).
 
+# pbmc_small's counts as a v5 object whose counts are split by its "groups" into counts.g1 / .g2.
+split_v5 <- function(counts = pbmc_small_counts()) {
+  seu <- SeuratObject::CreateSeuratObject(counts = counts)
+  seu$groups <- pbmc_small_seurat()$groups
+  seu[["RNA"]] <- split(seu[["RNA"]], f = seu$groups)
+  seu
+}
+
 test_that("scvi() on a Seurat v5 object with split counts layers", {
   skip_if(utils::packageVersion("SeuratObject") < "5.0.0",
           "SeuratObject >= 5 (Assay5 layers) is not installed")
   counts <- pbmc_small_counts()
   groups <- pbmc_small_seurat()$groups
-  seu <- SeuratObject::CreateSeuratObject(counts = counts)
-  seu$groups <- groups
-  seu[["RNA"]] <- split(seu[["RNA"]], f = seu$groups)
+  seu <- split_v5(counts)
   expect_true(all(c("counts.g1", "counts.g2") %in% SeuratObject::Layers(seu[["RNA"]])))
   expect_silent(seu <- scvi(seu, batch_key = "groups", max_epochs = 5, seed = 1, n_threads = 1,
                             verbose = FALSE, store_expression = TRUE))
@@ -41,11 +47,7 @@ test_that("scvi() on a Seurat v5 object with split counts layers", {
 test_that("Seurat v5's IntegrateLayers() runs scvi_integration on split layers", {
   skip_if(!requireNamespace("Seurat", quietly = TRUE) || utils::packageVersion("Seurat") < "5.0.0",
           "Seurat >= 5 (IntegrateLayers) is not installed")
-  counts <- pbmc_small_counts()
-  groups <- pbmc_small_seurat()$groups
-  seu <- SeuratObject::CreateSeuratObject(counts = counts)
-  seu$groups <- groups
-  seu[["RNA"]] <- split(seu[["RNA"]], f = seu$groups)
+  seu <- split_v5()
   seu <- suppressWarnings(Seurat::NormalizeData(seu, verbose = FALSE))
   seu <- Seurat::FindVariableFeatures(seu, nfeatures = 100, verbose = FALSE)
   seu <- Seurat::ScaleData(seu, verbose = FALSE)
