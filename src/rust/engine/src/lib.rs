@@ -14,6 +14,7 @@ pub mod io;
 pub mod module;
 pub mod nn;
 pub mod runtime;
+pub mod simd;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -276,6 +276,52 @@ fn omp_broadcast_mxcsr(value: u32, team: c_int) {
     parallel(set, &mut v as *mut u32 as *mut c_void, team.max(1) as c_uint, 0);
 }
 
+/// Runs `f(part)` for every part in `0..parts` on the threads libtorch computes on (one OpenMP
+/// parallel region through libgomp's entry point, so no second pool competes with libtorch's
+/// spinning workers), or in order on this thread when there is one part, one thread, no OpenMP,
+/// or a forked child. A panic in a part is re-raised here after the region ends.
+pub fn parallel_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
+    type Parallel = extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint);
+    struct Region<'a> {
+        f: &'a (dyn Fn(usize) + Sync),
+        parts: usize,
+        thread_num: extern "C" fn() -> c_int,
+        num_threads: extern "C" fn() -> c_int,
+        panicked: AtomicBool,
+    }
+    extern "C" fn body(data: *mut c_void) {
+        // SAFETY: `data` is the Region below, alive until GOMP_parallel returns.
+        let r = unsafe { &*(data as *const Region<'_>) };
+        let (me, team) = ((r.thread_num)().max(0) as usize, (r.num_threads)().max(1) as usize);
+        for part in (me..r.parts).step_by(team) {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (r.f)(part))).is_err() {
+                r.panicked.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    let team = tch::get_num_threads().max(1) as usize;
+    let (par, num, tid) = (symbol("GOMP_parallel"), symbol("omp_get_num_threads"), symbol("omp_get_thread_num"));
+    if parts <= 1 || team == 1 || par.is_null() || num.is_null() || tid.is_null() || in_forked_child() {
+        (0..parts).for_each(f);
+        return;
+    }
+    // SAFETY: the symbols are libgomp's, with these C signatures.
+    let region = unsafe {
+        Region {
+            f,
+            parts,
+            thread_num: std::mem::transmute::<*mut c_void, extern "C" fn() -> c_int>(tid),
+            num_threads: std::mem::transmute::<*mut c_void, extern "C" fn() -> c_int>(num),
+            panicked: AtomicBool::new(false),
+        }
+    };
+    let parallel: Parallel = unsafe { std::mem::transmute(par) };
+    parallel(body, &region as *const Region<'_> as *mut c_void, team.min(parts) as c_uint, 0);
+    if region.panicked.load(Ordering::SeqCst) {
+        panic!("a parallel part of a CPU kernel panicked");
+    }
+}
+
 // --- OpenMP and OpenBLAS, found in the process at run time ---------------------------------------
 
 fn symbol(name: &str) -> *mut c_void {

@@ -7,6 +7,9 @@ use super::covariates::Covariates;
 use super::disk::{CellSummaries, RowBlock};
 use tch::{Device, Kind, Tensor};
 
+/// Counts below this get ln(1 + k) from a table.
+const LOG1P_TABLE: usize = 1024;
+
 pub struct Minibatch {
     /// Dense counts, cells x genes, f32.
     pub x: Tensor,
@@ -50,8 +53,8 @@ pub struct MinibatchBuilder<'a> {
     lgamma_x1: Vec<f32>,
     log_library: Vec<f32>,
     // Reused host buffers: building a minibatch allocates nothing after the first call.
-    dense: Vec<f32>,
-    dense_log1p: Vec<f32>,
+    /// ln(1 + k) for the small integer counts k that make up almost every nonzero.
+    log1p_small: Vec<f32>,
     nz_flat: Vec<i64>,
     nz_row: Vec<i64>,
     nz_gene: Vec<i64>,
@@ -97,8 +100,7 @@ impl<'a> MinibatchBuilder<'a> {
             device,
             lgamma_x1,
             log_library,
-            dense: Vec::new(),
-            dense_log1p: Vec::new(),
+            log1p_small: (0..LOG1P_TABLE).map(|k| (k as f64).ln_1p() as f32).collect(),
             nz_flat: Vec::new(),
             nz_row: Vec::new(),
             nz_gene: Vec::new(),
@@ -124,10 +126,17 @@ impl<'a> MinibatchBuilder<'a> {
     fn build_rows<'r, V: Copy + Into<f64> + 'r>(&mut self, cells: &[usize], row_of: impl Fn(usize) -> (&'r [i32], &'r [V])) -> Minibatch {
         let g = self.n_genes;
         let b = cells.len();
-        self.dense.clear();
-        self.dense.resize(b * g, 0.0);
-        self.dense_log1p.clear();
-        self.dense_log1p.resize(b * g, 0.0);
+        // The dense blocks are written in place in zeroed CPU tensors (no host copy to transfer).
+        let cpu = (Kind::Float, Device::Cpu);
+        let x = Tensor::zeros([b as i64, g as i64], cpu);
+        let x_log1p = Tensor::zeros([b as i64, g as i64], cpu);
+        // SAFETY: fresh contiguous f32 CPU tensors of b * g elements, written only here.
+        let (dense, dense_log1p) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(x.data_ptr() as *mut f32, b * g),
+                std::slice::from_raw_parts_mut(x_log1p.data_ptr() as *mut f32, b * g),
+            )
+        };
         self.nz_flat.clear();
         self.nz_row.clear();
         self.nz_gene.clear();
@@ -143,8 +152,9 @@ impl<'a> MinibatchBuilder<'a> {
                     continue; // explicit zeros stored in the sparse matrix
                 }
                 let flat = row * g + gene as usize;
-                self.dense[flat] = v as f32;
-                self.dense_log1p[flat] = v.ln_1p() as f32;
+                dense[flat] = v as f32;
+                let k = v as usize;
+                dense_log1p[flat] = if k as f64 == v && k < LOG1P_TABLE { self.log1p_small[k] } else { v.ln_1p() as f32 };
                 self.nz_flat.push(flat as i64);
                 self.nz_row.push(row as i64);
                 self.nz_gene.push(gene as i64);
@@ -191,8 +201,8 @@ impl<'a> MinibatchBuilder<'a> {
             continuous,
             log_size_factor,
             latent,
-            x: Tensor::from_slice(&self.dense).view([b as i64, g as i64]).to_device(dev),
-            x_log1p: Tensor::from_slice(&self.dense_log1p).view([b as i64, g as i64]).to_device(dev),
+            x: x.to_device(dev),
+            x_log1p: x_log1p.to_device(dev),
             log_library: Tensor::from_slice(&ll).view([b as i64, 1]).to_device(dev),
             batch_index: Tensor::from_slice(&bi).to_device(dev),
             nz_flat: Tensor::from_slice(&self.nz_flat).to_device(dev),

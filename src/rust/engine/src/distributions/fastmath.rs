@@ -7,27 +7,66 @@ const LN2_HI: f32 = 0.693_359_375;
 const LN2_LO: f32 = -2.121_944_4e-4;
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 
+/// How a polynomial step a * b + c is evaluated: as written, or as one fused multiply-add. Kernels
+/// compiled for CPUs with FMA instantiate the functions below with [`Fused`]; elsewhere `mul_add`
+/// would be a library call, so the portable path uses [`Plain`].
+pub trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+pub struct Plain;
+pub struct Fused;
+
+impl MulAdd for Plain {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
 /// e^x for x in about [-87, 88] (clamped outside).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
+    exp_with::<Plain>(x)
+}
+
+#[inline(always)]
+pub fn exp_with<M: MulAdd>(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.7);
-    // Round to nearest by adding and removing 1.5 * 2^23 (no libm call, so loops vectorise).
+    // Round to nearest by adding and removing 1.5 * 2^23 (no libm call, so loops vectorise); the
+    // integer n is then read off the low bits of the shifted value, without a float-to-int
+    // conversion (whose saturating semantics do not vectorise well).
     const SHIFT: f32 = 12_582_912.0;
-    let n = (x * LOG2E + SHIFT) - SHIFT;
-    let r = x - n * LN2_HI - n * LN2_LO;
+    let shifted = M::mul_add(x, LOG2E, SHIFT);
+    let n = shifted - SHIFT;
+    let n_int = shifted.to_bits() as i32 - SHIFT.to_bits() as i32;
+    let r = M::mul_add(-n, LN2_HI, x);
+    let r = M::mul_add(-n, LN2_LO, r);
     let p = 1.987_569_1e-4_f32;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5e-1;
-    let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let p = M::mul_add(p, r, 1.398_199_9e-3);
+    let p = M::mul_add(p, r, 8.333_452e-3);
+    let p = M::mul_add(p, r, 4.166_579_6e-2);
+    let p = M::mul_add(p, r, 1.666_666_5e-1);
+    let p = M::mul_add(p, r, 5e-1);
+    let y = M::mul_add(p * r, r, r) + 1.0;
+    y * f32::from_bits(((n_int + 127) as u32) << 23)
 }
 
 /// Natural logarithm of a positive, normal x.
 #[inline(always)]
 pub fn ln(x: f32) -> f32 {
+    ln_with::<Plain>(x)
+}
+
+#[inline(always)]
+pub fn ln_with<M: MulAdd>(x: f32) -> f32 {
     let bits = x.to_bits();
     let mut e = ((bits >> 23) & 0xff) as i32 - 126;
     let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000); // in [0.5, 1)
@@ -36,27 +75,32 @@ pub fn ln(x: f32) -> f32 {
     m = if small { m + m - 1.0 } else { m - 1.0 };
     let z = m * m;
     let p = 7.037_683_6e-2_f32;
-    let p = p * m - 1.151_461e-1;
-    let p = p * m + 1.167_699_9e-1;
-    let p = p * m - 1.242_014_1e-1;
-    let p = p * m + 1.424_932_3e-1;
-    let p = p * m - 1.666_805_8e-1;
-    let p = p * m + 2.000_071_4e-1;
-    let p = p * m - 2.499_999_4e-1;
-    let p = p * m + 3.333_333_1e-1;
+    let p = M::mul_add(p, m, -1.151_461e-1);
+    let p = M::mul_add(p, m, 1.167_699_9e-1);
+    let p = M::mul_add(p, m, -1.242_014_1e-1);
+    let p = M::mul_add(p, m, 1.424_932_3e-1);
+    let p = M::mul_add(p, m, -1.666_805_8e-1);
+    let p = M::mul_add(p, m, 2.000_071_4e-1);
+    let p = M::mul_add(p, m, -2.499_999_4e-1);
+    let p = M::mul_add(p, m, 3.333_333_1e-1);
     let ef = e as f32;
-    let y = p * m * z + ef * LN2_LO - 0.5 * z;
-    m + y + ef * LN2_HI
+    let y = M::mul_add(p * m, z, M::mul_add(ef, LN2_LO, -0.5 * z));
+    M::mul_add(ef, LN2_HI, m + y)
 }
 
 /// softplus(x) = ln(1 + e^x) and sigmoid(x) = 1 / (1 + e^-x), sharing one exponential.
 #[inline(always)]
 pub fn softplus_sigmoid(x: f32) -> (f32, f32) {
-    let e = exp(-x.abs());
+    softplus_sigmoid_with::<Plain>(x)
+}
+
+#[inline(always)]
+pub fn softplus_sigmoid_with<M: MulAdd>(x: f32) -> (f32, f32) {
+    let e = exp_with::<M>(-x.abs());
     let one_plus = 1.0 + e;
     let inv = 1.0 / one_plus;
     // ln(1 + e) keeping precision when 1 + e rounds: ln(u) - (u - 1 - e) / u, to second order.
-    let log1p_e = ln(one_plus) - ((one_plus - 1.0) - e) * inv;
+    let log1p_e = ln_with::<M>(one_plus) - ((one_plus - 1.0) - e) * inv;
     let softplus = x.max(0.0) + log1p_e;
     let sigmoid = if x >= 0.0 { inv } else { e * inv };
     (softplus, sigmoid)
@@ -68,6 +112,12 @@ mod tests {
 
     #[test]
     fn close_to_libm() {
+        close_to_libm_with::<Plain>();
+        close_to_libm_with::<Fused>();
+    }
+
+    fn close_to_libm_with<M: MulAdd>() {
+        let (exp, ln, softplus_sigmoid) = (exp_with::<M>, ln_with::<M>, softplus_sigmoid_with::<M>);
         let mut worst = [0f64; 4];
         let mut x = -80.0f32;
         while x < 80.0 {

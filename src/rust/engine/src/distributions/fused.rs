@@ -13,11 +13,15 @@
 //! `attach` then gives autograd these gradients through a linear surrogate, so the rest of the
 //! network trains as usual. This replaces a dozen full-size tensor operations and their backward.
 
-use super::fastmath::{ln, softplus_sigmoid};
+use super::fastmath::{ln_with, softplus_sigmoid_with, MulAdd};
+use crate::simd::{self, Simd};
 use super::EPS;
 use tch::{Device, Kind, Tensor};
 
 const EPS32: f32 = EPS as f32;
+
+/// Minibatches of at least this many entries are split across libtorch's threads.
+const PARALLEL_ENTRIES: usize = 1 << 16;
 
 pub struct DenseTerms {
     /// Per-cell sum of the dense terms, cells.
@@ -32,64 +36,127 @@ pub fn supported(mu: &Tensor) -> bool {
     mu.device() == Device::Cpu && mu.kind() == Kind::Float
 }
 
-unsafe fn slice<'a>(t: &'a Tensor) -> &'a [f32] {
-    std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel())
-}
-
-unsafe fn slice_mut<'a>(t: &'a mut Tensor) -> &'a mut [f32] {
-    std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel())
-}
-
 /// Values and gradients for x (cells x genes), mu (cells x genes), theta (genes, or cells x
 /// genes) and pi (cells x genes, ZINB only).
 pub fn dense_terms(x: &Tensor, mu: &Tensor, theta: &Tensor, pi: Option<&Tensor>) -> DenseTerms {
+    dense_terms_at(Simd::detect(), x, mu, theta, pi)
+}
+
+/// [`dense_terms`] compiled for a given level of vector instructions (tests compare levels).
+///
+/// Panics if `level` is wider than what this CPU offers.
+pub fn dense_terms_at(level: Simd, x: &Tensor, mu: &Tensor, theta: &Tensor, pi: Option<&Tensor>) -> DenseTerms {
+    assert!(Simd::available().contains(&level), "this CPU cannot run {level:?} instructions");
     let (b, g) = (mu.size()[0] as usize, mu.size()[1] as usize);
     let x = x.detach().contiguous();
     let mu = mu.detach().contiguous();
     let theta = theta.detach().contiguous();
     let pi = pi.map(|p| p.detach().contiguous());
     let opts = (Kind::Float, Device::Cpu);
-    let mut value = Tensor::zeros([b as i64], opts);
-    let mut grad_mu = Tensor::empty([b as i64, g as i64], opts);
-    let mut grad_theta = Tensor::empty([b as i64, g as i64], opts);
-    let mut grad_pi = pi.as_ref().map(|_| Tensor::empty([b as i64, g as i64], opts));
+    let value = Tensor::zeros([b as i64], opts);
+    let grad_mu = Tensor::empty([b as i64, g as i64], opts);
+    let grad_theta = Tensor::empty([b as i64, g as i64], opts);
+    let grad_pi = pi.as_ref().map(|_| Tensor::empty([b as i64, g as i64], opts));
     let per_cell_theta = theta.dim() == 2;
-    // SAFETY: all tensors are contiguous f32 CPU buffers of the sizes used below; the outputs are
-    // freshly allocated and not aliased.
-    unsafe {
-        let (xs, ms, ts) = (slice(&x), slice(&mu), slice(&theta));
-        let ps = pi.as_ref().map(|p| slice(p));
-        let vs = slice_mut(&mut value);
-        let gm = slice_mut(&mut grad_mu);
-        let gt = slice_mut(&mut grad_theta);
-        let mut gp = grad_pi.as_mut().map(|t| slice_mut(t));
-        let mut log_theta: Vec<f32> = vec![0.0; g];
-        let mut theta_ratio: Vec<f32> = vec![0.0; g];
-        let mut values = vec![0f32; g];
-        let per_gene = |th: &[f32], l: &mut [f32], q: &mut [f32]| {
-            for j in 0..th.len() {
-                l[j] = ln(th[j] + EPS32);
-                q[j] = th[j] / (th[j] + EPS32);
-            }
-        };
-        if !per_cell_theta {
-            per_gene(ts, &mut log_theta, &mut theta_ratio);
+    // Raw addresses, so that parts of the minibatch (disjoint ranges of cells) can run on
+    // libtorch's threads.
+    let ptr = |t: &Tensor| t.data_ptr() as usize;
+    let (xp, mp, tp) = (ptr(&x), ptr(&mu), ptr(&theta));
+    let pp = pi.as_ref().map(ptr);
+    let (vp, gmp, gtp) = (ptr(&value), ptr(&grad_mu), ptr(&grad_theta));
+    let gpp = grad_pi.as_ref().map(ptr);
+    let parts = if b * g >= PARALLEL_ENTRIES { (tch::get_num_threads().max(1) as usize).min(b) } else { 1 };
+    let part = |k: usize| {
+        let (c0, c1) = (b * k / parts, b * (k + 1) / parts);
+        let (e0, n) = (c0 * g, (c1 - c0) * g);
+        // SAFETY: all tensors are contiguous f32 CPU buffers of the sizes used here (b x g, b, or
+        // g for a per-gene theta); the outputs are freshly allocated, and each part writes only
+        // its own cells. `level` was checked against the CPU above.
+        unsafe {
+            let at = |p: usize, from: usize, len: usize| std::slice::from_raw_parts((p as *const f32).add(from), len);
+            let at_mut = |p: usize, from: usize, len: usize| std::slice::from_raw_parts_mut((p as *mut f32).add(from), len);
+            let inputs = Inputs {
+                n_genes: g,
+                x: at(xp, e0, n),
+                mu: at(mp, e0, n),
+                theta: if per_cell_theta { at(tp, e0, n) } else { at(tp, 0, g) },
+                pi: pp.map(|p| at(p, e0, n)),
+            };
+            let outputs = Outputs {
+                value: at_mut(vp, c0, c1 - c0),
+                grad_mu: at_mut(gmp, e0, n),
+                grad_theta: at_mut(gtp, e0, n),
+                grad_pi: gpp.map(|p| at_mut(p, e0, n)),
+            };
+            simd::run(level, Cells { inputs: &inputs, outputs });
         }
-        for c in 0..b {
-            let r = c * g..(c + 1) * g;
-            let th = if per_cell_theta { &ts[r.clone()] } else { ts };
-            if per_cell_theta {
-                per_gene(th, &mut log_theta, &mut theta_ratio);
-            }
-            let rows = Row { x: &xs[r.clone()], mu: &ms[r.clone()], theta: th, log_theta: &log_theta, theta_ratio: &theta_ratio };
-            match (ps, gp.as_mut()) {
-                (Some(p), Some(gp)) => rows.zinb(&p[r.clone()], &mut values, &mut gm[r.clone()], &mut gt[r.clone()], &mut gp[r.clone()]),
-                _ => rows.nb(&mut values, &mut gm[r.clone()], &mut gt[r.clone()]),
-            }
-            vs[c] = values.iter().sum();
-        }
-    }
+    };
+    crate::runtime::parallel_parts(parts, &part);
     DenseTerms { value, grad_mu, grad_theta, grad_pi }
+}
+
+struct Inputs<'a> {
+    n_genes: usize,
+    x: &'a [f32],
+    mu: &'a [f32],
+    theta: &'a [f32],
+    pi: Option<&'a [f32]>,
+}
+
+struct Outputs<'a> {
+    value: &'a mut [f32],
+    grad_mu: &'a mut [f32],
+    grad_theta: &'a mut [f32],
+    grad_pi: Option<&'a mut [f32]>,
+}
+
+/// The loop over cells.
+struct Cells<'a, 'b> {
+    inputs: &'b Inputs<'a>,
+    outputs: Outputs<'a>,
+}
+
+impl simd::Kernel for Cells<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<M: MulAdd>(self) {
+        cells::<M>(self.inputs, self.outputs)
+    }
+}
+
+#[inline(always)]
+fn cells<M: MulAdd>(inp: &Inputs<'_>, out: Outputs<'_>) {
+    let g = inp.n_genes;
+    let per_cell_theta = inp.theta.len() != g;
+    let mut log_theta: Vec<f32> = vec![0.0; g];
+    let mut theta_ratio: Vec<f32> = vec![0.0; g];
+    let mut values = vec![0f32; g];
+    let per_gene = |th: &[f32], l: &mut [f32], q: &mut [f32]| {
+        for j in 0..th.len() {
+            l[j] = ln_with::<M>(th[j] + EPS32);
+            q[j] = th[j] / (th[j] + EPS32);
+        }
+    };
+    if !per_cell_theta {
+        per_gene(inp.theta, &mut log_theta, &mut theta_ratio);
+    }
+    let Outputs { value, grad_mu, grad_theta, mut grad_pi } = out;
+    for (c, v) in value.iter_mut().enumerate() {
+        let r = c * g..(c + 1) * g;
+        let th = if per_cell_theta { &inp.theta[r.clone()] } else { inp.theta };
+        if per_cell_theta {
+            per_gene(th, &mut log_theta, &mut theta_ratio);
+        }
+        let row = Row { x: &inp.x[r.clone()], mu: &inp.mu[r.clone()], theta: th, log_theta: &log_theta, theta_ratio: &theta_ratio };
+        match (inp.pi, grad_pi.as_mut()) {
+            (Some(p), Some(gp)) => {
+                zinb_loop::<M>(&row, &p[r.clone()], &mut values, &mut grad_mu[r.clone()], &mut grad_theta[r.clone()], &mut gp[r.clone()])
+            }
+            _ => nb_loop::<M>(&row, &mut values, &mut grad_mu[r.clone()], &mut grad_theta[r.clone()]),
+        }
+        *v = simd::sum(&values);
+    }
 }
 
 /// One cell's inputs.
@@ -102,59 +169,23 @@ struct Row<'a> {
     theta_ratio: &'a [f32],
 }
 
-impl Row<'_> {
-    fn zinb(&self, pi: &[f32], v: &mut [f32], gm: &mut [f32], gt: &mut [f32], gp: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports the features the function is compiled for.
-                return unsafe { zinb_avx2(self, pi, v, gm, gt, gp) };
-            }
-        }
-        zinb_loop(self, pi, v, gm, gt, gp)
-    }
-
-    fn nb(&self, v: &mut [f32], gm: &mut [f32], gt: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: as above.
-                return unsafe { nb_avx2(self, v, gm, gt) };
-            }
-        }
-        nb_loop(self, v, gm, gt)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn zinb_avx2(r: &Row<'_>, pi: &[f32], v: &mut [f32], gm: &mut [f32], gt: &mut [f32], gp: &mut [f32]) {
-    zinb_loop(r, pi, v, gm, gt, gp)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn nb_avx2(r: &Row<'_>, v: &mut [f32], gm: &mut [f32], gt: &mut [f32]) {
-    nb_loop(r, v, gm, gt)
-}
-
 /// Branch-free per-entry work (selects, no early exits) so that it vectorises.
 #[inline(always)]
-fn zinb_loop(r: &Row<'_>, pi: &[f32], v: &mut [f32], gm: &mut [f32], gt: &mut [f32], gp: &mut [f32]) {
+fn zinb_loop<M: MulAdd>(r: &Row<'_>, pi: &[f32], v: &mut [f32], gm: &mut [f32], gt: &mut [f32], gp: &mut [f32]) {
     let n = r.x.len();
     let (x, mu, theta, lt, q) = (&r.x[..n], &r.mu[..n], &r.theta[..n], &r.log_theta[..n], &r.theta_ratio[..n]);
     let (pi, v, gm, gt, gp) = (&pi[..n], &mut v[..n], &mut gm[..n], &mut gt[..n], &mut gp[..n]);
     for j in 0..n {
         let t = theta[j];
         let tme = t + mu[j] + EPS32;
-        let ltm = ln(tme);
+        let ltm = ln_with::<M>(tme);
         let inv_tme = 1.0 / tme;
         let a = t * (lt[j] - ltm);
         let da_dmu = -t * inv_tme;
         let da_dt = lt[j] - ltm + q[j] - t * inv_tme;
         let p = pi[j];
-        let (sp_p, sig_p) = softplus_sigmoid(p);
-        let (sp_u, sig_u) = softplus_sigmoid(a - p);
+        let (sp_p, sig_p) = softplus_sigmoid_with::<M>(p);
+        let (sp_u, sig_u) = softplus_sigmoid_with::<M>(a - p);
         let nonzero = x[j] > EPS32;
         v[j] = if nonzero { a - sp_p } else { sp_u + p - sp_p };
         let dv_da = if nonzero { 1.0 } else { sig_u };
@@ -165,14 +196,14 @@ fn zinb_loop(r: &Row<'_>, pi: &[f32], v: &mut [f32], gm: &mut [f32], gt: &mut [f
 }
 
 #[inline(always)]
-fn nb_loop(r: &Row<'_>, v: &mut [f32], gm: &mut [f32], gt: &mut [f32]) {
+fn nb_loop<M: MulAdd>(r: &Row<'_>, v: &mut [f32], gm: &mut [f32], gt: &mut [f32]) {
     let n = r.x.len();
     let (mu, theta, lt, q) = (&r.mu[..n], &r.theta[..n], &r.log_theta[..n], &r.theta_ratio[..n]);
     let (v, gm, gt) = (&mut v[..n], &mut gm[..n], &mut gt[..n]);
     for j in 0..n {
         let t = theta[j];
         let tme = t + mu[j] + EPS32;
-        let ltm = ln(tme);
+        let ltm = ln_with::<M>(tme);
         let inv_tme = 1.0 / tme;
         v[j] = t * (lt[j] - ltm);
         gm[j] = -t * inv_tme;
@@ -184,10 +215,13 @@ fn nb_loop(r: &Row<'_>, v: &mut [f32], gm: &mut [f32], gt: &mut [f32]) {
 /// to mu, theta and pi is given by the analytic gradients: value + s - s.detach(), with
 /// s = sum_g(mu * dmu + theta * dtheta + pi * dpi) per cell.
 pub fn attach(terms: &DenseTerms, mu: &Tensor, theta: &Tensor, pi: Option<&Tensor>) -> Tensor {
-    let mut s = (mu * &terms.grad_mu).sum_dim_intlist(1, false, Kind::Float);
-    s = s + (theta * &terms.grad_theta).sum_dim_intlist(1, false, Kind::Float);
+    let row_dot = |a: &Tensor, b: &Tensor| (a * b).sum_dim_intlist(1, false, Kind::Float);
+    let mut s = row_dot(mu, &terms.grad_mu);
+    // A per-gene theta: one matrix-vector product, whose backward is one more (instead of a
+    // broadcast product, a sum, and their backward).
+    s = s + if theta.dim() == 1 { terms.grad_theta.mv(theta) } else { row_dot(theta, &terms.grad_theta) };
     if let (Some(p), Some(gp)) = (pi, &terms.grad_pi) {
-        s = s + (p * gp).sum_dim_intlist(1, false, Kind::Float);
+        s = s + row_dot(p, gp);
     }
     &terms.value + &s - s.detach()
 }

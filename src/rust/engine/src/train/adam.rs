@@ -3,7 +3,12 @@
 //! moments and the parameter, and zero the gradient, without the dozen temporaries libtorch's
 //! optimiser creates. Other devices use the same update as tensor operations.
 
+use crate::distributions::fastmath::MulAdd;
+use crate::simd::{self, Simd};
 use tch::{Device, Kind, Tensor};
+
+/// Parameters of at least twice this many entries are updated in parts on libtorch's threads.
+const PARALLEL_ENTRIES: usize = 1 << 16;
 
 pub struct Adam {
     params: Vec<Tensor>,
@@ -18,6 +23,8 @@ pub struct Adam {
     pub eps: f64,
     pub weight_decay: f64,
     pub decoupled_weight_decay: bool,
+    /// Vector instructions of the update loop.
+    simd: Simd,
 }
 
 impl Adam {
@@ -38,7 +45,7 @@ impl Adam {
             .unzip();
         let exp_avg = params.iter().map(|p| p.zeros_like()).collect();
         let exp_avg_sq = params.iter().map(|p| p.zeros_like()).collect();
-        Adam { params, masks, exp_avg, exp_avg_sq, step: 0, lr, beta1: 0.9, beta2: 0.999, eps, weight_decay, decoupled_weight_decay }
+        Adam { params, masks, exp_avg, exp_avg_sq, step: 0, lr, beta1: 0.9, beta2: 0.999, eps, weight_decay, decoupled_weight_decay, simd: Simd::detect() }
     }
 
     /// Gradients of all parameters set to zero (before the first backward they do not exist).
@@ -96,28 +103,26 @@ impl Adam {
         let inv_bc2_sqrt = (1.0 / bc2_sqrt) as f32;
         let decay = if self.decoupled_weight_decay { 1.0 - lr * wd } else { 1.0 };
         let coupled_wd = if self.decoupled_weight_decay { 0.0 } else { wd };
-        let update = |j: usize, p: &mut [f32], g: &mut [f32], m: &mut [f32], v: &mut [f32]| {
-            let grad = g[j] + coupled_wd * p[j];
-            let mj = b1 * m[j] + (1.0 - b1) * grad;
-            let vj = b2 * v[j] + (1.0 - b2) * grad * grad;
-            m[j] = mj;
-            v[j] = vj;
-            let denom = vj.sqrt() * inv_bc2_sqrt + eps;
-            p[j] = p[j] * decay - step_size * mj / denom;
-            g[j] = 0.0;
-        };
-        match mask {
-            None => (0..p.len()).for_each(|j| update(j, p, g, m, v)),
-            Some(k) => {
-                for j in 0..p.len() {
-                    if k[j] == 0.0 {
-                        g[j] = 0.0;
-                    } else {
-                        update(j, p, g, m, v);
-                    }
-                }
+        let n = p.len();
+        let level = self.simd;
+        // Large parameters are updated in parts on libtorch's threads; entries are independent, so
+        // the result does not depend on the split.
+        let parts = if n >= 2 * PARALLEL_ENTRIES { (tch::get_num_threads().max(1) as usize).min(n / PARALLEL_ENTRIES) } else { 1 };
+        let (pp, gp, mp, vp) = (p.as_mut_ptr() as usize, g.as_mut_ptr() as usize, m.as_mut_ptr() as usize, v.as_mut_ptr() as usize);
+        let kp = mask.map(|k| k.as_ptr() as usize);
+        let part = |k: usize| {
+            let (from, len) = (n * k / parts, n * (k + 1) / parts - n * k / parts);
+            // SAFETY: p, g, m, v (and the mask) hold n entries; parts cover disjoint ranges.
+            unsafe {
+                let at = |a: usize| std::slice::from_raw_parts_mut((a as *mut f32).add(from), len);
+                let mask = kp.map(|a| std::slice::from_raw_parts((a as *const f32).add(from), len));
+                let k = AdamKernel { p: at(pp), g: at(gp), m: at(mp), v: at(vp), mask, b1, b2, eps, step_size, inv_bc2_sqrt, decay, coupled_wd };
+                // Only exact IEEE operations (no FMA contraction), so every level gives the same
+                // bits. The level comes from this CPU.
+                simd::run(level, k)
             }
-        }
+        };
+        crate::runtime::parallel_parts(parts, &part);
     }
 
     fn update_tensor(&mut self, i: usize, g: &Tensor, step_size: f64, bc2_sqrt: f64) {
@@ -152,5 +157,45 @@ impl Adam {
             let mut g = g.shallow_clone();
             let _ = g.zero_();
         });
+    }
+}
+
+/// The update loop over one parameter's entries.
+struct AdamKernel<'a> {
+    p: &'a mut [f32],
+    g: &'a mut [f32],
+    m: &'a mut [f32],
+    v: &'a mut [f32],
+    mask: Option<&'a [f32]>,
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    step_size: f32,
+    inv_bc2_sqrt: f32,
+    decay: f32,
+    coupled_wd: f32,
+}
+
+impl simd::Kernel for AdamKernel<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<M: MulAdd>(self) {
+        let AdamKernel { p, g, m, v, mask, b1, b2, eps, step_size, inv_bc2_sqrt, decay, coupled_wd } = self;
+        let n = p.len();
+        let (g, m, v) = (&mut g[..n], &mut m[..n], &mut v[..n]);
+        for j in 0..n {
+            let keep = mask.map_or(true, |k| k[j] != 0.0);
+            let grad = g[j] + coupled_wd * p[j];
+            let mj = b1 * m[j] + (1.0 - b1) * grad;
+            let vj = b2 * v[j] + (1.0 - b2) * grad * grad;
+            let denom = vj.sqrt() * inv_bc2_sqrt + eps;
+            let pj = p[j] * decay - step_size * mj / denom;
+            // Masked entries keep their value and moments; every gradient is consumed.
+            m[j] = if keep { mj } else { m[j] };
+            v[j] = if keep { vj } else { v[j] };
+            p[j] = if keep { pj } else { p[j] };
+            g[j] = 0.0;
+        }
     }
 }
