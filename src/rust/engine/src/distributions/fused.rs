@@ -1,4 +1,4 @@
-//! The dense part of the NB / ZINB log-likelihood and its gradient in one pass.
+//! The NB / ZINB log-likelihood and its gradient in one pass (CPU).
 //!
 //! Over every entry (cell c, gene g), with A = theta (ln(theta + eps) - ln(theta + mu + eps)):
 //!   NB:            v = A
@@ -13,7 +13,8 @@
 //! `attach` then gives autograd these gradients through a linear surrogate, so the rest of the
 //! network trains as usual. This replaces a dozen full-size tensor operations and their backward.
 
-use super::fastmath::{ln_with, softplus_sigmoid_with, MulAdd};
+use super::fastmath::{lgamma_digamma_with, ln_with, softplus_sigmoid_with, MulAdd};
+use crate::data::Minibatch;
 use crate::simd::{self, Simd};
 use super::EPS;
 use tch::{Device, Kind, Tensor};
@@ -46,6 +47,56 @@ pub fn dense_terms(x: &Tensor, mu: &Tensor, theta: &Tensor, pi: Option<&Tensor>)
 ///
 /// Panics if `level` is wider than what this CPU offers.
 pub fn dense_terms_at(level: Simd, x: &Tensor, mu: &Tensor, theta: &Tensor, pi: Option<&Tensor>) -> DenseTerms {
+    terms(level, x, mu, theta, pi, None)
+}
+
+/// The whole NB / ZINB log-likelihood of a minibatch, less the constant -lgamma(x + 1): the dense
+/// terms above plus, at the minibatch's nonzero entries,
+///   x (ln(mu + eps) - ln(theta + mu + eps)) + lgamma(x + theta) - lgamma(theta),
+/// whose gradients x / (mu + eps) - x / (theta + mu + eps) and
+/// digamma(x + theta) - digamma(theta) - x / (theta + mu + eps) join the dense ones.
+/// None when the minibatch's nonzeros are not in cell order (the tensor path then applies).
+pub fn likelihood_terms(mb: &Minibatch, mu: &Tensor, theta: &Tensor, pi: Option<&Tensor>) -> Option<DenseTerms> {
+    let level = Simd::detect();
+    let rows = mb.nz_row.contiguous();
+    let genes = mb.nz_gene.contiguous();
+    let xs = mb.nz_x.contiguous();
+    let b = mu.size()[0] as usize;
+    let n = rows.numel();
+    if rows.kind() != Kind::Int64 || genes.kind() != Kind::Int64 || xs.kind() != Kind::Float || genes.numel() != n || xs.numel() != n {
+        return None;
+    }
+    // SAFETY: contiguous CPU tensors of n elements of the kinds checked above.
+    let (rows_s, genes_s, xs_s) = unsafe {
+        (
+            std::slice::from_raw_parts(rows.data_ptr() as *const i64, n),
+            std::slice::from_raw_parts(genes.data_ptr() as *const i64, n),
+            std::slice::from_raw_parts(xs.data_ptr() as *const f32, n),
+        )
+    };
+    let g = mu.size()[1];
+    if rows_s.windows(2).any(|w| w[0] > w[1]) || rows_s.iter().any(|&r| r < 0 || r as usize >= b) || genes_s.iter().any(|&j| j < 0 || j >= g) {
+        return None;
+    }
+    let mut row_ptr = vec![0usize; b + 1];
+    for &r in rows_s {
+        row_ptr[r as usize + 1] += 1;
+    }
+    for c in 0..b {
+        row_ptr[c + 1] += row_ptr[c];
+    }
+    let nz = Nonzeros { row_ptr: &row_ptr, gene: genes_s, x: xs_s };
+    Some(terms(level, &mb.x, mu, theta, pi, Some(&nz)))
+}
+
+/// The minibatch's nonzero entries, in cell order: cell c's are `row_ptr[c]..row_ptr[c + 1]`.
+struct Nonzeros<'a> {
+    row_ptr: &'a [usize],
+    gene: &'a [i64],
+    x: &'a [f32],
+}
+
+fn terms(level: Simd, x: &Tensor, mu: &Tensor, theta: &Tensor, pi: Option<&Tensor>, nonzeros: Option<&Nonzeros<'_>>) -> DenseTerms {
     assert!(Simd::available().contains(&level), "this CPU cannot run {level:?} instructions");
     let (b, g) = (mu.size()[0] as usize, mu.size()[1] as usize);
     let x = x.detach().contiguous();
@@ -77,6 +128,9 @@ pub fn dense_terms_at(level: Simd, x: &Tensor, mu: &Tensor, theta: &Tensor, pi: 
             let at_mut = |p: usize, from: usize, len: usize| std::slice::from_raw_parts_mut((p as *mut f32).add(from), len);
             let inputs = Inputs {
                 n_genes: g,
+                first_cell: c0,
+                per_cell_theta,
+                nonzeros,
                 x: at(xp, e0, n),
                 mu: at(mp, e0, n),
                 theta: if per_cell_theta { at(tp, e0, n) } else { at(tp, 0, g) },
@@ -97,6 +151,11 @@ pub fn dense_terms_at(level: Simd, x: &Tensor, mu: &Tensor, theta: &Tensor, pi: 
 
 struct Inputs<'a> {
     n_genes: usize,
+    /// The first cell of this part of the minibatch (the nonzeros are indexed by whole-minibatch
+    /// cells).
+    first_cell: usize,
+    per_cell_theta: bool,
+    nonzeros: Option<&'a Nonzeros<'a>>,
     x: &'a [f32],
     mu: &'a [f32],
     theta: &'a [f32],
@@ -128,8 +187,10 @@ impl simd::Kernel for Cells<'_, '_> {
 #[inline(always)]
 fn cells<M: MulAdd>(inp: &Inputs<'_>, out: Outputs<'_>) {
     let g = inp.n_genes;
-    let per_cell_theta = inp.theta.len() != g;
+    let per_cell_theta = inp.per_cell_theta;
     let mut log_theta: Vec<f32> = vec![0.0; g];
+    // Gathered inputs and per-entry results of one cell's nonzeros.
+    let mut nz_scratch = inp.nonzeros.map(|_| [(); 6].map(|_| vec![0f32; g]));
     let mut theta_ratio: Vec<f32> = vec![0.0; g];
     let mut values = vec![0f32; g];
     let per_gene = |th: &[f32], l: &mut [f32], q: &mut [f32]| {
@@ -156,6 +217,42 @@ fn cells<M: MulAdd>(inp: &Inputs<'_>, out: Outputs<'_>) {
             _ => nb_loop::<M>(&row, &mut values, &mut grad_mu[r.clone()], &mut grad_theta[r.clone()]),
         }
         *v = simd::sum(&values);
+        if let (Some(nz), Some([xs, ms, ts, vs, dm, dt])) = (inp.nonzeros, nz_scratch.as_mut()) {
+            let cell = inp.first_cell + c;
+            let (genes, counts) = (&nz.gene[nz.row_ptr[cell]..nz.row_ptr[cell + 1]], &nz.x[nz.row_ptr[cell]..nz.row_ptr[cell + 1]]);
+            let n = genes.len();
+            let mu_row = &inp.mu[r.clone()];
+            for (k, &j) in genes.iter().enumerate() {
+                xs[k] = counts[k];
+                ms[k] = mu_row[j as usize];
+                ts[k] = th[j as usize];
+            }
+            nonzero_loop::<M>(&xs[..n], &ms[..n], &ts[..n], &mut vs[..n], &mut dm[..n], &mut dt[..n]);
+            let (gm_row, gt_row) = (&mut grad_mu[r.clone()], &mut grad_theta[r.clone()]);
+            for (k, &j) in genes.iter().enumerate() {
+                gm_row[j as usize] += dm[k];
+                gt_row[j as usize] += dt[k];
+            }
+            *v += simd::sum(&vs[..n]);
+        }
+    }
+}
+
+/// The count-dependent terms at one cell's nonzeros (gathered x, mu, theta), and their gradients.
+#[inline(always)]
+fn nonzero_loop<M: MulAdd>(x: &[f32], mu: &[f32], theta: &[f32], v: &mut [f32], gm: &mut [f32], gt: &mut [f32]) {
+    let n = x.len();
+    let (mu, theta, v, gm, gt) = (&mu[..n], &theta[..n], &mut v[..n], &mut gm[..n], &mut gt[..n]);
+    for k in 0..n {
+        let (xk, m, t) = (x[k], mu[k], theta[k]);
+        let me = m + EPS32;
+        let tme = t + m + EPS32;
+        let (lg_xt, dg_xt) = lgamma_digamma_with::<M>(xk + t);
+        let (lg_t, dg_t) = lgamma_digamma_with::<M>(t);
+        v[k] = xk * (ln_with::<M>(me) - ln_with::<M>(tme)) + (lg_xt - lg_t);
+        let x_tme = xk / tme;
+        gm[k] = xk / me - x_tme;
+        gt[k] = (dg_xt - dg_t) - x_tme;
     }
 }
 

@@ -49,24 +49,22 @@ pub fn log_likelihood(
         GeneLikelihood::Nb | GeneLikelihood::Zinb => {
             let theta = theta.expect("NB-type likelihoods need a dispersion");
             let pi = if kind == GeneLikelihood::Zinb { zi_logits } else { None };
+            // On CPU one fused pass computes every term and its gradient.
+            if let Some(terms) = super::fused::supported(mu).then(|| super::fused::likelihood_terms(mb, mu, theta, pi)).flatten() {
+                return super::fused::attach(&terms, mu, theta, pi) - &mb.lgamma_x1;
+            }
             let x = &mb.nz_x;
             let theta_nz = at_nonzeros(theta, mb);
             let mu_nz = at_nonzeros(mu, mb);
             // Count-dependent terms, on the nonzeros only.
             let nz = x * ((&mu_nz + EPS).log() - (&theta_nz + &mu_nz + EPS).log()) + (x + &theta_nz).lgamma()
                 - at_nonzeros(&theta.lgamma(), mb);
-            let dense = if super::fused::supported(mu) {
-                let terms = super::fused::dense_terms(&mb.x, mu, theta, pi);
-                super::fused::attach(&terms, mu, theta, pi)
-            } else {
-                dense_terms_by_tensor_ops(&mb.x, mu, theta, pi)
-            };
-            dense + per_cell(&nz, mb) - &mb.lgamma_x1
+            dense_terms_by_tensor_ops(&mb.x, mu, theta, pi) + per_cell(&nz, mb) - &mb.lgamma_x1
         }
     }
 }
 
-/// The dense terms with libtorch operations (any device); the CPU path uses `fused` instead.
+/// The dense terms with libtorch operations (other devices, and the reference in tests).
 pub fn dense_terms_by_tensor_ops(x: &Tensor, mu: &Tensor, theta: &Tensor, pi: Option<&Tensor>) -> Tensor {
     let a = theta * ((theta + EPS).log() - (theta + mu + EPS).log());
     let dense = match pi {
