@@ -110,12 +110,12 @@ fn open_matrix(path: &str, location: &str) -> Result<(File, Matrix)> {
     let g = file.group(location).map_err(|_| err(path, format!("no matrix {location}")))?;
     let indices = g.dataset("indices").map_err(|_| err(path, format!("{location} has no indices")))?;
     let data = g.dataset("data").map_err(|_| err(path, format!("{location} has no data")))?;
-    Ok((file, Matrix::Sparse { indices, data }))
+    Ok((file, Matrix::Sparse { group: g, indices, data }))
 }
 
 /// The stored matrix: a CSR group's entries, or a dense dataset.
 enum Matrix {
-    Sparse { indices: Dataset, data: Dataset },
+    Sparse { group: hdf5::Group, indices: Dataset, data: Dataset },
     Dense(Dataset),
 }
 
@@ -137,8 +137,7 @@ impl DiskCounts {
                 }
                 ((0..=n_cells as u64).map(|i| i * g as u64).collect::<Vec<u64>>(), g, true)
             }
-            Matrix::Sparse { indices, data } => {
-                let g = _file.group(location).map_err(|_| err(path, format!("no matrix {location}")))?;
+            Matrix::Sparse { group: g, indices, data } => {
                 let enc = g
                     .attr("encoding-type")
                     .ok()
@@ -449,7 +448,7 @@ impl Reader<'_> {
         };
         let mut out = RowBlock::new();
         match &self.matrix {
-            Matrix::Sparse { indices, data } => {
+            Matrix::Sparse { indices, data, .. } => {
                 let (a, b) = (d.indptr[start] as usize, d.indptr[end] as usize);
                 let idx = indices.read_slice_1d::<i64, _>(a..b).map_err(ctx)?.into_raw_vec_and_offset().0;
                 let val = data.read_slice_1d::<f32, _>(a..b).map_err(ctx)?.into_raw_vec_and_offset().0;
