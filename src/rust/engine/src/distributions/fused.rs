@@ -4,7 +4,8 @@
 //!   NB:            v = A
 //!   ZINB, x > 0:   v = A - softplus(pi)
 //!   ZINB, x = 0:   v = softplus(A - pi) + pi - softplus(pi)
-//! (the x-dependent terms live on the nonzeros, see `sparse`). One loop computes the per-cell sum
+//! (the x-dependent terms live on the nonzeros: `likelihood_terms` adds them, gathered per cell,
+//! see `sparse` for their form). One loop computes the per-cell sum
 //! of v and dv/dmu, dv/dtheta, dv/dpi analytically:
 //!   dA/dmu = -theta / (theta + mu + eps)
 //!   dA/dtheta = ln(theta + eps) - ln(theta + mu + eps) + theta / (theta + eps) - theta / (theta + mu + eps)
@@ -75,11 +76,18 @@ pub fn likelihood_terms(mb: &Minibatch, mu: &Tensor, theta: &Tensor, pi: Option<
         )
     };
     let g = mu.size()[1];
-    if rows_s.windows(2).any(|w| w[0] > w[1]) || rows_s.iter().any(|&r| r < 0 || r as usize >= b) || genes_s.iter().any(|&j| j < 0 || j >= g) {
+    if mb.x.size() != mu.size() {
         return None;
     }
+    // Cell ranges of the nonzeros, checking in the same pass that they are in cell order and in
+    // bounds.
     let mut row_ptr = vec![0usize; b + 1];
-    for &r in rows_s {
+    let mut last = 0i64;
+    for (&r, &j) in rows_s.iter().zip(genes_s) {
+        if r < last || r as usize >= b || j < 0 || j >= g {
+            return None;
+        }
+        last = r;
         row_ptr[r as usize + 1] += 1;
     }
     for c in 0..b {
@@ -98,6 +106,8 @@ struct Nonzeros<'a> {
 
 fn terms(level: Simd, x: &Tensor, mu: &Tensor, theta: &Tensor, pi: Option<&Tensor>, nonzeros: Option<&Nonzeros<'_>>) -> DenseTerms {
     assert!(Simd::available().contains(&level), "this CPU cannot run {level:?} instructions");
+    assert!(mu.dim() == 2 && x.size() == mu.size() && pi.map_or(true, |p| p.size() == mu.size()), "x, mu and pi must be cells x genes");
+    assert!(theta.size() == mu.size() || theta.size() == [mu.size()[1]], "theta must be genes or cells x genes");
     let (b, g) = (mu.size()[0] as usize, mu.size()[1] as usize);
     let x = x.detach().contiguous();
     let mu = mu.detach().contiguous();
