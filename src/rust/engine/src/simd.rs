@@ -1,5 +1,5 @@
-//! Which vector instructions the hand-written CPU kernels (the fused likelihood, Adam, minibatch
-//! building) are compiled for. Each kernel is one generic loop, instantiated inside functions
+//! Which vector instructions the hand-written CPU kernels (the fused likelihood and Adam) are
+//! compiled for. Each kernel is one generic loop, instantiated inside functions
 //! compiled for AVX-512, for AVX2 + FMA and for the baseline; the widest level this CPU offers is
 //! chosen at run time. Lane-wise results are the same at every width; levels with FMA round
 //! polynomial steps once instead of twice.
