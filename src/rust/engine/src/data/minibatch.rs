@@ -5,6 +5,7 @@
 use super::counts::Counts;
 use super::covariates::Covariates;
 use super::disk::{CellSummaries, RowBlock};
+use crate::nn::sparse_input::HostRows;
 use tch::{Device, Kind, Tensor};
 
 /// Counts below this get ln(1 + k) from a table.
@@ -40,6 +41,63 @@ pub struct Minibatch {
     /// A minified model's stored q(z | x): means and variances, cells x n_latent.
     pub latent: Option<(Tensor, Tensor)>,
     pub n_cells: usize,
+    /// The nonzeros on the host, for the encoders' sparse first layer (CPU minibatches whose
+    /// cells list each gene at most once).
+    pub rows: Option<HostRows>,
+}
+
+/// A minibatch's nonzeros for [`HostRows`], each cell's in gene order (sorted here when the
+/// source lists them otherwise, so that sums over them do not depend on the source's order).
+struct SparseBuild {
+    row_ptr: Vec<usize>,
+    gene: Vec<u32>,
+    x: Vec<f32>,
+    log1p: Vec<f32>,
+    sorted: bool,
+    repeated: bool,
+}
+
+impl SparseBuild {
+    fn with_capacity(cells: usize) -> Self {
+        let row_ptr = Vec::with_capacity(cells + 1);
+        SparseBuild { row_ptr, gene: Vec::new(), x: Vec::new(), log1p: Vec::new(), sorted: true, repeated: false }
+    }
+
+    fn start_cell(&mut self) {
+        self.row_ptr.push(self.gene.len());
+        self.sorted = true;
+    }
+
+    fn push(&mut self, gene: u32, x: f32, log1p: f32) {
+        let start = *self.row_ptr.last().unwrap();
+        if self.gene.len() > start && self.gene[self.gene.len() - 1] >= gene {
+            self.sorted = false;
+        }
+        self.gene.push(gene);
+        self.x.push(x);
+        self.log1p.push(log1p);
+    }
+
+    fn end_cell(&mut self) {
+        if self.sorted {
+            return;
+        }
+        let start = *self.row_ptr.last().unwrap();
+        let mut order: Vec<usize> = (start..self.gene.len()).collect();
+        order.sort_by_key(|&k| self.gene[k]);
+        let (gene, x, log1p): (Vec<u32>, Vec<f32>, Vec<f32>) =
+            (order.iter().map(|&k| self.gene[k]).collect(), order.iter().map(|&k| self.x[k]).collect(), order.iter().map(|&k| self.log1p[k]).collect());
+        self.repeated |= gene.windows(2).any(|w| w[0] == w[1]);
+        self.gene[start..].copy_from_slice(&gene);
+        self.x[start..].copy_from_slice(&x);
+        self.log1p[start..].copy_from_slice(&log1p);
+    }
+
+    /// None when a cell lists a gene twice (the dense path then applies).
+    fn finish(mut self, n_genes: usize) -> Option<HostRows> {
+        self.row_ptr.push(self.gene.len());
+        (!self.repeated).then(|| HostRows::new(n_genes, self.row_ptr, self.gene, self.x, self.log1p))
+    }
 }
 
 /// Builds minibatches from CSR counts; per-cell constants are computed once.
@@ -144,8 +202,13 @@ impl<'a> MinibatchBuilder<'a> {
         let mut lg = Vec::with_capacity(b);
         let mut ll = Vec::with_capacity(b);
         let mut bi = Vec::with_capacity(b);
+        let host = self.device == Device::Cpu;
+        let mut sparse = host.then(|| SparseBuild::with_capacity(b));
         for (row, &cell) in cells.iter().enumerate() {
             let (genes, vals) = row_of(row);
+            if let Some(s) = sparse.as_mut() {
+                s.start_cell();
+            }
             for (&gene, &v) in genes.iter().zip(vals) {
                 let v: f64 = v.into();
                 if v == 0.0 {
@@ -154,16 +217,24 @@ impl<'a> MinibatchBuilder<'a> {
                 let flat = row * g + gene as usize;
                 dense[flat] = v as f32;
                 let k = v as usize;
-                dense_log1p[flat] = if k as f64 == v && k < LOG1P_TABLE { self.log1p_small[k] } else { v.ln_1p() as f32 };
+                let l = if k as f64 == v && k < LOG1P_TABLE { self.log1p_small[k] } else { v.ln_1p() as f32 };
+                dense_log1p[flat] = l;
+                if let Some(s) = sparse.as_mut() {
+                    s.push(gene as u32, v as f32, l);
+                }
                 self.nz_flat.push(flat as i64);
                 self.nz_row.push(row as i64);
                 self.nz_gene.push(gene as i64);
                 self.nz_x.push(v as f32);
             }
+            if let Some(s) = sparse.as_mut() {
+                s.end_cell();
+            }
             lg.push(self.lgamma_x1[cell]);
             ll.push(self.log_library[cell]);
             bi.push(self.batch_codes[cell] as i64);
         }
+        let host_rows = sparse.and_then(|s| s.finish(g));
         let dev = self.device;
         let cov = &self.covariates;
         let pick_i = |codes: &[i32]| Tensor::from_slice(&cells.iter().map(|&c| codes[c] as i64).collect::<Vec<i64>>()).to_device(dev);
@@ -211,6 +282,7 @@ impl<'a> MinibatchBuilder<'a> {
             nz_x: Tensor::from_slice(&self.nz_x).to_device(dev),
             lgamma_x1: Tensor::from_slice(&lg).to_device(dev),
             n_cells: b,
+            rows: host_rows,
         }
     }
 }
@@ -237,6 +309,7 @@ impl Minibatch {
             log_size_factor: self.log_size_factor.as_ref().map(|s| s.index_select(0, rows)),
             latent: self.latent.as_ref().map(|(m, v)| (m.index_select(0, rows), v.index_select(0, rows))),
             n_cells: rows.size()[0] as usize,
+            rows: None,
         }
     }
 }

@@ -4,6 +4,7 @@ use super::config::{Dispersion, VaeConfig};
 use super::scanvi::ScanviHeads;
 use crate::data::minibatch::one_hot;
 use crate::data::Minibatch;
+use crate::nn::sparse_input::SparseInput;
 use crate::distributions::{self, GeneLikelihood};
 use crate::nn::{DecoderScvi, Encoder, EncoderOutput, FcLayersConfig};
 use tch::{nn, Device, Kind, Tensor};
@@ -179,7 +180,7 @@ impl Vae {
             (_, Some(s)) if self.config.use_size_factor_key => (s.shallow_clone(), None),
             (None, _) => (mb.log_library.shallow_clone(), None),
             (Some(enc), _) => {
-                let ql = enc.forward(&x_in, &cats, train);
+                let ql = enc.forward_sparse(&x_in, self.sparse_input(mb), &cats, train);
                 (ql.rsample(), Some(ql))
             }
         };
@@ -190,8 +191,16 @@ impl Vae {
     fn posterior_z(&self, mb: &Minibatch, x_in: &Tensor, cats: &[&Tensor], train: bool) -> EncoderOutput {
         match &mb.latent {
             Some((m, v)) => EncoderOutput { q_mean: m.shallow_clone(), q_var: v.shallow_clone() },
-            None => self.z_encoder.forward(x_in, cats, train),
+            None => self.z_encoder.forward_sparse(x_in, self.sparse_input(mb), cats, train),
         }
+    }
+
+    /// The encoders' input as the minibatch's nonzeros, when it is the counts alone (no
+    /// covariates appended) and the minibatch has them on the host.
+    fn sparse_input<'m>(&self, mb: &'m Minibatch) -> Option<SparseInput<'m>> {
+        let alone = !self.config.encode_covariates || (mb.continuous.is_none() && self.batch_embedding.is_none());
+        let rows = mb.rows.as_ref().filter(|_| alone)?;
+        Some(SparseInput { rows, log1p: self.config.log_variational })
     }
 
     /// The encoders' input: log1p counts (or counts), with the continuous covariates and batch

@@ -3,6 +3,7 @@
 
 use super::fc_layers::{FcLayers, FcLayersConfig};
 use super::init;
+use super::sparse_input::SparseInput;
 use tch::{nn, Tensor};
 
 pub const VAR_EPS: f64 = 1e-4;
@@ -43,7 +44,12 @@ impl Encoder {
     }
 
     pub fn forward(&self, x: &Tensor, cats: &[&Tensor], train: bool) -> EncoderOutput {
-        let h = self.fc.forward(x, cats, train);
+        self.forward_sparse(x, None, cats, train)
+    }
+
+    /// [`forward`](Self::forward) with the input also given as nonzeros (see `sparse_input`).
+    pub fn forward_sparse(&self, x: &Tensor, sparse: Option<SparseInput<'_>>, cats: &[&Tensor], train: bool) -> EncoderOutput {
+        let h = self.fc.forward_sparse(x, sparse, cats, train);
         let v = h.apply(&self.var);
         let v = if self.softplus_variance { v.softplus() } else { v.exp() };
         EncoderOutput { q_mean: h.apply(&self.mean), q_var: v + VAR_EPS }

@@ -4,6 +4,7 @@
 //! LDVAE's linear decoder is one such block without bias and without activation.
 
 use super::init;
+use super::sparse_input::{self, SparseInput};
 use tch::{nn, nn::ModuleT, Tensor};
 
 #[derive(Clone, Debug)]
@@ -129,6 +130,13 @@ impl FcLayers {
 
     /// `cats` holds one tensor of category codes (i64, per cell) for each covariate.
     pub fn forward(&self, x: &Tensor, cats: &[&Tensor], train: bool) -> Tensor {
+        self.forward_sparse(x, None, cats, train)
+    }
+
+    /// [`forward`](Self::forward) with the input also given as nonzeros (`x` is then their dense
+    /// form): the first block's product runs over the nonzeros when it takes no covariates and
+    /// its weight is not frozen (see `sparse_input`).
+    pub fn forward_sparse(&self, x: &Tensor, sparse: Option<SparseInput<'_>>, cats: &[&Tensor], train: bool) -> Tensor {
         let one_hots: Vec<Tensor> = self
             .n_cat_list
             .iter()
@@ -137,9 +145,18 @@ impl FcLayers {
             .map(|(&n, c)| crate::data::minibatch::one_hot(c, n))
             .collect();
         let mut h = x.shallow_clone();
-        for block in &self.blocks {
+        for (i, block) in self.blocks.iter().enumerate() {
             let covariates = block.takes_covariates && !one_hots.is_empty();
-            let mut y = if covariates && block.frozen_base && train {
+            let product = match sparse {
+                Some(s) if i == 0 && !covariates && !block.frozen_base => sparse_input::linear(s, &block.linear.ws),
+                _ => None,
+            };
+            let mut y = if let Some(p) = product {
+                match &block.linear.bs {
+                    Some(b) => p + b,
+                    None => p,
+                }
+            } else if covariates && block.frozen_base && train {
                 // [h, one-hots] W^T as h W_base^T + one-hots W_cov^T, the frozen base detached:
                 // the same product without the gradient of the frozen columns.
                 let cats = Tensor::cat(&one_hots, 1);

@@ -5,6 +5,7 @@ pub mod decoder;
 pub mod encoder;
 pub mod fc_layers;
 pub mod init;
+pub mod sparse_input;
 
 pub use decoder::DecoderScvi;
 pub use encoder::{Encoder, EncoderOutput};

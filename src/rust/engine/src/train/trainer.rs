@@ -198,6 +198,7 @@ pub fn train_on(
                 }
                 weight = kl_weight(epoch, global_step, cfg.n_epochs_kl_warmup, cfg.n_steps_kl_warmup, cfg.max_kl_weight, cfg.min_kl_weight);
                 let mut out = vae.loss(&mb, true, weight);
+                let mut labelled_mb = None;
                 if !labelled_train.is_empty() {
                     if labelled_pos >= labelled_train.len() {
                         labelled_train.shuffle(&mut rng);
@@ -215,6 +216,7 @@ pub fn train_on(
                     let ce = logits.cross_entropy_for_logits(&lmb.labels);
                     classification.add(&logits, &lmb.labels, &ce);
                     out.loss = out.loss + ce * classification_ratio;
+                    labelled_mb = Some(lmb);
                 }
                 let loss = scalar(&out.loss);
                 if !loss.is_finite() {
@@ -225,6 +227,12 @@ pub fn train_on(
                     )));
                 }
                 out.loss.backward();
+                // The encoders' sparse first layers get their weight gradients here.
+                for m in std::iter::once(&mb).chain(labelled_mb.as_ref()) {
+                    if let Some(rows) = &m.rows {
+                        crate::nn::sparse_input::finish_backward(rows);
+                    }
+                }
                 optimizer.step();
                 totals.n_cells += n_cells;
                 totals.n_steps += 1;

@@ -1,0 +1,295 @@
+//! The encoders' first Linear layer as a sparse product (CPU).
+//!
+//! The encoders read a minibatch's log1p counts, about 10% of whose entries are nonzero in
+//! single-cell data; as a dense product the first layer (genes -> hidden) and its weight
+//! gradient were the largest matrix products of a training step. Here the product runs over the
+//! nonzeros only: y[c, :] = sum over cell c's nonzeros (g, v) of v W[:, g].
+//!
+//! libtorch cannot be given a backward function from Rust, so the weight gradient is finished
+//! by hand: the product enters the graph as a leaf that requires a gradient, and after
+//! `backward()` the trainer calls [`finish_backward`], which adds dL/dW = (dL/dy)^T X, again over
+//! the nonzeros, into the weight's `.grad`. That needs `.grad` to exist already, so the first
+//! training step of a fresh model takes the dense path; products without gradient tracking
+//! (inference, validation) are always sparse, so a model gives the same bits before and after
+//! saving.
+
+use crate::distributions::fastmath::MulAdd;
+use crate::simd::{self, Simd};
+use std::sync::Mutex;
+use tch::{Device, Kind, Tensor};
+
+/// Minibatches with at least this many output entries (cells x hidden) are split across
+/// libtorch's threads.
+const PARALLEL_OUTPUTS: usize = 1 << 13;
+
+/// A CPU minibatch's nonzero counts, in cell order: cell c's are `row_ptr[c]..row_ptr[c + 1]`.
+pub struct HostRows {
+    pub n_genes: usize,
+    pub row_ptr: Vec<usize>,
+    pub gene: Vec<u32>,
+    pub x: Vec<f32>,
+    pub log1p: Vec<f32>,
+    /// Products whose weight gradient is still to be added after backward.
+    deferred: Mutex<Vec<Deferred>>,
+}
+
+struct Deferred {
+    leaf: Tensor,
+    weight: Tensor,
+    log1p: bool,
+}
+
+/// The encoders' input as nonzeros: `log1p` picks ln(1 + x) (scvi-tools' `log_variational`)
+/// instead of the counts.
+#[derive(Clone, Copy)]
+pub struct SparseInput<'a> {
+    pub rows: &'a HostRows,
+    pub log1p: bool,
+}
+
+impl HostRows {
+    /// Rows from cell-ordered nonzeros; `row_ptr` has one more entry than there are cells.
+    pub fn new(n_genes: usize, row_ptr: Vec<usize>, gene: Vec<u32>, x: Vec<f32>, log1p: Vec<f32>) -> HostRows {
+        assert!(!row_ptr.is_empty() && row_ptr[0] == 0 && row_ptr.windows(2).all(|w| w[0] <= w[1]), "row_ptr must rise from 0");
+        let n = *row_ptr.last().unwrap();
+        assert!(gene.len() == n && x.len() == n && log1p.len() == n, "one gene and value per nonzero");
+        assert!(gene.iter().all(|&g| (g as usize) < n_genes), "genes in range");
+        HostRows { n_genes, row_ptr, gene, x, log1p, deferred: Mutex::new(Vec::new()) }
+    }
+
+    pub fn n_cells(&self) -> usize {
+        self.row_ptr.len() - 1
+    }
+
+    fn values(&self, log1p: bool) -> &[f32] {
+        if log1p { &self.log1p } else { &self.x }
+    }
+}
+
+/// x W^T over the nonzeros (cells x out), for a weight (out x genes): None when the dense path
+/// must run instead (not a CPU float weight of this width, or gradients are tracked for a weight
+/// that has no `.grad` yet). When gradients are tracked for the weight, the result is a leaf
+/// whose gradient [`finish_backward`] turns into the weight's.
+pub fn linear(input: SparseInput<'_>, weight: &Tensor) -> Option<Tensor> {
+    let rows = input.rows;
+    let size = weight.size();
+    let usable = weight.device() == Device::Cpu
+        && weight.kind() == Kind::Float
+        && size.len() == 2
+        && size[1] as usize == rows.n_genes
+        && (!needs_grad(weight) || weight.grad().defined());
+    if !usable {
+        return None;
+    }
+    let (b, h, g) = (rows.n_cells(), size[0] as usize, rows.n_genes);
+    let weight_c = weight.detach().contiguous();
+    // W^T (genes x out): each nonzero then reads one contiguous row.
+    let mut wt = vec![0f32; g * h];
+    let out = Tensor::zeros([b as i64, h as i64], (Kind::Float, Device::Cpu));
+    let (wp, tp, op) = (weight_c.data_ptr() as usize, wt.as_mut_ptr() as usize, out.data_ptr() as usize);
+    let values = rows.values(input.log1p);
+    let level = Simd::detect();
+    let threads = tch::get_num_threads().max(1) as usize;
+    let parts = if g * h >= PARALLEL_OUTPUTS * 8 { threads.min(g.div_ceil(TILE)) } else { 1 };
+    let transpose = |k: usize| {
+        let (t0, t1) = (g.div_ceil(TILE) * k / parts, g.div_ceil(TILE) * (k + 1) / parts);
+        let (g0, g1) = (t0 * TILE, (t1 * TILE).min(g));
+        // SAFETY: the weight holds h x g floats, wt g x h; each part writes its own genes' rows.
+        unsafe {
+            let w = std::slice::from_raw_parts(wp as *const f32, h * g);
+            let t = std::slice::from_raw_parts_mut((tp as *mut f32).add(g0 * h), (g1 - g0) * h);
+            transpose_genes(w, h, g, g0, g1, t);
+        }
+    };
+    crate::runtime::parallel_parts(parts, &transpose);
+    let parts = if b * h >= PARALLEL_OUTPUTS { threads.min(b) } else { 1 };
+    let part = |k: usize| {
+        let (c0, c1) = (b * k / parts, b * (k + 1) / parts);
+        // SAFETY: wt holds genes x h floats, out b x h; each part writes its own cells' rows.
+        unsafe {
+            let w = std::slice::from_raw_parts(tp as *const f32, g * h);
+            let o = std::slice::from_raw_parts_mut((op as *mut f32).add(c0 * h), (c1 - c0) * h);
+            simd::run(level, Forward { rows, values, first_cell: c0, w, out: o, h });
+        }
+    };
+    crate::runtime::parallel_parts(parts, &part);
+    if needs_grad(weight) {
+        let leaf = out.set_requires_grad(true);
+        rows.deferred.lock().unwrap_or_else(|e| e.into_inner()).push(Deferred {
+            leaf: leaf.shallow_clone(),
+            weight: weight.shallow_clone(),
+            log1p: input.log1p,
+        });
+        Some(leaf)
+    } else {
+        Some(out)
+    }
+}
+
+/// Whether autograd would record a product with this weight: it requires a gradient and
+/// gradients are being tracked (probed with an operation on a one-element tensor).
+fn needs_grad(weight: &Tensor) -> bool {
+    thread_local! {
+        static PROBE: Tensor = Tensor::zeros([1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    }
+    weight.requires_grad() && PROBE.with(|p| p.g_add_scalar(0.0).requires_grad())
+}
+
+/// Adds the weight gradients of this minibatch's sparse products, once `backward()` has given
+/// their outputs' gradients. Products that did not reach the loss are skipped.
+pub fn finish_backward(rows: &HostRows) {
+    let pending = std::mem::take(&mut *rows.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut by_gene: Option<ByGene> = None;
+    for d in pending {
+        let gy = d.leaf.grad();
+        let gw = d.weight.grad();
+        if !gy.defined() || !gw.defined() {
+            continue;
+        }
+        let gy = gy.to_kind(Kind::Float).contiguous();
+        let (b, h, g) = (rows.n_cells(), gy.size()[1] as usize, rows.n_genes);
+        assert!(gy.size() == [b as i64, h as i64] && gw.size() == [h as i64, g as i64], "gradient shapes");
+        // Written in place: the weight's own `.grad` (contiguous, as the optimiser keeps it) or a
+        // contiguous copy added back.
+        let target = if gw.is_contiguous() && gw.kind() == Kind::Float { gw.shallow_clone() } else { gw.to_kind(Kind::Float).contiguous() };
+        let cols = by_gene.get_or_insert_with(|| ByGene::new(rows));
+        let values = if d.log1p { &cols.log1p } else { &cols.x };
+        let (yp, wp) = (gy.data_ptr() as usize, target.data_ptr() as usize);
+        let level = Simd::detect();
+        let tiles = g.div_ceil(TILE);
+        let parts = if g * h >= PARALLEL_OUTPUTS * 8 { (tch::get_num_threads().max(1) as usize).min(tiles) } else { 1 };
+        let part = |k: usize| {
+            // SAFETY: gy holds b x h floats and the target h x g; each part writes only the
+            // columns of its own tiles of genes.
+            unsafe {
+                let y = std::slice::from_raw_parts(yp as *const f32, b * h);
+                let w = std::slice::from_raw_parts_mut(wp as *mut f32, h * g);
+                simd::run(level, Backward { cols, values, gy: y, gw: w, h, g, tiles: (tiles * k / parts, tiles * (k + 1) / parts) });
+            }
+        };
+        crate::runtime::parallel_parts(parts, &part);
+        if target.data_ptr() != gw.data_ptr() {
+            let mut gw = gw;
+            tch::no_grad(|| {
+                let _ = gw.copy_(&target);
+            });
+        }
+    }
+}
+
+/// Genes per tile of the transpositions.
+const TILE: usize = 16;
+
+/// Rows g0..g1 of W^T (genes x h) from W (h x g), in tiles of genes.
+fn transpose_genes(w: &[f32], h: usize, g: usize, g0: usize, g1: usize, out: &mut [f32]) {
+    for t0 in (g0..g1).step_by(TILE) {
+        let t1 = (t0 + TILE).min(g1);
+        for o in 0..h {
+            for (j, &v) in w[o * g + t0..o * g + t1].iter().enumerate() {
+                out[(t0 - g0 + j) * h + o] = v;
+            }
+        }
+    }
+}
+
+/// The nonzeros ordered by gene (cells in order within a gene): gene j's are
+/// `col_ptr[j]..col_ptr[j + 1]`.
+struct ByGene {
+    col_ptr: Vec<usize>,
+    cell: Vec<u32>,
+    x: Vec<f32>,
+    log1p: Vec<f32>,
+}
+
+impl ByGene {
+    fn new(rows: &HostRows) -> ByGene {
+        let n = rows.gene.len();
+        let mut col_ptr = vec![0usize; rows.n_genes + 1];
+        for &j in &rows.gene {
+            col_ptr[j as usize + 1] += 1;
+        }
+        for j in 0..rows.n_genes {
+            col_ptr[j + 1] += col_ptr[j];
+        }
+        let mut next = col_ptr.clone();
+        let (mut cell, mut x, mut log1p) = (vec![0u32; n], vec![0f32; n], vec![0f32; n]);
+        for c in 0..rows.n_cells() {
+            for k in rows.row_ptr[c]..rows.row_ptr[c + 1] {
+                let p = &mut next[rows.gene[k] as usize];
+                (cell[*p], x[*p], log1p[*p]) = (c as u32, rows.x[k], rows.log1p[k]);
+                *p += 1;
+            }
+        }
+        ByGene { col_ptr, cell, x, log1p }
+    }
+}
+
+struct Forward<'a> {
+    rows: &'a HostRows,
+    values: &'a [f32],
+    first_cell: usize,
+    w: &'a [f32],
+    out: &'a mut [f32],
+    h: usize,
+}
+
+impl simd::Kernel for Forward<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<M: MulAdd>(self) {
+        let h = self.h;
+        for (i, row) in self.out.chunks_exact_mut(h).enumerate() {
+            let c = self.first_cell + i;
+            for k in self.rows.row_ptr[c]..self.rows.row_ptr[c + 1] {
+                let (g, v) = (self.rows.gene[k] as usize, self.values[k]);
+                let w = &self.w[g * h..(g + 1) * h];
+                for (o, &wj) in row.iter_mut().zip(w) {
+                    *o = M::mul_add(v, wj, *o);
+                }
+            }
+        }
+    }
+}
+
+struct Backward<'a> {
+    cols: &'a ByGene,
+    values: &'a [f32],
+    gy: &'a [f32],
+    /// dL/dW (h x g), added to.
+    gw: &'a mut [f32],
+    h: usize,
+    g: usize,
+    /// The range of tiles of genes this part writes.
+    tiles: (usize, usize),
+}
+
+impl simd::Kernel for Backward<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<M: MulAdd>(self) {
+        let (h, g) = (self.h, self.g);
+        // One tile of dL/dW^T (TILE genes x h), summed over the tile's nonzeros in cell order,
+        // then added into dL/dW column-wise.
+        let mut tile = vec![0f32; TILE * h];
+        for t in self.tiles.0..self.tiles.1 {
+            let (t0, t1) = (t * TILE, ((t + 1) * TILE).min(g));
+            tile.fill(0.0);
+            for j in t0..t1 {
+                let acc = &mut tile[(j - t0) * h..(j - t0 + 1) * h];
+                for p in self.cols.col_ptr[j]..self.cols.col_ptr[j + 1] {
+                    let (c, v) = (self.cols.cell[p] as usize, self.values[p]);
+                    for (a, &y) in acc.iter_mut().zip(&self.gy[c * h..(c + 1) * h]) {
+                        *a = M::mul_add(v, y, *a);
+                    }
+                }
+            }
+            for o in 0..h {
+                for (j, w) in self.gw[o * g + t0..o * g + t1].iter_mut().enumerate() {
+                    *w += tile[j * h + o];
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The encoders' sparse first layer against the dense product and autograd, on real PBMC 3k
+//! minibatches: values, weight gradients (counts and log1p), independence from the thread count,
+//! and a whole model's gradients with and without it.
+
+use scvir_engine::data::{Counts, Minibatch, MinibatchBuilder};
+use scvir_engine::io::h5ad;
+use scvir_engine::module::{Vae, VaeConfig};
+use scvir_engine::nn::sparse_input::{self, SparseInput};
+use scvir_engine::runtime;
+use tch::{Device, Kind, Tensor};
+
+fn pbmc() -> h5ad::H5ad {
+    // The package's bundled file; SCVIR_TEST_H5AD names it when the crates are built elsewhere.
+    let path = std::env::var("SCVIR_TEST_H5AD")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../inst/extdata/pbmc3k_hvg2000.h5ad").into());
+    h5ad::read(&path, None).expect("bundled PBMC 3k")
+}
+
+fn counts(d: &h5ad::H5ad) -> Counts<'_> {
+    let c = &d.counts;
+    Counts::from_csr(c.n_cells, c.n_genes, &c.indptr, &c.indices, &c.data).unwrap()
+}
+
+/// libtorch's generator and thread count are process-global; tests take turns.
+static TORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    TORCH.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// 128 cells spread over the data set.
+fn minibatch(builder: &mut MinibatchBuilder<'_>) -> Minibatch {
+    let cells: Vec<usize> = (0..128).map(|i| i * 20 + 3).collect();
+    builder.build(&cells)
+}
+
+fn close(a: &Tensor, b: &Tensor, rel: f64) -> bool {
+    let scale = f64::try_from(b.abs().max()).unwrap().max(1e-12);
+    f64::try_from((a - b).abs().max()).unwrap() <= rel * scale
+}
+
+/// A first-layer weight (hidden x genes) whose `.grad` exists, as after a first training step.
+fn weight(g: i64) -> Tensor {
+    let w = (Tensor::randn([128, g], (Kind::Float, Device::Cpu)) * 0.05).set_requires_grad(true);
+    (w.sum(Kind::Float) * 0.0).backward();
+    w
+}
+
+/// Output and weight gradient of sum(R * (x W^T)): densely through autograd, and sparsely.
+fn both(mb: &Minibatch, w: &mut Tensor, log1p: bool) -> ((Tensor, Tensor), (Tensor, Tensor)) {
+    let x = if log1p { &mb.x_log1p } else { &mb.x };
+    let r = Tensor::randn([mb.n_cells as i64, 128], (Kind::Float, Device::Cpu));
+    let yd = x.matmul(&w.tr());
+    (&yd * &r).sum(Kind::Float).backward();
+    let gd = w.grad().copy();
+    let _ = w.grad().zero_();
+    let rows = mb.rows.as_ref().expect("a CPU minibatch carries its nonzeros");
+    let ys = sparse_input::linear(SparseInput { rows, log1p }, w).expect("the sparse path applies");
+    (&ys * &r).sum(Kind::Float).backward();
+    sparse_input::finish_backward(rows);
+    let gs = w.grad().copy();
+    let _ = w.grad().zero_();
+    ((yd.detach(), gd), (ys.detach(), gs))
+}
+
+#[test]
+fn sparse_first_layer_matches_the_dense_product_and_its_gradient() {
+    let _t = turn();
+    let d = pbmc();
+    let x = counts(&d);
+    let batch = vec![0i32; x.n_cells()];
+    let mut builder = MinibatchBuilder::new(x, &batch, &Default::default(), Device::Cpu);
+    let mb = minibatch(&mut builder);
+    tch::manual_seed(11);
+    let fresh = (Tensor::randn([128, 2000], (Kind::Float, Device::Cpu)) * 0.05).set_requires_grad(true);
+    let rows = mb.rows.as_ref().unwrap();
+    assert!(
+        sparse_input::linear(SparseInput { rows, log1p: true }, &fresh).is_none(),
+        "a trained weight without .grad takes the dense path (which creates .grad)"
+    );
+    let untracked = tch::no_grad(|| sparse_input::linear(SparseInput { rows, log1p: true }, &fresh));
+    assert!(untracked.is_some_and(|y| !y.requires_grad()), "without gradient tracking the product is sparse");
+    let mut w = weight(2000);
+    for log1p in [true, false] {
+        let ((yd, gd), (ys, gs)) = both(&mb, &mut w, log1p);
+        assert!(close(&ys, &yd, 1e-5), "products differ (log1p = {log1p})");
+        assert!(close(&gs, &gd, 1e-5), "weight gradients differ (log1p = {log1p})");
+    }
+    // A frozen weight: the product alone, nothing deferred.
+    let frozen = w.detach();
+    let y = sparse_input::linear(SparseInput { rows, log1p: true }, &frozen).unwrap();
+    assert!(!y.requires_grad() && close(&y, &mb.x_log1p.matmul(&frozen.tr()), 1e-5));
+}
+
+#[test]
+fn sparse_first_layer_does_not_depend_on_threads() {
+    let _t = turn();
+    let d = pbmc();
+    let x = counts(&d);
+    let batch = vec![0i32; x.n_cells()];
+    let mut builder = MinibatchBuilder::new(x, &batch, &Default::default(), Device::Cpu);
+    let mb = minibatch(&mut builder);
+    let before = tch::get_num_threads();
+    let run = |threads: i32| {
+        tch::set_num_threads(threads);
+        tch::manual_seed(12);
+        let mut w = weight(2000);
+        let (_, sparse) = both(&mb, &mut w, true);
+        sparse
+    };
+    let (y1, g1) = run(1);
+    let (y3, g3) = run(3);
+    tch::set_num_threads(before);
+    assert!(y1.equal(&y3) && g1.equal(&g3), "the same bits at 1 and 3 threads");
+}
+
+/// One training step's gradients of every parameter of a default SCVI model, with the first
+/// layer sparse and dense (same seed, so the same dropout and posterior draws).
+#[test]
+fn model_gradients_are_the_same_with_the_sparse_first_layer() {
+    let _t = turn();
+    let _session = runtime::Session::enter(runtime::SessionOptions { n_threads: Some(1), ..Default::default() });
+    let d = pbmc();
+    let x = counts(&d);
+    let batch = vec![0i32; x.n_cells()];
+    let mut builder = MinibatchBuilder::new(x, &batch, &Default::default(), Device::Cpu);
+    tch::manual_seed(5);
+    let vae = Vae::new(VaeConfig::new(2000, 1), Device::Cpu, None).unwrap();
+    let mut params: Vec<(String, Tensor)> = vae.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let touch = || {
+        let zero: Tensor = params.iter().map(|(_, p)| p.sum(Kind::Float) * 0.0).sum();
+        zero.backward();
+    };
+    touch();
+    let mut grads = |sparse: bool| -> Vec<Tensor> {
+        let mut mb = minibatch(&mut builder);
+        if !sparse {
+            mb.rows = None;
+        }
+        tch::manual_seed(9);
+        let out = vae.loss(&mb, true, 1.0);
+        out.loss.backward();
+        let first = &params.iter().find(|(n, _)| n == "z_encoder.encoder.layer_0.linear.weight").unwrap().1;
+        let reached = |w: &Tensor| f64::try_from(w.grad().abs().sum(Kind::Double)).unwrap() > 0.0;
+        // Autograd reaches the first layer's weight only on the dense path; the sparse path's
+        // gradient arrives in finish_backward.
+        assert_eq!(reached(first), !sparse);
+        if let Some(rows) = &mb.rows {
+            sparse_input::finish_backward(rows);
+        }
+        assert!(reached(first));
+        let g: Vec<Tensor> = params.iter().map(|(_, p)| p.grad().copy()).collect();
+        for (_, p) in &params {
+            let _ = p.grad().zero_();
+        }
+        g
+    };
+    let dense = grads(false);
+    let sparse = grads(true);
+    for ((name, _), (a, b)) in params.iter().zip(dense.iter().zip(&sparse)) {
+        // Relative to the gradient's size, or absolute where it is about 0 (the first layers'
+        // biases, which BatchNorm cancels).
+        let scale = f64::try_from(a.abs().max()).unwrap().max(1.0);
+        let diff = f64::try_from((a - b).abs().max()).unwrap();
+        assert!(diff <= 1e-5 * scale, "{name}: gradients differ by {diff} (largest {scale})");
+    }
+}
