@@ -37,24 +37,36 @@
   x
 }
 
-# A DelayedMatrix that is an HDF5 dataset and nothing else (HDF5Array's HDF5ArraySeed, as
-# written by writeHDF5Array() or saveHDF5SummarizedExperiment(): the genes x cells matrix is
-# stored with the cells as the dataset's rows), as counts on disk. NULL for anything else, such
-# as a DelayedMatrix with pending operations, which callers read into memory.
+# A DelayedMatrix that is an HDF5 matrix and nothing else, as counts on disk: HDF5Array's
+# HDF5ArraySeed (written by writeHDF5Array() or saveHDF5SummarizedExperiment(): the genes x cells
+# matrix is stored with the cells as the dataset's rows) or TENxMatrixSeed (Cell Ranger's HDF5
+# matrix, as TENxMatrix() and DropletUtils' read10xCounts(type = "HDF5") open it). NULL for
+# anything else, such as a DelayedMatrix with pending operations, which callers read into memory.
 .delayed_backed <- function(x, what = "counts") {
   if (!methods::is(x, "DelayedMatrix") || !requireNamespace("DelayedArray", quietly = TRUE)) return(NULL)
   dn <- dimnames(x)
+  # Names set on the object (as SingleCellExperiment sets them) are the only delayed operation
+  # allowed: with them removed, or as they are, the matrix must be its seed.
   y <- x
   dimnames(y) <- NULL
-  if (!DelayedArray::isPristine(y)) return(NULL)
-  seed <- DelayedArray::seed(y)
-  if (!methods::is(seed, "HDF5ArraySeed")) return(NULL)
-  path <- seed@filepath
-  location <- seed@name
+  if (!DelayedArray::isPristine(x) && !DelayedArray::isPristine(y)) return(NULL)
+  seed <- DelayedArray::seed(x)
+  tenx <- methods::is(seed, "TENxMatrixSeed")
+  if (tenx) {
+    if (methods::.hasSlot(seed, "subdata") && !is.null(seed@subdata)) return(NULL)
+    path <- seed@filepath
+    location <- seed@group
+  } else if (methods::is(seed, "HDF5ArraySeed")) {
+    path <- seed@filepath
+    location <- seed@name
+  } else {
+    return(NULL)
+  }
   shape <- .engine(.rs_disk_shape(path, location))
-  if (!isTRUE(shape$dense) || shape$n_cells != ncol(x) || shape$n_genes != nrow(x)) {
-    scvir_abort(sprintf("%s: the dataset %s of %s holds %g x %g values, not the %d genes x %d cells of the HDF5Array",
-                        what, location, path, shape$n_genes, shape$n_cells, nrow(x), ncol(x)), "scvir_input_error")
+  if (!identical(isTRUE(shape$dense), !tenx) || shape$n_cells != ncol(x) || shape$n_genes != nrow(x)) {
+    scvir_abort(sprintf("%s: the matrix %s of %s holds %g x %g values, not the %d genes x %d cells of the %s",
+                        what, location, path, shape$n_genes, shape$n_cells, nrow(x), ncol(x),
+                        if (tenx) "TENxMatrix" else "HDF5Array"), "scvir_input_error")
   }
   genes <- dn[[1]]
   if (is.null(genes)) {

@@ -15,9 +15,10 @@
 #' @param counts Raw UMI counts, genes x cells: a `dgCMatrix` (used without copying), any
 #'   `Matrix`, or a base matrix. Gene names are row names, cell names column names. Or counts
 #'   left on disk: an `.h5ad` path or a handle from `read_h5ad(path, backed = TRUE)` (X or a
-#'   layer, CSR or dense), or an HDF5Array `DelayedMatrix` that is one HDF5 dataset with no
-#'   pending operations (as `HDF5Array::writeHDF5Array()` or
-#'   `saveHDF5SummarizedExperiment()` leave it; other DelayedArrays are read into memory).
+#'   layer, CSR or dense), or an HDF5Array `DelayedMatrix` with no pending operations: one
+#'   HDF5 dataset (as `HDF5Array::writeHDF5Array()` or `saveHDF5SummarizedExperiment()` leave
+#'   it) or a Cell Ranger HDF5 matrix (`HDF5Array::TENxMatrix()`,
+#'   `DropletUtils::read10xCounts(type = "HDF5")`); other DelayedArrays are read into memory.
 #'   Training then reads the file in shuffled blocks of cells on a background thread and
 #'   holds only per-cell summaries (library size, a likelihood constant) in memory; gene
 #'   selection reads it in two passes; `batch` and `labels` may name obs columns; the model keeps

@@ -1,6 +1,6 @@
 # SingleCellExperiment input.
 
-# `backed`: an HDF5Array assay stays on disk (training and queries read it from its file).
+# `backed`: an HDF5Array or TENxMatrix assay stays on disk (training and queries read it from its file).
 .sce_counts <- function(object, assay = "counts", backed = FALSE) {
   names <- SummarizedExperiment::assayNames(object)
   if (!assay %in% names) {

@@ -30,6 +30,7 @@ if Rscript -e 'quit(status = !requireNamespace("HDF5Array", quietly = TRUE))'; t
   [ -f "$dir/pbmc_1m_dense.h5" ] || "$venv/bin/python" "$here/make_dense_h5.py" "$dir/pbmc_1m.h5ad" "$dir/pbmc_1m_dense.h5"
   run Rscript "$here/atlas_scvir.R" hdf5array "$dir/pbmc_1m_dense.h5" "$threads"
 fi
+run "$venv/bin/python" "$here/atlas_scvi_tools.py" "$dir/pbmc_100k.h5ad" "$threads"
 run "$venv/bin/python" "$here/atlas_scvi_tools.py" "$dir/pbmc_1m.h5ad" "$threads"
 if [ "${ATLAS_10M:-1}" = 1 ]; then
   make_file 10000000 pbmc_10m.h5ad

@@ -33,6 +33,16 @@ impl Simd {
         Simd::Baseline
     }
 
+    /// Whether this CPU can run this level (the detected one or a narrower one).
+    pub fn runs_here(self) -> bool {
+        let width = |l: Simd| match l {
+            Simd::Avx512 => 2,
+            Simd::Avx2 => 1,
+            Simd::Baseline => 0,
+        };
+        width(self) <= width(Simd::detect())
+    }
+
     /// The levels this CPU can run, widest first (tests compare them).
     pub fn available() -> Vec<Simd> {
         match Simd::detect() {

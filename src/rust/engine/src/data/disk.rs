@@ -80,7 +80,8 @@ pub struct CellSummaries {
     pub library: Vec<f32>,
 }
 
-/// An `.h5ad` count matrix on disk, seen through a gene selection.
+/// A count matrix on disk, seen through a gene selection: an `.h5ad` CSR group or dense
+/// dataset, or a Cell Ranger HDF5 matrix group.
 pub struct DiskCounts {
     path: String,
     /// "X" or "layers/<name>".
@@ -120,7 +121,8 @@ enum Matrix {
 }
 
 impl DiskCounts {
-    /// Opens the CSR matrix at `location` ("X" or "layers/<name>") and reads its row pointers.
+    /// Opens the matrix at `location` ("X" or "layers/<name>" of an `.h5ad`, or a Cell Ranger
+    /// file's "matrix" group) and reads its row pointers.
     /// `genes` lists the file's gene positions (0-based) the model uses, in the model's order.
     pub fn open(path: &str, location: &str, genes: &[usize]) -> Result<Self> {
         let (_file, matrix) = open_matrix(path, location)?;
@@ -148,7 +150,10 @@ impl DiskCounts {
                             .and_then(|a| a.read_scalar::<hdf5::types::VarLenUnicode>().ok().map(|s| format!("{}_matrix", s.as_str())))
                     })
                     .unwrap_or_default();
-                if enc != "csr_matrix" {
+                // Cell Ranger's HDF5 matrix (what HDF5Array's TENxMatrix reads): genes x cells in
+                // CSC form, that is cells x genes in CSR form, with its shape as a dataset.
+                let tenx = enc.is_empty() && g.dataset("barcodes").is_ok() && g.dataset("shape").is_ok();
+                if enc != "csr_matrix" && !tenx {
                     return Err(err(
                         path,
                         format!(
@@ -157,11 +162,15 @@ impl DiskCounts {
                         ),
                     ));
                 }
-                let shape: Vec<i64> = g.attr("shape").and_then(|a| a.read_raw::<i64>()).map_err(|_| err(path, format!("{location} has no shape attribute")))?;
+                let shape: Vec<i64> = if tenx {
+                    g.dataset("shape").and_then(|d| d.read_raw::<i64>()).map_err(|_| err(path, format!("{location}/shape cannot be read")))?
+                } else {
+                    g.attr("shape").and_then(|a| a.read_raw::<i64>()).map_err(|_| err(path, format!("{location} has no shape attribute")))?
+                };
                 if shape.len() != 2 || shape[0] < 0 || shape[1] < 0 {
-                    return Err(err(path, format!("{location} has a malformed shape attribute {shape:?}")));
+                    return Err(err(path, format!("{location} has a malformed shape {shape:?}")));
                 }
-                let (n_cells, n_file_genes) = (shape[0] as usize, shape[1] as usize);
+                let (n_cells, n_file_genes) = if tenx { (shape[1] as usize, shape[0] as usize) } else { (shape[0] as usize, shape[1] as usize) };
                 let indptr: Vec<u64> = g
                     .dataset("indptr")
                     .and_then(|d| d.read_raw::<i64>())

@@ -318,3 +318,36 @@ impl Minibatch {
 pub fn one_hot(codes: &Tensor, n: i64) -> Tensor {
     codes.one_hot(n).to_kind(Kind::Float)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SparseBuild;
+
+    /// Cells listed out of gene order (as rows read from disk in another gene order arrive) are
+    /// put in gene order with their values; a repeated gene leaves the minibatch to the dense path.
+    #[test]
+    fn host_rows_are_in_gene_order_and_refuse_repeated_genes() {
+        let mut s = SparseBuild::with_capacity(2);
+        s.start_cell();
+        for (g, x) in [(5u32, 1.0f32), (2, 3.0), (9, 2.0)] {
+            s.push(g, x, x.ln_1p());
+        }
+        s.end_cell();
+        s.start_cell();
+        s.push(0, 4.0, 4f32.ln_1p());
+        s.end_cell();
+        let rows = s.finish(10).expect("no repeated gene");
+        assert_eq!(rows.row_ptr, [0, 3, 4]);
+        assert_eq!(rows.gene, [2, 5, 9, 0]);
+        assert_eq!(rows.x, [3.0, 1.0, 2.0, 4.0]);
+        assert_eq!(rows.log1p, [3f32.ln_1p(), 1f32.ln_1p(), 2f32.ln_1p(), 4f32.ln_1p()]);
+
+        let mut s = SparseBuild::with_capacity(1);
+        s.start_cell();
+        for g in [3u32, 1, 3] {
+            s.push(g, 1.0, 1f32.ln_1p());
+        }
+        s.end_cell();
+        assert!(s.finish(10).is_none());
+    }
+}

@@ -105,7 +105,7 @@ struct Nonzeros<'a> {
 }
 
 fn terms(level: Simd, x: &Tensor, mu: &Tensor, theta: &Tensor, pi: Option<&Tensor>, nonzeros: Option<&Nonzeros<'_>>) -> DenseTerms {
-    assert!(Simd::available().contains(&level), "this CPU cannot run {level:?} instructions");
+    assert!(level.runs_here(), "this CPU cannot run {level:?} instructions");
     assert!(mu.dim() == 2 && x.size() == mu.size() && pi.map_or(true, |p| p.size() == mu.size()), "x, mu and pi must be cells x genes");
     assert!(theta.size() == mu.size() || theta.size() == [mu.size()[1]], "theta must be genes or cells x genes");
     let (b, g) = (mu.size()[0] as usize, mu.size()[1] as usize);

@@ -73,20 +73,22 @@ impl HostRows {
 pub fn linear(input: SparseInput<'_>, weight: &Tensor) -> Option<Tensor> {
     let rows = input.rows;
     let size = weight.size();
+    let tracked = needs_grad(weight);
     let usable = weight.device() == Device::Cpu
         && weight.kind() == Kind::Float
         && size.len() == 2
         && size[1] as usize == rows.n_genes
-        && (!needs_grad(weight) || weight.grad().defined());
+        && (!tracked || weight.grad().defined());
     if !usable {
         return None;
     }
     let (b, h, g) = (rows.n_cells(), size[0] as usize, rows.n_genes);
     let weight_c = weight.detach().contiguous();
-    // W^T (genes x out): each nonzero then reads one contiguous row.
-    let mut wt = vec![0f32; g * h];
-    let out = Tensor::zeros([b as i64, h as i64], (Kind::Float, Device::Cpu));
-    let (wp, tp, op) = (weight_c.data_ptr() as usize, wt.as_mut_ptr() as usize, out.data_ptr() as usize);
+    let cpu = (Kind::Float, Device::Cpu);
+    // W^T (genes x out), every entry written below: each nonzero then reads one contiguous row.
+    let wt = Tensor::empty([g as i64, h as i64], cpu);
+    let out = Tensor::zeros([b as i64, h as i64], cpu);
+    let (wp, tp, op) = (weight_c.data_ptr() as usize, wt.data_ptr() as usize, out.data_ptr() as usize);
     let values = rows.values(input.log1p);
     let level = Simd::detect();
     let threads = tch::get_num_threads().max(1) as usize;
@@ -113,7 +115,7 @@ pub fn linear(input: SparseInput<'_>, weight: &Tensor) -> Option<Tensor> {
         }
     };
     crate::runtime::parallel_parts(parts, &part);
-    if needs_grad(weight) {
+    if tracked {
         let leaf = out.set_requires_grad(true);
         rows.deferred.lock().unwrap_or_else(|e| e.into_inner()).push(Deferred {
             leaf: leaf.shallow_clone(),
