@@ -1,5 +1,7 @@
 //! LDVAE, scANVI and DE on the bundled PBMC 3k (real counts, 2,000 genes, annotated cell types).
 
+mod common;
+use common::{counts, pbmc};
 use scvir_engine::data::split::make_semisupervised_split;
 use scvir_engine::data::{Counts, Covariates};
 use scvir_engine::de::{self, BatchPolicy, DeConfig, Mode};
@@ -8,18 +10,6 @@ use scvir_engine::module::{ScanviConfig, Vae, VaeConfig};
 use scvir_engine::train::{self, NoObserver, TrainConfig};
 use scvir_engine::{infer, runtime};
 use tch::Device;
-
-fn pbmc() -> h5ad::H5ad {
-    // The package's bundled file; SCVIR_TEST_H5AD names it when the crates are built elsewhere.
-    let path = std::env::var("SCVIR_TEST_H5AD")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../inst/extdata/pbmc3k_hvg2000.h5ad").into());
-    h5ad::read(&path, None).expect("bundled PBMC 3k")
-}
-
-fn counts(d: &h5ad::H5ad) -> Counts<'_> {
-    let c = &d.counts;
-    Counts::from_csr(c.n_cells, c.n_genes, &c.indptr, &c.indices, &c.data).unwrap()
-}
 
 /// Cell-type codes of the bundled data.
 fn cell_types(d: &h5ad::H5ad) -> (Vec<i32>, usize) {

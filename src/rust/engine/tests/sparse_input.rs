@@ -2,24 +2,13 @@
 //! minibatches: values, weight gradients (counts and log1p), independence from the thread count,
 //! and a whole model's gradients with and without it.
 
-use scvir_engine::data::{Counts, Minibatch, MinibatchBuilder};
-use scvir_engine::io::h5ad;
+mod common;
+use common::{counts, pbmc};
+use scvir_engine::data::{Minibatch, MinibatchBuilder};
 use scvir_engine::module::{Vae, VaeConfig};
 use scvir_engine::nn::sparse_input::{self, SparseInput};
 use scvir_engine::runtime;
 use tch::{Device, Kind, Tensor};
-
-fn pbmc() -> h5ad::H5ad {
-    // The package's bundled file; SCVIR_TEST_H5AD names it when the crates are built elsewhere.
-    let path = std::env::var("SCVIR_TEST_H5AD")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../inst/extdata/pbmc3k_hvg2000.h5ad").into());
-    h5ad::read(&path, None).expect("bundled PBMC 3k")
-}
-
-fn counts(d: &h5ad::H5ad) -> Counts<'_> {
-    let c = &d.counts;
-    Counts::from_csr(c.n_cells, c.n_genes, &c.indptr, &c.indices, &c.data).unwrap()
-}
 
 /// libtorch's generator and thread count are process-global; tests take turns.
 static TORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -32,6 +21,15 @@ fn turn() -> std::sync::MutexGuard<'static, ()> {
 fn minibatch(builder: &mut MinibatchBuilder<'_>) -> Minibatch {
     let cells: Vec<usize> = (0..128).map(|i| i * 20 + 3).collect();
     builder.build(&cells)
+}
+
+/// `f` on a minibatch of the bundled PBMC 3k.
+fn with_minibatch<T>(f: impl FnOnce(&Minibatch) -> T) -> T {
+    let d = pbmc();
+    let x = counts(&d);
+    let batch = vec![0i32; x.n_cells()];
+    let mut builder = MinibatchBuilder::new(x, &batch, &Default::default(), Device::Cpu);
+    f(&minibatch(&mut builder))
 }
 
 fn close(a: &Tensor, b: &Tensor, rel: f64) -> bool {
@@ -66,11 +64,10 @@ fn both(mb: &Minibatch, w: &mut Tensor, log1p: bool) -> ((Tensor, Tensor), (Tens
 #[test]
 fn sparse_first_layer_matches_the_dense_product_and_its_gradient() {
     let _t = turn();
-    let d = pbmc();
-    let x = counts(&d);
-    let batch = vec![0i32; x.n_cells()];
-    let mut builder = MinibatchBuilder::new(x, &batch, &Default::default(), Device::Cpu);
-    let mb = minibatch(&mut builder);
+    with_minibatch(check_against_dense);
+}
+
+fn check_against_dense(mb: &Minibatch) {
     tch::manual_seed(11);
     let fresh = (Tensor::randn([128, 2000], (Kind::Float, Device::Cpu)) * 0.05).set_requires_grad(true);
     let rows = mb.rows.as_ref().unwrap();
@@ -82,7 +79,7 @@ fn sparse_first_layer_matches_the_dense_product_and_its_gradient() {
     assert!(untracked.is_some_and(|y| !y.requires_grad()), "without gradient tracking the product is sparse");
     let mut w = weight(2000);
     for log1p in [true, false] {
-        let ((yd, gd), (ys, gs)) = both(&mb, &mut w, log1p);
+        let ((yd, gd), (ys, gs)) = both(mb, &mut w, log1p);
         assert!(close(&ys, &yd, 1e-5), "products differ (log1p = {log1p})");
         assert!(close(&gs, &gd, 1e-5), "weight gradients differ (log1p = {log1p})");
     }
@@ -95,17 +92,16 @@ fn sparse_first_layer_matches_the_dense_product_and_its_gradient() {
 #[test]
 fn sparse_first_layer_does_not_depend_on_threads() {
     let _t = turn();
-    let d = pbmc();
-    let x = counts(&d);
-    let batch = vec![0i32; x.n_cells()];
-    let mut builder = MinibatchBuilder::new(x, &batch, &Default::default(), Device::Cpu);
-    let mb = minibatch(&mut builder);
+    with_minibatch(check_threads);
+}
+
+fn check_threads(mb: &Minibatch) {
     let before = tch::get_num_threads();
     let run = |threads: i32| {
         tch::set_num_threads(threads);
         tch::manual_seed(12);
         let mut w = weight(2000);
-        let (_, sparse) = both(&mb, &mut w, true);
+        let (_, sparse) = both(mb, &mut w, true);
         sparse
     };
     let (y1, g1) = run(1);

@@ -1,19 +1,14 @@
 //! Training on real counts (the package's bundled PBMC 3k, 2,000 genes): the ELBO falls, a seed
 //! makes runs identical, and a model survives its file format.
 
+mod common;
+use common::pbmc;
 use scvir_engine::data::{Counts, Registry};
 use scvir_engine::io::{h5ad, model_file};
 use scvir_engine::module::{Vae, VaeConfig};
 use scvir_engine::train::{self, NoObserver, TrainConfig};
 use scvir_engine::{infer, runtime};
 use tch::Device;
-
-fn pbmc() -> h5ad::H5ad {
-    // The package's bundled file; SCVIR_TEST_H5AD names it when the crates are built elsewhere.
-    let path = std::env::var("SCVIR_TEST_H5AD")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../inst/extdata/pbmc3k_hvg2000.h5ad").into());
-    h5ad::read(&path, None).expect("bundled PBMC 3k")
-}
 
 /// The first `n` cells, as a CSR view over the same buffers.
 fn head(data: &h5ad::H5ad, n: usize) -> Counts<'_> {
