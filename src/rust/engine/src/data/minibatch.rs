@@ -110,7 +110,8 @@ pub struct MinibatchBuilder<'a> {
     device: Device,
     lgamma_x1: Vec<f32>,
     log_library: Vec<f32>,
-    // Reused host buffers: building a minibatch allocates nothing after the first call.
+    // Reused host buffers for the nonzero tensors (the host rows a CPU minibatch carries for the
+    // sparse first layer are its own, allocated per minibatch).
     /// ln(1 + k) for the small integer counts k that make up almost every nonzero.
     log1p_small: Vec<f32>,
     nz_flat: Vec<i64>,
