@@ -1,6 +1,7 @@
 //! The encoders' sparse first layer against the dense product and autograd, on real PBMC 3k
 //! minibatches: values, weight gradients (counts and log1p), independence from the thread count,
-//! and a whole model's gradients with and without it.
+//! and a whole model's gradients with and without it. Also: minibatches built on several threads
+//! are the ones built on one.
 
 mod common;
 use common::{counts, pbmc};
@@ -59,6 +60,40 @@ fn both(mb: &Minibatch, w: &mut Tensor, log1p: bool) -> ((Tensor, Tensor), (Tens
     let gs = w.grad().copy();
     let _ = w.grad().zero_();
     ((yd.detach(), gd), (ys.detach(), gs))
+}
+
+/// Minibatches are built by parts on libtorch's threads (each part fills its own cells); the
+/// result, dense blocks, nonzeros and host rows alike, does not depend on how many there are.
+#[test]
+fn minibatches_do_not_depend_on_threads() {
+    let _t = turn();
+    let d = pbmc();
+    let x = counts(&d);
+    let batch = vec![0i32; x.n_cells()];
+    let mut builder = MinibatchBuilder::new(x, &batch, &Default::default(), Device::Cpu);
+    let before = tch::get_num_threads();
+    let mut built = Vec::new();
+    for threads in [1, 3] {
+        tch::set_num_threads(threads);
+        built.push(minibatch(&mut builder));
+    }
+    tch::set_num_threads(before);
+    let (a, b) = (&built[0], &built[1]);
+    for (name, u, v) in [
+        ("x", &a.x, &b.x),
+        ("x_log1p", &a.x_log1p, &b.x_log1p),
+        ("nz_flat", &a.nz_flat, &b.nz_flat),
+        ("nz_row", &a.nz_row, &b.nz_row),
+        ("nz_gene", &a.nz_gene, &b.nz_gene),
+        ("nz_x", &a.nz_x, &b.nz_x),
+        ("lgamma_x1", &a.lgamma_x1, &b.lgamma_x1),
+        ("log_library", &a.log_library, &b.log_library),
+    ] {
+        assert!(u.equal(v), "{name} differs between 1 and 3 threads");
+    }
+    assert!(a.nz_x.size()[0] > 10_000, "a real minibatch's nonzeros");
+    let (ra, rb) = (a.rows.as_ref().unwrap(), b.rows.as_ref().unwrap());
+    assert_eq!((&ra.row_ptr, &ra.gene, &ra.x, &ra.log1p), (&rb.row_ptr, &rb.gene, &rb.x, &rb.log1p));
 }
 
 #[test]

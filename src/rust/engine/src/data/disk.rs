@@ -353,7 +353,7 @@ impl DiskCounts {
                 let mut lg = 0f64;
                 for &v in vals {
                     lib += v as f64;
-                    lg += libm::lgamma(v as f64 + 1.0);
+                    lg += super::lgamma_x1(v as f64);
                 }
                 s.library.push(lib as f32);
                 s.lgamma_x1.push(lg as f32);

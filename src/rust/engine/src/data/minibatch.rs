@@ -93,6 +93,16 @@ impl SparseBuild {
         self.log1p[start..].copy_from_slice(&log1p);
     }
 
+    /// Appends the cells of `other` (built for the cells that follow this one's).
+    fn append(&mut self, other: SparseBuild) {
+        let shift = self.gene.len();
+        self.row_ptr.extend(other.row_ptr.iter().map(|&p| p + shift));
+        self.gene.extend_from_slice(&other.gene);
+        self.x.extend_from_slice(&other.x);
+        self.log1p.extend_from_slice(&other.log1p);
+        self.repeated |= other.repeated;
+    }
+
     /// None when a cell lists a gene twice (the dense path then applies).
     fn finish(mut self, n_genes: usize) -> Option<HostRows> {
         self.row_ptr.push(self.gene.len());
@@ -114,11 +124,37 @@ pub struct MinibatchBuilder<'a> {
     // sparse first layer are its own, allocated per minibatch).
     /// ln(1 + k) for the small integer counts k that make up almost every nonzero.
     log1p_small: Vec<f32>,
-    nz_flat: Vec<i64>,
-    nz_row: Vec<i64>,
-    nz_gene: Vec<i64>,
-    nz_x: Vec<f32>,
+    nz: Nonzeros,
 }
+
+/// A minibatch's nonzero entries as the likelihood reads them (host buffers).
+#[derive(Default)]
+struct Nonzeros {
+    flat: Vec<i64>,
+    row: Vec<i64>,
+    gene: Vec<i64>,
+    x: Vec<f32>,
+}
+
+impl Nonzeros {
+    fn clear(&mut self) {
+        self.flat.clear();
+        self.row.clear();
+        self.gene.clear();
+        self.x.clear();
+    }
+
+    fn append(&mut self, other: &Nonzeros) {
+        self.flat.extend_from_slice(&other.flat);
+        self.row.extend_from_slice(&other.row);
+        self.gene.extend_from_slice(&other.gene);
+        self.x.extend_from_slice(&other.x);
+    }
+}
+
+/// Minibatches with at least this many cells per thread are built on libtorch's threads, each
+/// filling its own range of cells.
+const CELLS_PER_PART: usize = 32;
 
 impl<'a> MinibatchBuilder<'a> {
     pub fn new(counts: Counts<'a>, batch_codes: &'a [i32], covariates: &Covariates<'a>, device: Device) -> Self {
@@ -127,7 +163,7 @@ impl<'a> MinibatchBuilder<'a> {
         let mut log_library = Vec::with_capacity(n);
         for c in 0..n {
             let (_, vals) = counts.cell(c);
-            lgamma_x1.push(vals.iter().map(|&v| libm::lgamma(v + 1.0)).sum::<f64>() as f32);
+            lgamma_x1.push(vals.iter().map(|&v| super::lgamma_x1(v)).sum::<f64>() as f32);
             // A minified model's cells carry their observed library size instead of counts.
             let library = covariates.latent.map_or_else(|| vals.iter().sum::<f64>(), |p| p.library[c]);
             log_library.push(library.ln() as f32);
@@ -160,10 +196,7 @@ impl<'a> MinibatchBuilder<'a> {
             lgamma_x1,
             log_library,
             log1p_small: (0..LOG1P_TABLE).map(|k| (k as f64).ln_1p() as f32).collect(),
-            nz_flat: Vec::new(),
-            nz_row: Vec::new(),
-            nz_gene: Vec::new(),
-            nz_x: Vec::new(),
+            nz: Nonzeros::default(),
         }
     }
 
@@ -182,59 +215,50 @@ impl<'a> MinibatchBuilder<'a> {
         self.build_rows(&block.cells, |i| block.row(i))
     }
 
-    fn build_rows<'r, V: Copy + Into<f64> + 'r>(&mut self, cells: &[usize], row_of: impl Fn(usize) -> (&'r [i32], &'r [V])) -> Minibatch {
+    fn build_rows<'r, V: Copy + Into<f64> + Sync + 'r>(&mut self, cells: &[usize], row_of: impl Fn(usize) -> (&'r [i32], &'r [V]) + Sync) -> Minibatch {
         let g = self.n_genes;
         let b = cells.len();
         // The dense blocks are written in place in zeroed CPU tensors (no host copy to transfer).
         let cpu = (Kind::Float, Device::Cpu);
         let x = Tensor::zeros([b as i64, g as i64], cpu);
         let x_log1p = Tensor::zeros([b as i64, g as i64], cpu);
-        // SAFETY: fresh contiguous f32 CPU tensors of b * g elements, written only here.
-        let (dense, dense_log1p) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(x.data_ptr() as *mut f32, b * g),
-                std::slice::from_raw_parts_mut(x_log1p.data_ptr() as *mut f32, b * g),
-            )
-        };
-        self.nz_flat.clear();
-        self.nz_row.clear();
-        self.nz_gene.clear();
-        self.nz_x.clear();
-        let mut lg = Vec::with_capacity(b);
-        let mut ll = Vec::with_capacity(b);
-        let mut bi = Vec::with_capacity(b);
+        let dense = DenseTargets { x: x.data_ptr() as usize, log1p: x_log1p.data_ptr() as usize, n_genes: g };
         let host = self.device == Device::Cpu;
-        let mut sparse = host.then(|| SparseBuild::with_capacity(b));
-        for (row, &cell) in cells.iter().enumerate() {
-            let (genes, vals) = row_of(row);
-            if let Some(s) = sparse.as_mut() {
-                s.start_cell();
-            }
-            for (&gene, &v) in genes.iter().zip(vals) {
-                let v: f64 = v.into();
-                if v == 0.0 {
-                    continue; // explicit zeros stored in the sparse matrix
+        self.nz.clear();
+        let threads = tch::get_num_threads().max(1) as usize;
+        let parts = threads.min(b / CELLS_PER_PART).max(1);
+        let table = &self.log1p_small;
+        let sparse = if parts == 1 {
+            let mut sparse = host.then(|| SparseBuild::with_capacity(b));
+            // SAFETY: x and x_log1p are fresh contiguous b x g f32 tensors; all rows are this part's.
+            unsafe { fill_rows(0..b, &row_of, &dense, table, &mut self.nz, sparse.as_mut()) };
+            sparse
+        } else {
+            // Each part fills its own cells' dense rows and collects their nonzeros, joined
+            // below in cell order: the same minibatch as one part builds.
+            let slots: Vec<std::sync::Mutex<Option<(Nonzeros, Option<SparseBuild>)>>> = (0..parts).map(|_| Default::default()).collect();
+            let part = |k: usize| {
+                let rows = b * k / parts..b * (k + 1) / parts;
+                let mut nz = Nonzeros::default();
+                let mut sparse = host.then(|| SparseBuild::with_capacity(rows.len()));
+                // SAFETY: as above; the parts' ranges of rows are disjoint.
+                unsafe { fill_rows(rows, &row_of, &dense, table, &mut nz, sparse.as_mut()) };
+                *slots[k].lock().unwrap_or_else(|e| e.into_inner()) = Some((nz, sparse));
+            };
+            crate::runtime::parallel_parts(parts, &part);
+            let mut sparse = host.then(|| SparseBuild::with_capacity(b));
+            for slot in slots {
+                let (nz, part_sparse) = slot.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every part ran");
+                self.nz.append(&nz);
+                if let (Some(s), Some(p)) = (sparse.as_mut(), part_sparse) {
+                    s.append(p);
                 }
-                let flat = row * g + gene as usize;
-                dense[flat] = v as f32;
-                let k = v as usize;
-                let l = if k as f64 == v && k < LOG1P_TABLE { self.log1p_small[k] } else { v.ln_1p() as f32 };
-                dense_log1p[flat] = l;
-                if let Some(s) = sparse.as_mut() {
-                    s.push(gene as u32, v as f32, l);
-                }
-                self.nz_flat.push(flat as i64);
-                self.nz_row.push(row as i64);
-                self.nz_gene.push(gene as i64);
-                self.nz_x.push(v as f32);
             }
-            if let Some(s) = sparse.as_mut() {
-                s.end_cell();
-            }
-            lg.push(self.lgamma_x1[cell]);
-            ll.push(self.log_library[cell]);
-            bi.push(self.batch_codes[cell] as i64);
-        }
+            sparse
+        };
+        let lg: Vec<f32> = cells.iter().map(|&c| self.lgamma_x1[c]).collect();
+        let ll: Vec<f32> = cells.iter().map(|&c| self.log_library[c]).collect();
+        let bi: Vec<i64> = cells.iter().map(|&c| self.batch_codes[c] as i64).collect();
         let host_rows = sparse.and_then(|s| s.finish(g));
         let dev = self.device;
         let cov = &self.covariates;
@@ -277,13 +301,71 @@ impl<'a> MinibatchBuilder<'a> {
             x_log1p: x_log1p.to_device(dev),
             log_library: Tensor::from_slice(&ll).view([b as i64, 1]).to_device(dev),
             batch_index: Tensor::from_slice(&bi).to_device(dev),
-            nz_flat: Tensor::from_slice(&self.nz_flat).to_device(dev),
-            nz_row: Tensor::from_slice(&self.nz_row).to_device(dev),
-            nz_gene: Tensor::from_slice(&self.nz_gene).to_device(dev),
-            nz_x: Tensor::from_slice(&self.nz_x).to_device(dev),
+            nz_flat: Tensor::from_slice(&self.nz.flat).to_device(dev),
+            nz_row: Tensor::from_slice(&self.nz.row).to_device(dev),
+            nz_gene: Tensor::from_slice(&self.nz.gene).to_device(dev),
+            nz_x: Tensor::from_slice(&self.nz.x).to_device(dev),
             lgamma_x1: Tensor::from_slice(&lg).to_device(dev),
             n_cells: b,
             rows: host_rows,
+        }
+    }
+}
+
+/// Where a minibatch's dense counts and log1p counts are written: the data of two contiguous
+/// cells x genes f32 tensors.
+struct DenseTargets {
+    x: usize,
+    log1p: usize,
+    n_genes: usize,
+}
+
+/// Writes the minibatch rows `rows` (row i holds `row_of(i)`) into the dense targets and appends
+/// their nonzeros to `nz` (and to `sparse`, the encoders' host rows), in row order.
+///
+/// # Safety
+/// The targets must be contiguous f32 buffers of at least `rows.end * n_genes` elements, zeroed,
+/// and no other thread may touch these rows while this runs.
+unsafe fn fill_rows<'r, V: Copy + Into<f64> + 'r>(
+    rows: std::ops::Range<usize>,
+    row_of: &impl Fn(usize) -> (&'r [i32], &'r [V]),
+    dense: &DenseTargets,
+    log1p_small: &[f32],
+    nz: &mut Nonzeros,
+    mut sparse: Option<&mut SparseBuild>,
+) {
+    let g = dense.n_genes;
+    let span = (rows.end - rows.start) * g;
+    let (x, x_log1p) = (
+        std::slice::from_raw_parts_mut((dense.x as *mut f32).add(rows.start * g), span),
+        std::slice::from_raw_parts_mut((dense.log1p as *mut f32).add(rows.start * g), span),
+    );
+    for row in rows.clone() {
+        let (genes, vals) = row_of(row);
+        if let Some(s) = sparse.as_deref_mut() {
+            s.start_cell();
+        }
+        for (&gene, &v) in genes.iter().zip(vals) {
+            let v: f64 = v.into();
+            if v == 0.0 {
+                continue; // explicit zeros stored in the sparse matrix
+            }
+            let flat = row * g + gene as usize;
+            let local = flat - rows.start * g;
+            x[local] = v as f32;
+            let k = v as usize;
+            let l = if k as f64 == v && k < LOG1P_TABLE { log1p_small[k] } else { v.ln_1p() as f32 };
+            x_log1p[local] = l;
+            if let Some(s) = sparse.as_deref_mut() {
+                s.push(gene as u32, v as f32, l);
+            }
+            nz.flat.push(flat as i64);
+            nz.row.push(row as i64);
+            nz.gene.push(gene as i64);
+            nz.x.push(v as f32);
+        }
+        if let Some(s) = sparse.as_deref_mut() {
+            s.end_cell();
         }
     }
 }
@@ -350,5 +432,33 @@ mod tests {
         }
         s.end_cell();
         assert!(s.finish(10).is_none());
+    }
+
+    /// Parts built for consecutive cells join into the rows one build gives, and a repeated gene
+    /// in any part still sends the minibatch to the dense path.
+    #[test]
+    fn parts_join_in_cell_order() {
+        let cell = |s: &mut SparseBuild, genes: &[u32]| {
+            s.start_cell();
+            for &g in genes {
+                s.push(g, (g + 1) as f32, ((g + 1) as f32).ln_1p());
+            }
+            s.end_cell();
+        };
+        let (mut whole, mut first, mut second) = (SparseBuild::with_capacity(3), SparseBuild::with_capacity(1), SparseBuild::with_capacity(2));
+        for (i, genes) in [&[1u32, 4][..], &[7, 2], &[0]].into_iter().enumerate() {
+            cell(&mut whole, genes);
+            cell(if i == 0 { &mut first } else { &mut second }, genes);
+        }
+        first.append(second);
+        let (a, b) = (whole.finish(8).unwrap(), first.finish(8).unwrap());
+        assert_eq!((&a.row_ptr, &a.gene, &a.x, &a.log1p), (&b.row_ptr, &b.gene, &b.x, &b.log1p));
+        assert_eq!(b.row_ptr, [0, 2, 4, 5]);
+
+        let (mut first, mut second) = (SparseBuild::with_capacity(1), SparseBuild::with_capacity(1));
+        cell(&mut first, &[1, 2]);
+        cell(&mut second, &[5, 3, 5]);
+        first.append(second);
+        assert!(first.finish(8).is_none());
     }
 }
