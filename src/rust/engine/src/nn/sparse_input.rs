@@ -141,7 +141,6 @@ fn needs_grad(weight: &Tensor) -> bool {
 /// their outputs' gradients. Products that did not reach the loss are skipped.
 pub fn finish_backward(rows: &HostRows) {
     let pending = std::mem::take(&mut *rows.deferred.lock().unwrap_or_else(|e| e.into_inner()));
-    let mut by_gene: Option<ByGene> = None;
     for d in pending {
         let gy = d.leaf.grad();
         let gw = d.weight.grad();
@@ -154,19 +153,21 @@ pub fn finish_backward(rows: &HostRows) {
         // Written in place: the weight's own `.grad` (contiguous, as the optimiser keeps it) or a
         // contiguous copy added back.
         let target = if gw.is_contiguous() && gw.kind() == Kind::Float { gw.shallow_clone() } else { gw.to_kind(Kind::Float).contiguous() };
-        let cols = by_gene.get_or_insert_with(|| ByGene::new(rows));
-        let values = if d.log1p { &cols.log1p } else { &cols.x };
+        let values = rows.values(d.log1p);
         let (yp, wp) = (gy.data_ptr() as usize, target.data_ptr() as usize);
         let level = Simd::detect();
         let tiles = g.div_ceil(TILE);
         let parts = if g * h >= PARALLEL_OUTPUTS * 8 { (tch::get_num_threads().max(1) as usize).min(tiles) } else { 1 };
         let part = |k: usize| {
+            let (t0, t1) = (tiles * k / parts, tiles * (k + 1) / parts);
+            // Each part orders by gene only the nonzeros of its own genes.
+            let cols = ByGene::new(rows, values, t0 * TILE, (t1 * TILE).min(g));
             // SAFETY: gy holds b x h floats and the target h x g; each part writes only the
             // columns of its own tiles of genes.
             unsafe {
                 let y = std::slice::from_raw_parts(yp as *const f32, b * h);
                 let w = std::slice::from_raw_parts_mut(wp as *mut f32, h * g);
-                simd::run(level, Backward { cols, values, gy: y, gw: w, h, g, tiles: (tiles * k / parts, tiles * (k + 1) / parts) });
+                simd::run(level, Backward { cols: &cols, gy: y, gw: w, h, g, tiles: (t0, t1) });
             }
         };
         crate::runtime::parallel_parts(parts, &part);
@@ -194,35 +195,42 @@ fn transpose_genes(w: &[f32], h: usize, g: usize, g0: usize, g1: usize, out: &mu
     }
 }
 
-/// The nonzeros ordered by gene (cells in order within a gene): gene j's are
-/// `col_ptr[j]..col_ptr[j + 1]`.
+/// The nonzeros of genes `first..end`, ordered by gene (cells in order within a gene): gene j's
+/// are `col_ptr[j - first]..col_ptr[j - first + 1]`.
 struct ByGene {
+    first: usize,
     col_ptr: Vec<usize>,
     cell: Vec<u32>,
-    x: Vec<f32>,
-    log1p: Vec<f32>,
+    value: Vec<f32>,
 }
 
 impl ByGene {
-    fn new(rows: &HostRows) -> ByGene {
-        let n = rows.gene.len();
-        let mut col_ptr = vec![0usize; rows.n_genes + 1];
+    /// From the rows' nonzeros and their values (`values[k]` is nonzero k's).
+    fn new(rows: &HostRows, values: &[f32], first: usize, end: usize) -> ByGene {
+        let mut col_ptr = vec![0usize; end - first + 1];
         for &j in &rows.gene {
-            col_ptr[j as usize + 1] += 1;
-        }
-        for j in 0..rows.n_genes {
-            col_ptr[j + 1] += col_ptr[j];
-        }
-        let mut next = col_ptr.clone();
-        let (mut cell, mut x, mut log1p) = (vec![0u32; n], vec![0f32; n], vec![0f32; n]);
-        for c in 0..rows.n_cells() {
-            for k in rows.row_ptr[c]..rows.row_ptr[c + 1] {
-                let p = &mut next[rows.gene[k] as usize];
-                (cell[*p], x[*p], log1p[*p]) = (c as u32, rows.x[k], rows.log1p[k]);
-                *p += 1;
+            let j = j as usize;
+            if (first..end).contains(&j) {
+                col_ptr[j - first + 1] += 1;
             }
         }
-        ByGene { col_ptr, cell, x, log1p }
+        for j in 0..end - first {
+            col_ptr[j + 1] += col_ptr[j];
+        }
+        let n = col_ptr[end - first];
+        let mut next = col_ptr.clone();
+        let (mut cell, mut value) = (vec![0u32; n], vec![0f32; n]);
+        for c in 0..rows.n_cells() {
+            for k in rows.row_ptr[c]..rows.row_ptr[c + 1] {
+                let j = rows.gene[k] as usize;
+                if (first..end).contains(&j) {
+                    let p = &mut next[j - first];
+                    (cell[*p], value[*p]) = (c as u32, values[k]);
+                    *p += 1;
+                }
+            }
+        }
+        ByGene { first, col_ptr, cell, value }
     }
 }
 
@@ -255,8 +263,8 @@ impl simd::Kernel for Forward<'_> {
 }
 
 struct Backward<'a> {
+    /// The nonzeros of this part's genes.
     cols: &'a ByGene,
-    values: &'a [f32],
     gy: &'a [f32],
     /// dL/dW (h x g), added to.
     gw: &'a mut [f32],
@@ -280,8 +288,9 @@ impl simd::Kernel for Backward<'_> {
             tile.fill(0.0);
             for j in t0..t1 {
                 let acc = &mut tile[(j - t0) * h..(j - t0 + 1) * h];
-                for p in self.cols.col_ptr[j]..self.cols.col_ptr[j + 1] {
-                    let (c, v) = (self.cols.cell[p] as usize, self.values[p]);
+                let local = j - self.cols.first;
+                for p in self.cols.col_ptr[local]..self.cols.col_ptr[local + 1] {
+                    let (c, v) = (self.cols.cell[p] as usize, self.cols.value[p]);
                     for (a, &y) in acc.iter_mut().zip(&self.gy[c * h..(c + 1) * h]) {
                         *a = M::mul_add(v, y, *a);
                     }
