@@ -141,6 +141,10 @@ fn needs_grad(weight: &Tensor) -> bool {
 /// their outputs' gradients. Products that did not reach the loss are skipped.
 pub fn finish_backward(rows: &HostRows) {
     let pending = std::mem::take(&mut *rows.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+    // Each part's gene-ordered nonzeros, kept for the next product when its genes and values are
+    // the same (the z and library encoders read the same input).
+    type Cached = Option<(usize, usize, bool, ByGene)>;
+    let mut cache: Vec<Mutex<Cached>> = Vec::new();
     for d in pending {
         let gy = d.leaf.grad();
         let gw = d.weight.grad();
@@ -158,16 +162,24 @@ pub fn finish_backward(rows: &HostRows) {
         let level = Simd::detect();
         let tiles = g.div_ceil(TILE);
         let parts = if g * h >= PARALLEL_OUTPUTS * 8 { (tch::get_num_threads().max(1) as usize).min(tiles) } else { 1 };
+        if cache.len() < parts {
+            cache.resize_with(parts, Default::default);
+        }
         let part = |k: usize| {
             let (t0, t1) = (tiles * k / parts, tiles * (k + 1) / parts);
+            let (first, end) = (t0 * TILE, (t1 * TILE).min(g));
             // Each part orders by gene only the nonzeros of its own genes.
-            let cols = ByGene::new(rows, values, t0 * TILE, (t1 * TILE).min(g));
+            let mut slot = cache[k].lock().unwrap_or_else(|e| e.into_inner());
+            if !matches!(&*slot, Some((f, e, l, _)) if (*f, *e, *l) == (first, end, d.log1p)) {
+                *slot = Some((first, end, d.log1p, ByGene::new(rows, values, first, end)));
+            }
+            let cols = &slot.as_ref().expect("filled above").3;
             // SAFETY: gy holds b x h floats and the target h x g; each part writes only the
             // columns of its own tiles of genes.
             unsafe {
                 let y = std::slice::from_raw_parts(yp as *const f32, b * h);
                 let w = std::slice::from_raw_parts_mut(wp as *mut f32, h * g);
-                simd::run(level, Backward { cols: &cols, gy: y, gw: w, h, g, tiles: (t0, t1) });
+                simd::run(level, Backward { cols, gy: y, gw: w, h, g, tiles: (t0, t1) });
             }
         };
         crate::runtime::parallel_parts(parts, &part);
