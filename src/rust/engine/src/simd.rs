@@ -85,6 +85,20 @@ pub unsafe fn run<K: Kernel>(level: Simd, kernel: K) -> K::Output {
     kernel.run::<Plain>()
 }
 
+/// Largest element of a non-empty slice, in 16 interleaved partial maxima (vectorises).
+#[inline(always)]
+pub fn max(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = v.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..16 {
+            acc[k] = acc[k].max(c[k]);
+        }
+    }
+    acc.into_iter().chain(rest.iter().copied()).fold(f32::NEG_INFINITY, f32::max)
+}
+
 /// Sum of a slice in 16 interleaved partial sums (vectorises; the order is fixed, so the result
 /// does not depend on the level).
 #[inline(always)]

@@ -169,7 +169,7 @@ fn fused_dense_terms_match_autograd() {
             }
         }
         let terms = fused::dense_terms(&x, &mu, &theta, pi_opt);
-        let attached = fused::attach(&terms, &mu, &theta, pi_opt);
+        let attached = fused::attach(&terms, fused::Mean::Given(&mu), &theta, pi_opt);
         (&attached * &w).sum(Kind::Float).backward();
         let rel = |a: &Tensor, b: &Tensor| ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).double_value(&[]);
         assert!(rel(&attached, &reference) < 1e-5, "values differ ({per_cell}, {zinb})");
@@ -238,10 +238,11 @@ fn fused_dense_terms_do_not_depend_on_threads() {
 
 /// The whole fused log-likelihood (dense and nonzero terms in one pass) against autograd through
 /// scvi-tools' dense formula, values and gradients, on a minibatch of real-sized counts (up to
-/// 1,200), NB and ZINB, per-gene and per-cell theta.
+/// 1,200), NB and ZINB, per-gene and per-cell theta; given mu, and mu formed from the decoder's
+/// logits and the log library.
 #[test]
 fn fused_log_likelihood_gradients_match_the_dense_formula() {
-    use scvir_engine::distributions::dense;
+    use scvir_engine::distributions::{dense, fused};
     tch::manual_seed(3);
     let (b, g) = (40i64, 250i64);
     let opts = (Kind::Float, Device::Cpu);
@@ -288,6 +289,34 @@ fn fused_log_likelihood_gradients_match_the_dense_formula() {
         assert!(rel(&gt, &theta.grad()) < 1e-4, "d/dtheta differs ({per_cell}, {zinb}): {}", rel(&gt, &theta.grad()));
         if let Some(gp) = gp {
             assert!(rel(&gp, &pi.grad()) < 1e-4, "d/dpi differs ({per_cell}, {zinb})");
+        }
+        for t in [&theta, &pi] {
+            let mut gr = t.grad();
+            if gr.defined() {
+                let _ = gr.zero_();
+            }
+        }
+
+        // The same with mu = exp(l) softmax(h) formed in the kernel (training's path): the
+        // gradients come for the logits h and the log library l, which is about 7 as in data.
+        let h = (Tensor::randn([b, g], opts) * 2.0).set_requires_grad(true);
+        let l = (Tensor::randn([b, 1], opts) * 0.5 + 7.0).set_requires_grad(true);
+        let mean = fused::Mean::Softmax { logits: &h, log_library: &l };
+        let pi_opt = zinb.then_some(&pi);
+        let terms = fused::likelihood_terms(&mb, mean, &theta, pi_opt).expect("the minibatch's nonzeros are in cell order");
+        let got = fused::attach(&terms, mean, &theta, pi_opt) - &mb.lgamma_x1;
+        (&got * &w).sum(Kind::Float).backward();
+        let (gh, gl, gt) = (grads(&h), grads(&l), grads(&theta));
+        let gp = zinb.then(|| grads(&pi));
+        let mu = l.exp() * h.softmax(-1, Kind::Float);
+        let reference = if zinb { dense::log_zinb(&x_mb, &mu, &theta, &pi) } else { dense::log_nb(&x_mb, &mu, &theta) }.sum_dim_intlist(1, false, Kind::Float);
+        (&reference * &w).sum(Kind::Float).backward();
+        assert!(rel(&got, &reference) < 1e-5, "softmax: values differ ({per_cell}, {zinb}): {}", rel(&got, &reference));
+        assert!(rel(&gh, &h.grad()) < 1e-4, "d/dlogits differs ({per_cell}, {zinb}): {}", rel(&gh, &h.grad()));
+        assert!(rel(&gl, &l.grad()) < 1e-4, "d/dlog library differs ({per_cell}, {zinb}): {}", rel(&gl, &l.grad()));
+        assert!(rel(&gt, &theta.grad()) < 1e-4, "softmax: d/dtheta differs ({per_cell}, {zinb})");
+        if let Some(gp) = gp {
+            assert!(rel(&gp, &pi.grad()) < 1e-4, "softmax: d/dpi differs ({per_cell}, {zinb})");
         }
     }
 }

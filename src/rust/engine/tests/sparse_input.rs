@@ -1,7 +1,8 @@
 //! The encoders' sparse first layer against the dense product and autograd, on real PBMC 3k
 //! minibatches: values, weight gradients (counts and log1p), independence from the thread count,
 //! and a whole model's gradients with and without it. Also: minibatches built on several threads
-//! are the ones built on one.
+//! are the ones built on one, and a model's gradients are the same whether the likelihood or
+//! tensor operations form the rates from the decoder's logits.
 
 mod common;
 use common::{counts, pbmc};
@@ -221,4 +222,77 @@ fn check_model_gradients(observed: bool) {
         let diff = largest(&(a - b));
         assert!(diff <= 1e-5 * scale, "{name} (observed library: {observed}): gradients differ by {diff} (largest {scale})");
     }
+}
+
+/// Training's likelihood forms the rates exp(l) softmax(h) itself and carries their gradient on
+/// to the decoder's logits and the log library. Against the decoder's softmax and the library
+/// scaling run as tensor operations: the same per-cell losses and the same gradient for every
+/// weight, for ZINB with the observed library, NB with a latent library, gene-cell dispersion,
+/// and LDVAE's linear decoder, on one thread and split across two.
+#[test]
+fn model_gradients_are_the_same_with_rates_formed_in_the_likelihood() {
+    use scvir_engine::distributions::GeneLikelihood;
+    use scvir_engine::module::Dispersion;
+    let _t = turn();
+    for threads in [1, 2] {
+        let _session = runtime::Session::enter(runtime::SessionOptions { n_threads: Some(threads), ..Default::default() });
+        for (likelihood, observed, dispersion, linear) in [
+            (GeneLikelihood::Zinb, true, Dispersion::Gene, false),
+            (GeneLikelihood::Nb, false, Dispersion::Gene, false),
+            (GeneLikelihood::Nb, true, Dispersion::GeneCell, false),
+            (GeneLikelihood::Zinb, true, Dispersion::Gene, true),
+        ] {
+            let mut config = VaeConfig::new(2000, 1);
+            config.gene_likelihood = likelihood;
+            config.use_observed_lib_size = observed;
+            config.dispersion = dispersion;
+            config.linear_decoder = linear;
+            let what = format!("{likelihood:?}, observed library {observed}, {dispersion:?}, linear {linear}, {threads} threads");
+            check_rates(config, &what);
+        }
+    }
+}
+
+fn check_rates(config: VaeConfig, what: &str) {
+    let d = pbmc();
+    let x = counts(&d);
+    let batch = vec![0i32; x.n_cells()];
+    let mut builder = MinibatchBuilder::new(x, &batch, &Default::default(), Device::Cpu);
+    let mut mb = minibatch(&mut builder);
+    mb.rows = None; // the dense first layer: autograd reaches every weight
+    tch::manual_seed(6);
+    let log_library: Vec<f64> = (0..x.n_cells()).map(|c| x.cell(c).1.iter().sum::<f64>().ln()).collect();
+    let mean = log_library.iter().sum::<f64>() / log_library.len() as f64;
+    let var = log_library.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / log_library.len() as f64;
+    let mut vae = Vae::new(config, Device::Cpu, Some((&[mean], &[var]))).unwrap();
+    let mut params: Vec<(String, Tensor)> = vae.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut run = |fused: bool| -> (Tensor, Vec<Tensor>) {
+        vae.fused_rates = fused;
+        tch::manual_seed(10);
+        let out = vae.loss(&mb, true, 0.7);
+        out.loss.backward();
+        let g: Vec<Tensor> = params.iter().map(|(_, p)| p.grad().copy()).collect();
+        for (_, p) in &params {
+            let _ = p.grad().zero_();
+        }
+        (out.reconstruction.detach(), g)
+    };
+    let (tensor_ops, g_ops) = run(false);
+    let (fused, g_fused) = run(true);
+    assert!(close(&fused, &tensor_ops, 1e-5), "{what}: reconstruction losses differ");
+    let largest = |t: &Tensor| f64::try_from(t.abs().max()).unwrap();
+    let mut checked = 0;
+    for ((name, _), (a, b)) in params.iter().zip(g_ops.iter().zip(&g_fused)) {
+        // As above: biases that BatchNorm cancels are judged against their layer's weights.
+        let layer_scale = name
+            .strip_suffix("linear.bias")
+            .and_then(|layer| params.iter().position(|(n, _)| *n == format!("{layer}linear.weight")))
+            .map_or(0.0, |i| largest(&g_ops[i]));
+        let scale = largest(a).max(layer_scale).max(1e-3);
+        let diff = largest(&(a - b));
+        assert!(diff <= 1e-4 * scale, "{what}: {name}: gradients differ by {diff} (largest {scale})");
+        checked += 1;
+    }
+    assert!(checked > 10 && params.iter().any(|(n, _)| n.starts_with("decoder")), "{what}: no decoder weights were compared");
 }

@@ -1,7 +1,7 @@
 //! Command-line front end of the engine, for benchmarks and GPU runs without R:
 //!
 //!   scvir-cli train FILE.h5ad [--epochs N] [--seed S] [--threads T] [--batch-size B]
-//!             [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--quiet]
+//!             [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--unfused-rates] [--quiet]
 //!
 //! Prints one line per epoch and a final `RESULT {json}` line with timing and ELBO figures.
 
@@ -60,7 +60,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) != Some("train") || args.len() < 2 {
         return Err("usage: scvir-cli train FILE.h5ad [--epochs N] [--seed S] [--threads T] [--batch-size B] \
-                    [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--quiet]"
+                    [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--unfused-rates] [--quiet]"
             .into());
     }
     let path = &args[1];
@@ -70,6 +70,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut latent_library = false;
     let mut device = tch::Device::Cpu;
     let mut quiet = false;
+    let mut fused_rates = true;
     let mut it = args[2..].iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().cloned().ok_or(format!("{a} needs a value"));
@@ -88,6 +89,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             "--quiet" => quiet = true,
+            "--unfused-rates" => fused_rates = false,
             other => return Err(format!("unknown option {other}").into()),
         }
     }
@@ -107,6 +109,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let prior = (registry.library_log_means.as_slice(), registry.library_log_vars.as_slice());
     scvir_engine::runtime::seed_everything(cfg.seed);
     let mut vae = Vae::new(vae_cfg, device, Some(prior))?;
+    vae.fused_rates = fused_rates;
     let started = Instant::now();
     let out = train::train(&mut vae, counts, &batch, &Default::default(), &cfg, &mut Printer { quiet })?;
     let total = started.elapsed().as_secs_f64();

@@ -13,8 +13,14 @@
 //!   x > 0 (ZINB): dv/dA = 1, dv/dpi = -sigmoid(pi)
 //! `attach` then gives autograd these gradients through a linear surrogate, so the rest of the
 //! network trains as usual. This replaces a dozen full-size tensor operations and their backward.
+//!
+//! In training, mu = exp(l) softmax(h) (the decoder's logits h and the log library l) is formed
+//! inside the same pass ([`Mean::Softmax`]), and the gradient is carried on to h and l:
+//!   dv/dh_g = mu_g dv/dmu_g - p_g S,   dv/dl = S,   with p = softmax(h), S = sum_g mu_g dv/dmu_g
+//! (softmax's and the library scaling's backward in closed form). The gene proportions and the
+//! rates are then never written out, nor differentiated by autograd.
 
-use super::fastmath::{lgamma_digamma_with, ln_with, softplus_sigmoid_with, MulAdd};
+use super::fastmath::{exp_with, lgamma_digamma_with, ln_with, softplus_sigmoid_with, MulAdd};
 use crate::data::Minibatch;
 use crate::simd::{self, Simd};
 use super::EPS;
@@ -28,7 +34,10 @@ const PARALLEL_ENTRIES: usize = 1 << 16;
 pub struct DenseTerms {
     /// Per-cell sum of the dense terms, cells.
     pub value: Tensor,
+    /// Gradient for mu, or for the logits with [`Mean::Softmax`].
     pub grad_mu: Tensor,
+    /// Gradient for the log library (cells), with [`Mean::Softmax`].
+    pub grad_log_library: Option<Tensor>,
     pub grad_theta: Tensor,
     pub grad_pi: Option<Tensor>,
 }
@@ -36,6 +45,35 @@ pub struct DenseTerms {
 /// Whether the fused kernel applies: CPU float tensors.
 pub fn supported(mu: &Tensor) -> bool {
     mu.device() == Device::Cpu && mu.kind() == Kind::Float
+}
+
+/// The NB mean the kernel reads.
+#[derive(Clone, Copy)]
+pub enum Mean<'a> {
+    /// mu itself, cells x genes.
+    Given(&'a Tensor),
+    /// mu = exp(log_library) * softmax(logits) over genes, formed in the kernel; `logits` are
+    /// cells x genes, `log_library` cells x 1. The gradients come for the logits (in `grad_mu`)
+    /// and the log library.
+    Softmax { logits: &'a Tensor, log_library: &'a Tensor },
+}
+
+impl Mean<'_> {
+    /// Whether the fused kernel applies: CPU float tensors.
+    pub fn supported(&self) -> bool {
+        match self {
+            Mean::Given(mu) => supported(mu),
+            Mean::Softmax { logits, log_library } => supported(logits) && supported(log_library),
+        }
+    }
+
+    /// mu, or the logits: cells x genes.
+    fn input(&self) -> &Tensor {
+        match self {
+            Mean::Given(mu) => mu,
+            Mean::Softmax { logits, .. } => logits,
+        }
+    }
 }
 
 /// Values and gradients for x (cells x genes), mu (cells x genes), theta (genes, or cells x
@@ -48,7 +86,7 @@ pub fn dense_terms(x: &Tensor, mu: &Tensor, theta: &Tensor, pi: Option<&Tensor>)
 ///
 /// Panics if `level` is wider than what this CPU offers.
 pub fn dense_terms_at(level: Simd, x: &Tensor, mu: &Tensor, theta: &Tensor, pi: Option<&Tensor>) -> DenseTerms {
-    terms(level, x, mu, theta, pi, None)
+    terms(level, x, Mean::Given(mu), theta, pi, None)
 }
 
 /// The whole NB / ZINB log-likelihood of a minibatch, less the constant -lgamma(x + 1): the dense
@@ -56,9 +94,19 @@ pub fn dense_terms_at(level: Simd, x: &Tensor, mu: &Tensor, theta: &Tensor, pi: 
 ///   x (ln(mu + eps) - ln(theta + mu + eps)) + lgamma(x + theta) - lgamma(theta),
 /// whose gradients x / (mu + eps) - x / (theta + mu + eps) and
 /// digamma(x + theta) - digamma(theta) - x / (theta + mu + eps) join the dense ones.
-/// None when the minibatch's nonzeros are not in cell order (the tensor path then applies).
-pub fn likelihood_terms(mb: &Minibatch, mu: &Tensor, theta: &Tensor, pi: Option<&Tensor>) -> Option<DenseTerms> {
+/// None when the minibatch's nonzeros are not in cell order, or the mean's tensors are not what
+/// the kernel reads (the tensor path then applies).
+pub fn likelihood_terms(mb: &Minibatch, mean: Mean<'_>, theta: &Tensor, pi: Option<&Tensor>) -> Option<DenseTerms> {
     let level = Simd::detect();
+    let mu = mean.input();
+    if !mean.supported() || mu.dim() != 2 {
+        return None;
+    }
+    if let Mean::Softmax { log_library, .. } = mean {
+        if log_library.size() != [mu.size()[0], 1] {
+            return None;
+        }
+    }
     let rows = mb.nz_row.contiguous();
     let genes = mb.nz_gene.contiguous();
     let xs = mb.nz_x.contiguous();
@@ -94,7 +142,7 @@ pub fn likelihood_terms(mb: &Minibatch, mu: &Tensor, theta: &Tensor, pi: Option<
         row_ptr[c + 1] += row_ptr[c];
     }
     let nz = Nonzeros { row_ptr: &row_ptr, gene: genes_s, x: xs_s };
-    Some(terms(level, &mb.x, mu, theta, pi, Some(&nz)))
+    Some(terms(level, &mb.x, mean, theta, pi, Some(&nz)))
 }
 
 /// The minibatch's nonzero entries, in cell order: cell c's are `row_ptr[c]..row_ptr[c + 1]`.
@@ -104,8 +152,9 @@ struct Nonzeros<'a> {
     x: &'a [f32],
 }
 
-fn terms(level: Simd, x: &Tensor, mu: &Tensor, theta: &Tensor, pi: Option<&Tensor>, nonzeros: Option<&Nonzeros<'_>>) -> DenseTerms {
+fn terms(level: Simd, x: &Tensor, mean: Mean<'_>, theta: &Tensor, pi: Option<&Tensor>, nonzeros: Option<&Nonzeros<'_>>) -> DenseTerms {
     assert!(level.runs_here(), "this CPU cannot run {level:?} instructions");
+    let mu = mean.input();
     assert!(mu.dim() == 2 && x.size() == mu.size() && pi.map_or(true, |p| p.size() == mu.size()), "x, mu and pi must be cells x genes");
     assert!(theta.size() == mu.size() || theta.size() == [mu.size()[1]], "theta must be genes or cells x genes");
     let (b, g) = (mu.size()[0] as usize, mu.size()[1] as usize);
@@ -113,25 +162,32 @@ fn terms(level: Simd, x: &Tensor, mu: &Tensor, theta: &Tensor, pi: Option<&Tenso
     let mu = mu.detach().contiguous();
     let theta = theta.detach().contiguous();
     let pi = pi.map(|p| p.detach().contiguous());
+    let log_library = match mean {
+        Mean::Softmax { log_library, .. } => Some(log_library.detach().contiguous()),
+        Mean::Given(_) => None,
+    };
     let opts = (Kind::Float, Device::Cpu);
     let value = Tensor::zeros([b as i64], opts);
     let grad_mu = Tensor::empty([b as i64, g as i64], opts);
     let grad_theta = Tensor::empty([b as i64, g as i64], opts);
     let grad_pi = pi.as_ref().map(|_| Tensor::empty([b as i64, g as i64], opts));
+    let grad_log_library = log_library.as_ref().map(|_| Tensor::empty([b as i64], opts));
     let per_cell_theta = theta.dim() == 2;
     // Raw addresses, so that parts of the minibatch (disjoint ranges of cells) can run on
     // libtorch's threads.
     let ptr = |t: &Tensor| t.data_ptr() as usize;
     let (xp, mp, tp) = (ptr(&x), ptr(&mu), ptr(&theta));
     let pp = pi.as_ref().map(ptr);
+    let lp = log_library.as_ref().map(ptr);
     let (vp, gmp, gtp) = (ptr(&value), ptr(&grad_mu), ptr(&grad_theta));
     let gpp = grad_pi.as_ref().map(ptr);
+    let glp = grad_log_library.as_ref().map(ptr);
     let parts = if b * g >= PARALLEL_ENTRIES { (tch::get_num_threads().max(1) as usize).min(b) } else { 1 };
     let part = |k: usize| {
         let (c0, c1) = (b * k / parts, b * (k + 1) / parts);
         let (e0, n) = (c0 * g, (c1 - c0) * g);
-        // SAFETY: all tensors are contiguous f32 CPU buffers of the sizes used here (b x g, b, or
-        // g for a per-gene theta); the outputs are freshly allocated, and each part writes only
+        // SAFETY: all tensors are contiguous f32 CPU buffers of the sizes used here (b x g, b
+        // (value, log library), or g for a per-gene theta); the outputs are freshly allocated, and each part writes only
         // its own cells. `level` was checked against the CPU above.
         unsafe {
             let at = |p: usize, from: usize, len: usize| std::slice::from_raw_parts((p as *const f32).add(from), len);
@@ -145,18 +201,20 @@ fn terms(level: Simd, x: &Tensor, mu: &Tensor, theta: &Tensor, pi: Option<&Tenso
                 mu: at(mp, e0, n),
                 theta: if per_cell_theta { at(tp, e0, n) } else { at(tp, 0, g) },
                 pi: pp.map(|p| at(p, e0, n)),
+                log_library: lp.map(|p| at(p, c0, c1 - c0)),
             };
             let outputs = Outputs {
                 value: at_mut(vp, c0, c1 - c0),
                 grad_mu: at_mut(gmp, e0, n),
                 grad_theta: at_mut(gtp, e0, n),
                 grad_pi: gpp.map(|p| at_mut(p, e0, n)),
+                grad_log_library: glp.map(|p| at_mut(p, c0, c1 - c0)),
             };
             simd::run(level, Cells { inputs: &inputs, outputs });
         }
     };
     crate::runtime::parallel_parts(parts, &part);
-    DenseTerms { value, grad_mu, grad_theta, grad_pi }
+    DenseTerms { value, grad_mu, grad_log_library, grad_theta, grad_pi }
 }
 
 struct Inputs<'a> {
@@ -167,9 +225,12 @@ struct Inputs<'a> {
     per_cell_theta: bool,
     nonzeros: Option<&'a Nonzeros<'a>>,
     x: &'a [f32],
+    /// mu, or the logits when `log_library` is given.
     mu: &'a [f32],
     theta: &'a [f32],
     pi: Option<&'a [f32]>,
+    /// This part's cells' log library ([`Mean::Softmax`]).
+    log_library: Option<&'a [f32]>,
 }
 
 struct Outputs<'a> {
@@ -177,6 +238,7 @@ struct Outputs<'a> {
     grad_mu: &'a mut [f32],
     grad_theta: &'a mut [f32],
     grad_pi: Option<&'a mut [f32]>,
+    grad_log_library: Option<&'a mut [f32]>,
 }
 
 /// The loop over cells.
@@ -203,6 +265,8 @@ fn cells<M: MulAdd>(inp: &Inputs<'_>, out: Outputs<'_>) {
     let mut nz_scratch = inp.nonzeros.map(|_| [(); 6].map(|_| vec![0f32; g]));
     let mut theta_ratio: Vec<f32> = vec![0.0; g];
     let mut values = vec![0f32; g];
+    // With the logits: one cell's gene proportions and rates.
+    let mut rates = inp.log_library.map(|_| (vec![0f32; g], vec![0f32; g]));
     let per_gene = |th: &[f32], l: &mut [f32], q: &mut [f32]| {
         for j in 0..th.len() {
             l[j] = ln_with::<M>(th[j] + EPS32);
@@ -212,14 +276,21 @@ fn cells<M: MulAdd>(inp: &Inputs<'_>, out: Outputs<'_>) {
     if !per_cell_theta {
         per_gene(inp.theta, &mut log_theta, &mut theta_ratio);
     }
-    let Outputs { value, grad_mu, grad_theta, mut grad_pi } = out;
+    let Outputs { value, grad_mu, grad_theta, mut grad_pi, mut grad_log_library } = out;
     for (c, v) in value.iter_mut().enumerate() {
         let r = c * g..(c + 1) * g;
         let th = if per_cell_theta { &inp.theta[r.clone()] } else { inp.theta };
         if per_cell_theta {
             per_gene(th, &mut log_theta, &mut theta_ratio);
         }
-        let row = Row { x: &inp.x[r.clone()], mu: &inp.mu[r.clone()], theta: th, log_theta: &log_theta, theta_ratio: &theta_ratio };
+        let mu_row: &[f32] = match (inp.log_library, rates.as_mut()) {
+            (Some(l), Some((p, m))) => {
+                softmax_rates::<M>(&inp.mu[r.clone()], l[c], p, m);
+                m
+            }
+            _ => &inp.mu[r.clone()],
+        };
+        let row = Row { x: &inp.x[r.clone()], mu: mu_row, theta: th, log_theta: &log_theta, theta_ratio: &theta_ratio };
         match (inp.pi, grad_pi.as_mut()) {
             (Some(p), Some(gp)) => {
                 zinb_loop::<M>(&row, &p[r.clone()], &mut values, &mut grad_mu[r.clone()], &mut grad_theta[r.clone()], &mut gp[r.clone()])
@@ -231,7 +302,6 @@ fn cells<M: MulAdd>(inp: &Inputs<'_>, out: Outputs<'_>) {
             let cell = inp.first_cell + c;
             let (genes, counts) = (&nz.gene[nz.row_ptr[cell]..nz.row_ptr[cell + 1]], &nz.x[nz.row_ptr[cell]..nz.row_ptr[cell + 1]]);
             let n = genes.len();
-            let mu_row = &inp.mu[r.clone()];
             for (k, &j) in genes.iter().enumerate() {
                 xs[k] = counts[k];
                 ms[k] = mu_row[j as usize];
@@ -245,7 +315,43 @@ fn cells<M: MulAdd>(inp: &Inputs<'_>, out: Outputs<'_>) {
             }
             *v += simd::sum(&vs[..n]);
         }
+        if let (Some((p, m)), Some(gl)) = (rates.as_ref(), grad_log_library.as_mut()) {
+            gl[c] = softmax_backward(p, m, &mut grad_mu[r.clone()], &mut values);
+        }
     }
+}
+
+/// One cell's gene proportions p = softmax(h) and rates mu = exp(l) p.
+#[inline(always)]
+fn softmax_rates<M: MulAdd>(h: &[f32], log_library: f32, p: &mut [f32], mu: &mut [f32]) {
+    let n = h.len();
+    let (p, mu) = (&mut p[..n], &mut mu[..n]);
+    let top = simd::max(h);
+    for j in 0..n {
+        p[j] = exp_with::<M>(h[j] - top);
+    }
+    let inv_total = 1.0 / simd::sum(p);
+    let library = log_library.exp();
+    for j in 0..n {
+        p[j] *= inv_total;
+        mu[j] = p[j] * library;
+    }
+}
+
+/// Turns one cell's gradient for the rates into the gradient for the logits (in place), and
+/// returns the gradient for the log library: S = sum_g mu_g d_g, then d_g <- mu_g d_g - p_g S.
+#[inline(always)]
+fn softmax_backward(p: &[f32], mu: &[f32], d: &mut [f32], scratch: &mut [f32]) -> f32 {
+    let n = d.len();
+    let (p, mu, scratch) = (&p[..n], &mu[..n], &mut scratch[..n]);
+    for j in 0..n {
+        scratch[j] = mu[j] * d[j];
+    }
+    let total = simd::sum(scratch);
+    for j in 0..n {
+        d[j] = scratch[j] - p[j] * total;
+    }
+    total
 }
 
 /// The count-dependent terms at one cell's nonzeros (gathered x, mu, theta), and their gradients.
@@ -319,11 +425,16 @@ fn nb_loop<M: MulAdd>(r: &Row<'_>, v: &mut [f32], gm: &mut [f32], gt: &mut [f32]
 }
 
 /// Per-cell dense terms as a tensor whose value is `terms.value` and whose gradient with respect
-/// to mu, theta and pi is given by the analytic gradients: value + s - s.detach(), with
-/// s = sum_g(mu * dmu + theta * dtheta + pi * dpi) per cell.
-pub fn attach(terms: &DenseTerms, mu: &Tensor, theta: &Tensor, pi: Option<&Tensor>) -> Tensor {
+/// to mu (or the logits and log library), theta and pi is given by the analytic gradients:
+/// value + s - s.detach(), with s = sum_g(mu * dmu + theta * dtheta + pi * dpi) per cell.
+pub fn attach(terms: &DenseTerms, mean: Mean<'_>, theta: &Tensor, pi: Option<&Tensor>) -> Tensor {
     let row_dot = |a: &Tensor, b: &Tensor| (a * b).sum_dim_intlist(1, false, Kind::Float);
-    let mut s = row_dot(mu, &terms.grad_mu);
+    let mut s = row_dot(mean.input(), &terms.grad_mu);
+    if let (Mean::Softmax { log_library, .. }, Some(gl)) = (mean, &terms.grad_log_library) {
+        if log_library.requires_grad() {
+            s = s + log_library.reshape([-1]) * gl;
+        }
+    }
     // A per-gene theta: one matrix-vector product, whose backward is one more (instead of a
     // broadcast product, a sum, and their backward).
     s = s + if theta.dim() == 1 { terms.grad_theta.mv(theta) } else { row_dot(theta, &terms.grad_theta) };

@@ -50,8 +50,9 @@ pub fn log_likelihood(
             let theta = theta.expect("NB-type likelihoods need a dispersion");
             let pi = if kind == GeneLikelihood::Zinb { zi_logits } else { None };
             // On CPU one fused pass computes every term and its gradient.
-            if let Some(terms) = super::fused::supported(mu).then(|| super::fused::likelihood_terms(mb, mu, theta, pi)).flatten() {
-                return super::fused::attach(&terms, mu, theta, pi) - &mb.lgamma_x1;
+            let mean = super::fused::Mean::Given(mu);
+            if let Some(terms) = super::fused::likelihood_terms(mb, mean, theta, pi) {
+                return super::fused::attach(&terms, mean, theta, pi) - &mb.lgamma_x1;
             }
             let x = &mb.nz_x;
             let theta_nz = at_nonzeros(theta, mb);

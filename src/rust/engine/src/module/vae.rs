@@ -5,7 +5,8 @@ use super::scanvi::ScanviHeads;
 use crate::data::minibatch::one_hot;
 use crate::data::Minibatch;
 use crate::nn::sparse_input::SparseInput;
-use crate::distributions::{self, GeneLikelihood};
+use crate::distributions::{self, fused, GeneLikelihood};
+use crate::nn::decoder::Scale;
 use crate::nn::{DecoderScvi, Encoder, EncoderOutput, FcLayersConfig};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -24,6 +25,10 @@ pub struct Vae {
     library_log_vars: Option<Tensor>,
     /// scANVI heads, when the config asks for them.
     pub scanvi: Option<ScanviHeads>,
+    /// Whether training's likelihood forms the rates from the decoder's logits itself (see
+    /// `distributions::fused`); off, the decoder's softmax and the library scaling run as tensor
+    /// operations. The two agree to rounding (tests); the switch exists for them and benchmarks.
+    pub fused_rates: bool,
 }
 
 pub struct Inference {
@@ -43,6 +48,14 @@ pub struct Generative {
     /// Dispersion theta (not its log), genes or cells x genes.
     pub theta: Option<Tensor>,
     pub px_dropout: Option<Tensor>,
+}
+
+/// The decoder's outputs before the library scaling.
+struct Heads {
+    px_scale: Scale,
+    /// Dispersion theta (not its log), genes or cells x genes.
+    theta: Option<Tensor>,
+    px_dropout: Option<Tensor>,
 }
 
 /// Per-cell loss components (cells), and the minibatch objective.
@@ -145,7 +158,7 @@ impl Vae {
             Some(s) => Some(ScanviHeads::new(&root / "scanvi", c, s)?),
             None => None,
         };
-        Ok(Vae { config, vs, z_encoder, l_encoder, decoder, px_r, batch_embedding, library_log_means, library_log_vars, scanvi })
+        Ok(Vae { config, vs, z_encoder, l_encoder, decoder, px_r, batch_embedding, library_log_means, library_log_vars, scanvi, fused_rates: true })
     }
 
     pub fn device(&self) -> Device {
@@ -230,12 +243,19 @@ impl Vae {
     /// p(x | z, library, batch, covariates) parameters. `batch_index` may differ from the data's
     /// batch (transform_batch); the other covariates come from the minibatch.
     pub fn generative(&self, z: &Tensor, library: &Tensor, batch_index: &Tensor, mb: &Minibatch, train: bool) -> Generative {
+        let heads = self.decoder_heads(z, batch_index, mb, train);
+        let px_scale = heads.px_scale.proportions();
+        let px_rate = library.exp() * &px_scale;
+        Generative { px_scale, px_rate, theta: heads.theta, px_dropout: heads.px_dropout }
+    }
+
+    /// The decoder's outputs, with the dispersion theta (not its log) in place of its head.
+    fn decoder_heads(&self, z: &Tensor, batch_index: &Tensor, mb: &Minibatch, train: bool) -> Heads {
         let mut parts = vec![z.shallow_clone()];
         parts.extend(mb.continuous.as_ref().map(|c| c.shallow_clone()));
         parts.extend(self.batch_vectors(batch_index));
         let dec_in = if parts.len() == 1 { parts.pop().unwrap() } else { Tensor::cat(&parts, 1) };
         let out = self.decoder.forward(&dec_in, &self.categoricals(batch_index, mb), train);
-        let px_rate = library.exp() * &out.px_scale;
         let log_theta = match (&self.px_r, out.px_r) {
             (Some(r), _) if self.config.dispersion == Dispersion::GeneLabel => {
                 Some(one_hot(&mb.labels, self.config.n_labels.max(1)).matmul(&r.tr()))
@@ -245,7 +265,25 @@ impl Vae {
             (None, Some(per_cell)) => Some(per_cell),
             (None, None) => None,
         };
-        Generative { px_scale: out.px_scale, px_rate, theta: log_theta.map(|t| t.exp()), px_dropout: out.px_dropout }
+        Heads { px_scale: out.px_scale, theta: log_theta.map(|t| t.exp()), px_dropout: out.px_dropout }
+    }
+
+    /// Training's per-cell reconstruction loss. NB and ZINB on the CPU take the decoder's logits
+    /// and the log library straight into the fused likelihood; everything else forms the rates
+    /// and goes through `reconstruction_loss`.
+    fn training_reconstruction(&self, mb: &Minibatch, inf: &Inference, train: bool) -> Tensor {
+        let heads = self.decoder_heads(&inf.z, &mb.batch_index, mb, train);
+        let nb = matches!(self.config.gene_likelihood, GeneLikelihood::Nb | GeneLikelihood::Zinb);
+        if let (true, true, Scale::Logits(logits), Some(theta)) = (self.fused_rates, nb, &heads.px_scale, &heads.theta) {
+            let mean = fused::Mean::Softmax { logits, log_library: &inf.library };
+            let pi = heads.px_dropout.as_ref().filter(|_| self.config.gene_likelihood == GeneLikelihood::Zinb);
+            if let Some(terms) = fused::likelihood_terms(mb, mean, theta, pi) {
+                return &mb.lgamma_x1 - fused::attach(&terms, mean, theta, pi);
+            }
+        }
+        let px_scale = heads.px_scale.proportions();
+        let px_rate = inf.library.exp() * &px_scale;
+        self.reconstruction_loss(mb, &Generative { px_scale, px_rate, theta: heads.theta, px_dropout: heads.px_dropout })
     }
 
     /// Per-cell reconstruction loss (-log p(x | z)) of a minibatch.
@@ -263,8 +301,7 @@ impl Vae {
     /// the library KL is not warmed up.
     pub fn loss(&self, mb: &Minibatch, train: bool, kl_weight: f64) -> LossOutput {
         let inf = self.inference(mb, train);
-        let gen = self.generative(&inf.z, &inf.library, &mb.batch_index, mb, train);
-        let reconstruction = self.reconstruction_loss(mb, &gen);
+        let reconstruction = self.training_reconstruction(mb, &inf, train);
         let kl_z = kl_normal_std_normal(&inf.qz.q_mean, &inf.qz.q_var).sum_dim_intlist(1, false, Kind::Float);
         let kl_library = match (&inf.ql, self.library_prior(&mb.batch_index)) {
             (Some(ql), Some((prior_mean, prior_var))) => {

@@ -27,12 +27,29 @@ struct DeepDecoder {
 }
 
 pub struct DecoderOutput {
-    /// Expected gene proportions (rows sum to 1).
-    pub px_scale: Tensor,
+    /// Expected gene proportions: their logits (softmax over genes), or the proportions
+    /// themselves (a softplus scale).
+    pub px_scale: Scale,
     /// Zero-inflation logits (ZINB only).
     pub px_dropout: Option<Tensor>,
     /// Log dispersion per cell and gene (gene-cell dispersion only).
     pub px_r: Option<Tensor>,
+}
+
+/// The decoder's gene proportions, or the logits whose softmax they are. Training hands the
+/// logits to the fused likelihood; everything else asks for the proportions.
+pub enum Scale {
+    Logits(Tensor),
+    Proportions(Tensor),
+}
+
+impl Scale {
+    pub fn proportions(self) -> Tensor {
+        match self {
+            Scale::Logits(h) => h.softmax(-1, Kind::Float),
+            Scale::Proportions(p) => p,
+        }
+    }
 }
 
 impl DecoderScvi {
@@ -76,13 +93,13 @@ impl DecoderScvi {
             DecoderKind::Deep(d) => {
                 let h = d.fc.forward(z, cats, train);
                 DecoderOutput {
-                    px_scale: if d.softplus_scale { h.apply(&d.scale).softplus() } else { h.apply(&d.scale).softmax(-1, Kind::Float) },
+                    px_scale: if d.softplus_scale { Scale::Proportions(h.apply(&d.scale).softplus()) } else { Scale::Logits(h.apply(&d.scale)) },
                     px_dropout: d.dropout.as_ref().map(|l| h.apply(l)),
                     px_r: d.r.as_ref().map(|l| h.apply(l)),
                 }
             }
             DecoderKind::Linear { factor_regressor, px_dropout } => DecoderOutput {
-                px_scale: factor_regressor.forward(z, cats, train).softmax(-1, Kind::Float),
+                px_scale: Scale::Logits(factor_regressor.forward(z, cats, train)),
                 px_dropout: Some(px_dropout.forward(z, cats, train)),
                 px_r: None,
             },
