@@ -428,18 +428,58 @@ fn nb_loop<M: MulAdd>(r: &Row<'_>, v: &mut [f32], gm: &mut [f32], gt: &mut [f32]
 /// to mu (or the logits and log library), theta and pi is given by the analytic gradients:
 /// value + s - s.detach(), with s = sum_g(mu * dmu + theta * dtheta + pi * dpi) per cell.
 pub fn attach(terms: &DenseTerms, mean: Mean<'_>, theta: &Tensor, pi: Option<&Tensor>) -> Tensor {
-    let row_dot = |a: &Tensor, b: &Tensor| (a * b).sum_dim_intlist(1, false, Kind::Float);
-    let mut s = row_dot(mean.input(), &terms.grad_mu);
-    if let (Mean::Softmax { log_library, .. }, Some(gl)) = (mean, &terms.grad_log_library) {
-        if log_library.requires_grad() {
-            s = s + log_library.reshape([-1]) * gl;
+    let log_library = match mean {
+        Mean::Softmax { log_library, .. } => Some(log_library),
+        Mean::Given(_) => None,
+    };
+    attach_to(terms, Target::Tensor(mean.input()), log_library, theta, pi.map(Target::Tensor))
+}
+
+/// Where a cells x genes gradient enters autograd.
+#[derive(Clone, Copy)]
+pub enum Target<'a> {
+    /// The tensor itself: s = sum_g t * grad.
+    Tensor(&'a Tensor),
+    /// A linear head t = input W^T + b, by its input and weights:
+    /// s = sum_k input_k (grad W)_k + grad . b, whose gradients for input, W and b are the head's
+    /// backward. No cells x genes tensor is formed or differentiated; the matrix product grad W is
+    /// the one the head's backward would run.
+    Linear { input: &'a Tensor, weight: &'a Tensor, bias: Option<&'a Tensor> },
+}
+
+impl Target<'_> {
+    fn surrogate(self, grad: &Tensor) -> Tensor {
+        match self {
+            Target::Tensor(t) => row_dot(t, grad),
+            Target::Linear { input, weight, bias } => {
+                let s = row_dot(input, &grad.matmul(weight));
+                match bias {
+                    Some(b) => s + grad.mv(b),
+                    None => s,
+                }
+            }
+        }
+    }
+}
+
+fn row_dot(a: &Tensor, b: &Tensor) -> Tensor {
+    (a * b).sum_dim_intlist(1, false, Kind::Float)
+}
+
+/// [`attach`] with the mean's input (mu or the logits) and pi as [`Target`]s, and the log library
+/// (cells x 1) when the mean was [`Mean::Softmax`].
+pub fn attach_to(terms: &DenseTerms, mean: Target<'_>, log_library: Option<&Tensor>, theta: &Tensor, pi: Option<Target<'_>>) -> Tensor {
+    let mut s = mean.surrogate(&terms.grad_mu);
+    if let (Some(l), Some(gl)) = (log_library, &terms.grad_log_library) {
+        if l.requires_grad() {
+            s = s + l.reshape([-1]) * gl;
         }
     }
     // A per-gene theta: one matrix-vector product, whose backward is one more (instead of a
     // broadcast product, a sum, and their backward).
     s = s + if theta.dim() == 1 { terms.grad_theta.mv(theta) } else { row_dot(theta, &terms.grad_theta) };
     if let (Some(p), Some(gp)) = (pi, &terms.grad_pi) {
-        s = s + row_dot(p, gp);
+        s = s + p.surrogate(gp);
     }
     &terms.value + &s - s.detach()
 }

@@ -6,7 +6,7 @@ use crate::data::minibatch::one_hot;
 use crate::data::Minibatch;
 use crate::nn::sparse_input::SparseInput;
 use crate::distributions::{self, fused, GeneLikelihood};
-use crate::nn::decoder::Scale;
+use crate::nn::decoder::{Head, Scale};
 use crate::nn::{DecoderScvi, Encoder, EncoderOutput, FcLayersConfig};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -50,12 +50,20 @@ pub struct Generative {
     pub px_dropout: Option<Tensor>,
 }
 
+/// Where the fused likelihood's gradient for a decoder output enters autograd.
+fn target(h: &Head) -> fused::Target<'_> {
+    match h {
+        Head::Tensor(t) => fused::Target::Tensor(t),
+        Head::Linear { input, weight, bias } => fused::Target::Linear { input, weight, bias: bias.as_ref() },
+    }
+}
+
 /// The decoder's outputs before the library scaling.
 struct Heads {
     px_scale: Scale,
     /// Dispersion theta (not its log), genes or cells x genes.
     theta: Option<Tensor>,
-    px_dropout: Option<Tensor>,
+    px_dropout: Option<Head>,
 }
 
 /// Per-cell loss components (cells), and the minibatch objective.
@@ -246,7 +254,7 @@ impl Vae {
         let heads = self.decoder_heads(z, batch_index, mb, train);
         let px_scale = heads.px_scale.proportions();
         let px_rate = library.exp() * &px_scale;
-        Generative { px_scale, px_rate, theta: heads.theta, px_dropout: heads.px_dropout }
+        Generative { px_scale, px_rate, theta: heads.theta, px_dropout: heads.px_dropout.map(Head::tensor) }
     }
 
     /// The decoder's outputs, with the dispersion theta (not its log) in place of its head.
@@ -269,21 +277,26 @@ impl Vae {
     }
 
     /// Training's per-cell reconstruction loss. NB and ZINB on the CPU take the decoder's logits
-    /// and the log library straight into the fused likelihood; everything else forms the rates
-    /// and goes through `reconstruction_loss`.
+    /// and the log library straight into the fused likelihood, and its gradient straight to the
+    /// decoder's linear heads; everything else forms the rates and goes through
+    /// `reconstruction_loss`.
     fn training_reconstruction(&self, mb: &Minibatch, inf: &Inference, train: bool) -> Tensor {
         let heads = self.decoder_heads(&inf.z, &mb.batch_index, mb, train);
         let nb = matches!(self.config.gene_likelihood, GeneLikelihood::Nb | GeneLikelihood::Zinb);
+        let zinb = self.config.gene_likelihood == GeneLikelihood::Zinb;
         if let (true, true, Scale::Logits(logits), Some(theta)) = (self.fused_rates, nb, &heads.px_scale, &heads.theta) {
-            let mean = fused::Mean::Softmax { logits, log_library: &inf.library };
-            let pi = heads.px_dropout.as_ref().filter(|_| self.config.gene_likelihood == GeneLikelihood::Zinb);
-            if let Some(terms) = fused::likelihood_terms(mb, mean, theta, pi) {
-                return &mb.lgamma_x1 - fused::attach(&terms, mean, theta, pi);
+            let logit_values = logits.value();
+            let mean = fused::Mean::Softmax { logits: &logit_values, log_library: &inf.library };
+            let dropout = heads.px_dropout.as_ref().filter(|_| zinb);
+            let pi_values = dropout.map(Head::value);
+            if let Some(terms) = fused::likelihood_terms(mb, mean, theta, pi_values.as_ref()) {
+                return &mb.lgamma_x1 - fused::attach_to(&terms, target(logits), Some(&inf.library), theta, dropout.map(target));
             }
         }
         let px_scale = heads.px_scale.proportions();
         let px_rate = inf.library.exp() * &px_scale;
-        self.reconstruction_loss(mb, &Generative { px_scale, px_rate, theta: heads.theta, px_dropout: heads.px_dropout })
+        let px_dropout = heads.px_dropout.map(Head::tensor);
+        self.reconstruction_loss(mb, &Generative { px_scale, px_rate, theta: heads.theta, px_dropout })
     }
 
     /// Per-cell reconstruction loss (-log p(x | z)) of a minibatch.

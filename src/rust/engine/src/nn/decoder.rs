@@ -31,7 +31,7 @@ pub struct DecoderOutput {
     /// themselves (a softplus scale).
     pub px_scale: Scale,
     /// Zero-inflation logits (ZINB only).
-    pub px_dropout: Option<Tensor>,
+    pub px_dropout: Option<Head>,
     /// Log dispersion per cell and gene (gene-cell dispersion only).
     pub px_r: Option<Tensor>,
 }
@@ -39,15 +39,45 @@ pub struct DecoderOutput {
 /// The decoder's gene proportions, or the logits whose softmax they are. Training hands the
 /// logits to the fused likelihood; everything else asks for the proportions.
 pub enum Scale {
-    Logits(Tensor),
+    Logits(Head),
     Proportions(Tensor),
 }
 
 impl Scale {
     pub fn proportions(self) -> Tensor {
         match self {
-            Scale::Logits(h) => h.softmax(-1, Kind::Float),
+            Scale::Logits(h) => h.tensor().softmax(-1, Kind::Float),
             Scale::Proportions(p) => p,
+        }
+    }
+}
+
+/// A cells x genes output: computed, or a plain linear head's input and weights, not yet
+/// applied. Training's fused likelihood takes the head's gradient in closed form from the latter
+/// (`distributions::fused::Target::Linear`) instead of through a cells x genes product.
+pub enum Head {
+    Tensor(Tensor),
+    Linear { input: Tensor, weight: Tensor, bias: Option<Tensor> },
+}
+
+impl Head {
+    fn linear(input: &Tensor, layer: &nn::Linear) -> Head {
+        Head::Linear { input: input.shallow_clone(), weight: layer.ws.shallow_clone(), bias: layer.bs.as_ref().map(Tensor::shallow_clone) }
+    }
+
+    /// The output, tracked by autograd.
+    pub fn tensor(self) -> Tensor {
+        match self {
+            Head::Tensor(t) => t,
+            Head::Linear { input, weight, bias } => input.linear(&weight, bias.as_ref()),
+        }
+    }
+
+    /// The output's value, outside autograd.
+    pub fn value(&self) -> Tensor {
+        match self {
+            Head::Tensor(t) => t.detach(),
+            Head::Linear { input, weight, bias } => tch::no_grad(|| input.linear(weight, bias.as_ref())),
         }
     }
 }
@@ -93,14 +123,14 @@ impl DecoderScvi {
             DecoderKind::Deep(d) => {
                 let h = d.fc.forward(z, cats, train);
                 DecoderOutput {
-                    px_scale: if d.softplus_scale { Scale::Proportions(h.apply(&d.scale).softplus()) } else { Scale::Logits(h.apply(&d.scale)) },
-                    px_dropout: d.dropout.as_ref().map(|l| h.apply(l)),
+                    px_scale: if d.softplus_scale { Scale::Proportions(h.apply(&d.scale).softplus()) } else { Scale::Logits(Head::linear(&h, &d.scale)) },
+                    px_dropout: d.dropout.as_ref().map(|l| Head::linear(&h, l)),
                     px_r: d.r.as_ref().map(|l| h.apply(l)),
                 }
             }
             DecoderKind::Linear { factor_regressor, px_dropout } => DecoderOutput {
-                px_scale: Scale::Logits(factor_regressor.forward(z, cats, train)),
-                px_dropout: Some(px_dropout.forward(z, cats, train)),
+                px_scale: Scale::Logits(Head::Tensor(factor_regressor.forward(z, cats, train))),
+                px_dropout: Some(Head::Tensor(px_dropout.forward(z, cats, train))),
                 px_r: None,
             },
         }
