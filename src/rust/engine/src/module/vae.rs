@@ -284,7 +284,9 @@ impl Vae {
         let heads = self.decoder_heads(&inf.z, &mb.batch_index, mb, train);
         let nb = matches!(self.config.gene_likelihood, GeneLikelihood::Nb | GeneLikelihood::Zinb);
         let zinb = self.config.gene_likelihood == GeneLikelihood::Zinb;
-        if let (true, true, Scale::Logits(logits), Some(theta)) = (self.fused_rates, nb, &heads.px_scale, &heads.theta) {
+        // The kernel runs on the CPU; checked first, so that other devices do not form the logits twice.
+        let cpu = fused::supported(&inf.library);
+        if let (true, true, true, Scale::Logits(logits), Some(theta)) = (self.fused_rates, nb, cpu, &heads.px_scale, &heads.theta) {
             let logit_values = logits.value();
             let mean = fused::Mean::Softmax { logits: &logit_values, log_library: &inf.library };
             let dropout = heads.px_dropout.as_ref().filter(|_| zinb);
