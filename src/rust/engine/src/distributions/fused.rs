@@ -18,7 +18,8 @@
 //! inside the same pass ([`Mean::Softmax`]), and the gradient is carried on to h and l:
 //!   dv/dh_g = mu_g dv/dmu_g - p_g S,   dv/dl = S,   with p = softmax(h), S = sum_g mu_g dv/dmu_g
 //! (softmax's and the library scaling's backward in closed form). The gene proportions and the
-//! rates are then never written out, nor differentiated by autograd.
+//! rates are then never written out, nor differentiated by autograd; with the decoder's linear
+//! heads as [`Target::Linear`], neither are the logits.
 
 use super::fastmath::{exp_with, lgamma_digamma_with, ln_with, softplus_sigmoid_with, MulAdd};
 use crate::data::Minibatch;
@@ -186,9 +187,10 @@ fn terms(level: Simd, x: &Tensor, mean: Mean<'_>, theta: &Tensor, pi: Option<&Te
     let part = |k: usize| {
         let (c0, c1) = (b * k / parts, b * (k + 1) / parts);
         let (e0, n) = (c0 * g, (c1 - c0) * g);
-        // SAFETY: all tensors are contiguous f32 CPU buffers of the sizes used here (b x g, b
-        // (value, log library), or g for a per-gene theta); the outputs are freshly allocated, and each part writes only
-        // its own cells. `level` was checked against the CPU above.
+        // SAFETY: all tensors are contiguous f32 CPU buffers of the sizes used here (b x g; b for
+        // the value and the log library; g for a per-gene theta); the outputs are freshly
+        // allocated, and each part writes only its own cells. `level` was checked against the
+        // CPU above.
         unsafe {
             let at = |p: usize, from: usize, len: usize| std::slice::from_raw_parts((p as *const f32).add(from), len);
             let at_mut = |p: usize, from: usize, len: usize| std::slice::from_raw_parts_mut((p as *mut f32).add(from), len);
