@@ -19,7 +19,8 @@
 //!   dv/dh_g = mu_g dv/dmu_g - p_g S,   dv/dl = S,   with p = softmax(h), S = sum_g mu_g dv/dmu_g
 //! (softmax's and the library scaling's backward in closed form). The gene proportions and the
 //! rates are then never written out, nor differentiated by autograd; with the decoder's linear
-//! heads as [`Target::Linear`], neither are the logits.
+//! heads as [`Target::Linear`], autograd does not differentiate the logits either (they are
+//! formed outside it).
 
 use super::fastmath::{exp_with, lgamma_digamma_with, ln_with, softplus_sigmoid_with, MulAdd};
 use crate::data::Minibatch;
