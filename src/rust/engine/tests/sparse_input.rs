@@ -169,12 +169,7 @@ fn check_model_gradients(observed: bool) {
     tch::manual_seed(5);
     let mut config = VaeConfig::new(2000, 1);
     config.use_observed_lib_size = observed;
-    let log_library: Vec<f64> = (0..x.n_cells()).map(|c| x.cell(c).1.iter().sum::<f64>().ln()).collect();
-    let mean = log_library.iter().sum::<f64>() / log_library.len() as f64;
-    let var = log_library.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / log_library.len() as f64;
-    let vae = Vae::new(config, Device::Cpu, Some((&[mean], &[var]))).unwrap();
-    let mut params: Vec<(String, Tensor)> = vae.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let (vae, params) = model(config, x);
     let touch = || {
         let zero: Tensor = params.iter().map(|(_, p)| p.sum(Kind::Float) * 0.0).sum();
         zero.backward();
@@ -209,18 +204,35 @@ fn check_model_gradients(observed: bool) {
     };
     let dense = grads(false);
     let sparse = grads(true);
+    assert_same_gradients(&params, &dense, &sparse, 1e-5, 1.0, &format!("observed library: {observed}"));
+}
+
+/// A fresh model on PBMC 3k (with its library prior) and its trainable weights, sorted by name.
+fn model(config: VaeConfig, x: scvir_engine::data::Counts<'_>) -> (Vae, Vec<(String, Tensor)>) {
+    let log_library: Vec<f64> = (0..x.n_cells()).map(|c| x.cell(c).1.iter().sum::<f64>().ln()).collect();
+    let mean = log_library.iter().sum::<f64>() / log_library.len() as f64;
+    let var = log_library.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / log_library.len() as f64;
+    let vae = Vae::new(config, Device::Cpu, Some((&[mean], &[var]))).unwrap();
+    let mut params: Vec<(String, Tensor)> = vae.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    (vae, params)
+}
+
+/// Every weight's gradient in `got` equals `want`'s within `rel` of its size (at least `floor`).
+/// The first layers' biases, which BatchNorm cancels, have gradients of about 0 made of rounding:
+/// those are taken relative to their layer's weight gradient, summed from the same output
+/// gradients.
+fn assert_same_gradients(params: &[(String, Tensor)], want: &[Tensor], got: &[Tensor], rel: f64, floor: f64, what: &str) {
     let largest = |t: &Tensor| f64::try_from(t.abs().max()).unwrap();
-    for ((name, _), (a, b)) in params.iter().zip(dense.iter().zip(&sparse)) {
-        // Relative to the gradient's size. The first layers' biases, which BatchNorm cancels, have
-        // gradients of about 0 made of rounding: those are taken relative to their layer's weight
-        // gradient, summed from the same output gradients.
+    assert!(want.len() == params.len() && got.len() == params.len() && params.len() > 10, "{what}: gradients of every weight");
+    for ((name, _), (a, b)) in params.iter().zip(want.iter().zip(got)) {
         let layer_scale = name
             .strip_suffix("linear.bias")
             .and_then(|layer| params.iter().position(|(n, _)| *n == format!("{layer}linear.weight")))
-            .map_or(0.0, |i| largest(&dense[i]));
-        let scale = largest(a).max(layer_scale).max(1.0);
+            .map_or(0.0, |i| largest(&want[i]));
+        let scale = largest(a).max(layer_scale).max(floor);
         let diff = largest(&(a - b));
-        assert!(diff <= 1e-5 * scale, "{name} (observed library: {observed}): gradients differ by {diff} (largest {scale})");
+        assert!(diff <= rel * scale, "{what}: {name}: gradients differ by {diff} (largest {scale})");
     }
 }
 
@@ -261,12 +273,7 @@ fn check_rates(config: VaeConfig, what: &str) {
     let mut mb = minibatch(&mut builder);
     mb.rows = None; // the dense first layer: autograd reaches every weight
     tch::manual_seed(6);
-    let log_library: Vec<f64> = (0..x.n_cells()).map(|c| x.cell(c).1.iter().sum::<f64>().ln()).collect();
-    let mean = log_library.iter().sum::<f64>() / log_library.len() as f64;
-    let var = log_library.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / log_library.len() as f64;
-    let mut vae = Vae::new(config, Device::Cpu, Some((&[mean], &[var]))).unwrap();
-    let mut params: Vec<(String, Tensor)> = vae.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let (mut vae, params) = model(config, x);
     let mut run = |fused: bool| -> (Tensor, Vec<Tensor>) {
         vae.fused_rates = fused;
         tch::manual_seed(10);
@@ -281,18 +288,6 @@ fn check_rates(config: VaeConfig, what: &str) {
     let (tensor_ops, g_ops) = run(false);
     let (fused, g_fused) = run(true);
     assert!(close(&fused, &tensor_ops, 1e-5), "{what}: reconstruction losses differ");
-    let largest = |t: &Tensor| f64::try_from(t.abs().max()).unwrap();
-    let mut checked = 0;
-    for ((name, _), (a, b)) in params.iter().zip(g_ops.iter().zip(&g_fused)) {
-        // As above: biases that BatchNorm cancels are judged against their layer's weights.
-        let layer_scale = name
-            .strip_suffix("linear.bias")
-            .and_then(|layer| params.iter().position(|(n, _)| *n == format!("{layer}linear.weight")))
-            .map_or(0.0, |i| largest(&g_ops[i]));
-        let scale = largest(a).max(layer_scale).max(1e-3);
-        let diff = largest(&(a - b));
-        assert!(diff <= 1e-4 * scale, "{what}: {name}: gradients differ by {diff} (largest {scale})");
-        checked += 1;
-    }
-    assert!(checked > 10 && params.iter().any(|(n, _)| n.starts_with("decoder")), "{what}: no decoder weights were compared");
+    assert!(params.iter().any(|(n, _)| n.starts_with("decoder")), "{what}: no decoder weights were compared");
+    assert_same_gradients(&params, &g_ops, &g_fused, 1e-4, 1e-3, what);
 }
