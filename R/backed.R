@@ -1,8 +1,12 @@
 # Counts left on disk: an .h5ad file opened with read_h5ad(path, backed = TRUE). The handle holds
 # the file's path, the matrix's location, var and the genes in use; cells are read in blocks by
 # the engine while it trains or answers queries, so memory holds per-cell summaries only.
+# With backed = "memory" the engine reads the matrix into memory once (16-bit gene positions and
+# counts where they fit) and serves the same blocks from there; the handle keeps it in its cache
+# as an external pointer (shared by gene views of the handle), and reads it again when it was
+# saved and loaded.
 
-.h5ad_backed <- function(path, layer = NULL) {
+.h5ad_backed <- function(path, layer = NULL, in_memory = FALSE) {
   info <- .engine(.rs_h5ad_backed(path, layer %||% ""))
   if (!info$encoding %in% c("csr_matrix", "array")) {
     scvir_abort(sprintf(paste("%s: %s is stored as %s; reading counts from disk needs a CSR matrix (cells as",
@@ -13,11 +17,35 @@
   }
   genes <- info$var$index
   .check_dimnames(genes, "the file's var", "gene")
-  structure(list(path = path, layer = layer, location = info$location,
-                 n_cells = as.integer(info$n_cells), file_genes = genes,
-                 gene_index = seq_along(genes), var = .frame_to_df(info$var),
-                 obs_columns = info$obs_columns, cache = new.env(parent = emptyenv())),
-            class = "scvir_h5ad")
+  h <- structure(list(path = path, layer = layer, location = info$location,
+                      n_cells = as.integer(info$n_cells), file_genes = genes,
+                      gene_index = seq_along(genes), var = .frame_to_df(info$var),
+                      obs_columns = info$obs_columns, in_memory = in_memory,
+                      cache = new.env(parent = emptyenv())),
+                 class = "scvir_h5ad")
+  if (in_memory) .h5ad_memory(h)
+  h
+}
+
+# The matrix a backed = "memory" handle holds (read now when the handle has none: first use, or
+# saved and loaded again); NULL for a handle on disk.
+.h5ad_memory <- function(x) {
+  if (!isTRUE(x$in_memory)) return(NULL)
+  m <- x$cache$memory
+  if (is.null(m) || is.na(.engine(.rs_h5ad_memory_bytes(m)))) {
+    if (!is.null(m)) {
+      .signal_progress(sprintf("Reading the counts of %s into memory again (the handle was saved and loaded)", x$path))
+    }
+    loaded <- .engine(.rs_h5ad_load(x$path, x$location))
+    if (loaded$n_cells != x$n_cells || loaded$n_genes != length(x$file_genes)) {
+      scvir_abort(sprintf(paste("%s: %s now holds %g cells x %g genes, not the %d x %d of the handle: the file",
+                                "changed since it was opened; open it again with read_h5ad()"),
+                          x$path, x$location, loaded$n_cells, loaded$n_genes, x$n_cells, length(x$file_genes)),
+                  "scvir_input_error")
+    }
+    x$cache$memory <- loaded$memory
+  }
+  x$cache$memory
 }
 
 .is_backed <- function(x) inherits(x, "scvir_h5ad")
@@ -132,7 +160,8 @@ dimnames.scvir_h5ad <- function(x) list(x$file_genes[x$gene_index], .h5ad_cells(
 }
 
 .h5ad_read_cells <- function(x, cells) {
-  m <- .engine(.rs_h5ad_read_cells(x$path, x$location, as.integer(x$gene_index - 1L), as.integer(cells)))
+  m <- .engine(.rs_h5ad_read_cells(x$path, x$location, as.integer(x$gene_index - 1L), as.integer(cells),
+                                   .h5ad_memory(x)))
   methods::new("dgCMatrix", i = m$indices, p = m$indptr, x = m$values,
                Dim = c(length(x$gene_index), length(cells)),
                Dimnames = list(x$file_genes[x$gene_index], .h5ad_cells(x)[cells]))
@@ -140,13 +169,21 @@ dimnames.scvir_h5ad <- function(x) list(x$file_genes[x$gene_index], .h5ad_cells(
 
 # The engine's description of the counts: the file, the matrix and the genes in use.
 .backed_arg <- function(x) {
-  list(path = x$path, location = x$location, genes = as.integer(x$gene_index - 1L))
+  list(path = x$path, location = x$location, genes = as.integer(x$gene_index - 1L),
+       memory = .h5ad_memory(x))
 }
 
 #' @method print scvir_h5ad
 #' @export
 print.scvir_h5ad <- function(x, ...) {
-  cat(sprintf("Counts on disk: %s (%s)\n", x$path, x$location))
+  if (isTRUE(x$in_memory)) {
+    bytes <- if (is.null(x$cache$memory)) NA_real_ else .engine(.rs_h5ad_memory_bytes(x$cache$memory))
+    cat(sprintf("Counts in memory%s, read from %s (%s)\n",
+                if (is.na(bytes)) " (read again at first use)" else sprintf(" (%.1f MB)", bytes / 1e6),
+                x$path, x$location))
+  } else {
+    cat(sprintf("Counts on disk: %s (%s)\n", x$path, x$location))
+  }
   cat(sprintf("  %d cells x %d genes%s\n", x$n_cells, length(x$gene_index),
               if (length(x$gene_index) < length(x$file_genes)) sprintf(" (of %d in the file)", length(x$file_genes)) else ""))
   if (length(x$obs_columns)) {
@@ -163,7 +200,8 @@ print.scvir_h5ad <- function(x, ...) {
   nb <- nlevels(batch_f)
   g <- length(x$gene_index)
   genes0 <- as.integer(x$gene_index - 1L)
-  first <- .engine(.rs_h5ad_gene_sums(x$path, x$location, genes0, codes, nb, NULL))
+  memory <- .h5ad_memory(x)
+  first <- .engine(.rs_h5ad_gene_sums(x$path, x$location, genes0, codes, nb, NULL, memory))
   sums <- matrix(first$sum, nrow = nb, ncol = g, byrow = TRUE)
   sqs <- matrix(first$sq, nrow = nb, ncol = g, byrow = TRUE)
   n_b <- as.numeric(tabulate(codes + 1L, nbins = nb))
@@ -182,7 +220,7 @@ print.scvir_h5ad <- function(x, ...) {
     per[[b]] <- list(mean = mv$mean, reg_std = reg_std, n = n_b[b])
     clip[b, ] <- reg_std * sqrt(n_b[b]) + mv$mean
   }
-  second <- .engine(.rs_h5ad_gene_sums(x$path, x$location, genes0, codes, nb, clip))
+  second <- .engine(.rs_h5ad_gene_sums(x$path, x$location, genes0, codes, nb, clip, memory))
   s1 <- matrix(second$sum, nrow = nb, ncol = g, byrow = TRUE)
   s2 <- matrix(second$sq, nrow = nb, ncol = g, byrow = TRUE)
   norm_var <- matrix(0, nrow = nb, ncol = g)

@@ -52,13 +52,15 @@
 .rs_read_h5ad <- function(path, layer) .rs_call("scvir_read_h5ad", path, layer)
 .rs_h5ad_backed <- function(path, layer) .rs_call("scvir_h5ad_backed", path, layer)
 .rs_h5ad_obs <- function(path, columns, index) .rs_call("scvir_h5ad_obs", path, as.character(columns), index)
-.rs_h5ad_gene_sums <- function(path, location, genes, codes, n_batches, clip) {
+.rs_h5ad_gene_sums <- function(path, location, genes, codes, n_batches, clip, memory = NULL) {
   .rs_call("scvir_h5ad_gene_sums", path, location, as.integer(genes), as.integer(codes),
-           as.integer(n_batches), if (is.null(clip)) NULL else as.double(clip))
+           as.integer(n_batches), if (is.null(clip)) NULL else as.double(clip), memory)
 }
-.rs_h5ad_read_cells <- function(path, location, genes, cells) {
-  .rs_call("scvir_h5ad_read_cells", path, location, as.integer(genes), as.integer(cells))
+.rs_h5ad_read_cells <- function(path, location, genes, cells, memory = NULL) {
+  .rs_call("scvir_h5ad_read_cells", path, location, as.integer(genes), as.integer(cells), memory)
 }
+.rs_h5ad_load <- function(path, location) .rs_call("scvir_h5ad_load", path, location)
+.rs_h5ad_memory_bytes <- function(memory) .rs_call("scvir_h5ad_memory_bytes", memory)
 .rs_disk_shape <- function(path, location) .rs_call("scvir_disk_shape", path, location)
 .rs_save_scvi_tools <- function(model, dir) .rs_call("scvir_save_scvi_tools", model, dir)
 .rs_import_scvi_tools <- function(dir) .rs_call("scvir_import_scvi_tools", dir)

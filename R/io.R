@@ -281,7 +281,15 @@ load_model <- function(dir) {
 #'   per-cell summaries rather than the matrix. The counts must be stored as CSR (anndata's
 #'   default for sparse X) or dense (cells as rows, anndata's dense encoding); CSC is refused. `h[genes, ]` selects genes without reading; `h[, cells]` reads those
 #'   cells into a `dgCMatrix`. An `.h5ad` path given as counts is opened this way.
-#' @return A SingleCellExperiment, or with `backed = TRUE` an `scvir_h5ad` handle.
+#'   `"memory"` returns the same handle with the counts read into memory once, compactly: gene
+#'   positions and counts take 16 bits each when they fit (at most 65,536 genes; counts below
+#'   65,536), else 32, so a nonzero takes 4 to 8 bytes (12 in a `dgCMatrix`, 8 in anndata's
+#'   float32 CSR). Training and queries then read nothing more from disk. Cells arrive in the
+#'   same shuffled blocks as from the file, so the model trained on the handle is the one
+#'   trained from disk (which differs from one trained on a `dgCMatrix` only by the order of
+#'   the minibatches). A handle saved with `saveRDS()` and loaded again reads the file again at
+#'   its first use.
+#' @return A SingleCellExperiment, or with `backed = TRUE` or `"memory"` an `scvir_h5ad` handle.
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
 #' # PBMC 3k (10x Genomics), 2,000 highly variable genes, with published cell types
 #' path <- system.file("extdata", "pbmc3k_hvg2000.h5ad", package = "scviR")
@@ -296,9 +304,15 @@ read_h5ad <- function(path, ..., layer = NULL, layers = TRUE, obsm = TRUE, raw =
     scvir_abort(sprintf("layer must be NULL or a single layer name; got %s", .describe_value(layer)),
                 "scvir_config_error")
   }
-  for (nm in c("layers", "obsm", "raw", "backed")) .check_flag(get(nm), nm)
+  for (nm in c("layers", "obsm", "raw")) .check_flag(get(nm), nm)
+  if (!identical(backed, "memory")) {
+    if (!is.logical(backed) || length(backed) != 1 || is.na(backed)) {
+      scvir_abort(sprintf("backed must be TRUE, FALSE or \"memory\"; got %s", .describe_value(backed)),
+                  "scvir_config_error")
+    }
+  }
   .check_readable(path)
-  if (isTRUE(backed)) return(.h5ad_backed(normalizePath(path), layer))
+  if (!isFALSE(backed)) return(.h5ad_backed(normalizePath(path), layer, in_memory = identical(backed, "memory")))
   .need("SingleCellExperiment")
   main <- .engine(.rs_read_h5ad(path, layer %||% ""))
   cells <- main$obs$index

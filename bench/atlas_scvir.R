@@ -3,7 +3,8 @@
 # hdf5array: FILE is a dense HDF5 file from bench/make_dense_h5.py, opened with
 # HDF5Array::HDF5Array() as a genes x cells DelayedMatrix (what an HDF5-backed
 # SingleCellExperiment holds), which scviR reads from its file.
-#   Rscript bench/atlas_scvir.R memory|disk|hdf5array FILE THREADS [EPOCHS] [TRAIN_SIZE]
+# handle: read_h5ad(path, backed = "memory"), the counts read into memory as the file stores them.
+#   Rscript bench/atlas_scvir.R memory|handle|disk|hdf5array FILE THREADS [EPOCHS] [TRAIN_SIZE]
 args <- commandArgs(TRUE)
 mode <- args[[1]]; path <- args[[2]]; threads <- as.integer(args[[3]])
 epochs <- if (length(args) > 3) as.integer(args[[4]]) else 1L
@@ -24,6 +25,8 @@ if (mode == "memory") {
   x <- HDF5Array::HDF5Array(path, "counts")
   rownames(x) <- as.character(rhdf5::h5read(path, "genes"))
   colnames(x) <- paste0("cell", seq_len(ncol(x)))
+} else if (mode == "handle") {
+  x <- read_h5ad(path, backed = "memory")
 } else {
   x <- read_h5ad(path, backed = TRUE)
 }
@@ -37,7 +40,7 @@ z <- if (mode == "memory") get_latent_representation(fit, newdata = x) else get_
 t3 <- proc.time()[["elapsed"]]
 h <- fit$history
 cat(sprintf("RESULT\tscviR %s\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%.1f\t%.3f\n",
-            paste(switch(mode, memory = "(in memory)", hdf5array = "(HDF5Array, from disk)", "(from disk)"),
+            paste(switch(mode, memory = "(in memory)", handle = "(in memory, backed = \"memory\")", hdf5array = "(HDF5Array, from disk)", "(from disk)"),
                   if (is.null(train_size)) "" else sprintf("train_size %g", train_size)),
             ncol(x), threads,
             t1 - t0, t2 - t1, t3 - t2, peak_train, peak_gb(),

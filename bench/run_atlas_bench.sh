@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Atlas scale, side by side: scviR in memory, scviR from disk and scvi-tools 1.4.2 on real PBMC 3k
+# Atlas scale, side by side: scviR in memory (a dgCMatrix, and a handle holding the file's compact
+# rows), scviR from disk and scvi-tools 1.4.2 on real PBMC 3k
 # cells resampled to 1,000,000 cells x 2,000 genes (two conditions; bench/make_atlas_h5ad.py;
 # also 100,000 cells for the scaling of epoch time), one epoch at batch 128 and 2 threads each,
 # every run in a fresh process (scviR also on the same cells as a dense HDF5Array dataset, when
@@ -25,6 +26,7 @@ run() { "$@" 2>&1 | tee -a "$out.log" | grep '^RESULT' >> "$out" || { echo "fail
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 run Rscript "$here/atlas_scvir.R" disk "$dir/pbmc_100k.h5ad" "$threads"
 run Rscript "$here/atlas_scvir.R" memory "$dir/pbmc_1m.h5ad" "$threads"
+run Rscript "$here/atlas_scvir.R" handle "$dir/pbmc_1m.h5ad" "$threads"
 run Rscript "$here/atlas_scvir.R" disk "$dir/pbmc_1m.h5ad" "$threads"
 if Rscript -e 'quit(status = !requireNamespace("HDF5Array", quietly = TRUE))'; then
   # the same cells as a dense HDF5Array dataset (what an HDF5-backed SingleCellExperiment holds)

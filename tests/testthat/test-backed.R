@@ -56,6 +56,46 @@ test_that("training from disk reaches the in-memory fit, and the latent is the s
   expect_equal(get_latent_representation(readRDS(tmp)), z_disk, tolerance = 0)
 })
 
+test_that("a handle holding the counts in memory trains and answers as the file does, and outlives the file", {
+  skip_if_not_installed("SingleCellExperiment")
+  dir <- tempfile("scvir-memory-")
+  dir.create(dir)
+  on.exit(unlink(dir, recursive = TRUE))
+  p <- file.path(dir, "pbmc3k.h5ad")
+  file.copy(pbmc3k_path(), p)
+  h <- read_h5ad(p, backed = "memory")
+  d <- read_h5ad(p, backed = TRUE)
+  expect_s3_class(h, "scvir_h5ad")
+  expect_identical(dimnames(h), dimnames(d))
+  expect_output(print(h), "Counts in memory \\([0-9.]+ MB\\), read from")
+  genes <- dimnames(d)[[1]][c(40, 2, 1999)]
+  expect_identical(h[genes, c(3L, 2638L, 3L)], d[genes, c(3L, 2638L, 3L)])
+  expect_identical(select_hvg_seurat_v3(h, n_top_genes = 300L), select_hvg_seurat_v3(d, n_top_genes = 300L))
+  fit2 <- function(x) scvi_model(x, n_top_genes = NULL, max_epochs = 3L, seed = 4L, n_threads = 1L, verbose = FALSE)
+  fit_h <- fit2(h)
+  fit_d <- fit2(d)
+  # The same blocks of cells in the same order: the same model.
+  hist <- function(f) f$history[setdiff(names(f$history), "train_seconds")]
+  expect_identical(hist(fit_h), hist(fit_d))
+  z <- get_latent_representation(fit_d)
+  expect_identical(get_latent_representation(fit_h), z)
+  # Read once: the file can go, the handle and its model still answer.
+  rds <- file.path(dir, "handle.rds")
+  saveRDS(h, rds)
+  unlink(p)
+  expect_identical(get_latent_representation(fit_h), z)
+  # A handle saved and loaded again reads the file again at its first use: here it is gone.
+  h2 <- readRDS(rds)
+  expect_output(print(h2), "read again at first use")
+  suppressMessages(expect_error(get_latent_representation(fit_h, newdata = h2), "pbmc3k.h5ad",
+                                class = "scvir_input_error"))
+  file.copy(pbmc3k_path(), p)
+  expect_message(z2 <- get_latent_representation(fit_h, newdata = h2), "into memory again",
+                 class = "scvir_progress")
+  expect_identical(z2, z)
+  expect_error(read_h5ad(p, backed = "mem"), "TRUE, FALSE or \"memory\"", class = "scvir_config_error")
+})
+
 test_that("obs columns name batches and labels; scANVI trains from disk", {
   skip_if_not_installed("SingleCellExperiment")
   h <- read_h5ad(pbmc3k_path(), backed = TRUE)

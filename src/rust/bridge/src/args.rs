@@ -49,9 +49,9 @@ impl DataArgs {
             None => OwnedCovariates::default(),
         };
         if let Some(h) = map.get("h5ad").and_then(|h| h.as_list()) {
-            // list(path, location, genes): the file, "X" or "layers/<name>", and the 0-based file
-            // positions of the model's genes.
-            let h = fields(&h, "h5ad", &["path", "location", "genes"])?;
+            // list(path, location, genes, memory): the file, "X" or "layers/<name>", the 0-based
+            // file positions of the model's genes, and the matrix when it was read into memory.
+            let h = fields(&h, "h5ad", &["path", "location", "genes", "memory"])?;
             let text = |k: &str| field(&h, k).map(|v| v.as_str().unwrap_or("").to_string());
             let genes: Vec<usize> = field(&h, "genes")?
                 .as_integer_slice()
@@ -59,7 +59,11 @@ impl DataArgs {
                 .iter()
                 .map(|&g| g.max(0) as usize)
                 .collect();
-            let disk = DiskCounts::open(&text("path")?, &text("location")?, &genes).map_err(engine_error)?;
+            let disk = match h.get("memory").and_then(crate::convert::loaded_matrix) {
+                Some(m) => DiskCounts::in_memory(m, &genes),
+                None => DiskCounts::open(&text("path")?, &text("location")?, &genes),
+            }
+            .map_err(engine_error)?;
             let summaries = disk.summaries().map_err(engine_error)?;
             let (n_cells, n_genes) = (disk.n_cells(), disk.n_genes());
             return Ok(DataArgs { map, n_cells, n_genes, covariates, disk: Some((disk, summaries)) });

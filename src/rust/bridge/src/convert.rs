@@ -142,3 +142,10 @@ impl OwnedCovariates {
         }
     }
 }
+
+/// The matrix an `.h5ad` handle read into memory (`scvir_h5ad_load`), when `robj` is its live
+/// external pointer (not NULL, and not emptied by saving and reloading the handle).
+pub fn loaded_matrix(robj: &Robj) -> Option<std::sync::Arc<scvir_engine::data::disk::LoadedMatrix>> {
+    let p: &ExternalPtr<std::sync::Arc<scvir_engine::data::disk::LoadedMatrix>> = robj.try_into().ok()?;
+    p.try_addr().ok().cloned()
+}

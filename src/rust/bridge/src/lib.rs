@@ -822,8 +822,45 @@ fn scvir_disk_shape(path: &str, location: &str) -> Result<List> {
 }
 
 fn open_disk(path: &str, location: &str, genes: &[i32]) -> Result<scvir_engine::data::DiskCounts> {
+    open_counts(path, location, genes, &Robj::from(()))
+}
+
+/// The counts of a handle: the matrix in memory when `memory` holds it, else the file.
+fn open_counts(path: &str, location: &str, genes: &[i32], memory: &Robj) -> Result<scvir_engine::data::DiskCounts> {
     let genes: Vec<usize> = genes.iter().map(|&g| g.max(0) as usize).collect();
-    scvir_engine::data::DiskCounts::open(path, location, &genes).map_err(|e| h5ad_error(path, e)).map_err(engine_error)
+    match crate::convert::loaded_matrix(memory) {
+        Some(m) => scvir_engine::data::DiskCounts::in_memory(m, &genes),
+        None => scvir_engine::data::DiskCounts::open(path, location, &genes),
+    }
+    .map_err(|e| h5ad_error(path, e))
+    .map_err(engine_error)
+}
+
+/// Reads the count matrix at `location` of a file into memory once, for a handle to serve
+/// (`read_h5ad(path, backed = "memory")`): the matrix as an external pointer, its stored values,
+/// its size in bytes and its shape.
+/// @noRd
+#[extendr]
+fn scvir_h5ad_load(path: &str, location: &str) -> Result<List> {
+    let _session = prepare(1);
+    let m = scvir_engine::data::disk::LoadedMatrix::load(path, location).map_err(|e| h5ad_error(path, e)).map_err(engine_error)?;
+    let (nnz, bytes, n_cells, n_genes) = (m.nnz() as f64, m.bytes() as f64, m.n_cells() as f64, m.n_file_genes() as f64);
+    let ptr = ExternalPtr::new(std::sync::Arc::new(m));
+    List::from_names_and_values(
+        ["memory", "nnz", "bytes", "n_cells", "n_genes"],
+        [Robj::from(ptr), nnz.into_robj(), bytes.into_robj(), n_cells.into_robj(), n_genes.into_robj()],
+    )
+}
+
+/// Bytes held by a matrix read into memory; NA when `memory` no longer holds one (a handle saved
+/// and loaded again).
+/// @noRd
+#[extendr]
+fn scvir_h5ad_memory_bytes(memory: Robj) -> Robj {
+    match crate::convert::loaded_matrix(&memory) {
+        Some(m) => (m.bytes() as f64).into_robj(),
+        None => Robj::from(Rfloat::na()),
+    }
 }
 
 /// Per batch and gene, sums and sums of squares of the counts of a file (each clipped at
@@ -831,9 +868,9 @@ fn open_disk(path: &str, location: &str, genes: &[i32]) -> Result<scvir_engine::
 /// of seurat_v3 gene selection.
 /// @noRd
 #[extendr]
-fn scvir_h5ad_gene_sums(path: &str, location: &str, genes: &[i32], batch_codes: &[i32], n_batches: i32, clip: Robj) -> Result<List> {
+fn scvir_h5ad_gene_sums(path: &str, location: &str, genes: &[i32], batch_codes: &[i32], n_batches: i32, clip: Robj, memory: Robj) -> Result<List> {
     let _session = prepare(1);
-    let disk = open_disk(path, location, genes)?;
+    let disk = open_counts(path, location, genes, &memory)?;
     // R's batches x genes matrix is column-major; the engine wants batch-major rows.
     let clip: Option<Vec<f64>> = clip.as_real_slice().map(|c| {
         let (nb, g) = (n_batches.max(1) as usize, genes.len());
@@ -852,9 +889,9 @@ fn scvir_h5ad_gene_sums(path: &str, location: &str, genes: &[i32], batch_codes: 
 /// The counts of some cells (1-based) of a file, restricted to `genes`, as compressed rows.
 /// @noRd
 #[extendr]
-fn scvir_h5ad_read_cells(path: &str, location: &str, genes: &[i32], cells: &[i32]) -> Result<List> {
+fn scvir_h5ad_read_cells(path: &str, location: &str, genes: &[i32], cells: &[i32], memory: Robj) -> Result<List> {
     let _session = prepare(1);
-    let disk = open_disk(path, location, genes)?;
+    let disk = open_counts(path, location, genes, &memory)?;
     let cells: Vec<usize> = cells.iter().map(|&c| (c.max(1) - 1) as usize).collect();
     let block = disk.read_cells(&cells).map_err(|e| h5ad_error(path, e)).map_err(engine_error)?;
     let (indptr, indices, values) = block.to_csr();
@@ -922,6 +959,8 @@ extendr_module! {
     fn scvir_h5ad_obs;
     fn scvir_h5ad_gene_sums;
     fn scvir_h5ad_read_cells;
+    fn scvir_h5ad_load;
+    fn scvir_h5ad_memory_bytes;
     fn scvir_disk_shape;
     fn scvir_import_scvi_tools;
     fn scvir_save_scvi_tools;

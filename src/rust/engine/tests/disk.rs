@@ -2,7 +2,9 @@
 //! memory: rows, per-cell summaries, per-gene sums, the shuffled and sequential passes, and
 //! training and the latent representation.
 
+use scvir_engine::data::disk::{LoadedMatrix, RowBlock};
 use scvir_engine::data::{CountSource, Counts, Covariates, DiskCounts};
+use std::sync::Arc;
 use scvir_engine::io::h5ad;
 use scvir_engine::module::{Vae, VaeConfig};
 use scvir_engine::train::{self, NoObserver, TrainConfig};
@@ -202,6 +204,80 @@ fn a_dense_dataset_reads_as_the_csr_matrix_and_malformed_ones_are_refused() {
     assert!(e.contains("dense.h5") && e.contains("3-dimensional"), "{e}");
     let missing = DiskCounts::open(dir.join("none.h5ad").to_str().unwrap(), "X", &[0]).err().unwrap().to_string();
     assert!(missing.contains("none.h5ad") && missing.contains("not found"), "{missing}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Every block of a shuffled pass (cells and rows), of a sequential pass and of a cell lookup.
+fn passes(d: &DiskCounts, selected: &[bool], lookup: &[usize]) -> Vec<(Vec<usize>, Vec<Vec<(i32, f32)>>)> {
+    let mut out = Vec::new();
+    let mut keep = |b: &RowBlock| {
+        out.push((b.cells.clone(), (0..b.len()).map(|i| sorted_row(b.row(i).0, b.row(i).1)).collect()));
+    };
+    d.for_each_shuffled(selected, 128, 3, |b| {
+        keep(b);
+        Ok(())
+    })
+    .unwrap();
+    d.for_each_sequential(None, 500, |b| {
+        keep(b);
+        Ok(())
+    })
+    .unwrap();
+    keep(&d.read_cells(lookup).unwrap());
+    out
+}
+
+#[test]
+fn a_matrix_read_into_memory_serves_the_same_blocks_as_the_file() {
+    // PBMC 3k: 2,000 genes and counts below 65,536, so both columns are held in 16 bits.
+    let m = Arc::new(LoadedMatrix::load(&path(), "X").unwrap());
+    assert_eq!(m.narrow(), (true, true));
+    let file = DiskCounts::open(&path(), "X", &[]).unwrap();
+    assert_eq!((m.n_cells(), m.n_file_genes()), (file.n_cells(), file.n_file_genes()));
+    assert_eq!(m.bytes(), (m.n_cells() + 1) * 8 + m.nnz() * 4);
+    let sel = genes(m.n_file_genes());
+    let (mem, disk) = (DiskCounts::in_memory(m.clone(), &sel).unwrap(), DiskCounts::open(&path(), "X", &sel).unwrap());
+    assert!(mem.is_in_memory() && !disk.is_in_memory());
+    let selected: Vec<bool> = (0..m.n_cells()).map(|c| c % 7 != 2).collect();
+    let lookup = [9usize, 0, 2637, 9, 1200];
+    assert_eq!(passes(&mem, &selected, &lookup), passes(&disk, &selected, &lookup));
+    let (sm, sd) = (mem.summaries().unwrap(), disk.summaries().unwrap());
+    assert_eq!((sm.library, sm.lgamma_x1), (sd.library, sd.lgamma_x1));
+    let codes: Vec<i32> = (0..m.n_cells() as i32).map(|c| c % 3).collect();
+    assert_eq!(mem.gene_sums(&codes, 3, None).unwrap(), disk.gene_sums(&codes, 3, None).unwrap());
+    // The selection is checked as for the file.
+    assert!(DiskCounts::in_memory(m.clone(), &[0, 0]).err().unwrap().to_string().contains("selected twice"));
+    assert!(DiskCounts::in_memory(m, &[5000]).err().unwrap().to_string().contains("outside"));
+}
+
+#[test]
+fn a_matrix_read_into_memory_widens_what_16_bits_cannot_hold() {
+    // Synthetic, for the sizes: 70,000 genes (positions past 65,535) and a count of 100,000 in the
+    // last cell, after two cells held in 16 bits. Dense, so the zeros are left out as it loads.
+    let dir = std::env::temp_dir().join(format!("scvir-load-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (n, g) = (3usize, 70_000usize);
+    let mut dense = vec![0f32; n * g];
+    for (c, j, v) in [(0, 3, 2.0), (0, 69_999, 1.0), (1, 65_536, 7.0), (2, 12, 100_000.0), (2, 40_000, 3.0)] {
+        dense[c * g + j] = v;
+    }
+    let p = dir.join("wide.h5");
+    hdf5::File::create(&p).unwrap().new_dataset::<f32>().shape([n, g]).create("counts").unwrap().write_raw(&dense).unwrap();
+    let ps = p.to_str().unwrap();
+    let m = Arc::new(LoadedMatrix::load(ps, "counts").unwrap());
+    assert_eq!((m.narrow(), m.nnz()), ((false, false), 5));
+    let sel: Vec<usize> = vec![69_999, 12, 65_536, 3];
+    let (mem, disk) = (DiskCounts::in_memory(m, &sel).unwrap(), DiskCounts::open(ps, "counts", &sel).unwrap());
+    let b = mem.read_cells(&[2, 0, 1]).unwrap();
+    assert_eq!(sorted_row(b.row(0).0, b.row(0).1), vec![(1, 100_000.0)]);
+    assert_eq!(sorted_row(b.row(1).0, b.row(1).1), vec![(0, 1.0), (3, 2.0)]);
+    assert_eq!(sorted_row(b.row(2).0, b.row(2).1), vec![(2, 7.0)]);
+    assert_eq!(mem.summaries().unwrap().library, disk.summaries().unwrap().library);
+    // A value that is not a count is refused as the file's would be, naming the file and the cell.
+    dense[g + 5] = -1.0;
+    hdf5::File::open_rw(&p).unwrap().new_dataset::<f32>().shape([n, g]).create("bad").unwrap().write_raw(&dense).unwrap();
+    let e = LoadedMatrix::load(ps, "bad").err().unwrap().to_string();
+    assert!(e.contains("wide.h5") && e.contains("cell 2") && e.contains("-1"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

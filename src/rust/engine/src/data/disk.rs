@@ -4,6 +4,10 @@
 //! reads. Training and queries hold only per-cell summaries (library size,
 //! the likelihood's lgamma constant) and per-gene statistics; minibatches are assembled from
 //! shuffled blocks of consecutive cells on a background thread while the model trains.
+//!
+//! The same matrix can also be read once into memory ([`LoadedMatrix`]: its compressed rows in 4
+//! to 8 bytes per nonzero) and then served the same way, block by block, without reading the file
+//! again.
 
 use super::counts::MAX_COUNT;
 use crate::error::{Error, Result};
@@ -12,6 +16,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
 
 /// Consecutive cells read per HDF5 request when blocks are shuffled (training).
 pub const SHUFFLE_BLOCK_CELLS: usize = 64;
@@ -97,6 +102,175 @@ pub struct DiskCounts {
     /// File gene -> model gene position, or -1 when the gene is not used.
     gene_map: Vec<i32>,
     n_genes: usize,
+    /// The matrix read into memory, served instead of the file.
+    memory: Option<Arc<LoadedMatrix>>,
+}
+
+/// A count matrix read once from a file into memory: its cells' compressed rows, zeros left out,
+/// every value checked as the file's are when read in blocks. Gene positions take 16 bits when
+/// the file has at most 65,536 genes and counts take 16 bits while every count is below 65,536
+/// (else 32 bits each), so a nonzero takes 4 to 8 bytes. [`DiskCounts::in_memory`] serves it with
+/// the same blocks, in the same order, as the file.
+pub struct LoadedMatrix {
+    path: String,
+    location: String,
+    indptr: Vec<u64>,
+    /// File gene position of each stored value.
+    genes: Column<i32>,
+    values: Column<f32>,
+    n_file_genes: usize,
+}
+
+/// Numbers kept in 16 bits when they fit, else at full width.
+enum Column<W> {
+    Narrow(Vec<u16>),
+    Wide(Vec<W>),
+}
+
+impl<W: Copy> Column<W> {
+    fn len(&self) -> usize {
+        match self {
+            Column::Narrow(v) => v.len(),
+            Column::Wide(v) => v.len(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Column::Narrow(v) => v.len() * 2,
+            Column::Wide(v) => v.len() * std::mem::size_of::<W>(),
+        }
+    }
+
+    fn shrink_to_fit(&mut self) {
+        match self {
+            Column::Narrow(v) => v.shrink_to_fit(),
+            Column::Wide(v) => v.shrink_to_fit(),
+        }
+    }
+}
+
+/// Appends `src` to `col`, widening it first when a value does not fit in 16 bits.
+fn extend_column<W: Copy + From<u16>>(col: &mut Column<W>, src: &[W], fits: impl Fn(W) -> Option<u16>) {
+    if let Column::Narrow(v) = col {
+        if src.iter().all(|&x| fits(x).is_some()) {
+            v.extend(src.iter().map(|&x| fits(x).unwrap_or_default()));
+            return;
+        }
+        let mut wide: Vec<W> = Vec::with_capacity(v.capacity());
+        wide.extend(v.iter().map(|&x| W::from(x)));
+        *col = Column::Wide(wide);
+    }
+    if let Column::Wide(v) = col {
+        v.extend_from_slice(src);
+    }
+}
+
+/// Calls `f(gene, value)` for the stored entries `lo..hi`.
+fn for_each_entry(genes: &Column<i32>, values: &Column<f32>, lo: usize, hi: usize, mut f: impl FnMut(i32, f32)) {
+    use Column::{Narrow, Wide};
+    match (genes, values) {
+        (Narrow(g), Narrow(v)) => g[lo..hi].iter().zip(&v[lo..hi]).for_each(|(&g, &v)| f(g as i32, v as f32)),
+        (Narrow(g), Wide(v)) => g[lo..hi].iter().zip(&v[lo..hi]).for_each(|(&g, &v)| f(g as i32, v)),
+        (Wide(g), Narrow(v)) => g[lo..hi].iter().zip(&v[lo..hi]).for_each(|(&g, &v)| f(g, v as f32)),
+        (Wide(g), Wide(v)) => g[lo..hi].iter().zip(&v[lo..hi]).for_each(|(&g, &v)| f(g, v)),
+    }
+}
+
+impl LoadedMatrix {
+    /// Reads the whole matrix at `location` of `path` (any matrix [`DiskCounts::open`] reads),
+    /// first checking that it fits in the memory available.
+    pub fn load(path: &str, location: &str) -> Result<Self> {
+        let mut disk = DiskCounts::open(path, location, &[])?;
+        let n_file_genes = disk.n_file_genes;
+        disk.gene_map = (0..n_file_genes as i32).collect();
+        disk.n_genes = n_file_genes;
+        // A CSR matrix's stored entries bound the values kept; a dense one's zeros are left out.
+        let bound = if disk.dense { None } else { Some(disk.nnz()) };
+        let narrow_genes = n_file_genes <= 1 << 16;
+        let need = bound.unwrap_or(0) as u128 * if narrow_genes { 4 } else { 6 } + disk.indptr.len() as u128 * 8;
+        if let Some(avail) = crate::runtime::available_memory() {
+            if need > avail as u128 {
+                return Err(Error::Resource(format!(
+                    "{path}: reading {location} into memory needs about {:.1} GB, but only {:.1} GB is available; \
+                     leave it on disk with read_h5ad(path, backed = TRUE)",
+                    need as f64 / 1e9,
+                    avail as f64 / 1e9
+                )));
+            }
+        }
+        let cap = usize::try_from(bound.unwrap_or(0)).map_err(|_| Error::Resource(format!("{path}: {location} is too large to hold in memory")))?;
+        let mut out = LoadedMatrix {
+            path: path.to_string(),
+            location: location.to_string(),
+            indptr: Vec::with_capacity(disk.n_cells() + 1),
+            genes: if narrow_genes { Column::Narrow(Vec::with_capacity(cap)) } else { Column::Wide(Vec::with_capacity(cap)) },
+            values: Column::Narrow(Vec::with_capacity(cap)),
+            n_file_genes,
+        };
+        out.indptr.push(0);
+        let narrow = |x: i32| u16::try_from(x).ok();
+        // counts were checked to be integers in 0..=2^24 as they were read
+        let narrow_count = |x: f32| (x < 65536.0).then_some(x as u16);
+        disk.for_each_sequential(None, 4096, |b| {
+            for i in 0..b.len() {
+                let (g, v) = b.row(i);
+                extend_column(&mut out.genes, g, narrow);
+                extend_column(&mut out.values, v, narrow_count);
+                out.indptr.push(out.genes.len() as u64);
+            }
+            crate::runtime::check_interrupt()
+        })?;
+        out.genes.shrink_to_fit();
+        out.values.shrink_to_fit();
+        Ok(out)
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    pub fn n_cells(&self) -> usize {
+        self.indptr.len() - 1
+    }
+
+    pub fn n_file_genes(&self) -> usize {
+        self.n_file_genes
+    }
+
+    /// Values kept (the nonzero counts).
+    pub fn nnz(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Bytes the matrix holds.
+    pub fn bytes(&self) -> usize {
+        self.indptr.len() * 8 + self.genes.bytes() + self.values.bytes()
+    }
+
+    /// Whether gene positions and counts are each held in 16 bits.
+    pub fn narrow(&self) -> (bool, bool) {
+        (matches!(self.genes, Column::Narrow(_)), matches!(self.values, Column::Narrow(_)))
+    }
+}
+
+/// File gene -> model gene position (-1 when unused) for the file positions `genes`.
+fn gene_map(n_file_genes: usize, genes: &[usize]) -> Result<Vec<i32>> {
+    let mut gene_map = vec![-1i32; n_file_genes];
+    for (pos, &gene) in genes.iter().enumerate() {
+        if gene >= n_file_genes {
+            return Err(Error::InvalidInput(format!("gene position {} is outside the file's {n_file_genes} genes", gene + 1)));
+        }
+        if gene_map[gene] >= 0 {
+            return Err(Error::InvalidInput(format!("gene position {} is selected twice", gene + 1)));
+        }
+        gene_map[gene] = pos as i32;
+    }
+    Ok(gene_map)
 }
 
 fn err(path: &str, what: impl std::fmt::Display) -> Error {
@@ -114,10 +288,11 @@ fn open_matrix(path: &str, location: &str) -> Result<(File, Matrix)> {
     Ok((file, Matrix::Sparse { group: g, indices, data }))
 }
 
-/// The stored matrix: a CSR group's entries, or a dense dataset.
+/// The stored matrix: a CSR group's entries, or a dense dataset, or the matrix read into memory.
 enum Matrix {
     Sparse { group: hdf5::Group, indices: Dataset, data: Dataset },
     Dense(Dataset),
+    Memory(Arc<LoadedMatrix>),
 }
 
 impl DiskCounts {
@@ -186,18 +361,33 @@ impl DiskCounts {
                 }
                 (indptr, n_file_genes, false)
             }
+            Matrix::Memory(m) => (m.indptr.clone(), m.n_file_genes, false),
         };
-        let mut gene_map = vec![-1i32; n_file_genes];
-        for (pos, &gene) in genes.iter().enumerate() {
-            if gene >= n_file_genes {
-                return Err(Error::InvalidInput(format!("gene position {} is outside the file's {n_file_genes} genes", gene + 1)));
-            }
-            if gene_map[gene] >= 0 {
-                return Err(Error::InvalidInput(format!("gene position {} is selected twice", gene + 1)));
-            }
-            gene_map[gene] = pos as i32;
-        }
-        Ok(DiskCounts { path: path.to_string(), location: location.to_string(), indptr, dense, block_cells, n_file_genes, gene_map, n_genes: genes.len() })
+        let gene_map = gene_map(n_file_genes, genes)?;
+        Ok(DiskCounts { path: path.to_string(), location: location.to_string(), indptr, dense, block_cells, n_file_genes, gene_map, n_genes: genes.len(), memory: None })
+    }
+
+    /// The matrix `m` read into memory, seen through the gene selection `genes` (as in
+    /// [`DiskCounts::open`]). Passes over it give the same blocks in the same order as passes over
+    /// the file of a CSR matrix.
+    pub fn in_memory(m: Arc<LoadedMatrix>, genes: &[usize]) -> Result<Self> {
+        let gene_map = gene_map(m.n_file_genes, genes)?;
+        Ok(DiskCounts {
+            path: m.path.clone(),
+            location: m.location.clone(),
+            indptr: m.indptr.clone(),
+            dense: false,
+            block_cells: SHUFFLE_BLOCK_CELLS,
+            n_file_genes: m.n_file_genes,
+            gene_map,
+            n_genes: genes.len(),
+            memory: Some(m),
+        })
+    }
+
+    /// Whether the matrix is served from memory.
+    pub fn is_in_memory(&self) -> bool {
+        self.memory.is_some()
     }
 
     pub fn n_cells(&self) -> usize {
@@ -227,11 +417,14 @@ impl DiskCounts {
     }
 
     fn reader(&self) -> Result<Reader<'_>> {
+        if let Some(m) = &self.memory {
+            return Ok(Reader { disk: self, _file: None, matrix: Matrix::Memory(m.clone()) });
+        }
         let (file, matrix) = open_matrix(&self.path, &self.location)?;
         if matches!(matrix, Matrix::Dense(_)) != self.dense {
             return Err(err(&self.path, format!("{} changed since it was opened", self.location)));
         }
-        Ok(Reader { disk: self, _file: file, matrix })
+        Ok(Reader { disk: self, _file: Some(file), matrix })
     }
 
     /// Visits every cell in order, in row blocks of about 4M stored entries (all cells when
@@ -433,10 +626,10 @@ impl DiskCounts {
     }
 }
 
-/// HDF5 handles of one thread.
+/// HDF5 handles of one thread (none for a matrix in memory).
 struct Reader<'a> {
     disk: &'a DiskCounts,
-    _file: File,
+    _file: Option<File>,
     matrix: Matrix,
 }
 
@@ -480,6 +673,24 @@ impl Reader<'_> {
                             (m >= 0 && val[k] != 0.0).then_some((m, val[k]))
                         }),
                     );
+                }
+            }
+            Matrix::Memory(m) => {
+                // checked and stripped of zeros when read into memory
+                for cell in start..end {
+                    if selected.is_some_and(|s| !s[cell]) {
+                        continue;
+                    }
+                    let (lo, hi) = (m.indptr[cell] as usize, m.indptr[cell + 1] as usize);
+                    for_each_entry(&m.genes, &m.values, lo, hi, |g, v| {
+                        let g = d.gene_map[g as usize];
+                        if g >= 0 {
+                            out.genes.push(g);
+                            out.values.push(v);
+                        }
+                    });
+                    out.cells.push(cell);
+                    out.indptr.push(out.genes.len());
                 }
             }
             Matrix::Dense(ds) => {
