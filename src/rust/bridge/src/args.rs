@@ -59,11 +59,7 @@ impl DataArgs {
                 .iter()
                 .map(|&g| g.max(0) as usize)
                 .collect();
-            let disk = match h.get("memory").and_then(crate::convert::loaded_matrix) {
-                Some(m) => DiskCounts::in_memory(m, &genes),
-                None => DiskCounts::open(&text("path")?, &text("location")?, &genes),
-            }
-            .map_err(engine_error)?;
+            let disk = crate::convert::handle_counts(&text("path")?, &text("location")?, &genes, h.get("memory")).map_err(engine_error)?;
             let summaries = disk.summaries().map_err(engine_error)?;
             let (n_cells, n_genes) = (disk.n_cells(), disk.n_genes());
             return Ok(DataArgs { map, n_cells, n_genes, covariates, disk: Some((disk, summaries)) });

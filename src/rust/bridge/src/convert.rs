@@ -149,3 +149,11 @@ pub fn loaded_matrix(robj: &Robj) -> Option<std::sync::Arc<scvir_engine::data::d
     let p: &ExternalPtr<std::sync::Arc<scvir_engine::data::disk::LoadedMatrix>> = robj.try_into().ok()?;
     p.try_addr().ok().cloned()
 }
+
+/// A handle's counts: the matrix it read into memory when `memory` holds one, else the file.
+pub fn handle_counts(path: &str, location: &str, genes: &[usize], memory: Option<&Robj>) -> scvir_engine::Result<scvir_engine::data::DiskCounts> {
+    match memory.and_then(loaded_matrix) {
+        Some(m) => scvir_engine::data::DiskCounts::in_memory(m, genes),
+        None => scvir_engine::data::DiskCounts::open(path, location, genes),
+    }
+}

@@ -828,12 +828,7 @@ fn open_disk(path: &str, location: &str, genes: &[i32]) -> Result<scvir_engine::
 /// The counts of a handle: the matrix in memory when `memory` holds it, else the file.
 fn open_counts(path: &str, location: &str, genes: &[i32], memory: &Robj) -> Result<scvir_engine::data::DiskCounts> {
     let genes: Vec<usize> = genes.iter().map(|&g| g.max(0) as usize).collect();
-    match crate::convert::loaded_matrix(memory) {
-        Some(m) => scvir_engine::data::DiskCounts::in_memory(m, &genes),
-        None => scvir_engine::data::DiskCounts::open(path, location, &genes),
-    }
-    .map_err(|e| h5ad_error(path, e))
-    .map_err(engine_error)
+    crate::convert::handle_counts(path, location, &genes, Some(memory)).map_err(|e| h5ad_error(path, e)).map_err(engine_error)
 }
 
 /// Reads the count matrix at `location` of a file into memory once, for a handle to serve
