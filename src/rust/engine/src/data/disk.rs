@@ -226,14 +226,6 @@ impl LoadedMatrix {
         Ok(out)
     }
 
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
-    pub fn location(&self) -> &str {
-        &self.location
-    }
-
     pub fn n_cells(&self) -> usize {
         self.indptr.len() - 1
     }
@@ -361,6 +353,7 @@ impl DiskCounts {
                 }
                 (indptr, n_file_genes, false)
             }
+            // open_matrix() reads files only; a matrix in memory is served by in_memory()
             Matrix::Memory(m) => (m.indptr.clone(), m.n_file_genes, false),
         };
         let gene_map = gene_map(n_file_genes, genes)?;
