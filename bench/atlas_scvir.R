@@ -3,7 +3,8 @@
 # hdf5array: FILE is a dense HDF5 file from bench/make_dense_h5.py, opened with
 # HDF5Array::HDF5Array() as a genes x cells DelayedMatrix (what an HDF5-backed
 # SingleCellExperiment holds), which scviR reads from its file.
-# handle: read_h5ad(path, backed = "memory"), the counts read into memory as the file stores them.
+# handle: read_h5ad(path, backed = "memory"), the counts read into memory once (16-bit gene positions
+# and counts where they fit).
 #   Rscript bench/atlas_scvir.R memory|handle|disk|hdf5array FILE THREADS [EPOCHS] [TRAIN_SIZE]
 args <- commandArgs(TRUE)
 mode <- args[[1]]; path <- args[[2]]; threads <- as.integer(args[[3]])
