@@ -46,7 +46,10 @@
 #' * `options(scviR.verbose = FALSE)`: no training progress, whatever the `verbose` argument
 #'   says.
 #' * `options(scviR.tune_blas = TRUE)`, `options(scviR.tune_allocator = TRUE)`: faster BLAS
-#'   kernels and memory allocation during engine calls (see [libtorch_info()]).
+#'   kernels (when libtorch runs on R's BLAS) and memory allocation during engine calls (see
+#'   [libtorch_info()]).
+#' * `SCVIR_LIBTORCH_BLAS=R`: environment variable, read when the package is loaded, that puts
+#'   libtorch's matrix products on R's BLAS instead of libtorch's own (see [libtorch_info()]).
 #' * `SCVIR_LIBTORCH`: environment variable naming the libtorch directory to load when the
 #'   package is loaded; it takes precedence over the directory found at installation and the
 #'   default places [install_libtorch()] installs into.

@@ -39,7 +39,7 @@
   }
   err <- tryCatch({
     dyn.load(file.path(dir, "lib", "libc10.so"), local = TRUE, now = TRUE)
-    dyn.load(file.path(dir, "lib", "libtorch_cpu.so"), local = TRUE, now = TRUE)
+    blas <- .load_libtorch_cpu(file.path(dir, "lib", "libtorch_cpu.so"), libname, pkgname)
     # A CUDA libtorch (install-libtorch.sh with a GPU or SCVIR_CUDA=1): its CUDA libraries find
     # the nvidia-* runtime installed beside them through their own run paths.
     for (cuda in c("libc10_cuda.so", "libtorch_cuda.so")) {
@@ -54,7 +54,29 @@
     return(sprintf("scviR's engine could not be loaded with libtorch from %s: %s", dir, err))
   }
   .scvir_state$libtorch <- dir
+  .scvir_state$blas <- blas
   NULL
+}
+
+# Loads libtorch_cpu.so so that its matrix products run on the BLAS it carries (MKL in the PyPI
+# build) and not on R's, which was loaded first and would otherwise win: see
+# src/loader/scviR_loader.c. R's own BLAS is left as it is. Not done when the environment
+# variable SCVIR_LIBTORCH_BLAS is "R", nor under a preloaded library (LD_PRELOAD, e.g. another
+# allocator: libtorch would bind glibc's malloc instead), nor where the platform cannot; libtorch
+# then runs on R's BLAS. Returns whose BLAS libtorch uses: "libtorch" or "R".
+.load_libtorch_cpu <- function(file, libname, pkgname) {
+  own <- !identical(toupper(Sys.getenv("SCVIR_LIBTORCH_BLAS")), "R") && !nzchar(Sys.getenv("LD_PRELOAD"))
+  if (own) {
+    loader <- file.path(libname, pkgname, paste0("libs", .Platform$r_arch),
+                        "scviR_loader.so")
+    failed <- tryCatch({
+      dll <- dyn.load(loader, local = TRUE, now = TRUE)
+      .Call(getNativeSymbolInfo("scvir_load_own_symbols", dll), file)
+    }, error = function(e) conditionMessage(e))
+    if (is.null(failed)) return("libtorch")
+  }
+  dyn.load(file, local = TRUE, now = TRUE)
+  "R"
 }
 
 .onLoad <- function(libname, pkgname) {
@@ -64,7 +86,7 @@
 .onAttach <- function(libname, pkgname) {
   if (!is.null(.scvir_state$load_error)) {
     packageStartupMessage("scviR: ", .scvir_state$load_error)
-  } else if (!.tune_option("blas")) {
+  } else if (identical(.scvir_state$blas, "R") && !.tune_option("blas")) {
     better <- tryCatch(.rs_blas_info()$better, error = function(e) NULL)
     if (!is.null(better)) {
       packageStartupMessage(sprintf(paste(
@@ -130,20 +152,27 @@ install_libtorch <- function(prefix = NULL, wheel_dir = NULL) {
 
 #' Where scviR's libtorch and BLAS come from
 #'
-#' Reports the libtorch directory the engine was loaded from, the BLAS R (and so libtorch's
-#' matrix products) runs on, and the threads scviR uses by default.
+#' Reports the libtorch directory the engine was loaded from, the BLAS libtorch's matrix
+#' products run on, R's own BLAS, and the threads scviR uses by default.
 #'
-#' Inside R, libtorch's matrix products run on the BLAS R loaded (Debian: OpenBLAS). OpenBLAS
-#' 0.3.21 does not recognise some recent CPUs and then runs generic kernels several times slower.
-#' scviR leaves R's BLAS as it is unless asked: with `options(scviR.tune_blas = TRUE)` (or the
-#' environment variable `SCVIR_TUNE_BLAS=1`) each engine call selects the kernels this CPU
-#' supports for its duration and restores R's choice after; on a machine where OpenBLAS fell back
-#' to generic kernels this about doubles training speed. Likewise
-#' `options(scviR.tune_allocator = TRUE)` (`SCVIR_TUNE_ALLOCATOR=1`) raises glibc's allocation
-#' thresholds during engine calls (fewer page faults when training; set back to glibc's defaults
-#' after). When a better kernel set is available and tuning is off, attaching the package says so.
-#' @return A list with `libtorch`, `load_error`, `blas_core`, `blas_core_available` (the better
-#'   kernel set, if OpenBLAS fell back to a generic one), `tune_blas` and `threads`; printed.
+#' libtorch carries its own BLAS (MKL, in the PyPI build scviR installs). scviR loads libtorch
+#' so that its matrix products run on that BLAS, as they do in Python, and leaves R's own BLAS
+#' (Debian: OpenBLAS) as it is for everything else in the session. The environment variable
+#' `SCVIR_LIBTORCH_BLAS=R`, set before the package loads, makes libtorch use R's BLAS instead;
+#' so does a library preloaded with `LD_PRELOAD` (such as another memory allocator), with which
+#' libtorch could not keep its own symbols safely.
+#'
+#' On R's BLAS, libtorch's matrix products are slower, above all when Debian's OpenBLAS 0.3.21
+#' does not recognise the CPU and falls back to generic kernels; attaching the package then says
+#' so. `options(scviR.tune_blas = TRUE)` (or the environment variable `SCVIR_TUNE_BLAS=1`) makes
+#' each engine call select the kernels this CPU supports for its duration and restore R's choice
+#' after; it only matters when libtorch runs on R's BLAS. `options(scviR.tune_allocator = TRUE)`
+#' (`SCVIR_TUNE_ALLOCATOR=1`) raises glibc's allocation thresholds during engine calls (fewer
+#' page faults when training; set back to glibc's defaults after).
+#' @return A list with `libtorch`, `load_error`, `blas` (`"libtorch"`: libtorch's own BLAS, or
+#'   `"R"`: R's), `blas_core` (the kernel set of R's OpenBLAS, if R runs on OpenBLAS),
+#'   `blas_core_available` (the better kernel set, if OpenBLAS fell back to a generic one),
+#'   `tune_blas` and `threads`; printed.
 #' @examples
 #' libtorch_info()
 #' @export
@@ -151,7 +180,8 @@ libtorch_info <- function() {
   blas <- if (!is.null(.scvir_state$routines)) .rs_blas_info() else list(core = NULL, better = NULL)
   info <- structure(list(
     libtorch = .scvir_state$libtorch, load_error = .scvir_state$load_error,
-    torch_version = .torch_version, blas_core = blas$core, blas_core_available = blas$better,
+    torch_version = .torch_version, blas = .scvir_state$blas,
+    blas_core = blas$core, blas_core_available = blas$better,
     tune_blas = .tune_option("blas"),
     threads = if (!is.null(.scvir_state$routines)) .default_threads() else NA_integer_),
     class = "scvir_libtorch_info")
@@ -163,10 +193,15 @@ libtorch_info <- function() {
 print.scvir_libtorch_info <- function(x, ...) {
   cat(sprintf("libtorch %s: %s\n", x$torch_version,
               x$libtorch %||% paste("not loaded -", x$load_error)))
-  cat(sprintf("BLAS: %s%s\n", if (is.null(x$blas_core)) "not OpenBLAS" else paste("OpenBLAS, kernels", x$blas_core),
-              if (!is.null(x$blas_core_available))
-                sprintf(" (this CPU supports %s: options(scviR.tune_blas = TRUE)%s)", x$blas_core_available,
-                        if (x$tune_blas) " is on" else "") else ""))
+  r_blas <- if (is.null(x$blas_core)) "not OpenBLAS" else paste("OpenBLAS, kernels", x$blas_core)
+  if (identical(x$blas, "libtorch")) {
+    cat(sprintf("BLAS: libtorch's own for scviR; R's (%s) for the rest of R\n", r_blas))
+  } else if (identical(x$blas, "R")) {
+    cat(sprintf("BLAS: R's, for scviR too: %s%s\n", r_blas,
+                if (!is.null(x$blas_core_available))
+                  sprintf(" (this CPU supports %s: options(scviR.tune_blas = TRUE)%s)", x$blas_core_available,
+                          if (x$tune_blas) " is on" else "") else ""))
+  }
   cat(sprintf("threads: %s\n", x$threads))
   invisible(x)
 }

@@ -29,6 +29,57 @@ test_that("BLAS kernel selection is opt-in and restored after each call", {
   expect_identical(libtorch_info()$blas_core, before$openblas_core)
 })
 
+test_that("libtorch's matrix products run on its own BLAS and R keeps its own", {
+  skip_if(nzchar(Sys.getenv("LD_PRELOAD")), "a preloaded library keeps libtorch on R's BLAS")
+  skip_if(!nzchar(Sys.which("grep")), "needs grep")
+  expect_identical(libtorch_info()$blas, "libtorch")
+  # Which definition the dynamic linker bound each caller's sgemm_ / dgemm_ to, in a fresh R.
+  bindings <- function(env) {
+    log <- tempfile("ld")
+    on.exit(unlink(Sys.glob(paste0(log, "*"))))
+    out <- run_r(c("suppressMessages(library(scviR))", "cat('BLAS', libtorch_info()$blas, '\\n')"),
+                 env = c(env, "LD_DEBUG=bindings", paste0("LD_DEBUG_OUTPUT=", log)))
+    expect_equal(attr(out, "status"), 0L, info = paste(out, collapse = "\n"))
+    lines <- suppressWarnings(system2("grep", c("-h", shQuote("normal symbol `[sd]gemm_'"),
+                                                Sys.glob(paste0(log, "*"))), stdout = TRUE))
+    from <- sub(".*binding file ([^ ]+) .*", "\\1", lines)
+    to <- sub(".* to ([^ ]+) .*", "\\1", lines)
+    list(blas = sub("^BLAS ([A-Za-z]+).*", "\\1", grep("^BLAS ", out, value = TRUE)),
+         torch = unique(basename(to[basename(from) == "libtorch_cpu.so"])),
+         r = unique(basename(to[grepl("^libR\\.so|^liblapack", basename(from))])))
+  }
+  own <- bindings(character())
+  expect_identical(own$blas, "libtorch")
+  expect_identical(own$torch, "libtorch_cpu.so")
+  expect_true(length(own$r) > 0 && !any(own$r == "libtorch_cpu.so"), info = paste(own$r, collapse = " "))
+  # Opting out: libtorch binds R's BLAS, as any library loaded after it would.
+  rs <- bindings("SCVIR_LIBTORCH_BLAS=R")
+  expect_identical(rs$blas, "R")
+  expect_true(length(rs$torch) == 1 && rs$torch != "libtorch_cpu.so", info = paste(rs$torch, collapse = " "))
+  expect_identical(rs$r, own$r)
+})
+
+test_that("a model trained on libtorch's BLAS or on R's is the same up to rounding", {
+  skip_if(nzchar(Sys.getenv("LD_PRELOAD")), "a preloaded library keeps libtorch on R's BLAS")
+  fit <- scvi_model(pbmc_small_counts(), max_epochs = 3, seed = 1, n_threads = 1, verbose = FALSE)
+  z <- get_latent_representation(fit, n_threads = 1)
+  file <- tempfile(fileext = ".rds")
+  on.exit(unlink(file))
+  out <- run_r(c(
+    "suppressMessages(library(scviR))",
+    "e <- new.env(); utils::data('pbmc_small', package = 'SeuratObject', envir = e)",
+    "counts <- scviR:::.assay_data(e$pbmc_small, 'RNA', 'counts')",
+    "fit <- scvi_model(counts, max_epochs = 3, seed = 1, n_threads = 1, verbose = FALSE)",
+    "saveRDS(list(blas = libtorch_info()$blas, z = get_latent_representation(fit, n_threads = 1),",
+    sprintf("             elbo = tail(training_history(fit)$elbo_train, 1)), '%s')", file)
+  ), env = "SCVIR_LIBTORCH_BLAS=R", timeout = 180)
+  expect_equal(attr(out, "status"), 0L, info = paste(out, collapse = "\n"))
+  other <- readRDS(file)
+  expect_identical(other$blas, "R")
+  expect_equal(other$z, z, tolerance = 1e-3)
+  expect_equal(other$elbo, tail(training_history(fit)$elbo_train, 1), tolerance = 1e-4)
+})
+
 test_that("mclapply() after a multi-threaded fit completes in the children", {
   skip_on_os("windows")
   out <- run_r(c(
