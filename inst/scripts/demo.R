@@ -13,9 +13,8 @@ suppressPackageStartupMessages({
   library(SingleCellExperiment)
   library(ggplot2)
 })
-# Opt in to the OpenBLAS kernels this CPU supports and the allocator thresholds, during scviR's
-# calls only (see ?libtorch_info).
-options(scviR.tune_blas = TRUE, scviR.tune_allocator = TRUE)
+# Opt in to glibc's larger allocation thresholds, during scviR's calls only (see ?libtorch_info).
+options(scviR.tune_allocator = TRUE)
 
 path <- system.file("extdata", "pbmc3k_hvg2000.h5ad", package = "scviR")
 sce <- read_h5ad(path)
