@@ -65,7 +65,11 @@
 # allocator: libtorch would bind glibc's malloc instead), nor where the platform cannot; libtorch
 # then runs on R's BLAS. Returns whose BLAS libtorch uses: "libtorch" or "R".
 .load_libtorch_cpu <- function(file, libname, pkgname) {
-  own <- !identical(toupper(Sys.getenv("SCVIR_LIBTORCH_BLAS")), "R") && !nzchar(Sys.getenv("LD_PRELOAD"))
+  choice <- Sys.getenv("SCVIR_LIBTORCH_BLAS")
+  .scvir_state$blas_note <- if (nzchar(choice) && !toupper(choice) %in% c("R", "LIBTORCH")) {
+    sprintf("SCVIR_LIBTORCH_BLAS is '%s', which is neither 'R' nor 'libtorch'; using libtorch's own BLAS.", choice)
+  }
+  own <- !identical(toupper(choice), "R") && !nzchar(Sys.getenv("LD_PRELOAD"))
   if (own) {
     loader <- file.path(libname, pkgname, paste0("libs", .Platform$r_arch),
                         "scviR_loader.so")
@@ -84,6 +88,7 @@
 }
 
 .onAttach <- function(libname, pkgname) {
+  if (!is.null(.scvir_state$blas_note)) packageStartupMessage("scviR: ", .scvir_state$blas_note)
   if (!is.null(.scvir_state$load_error)) {
     packageStartupMessage("scviR: ", .scvir_state$load_error)
   } else if (identical(.scvir_state$blas, "R") && !.tune_option("blas")) {
@@ -158,7 +163,8 @@ install_libtorch <- function(prefix = NULL, wheel_dir = NULL) {
 #' libtorch carries its own BLAS (MKL, in the PyPI build scviR installs). scviR loads libtorch
 #' so that its matrix products run on that BLAS, as they do in Python, and leaves R's own BLAS
 #' (Debian: OpenBLAS) as it is for everything else in the session. The environment variable
-#' `SCVIR_LIBTORCH_BLAS=R`, set before the package loads, makes libtorch use R's BLAS instead;
+#' `SCVIR_LIBTORCH_BLAS=R`, set before the package loads, makes libtorch use R's BLAS instead
+#' (`SCVIR_LIBTORCH_BLAS=libtorch` is the default; any other value is reported on attach);
 #' so does a library preloaded with `LD_PRELOAD` (such as another memory allocator), with which
 #' libtorch could not keep its own symbols safely.
 #'

@@ -57,6 +57,11 @@ test_that("libtorch's matrix products run on its own BLAS and R keeps its own", 
   expect_identical(rs$blas, "R")
   expect_true(length(rs$torch) == 1 && rs$torch != "libtorch_cpu.so", info = paste(rs$torch, collapse = " "))
   expect_identical(rs$r, own$r)
+  # A value that is neither is said on attach, not silently taken.
+  out <- run_r("library(scviR); cat('BLAS', libtorch_info()$blas, '\\n')", env = "SCVIR_LIBTORCH_BLAS=openblas")
+  expect_true(any(grepl("SCVIR_LIBTORCH_BLAS is 'openblas', which is neither 'R' nor 'libtorch'", out)),
+              info = paste(out, collapse = "\n"))
+  expect_true(any(grepl("^BLAS libtorch", out)), info = paste(out, collapse = "\n"))
 })
 
 test_that("a model trained on libtorch's BLAS or on R's is the same up to rounding", {
