@@ -78,6 +78,8 @@
       .Call(getNativeSymbolInfo("scvir_load_own_symbols", dll), file)
     }, error = function(e) conditionMessage(e))
     if (is.null(failed)) return("libtorch")
+    .scvir_state$blas_note <- sprintf(
+      "libtorch could not be loaded with its own BLAS (%s); it runs on R's BLAS.", failed)
   }
   dyn.load(file, local = TRUE, now = TRUE)
   "R"

@@ -62,6 +62,9 @@ test_that("libtorch's matrix products run on its own BLAS and R keeps its own", 
   expect_true(any(grepl("SCVIR_LIBTORCH_BLAS is 'openblas', which is neither 'R' nor 'libtorch'", out)),
               info = paste(out, collapse = "\n"))
   expect_true(any(grepl("^BLAS libtorch", out)), info = paste(out, collapse = "\n"))
+  # Under a preloaded library, libtorch stays on R's BLAS (its own symbols first would bypass it).
+  out <- run_r("suppressMessages(library(scviR)); cat('BLAS', libtorch_info()$blas, '\\n')", env = "LD_PRELOAD=libm.so.6")
+  expect_true(any(grepl("^BLAS R", out)), info = paste(out, collapse = "\n"))
 })
 
 test_that("a model trained on libtorch's BLAS or on R's is the same up to rounding", {
