@@ -71,8 +71,8 @@
   }
   own <- !identical(toupper(choice), "R") && !nzchar(Sys.getenv("LD_PRELOAD"))
   if (own) {
-    loader <- file.path(libname, pkgname, paste0("libs", .Platform$r_arch),
-                        "scviR_loader.so")
+    libs <- if (nzchar(.Platform$r_arch)) file.path("libs", .Platform$r_arch) else "libs"
+    loader <- file.path(libname, pkgname, libs, "scviR_loader.so")
     failed <- tryCatch({
       dll <- dyn.load(loader, local = TRUE, now = TRUE)
       .Call(getNativeSymbolInfo("scvir_load_own_symbols", dll), file)
