@@ -4,10 +4,10 @@
  * Why: libtorch_cpu.so carries and exports the BLAS it was built with (MKL's sgemm_, dgemm_, ...).
  * R has already loaded its own BLAS (libblas.so.3: Debian's OpenBLAS, the reference BLAS, ...)
  * into the global scope, and a library loaded normally binds its BLAS calls to the first
- * definition in that scope: R's. libtorch's matrix products would then run on R's BLAS, which
- * scales worse across threads at the small shapes of a minibatch and, on a CPU an old OpenBLAS
- * does not know, runs generic kernels. Loaded with RTLD_DEEPBIND, libtorch keeps its own BLAS and
- * R keeps its own: nothing R sees changes.
+ * definition in that scope: R's. libtorch's matrix products would then run on R's BLAS, which on
+ * a CPU an old OpenBLAS does not know runs generic kernels (2.6-3.2x slower training measured,
+ * bench/README.md). Loaded with RTLD_DEEPBIND, libtorch keeps its own BLAS and R keeps its own:
+ * nothing R sees changes.
  *
  * The library must be loaded before scviR.so, which links libtorch_cpu.so: R/zzz.R does that.
  * The handle is never closed (libtorch cannot be unloaded). */

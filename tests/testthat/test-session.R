@@ -34,10 +34,11 @@ test_that("libtorch's matrix products run on its own BLAS and R keeps its own", 
   skip_if(!nzchar(Sys.which("grep")), "needs grep")
   expect_identical(libtorch_info()$blas, "libtorch")
   # Which definition the dynamic linker bound each caller's sgemm_ / dgemm_ to, in a fresh R.
+  show_blas <- "cat('BLAS', libtorch_info()$blas, '\\n')"
   bindings <- function(env) {
     log <- tempfile("ld")
     on.exit(unlink(Sys.glob(paste0(log, "*"))))
-    out <- run_r(c("suppressMessages(library(scviR))", "cat('BLAS', libtorch_info()$blas, '\\n')"),
+    out <- run_r(c("suppressMessages(library(scviR))", show_blas),
                  env = c(env, "LD_DEBUG=bindings", paste0("LD_DEBUG_OUTPUT=", log)))
     expect_equal(attr(out, "status"), 0L, info = paste(out, collapse = "\n"))
     lines <- suppressWarnings(system2("grep", c("-h", shQuote("normal symbol `[sd]gemm_'"),
@@ -58,12 +59,12 @@ test_that("libtorch's matrix products run on its own BLAS and R keeps its own", 
   expect_true(length(rs$torch) == 1 && rs$torch != "libtorch_cpu.so", info = paste(rs$torch, collapse = " "))
   expect_identical(rs$r, own$r)
   # A value that is neither is said on attach, not silently taken.
-  out <- run_r("library(scviR); cat('BLAS', libtorch_info()$blas, '\\n')", env = "SCVIR_LIBTORCH_BLAS=openblas")
+  out <- run_r(c("library(scviR)", show_blas), env = "SCVIR_LIBTORCH_BLAS=openblas")
   expect_true(any(grepl("SCVIR_LIBTORCH_BLAS is 'openblas', which is neither 'R' nor 'libtorch'", out)),
               info = paste(out, collapse = "\n"))
   expect_true(any(grepl("^BLAS libtorch", out)), info = paste(out, collapse = "\n"))
   # Under a preloaded library, libtorch stays on R's BLAS (its own symbols first would bypass it).
-  out <- run_r("suppressMessages(library(scviR)); cat('BLAS', libtorch_info()$blas, '\\n')", env = "LD_PRELOAD=libm.so.6")
+  out <- run_r(c("suppressMessages(library(scviR))", show_blas), env = "LD_PRELOAD=libm.so.6")
   expect_true(any(grepl("^BLAS R", out)), info = paste(out, collapse = "\n"))
 })
 
