@@ -35,6 +35,42 @@ fn fit(counts: Counts<'_>, seed: u64, epochs: usize) -> (Vae, train::TrainOutcom
     (vae, out)
 }
 
+/// Keeps the step profile the loop hands over.
+struct Profiled(Option<train::StepProfile>);
+
+impl train::TrainingObserver for Profiled {
+    fn profile_steps(&self) -> bool {
+        true
+    }
+    fn on_step_profile(&mut self, p: &train::StepProfile) {
+        self.0 = Some(p.clone());
+    }
+}
+
+#[test]
+fn a_profiled_run_times_every_step_and_trains_the_same_model() {
+    let _turn = torch_turn();
+    let d = pbmc();
+    let counts = head(&d, 400);
+    let (plain, a) = fit(counts, 5, 3);
+    let _session = runtime::Session::enter(runtime::SessionOptions { n_threads: Some(1), ..Default::default() });
+    let batch = vec![0i32; counts.n_cells()];
+    runtime::seed_everything(5);
+    let mut vae = Vae::new(VaeConfig::new(counts.n_genes() as i64, 1), Device::Cpu, None).unwrap();
+    let cfg = TrainConfig { max_epochs: Some(3), seed: 5, ..Default::default() };
+    let mut obs = Profiled(None);
+    let b = train::train(&mut vae, counts, &batch, &Default::default(), &cfg, &mut obs).unwrap();
+    let p = obs.0.expect("the profile arrives after training");
+    // 360 training cells in minibatches of 128: 3 steps per epoch.
+    assert_eq!(p.steps, 3 * 3);
+    for phase in train::Phase::ALL {
+        assert!(p.seconds_in(phase) > 0.0, "{} was not timed", phase.name());
+    }
+    let elbo = |o: &train::TrainOutcome| o.history.epochs.iter().map(|r| r.elbo_validation).collect::<Vec<_>>();
+    assert_eq!(elbo(&a), elbo(&b), "timing changes nothing in the fit");
+    assert!(plain.vs.variables()["z_encoder.encoder.layer_0.linear.weight"].equal(&vae.vs.variables()["z_encoder.encoder.layer_0.linear.weight"]));
+}
+
 #[test]
 fn reads_the_bundled_h5ad() {
     let d = pbmc();

@@ -1,22 +1,32 @@
 //! Command-line front end of the engine, for benchmarks and GPU runs without R:
 //!
 //!   scvir-cli train FILE.h5ad [--epochs N] [--seed S] [--threads T] [--batch-size B]
-//!             [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--unfused-rates] [--quiet]
+//!             [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--unfused-rates]
+//!             [--profile] [--quiet]
 //!
-//! Prints one line per epoch and a final `RESULT {json}` line with timing and ELBO figures.
+//! Prints one line per epoch and a final `RESULT {json}` line with timing and ELBO figures;
+//! with `--profile`, also the milliseconds per training step spent in each phase of the step
+//! (`step_ms`, see `train::profile`).
 
 use scvir_engine::data::Registry;
 use scvir_engine::distributions::GeneLikelihood;
 use scvir_engine::io::h5ad;
 use scvir_engine::module::{Vae, VaeConfig};
-use scvir_engine::train::{self, EpochRecord, TrainConfig, TrainingObserver};
+use scvir_engine::train::{self, EpochRecord, Phase, StepProfile, TrainConfig, TrainingObserver};
 use std::time::Instant;
 
 struct Printer {
     quiet: bool,
+    profile: Option<StepProfile>,
 }
 
 impl TrainingObserver for Printer {
+    fn profile_steps(&self) -> bool {
+        self.profile.is_some()
+    }
+    fn on_step_profile(&mut self, profile: &StepProfile) {
+        self.profile = Some(profile.clone());
+    }
     fn on_epoch_end(&mut self, r: &EpochRecord, max_epochs: usize) {
         if !self.quiet {
             eprintln!(
@@ -60,7 +70,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) != Some("train") || args.len() < 2 {
         return Err("usage: scvir-cli train FILE.h5ad [--epochs N] [--seed S] [--threads T] [--batch-size B] \
-                    [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--unfused-rates] [--quiet]"
+                    [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--unfused-rates] [--profile] [--quiet]"
             .into());
     }
     let path = &args[1];
@@ -71,6 +81,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut device = tch::Device::Cpu;
     let mut quiet = false;
     let mut fused_rates = true;
+    let mut profile = false;
     let mut it = args[2..].iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().cloned().ok_or(format!("{a} needs a value"));
@@ -90,6 +101,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
             "--quiet" => quiet = true,
             "--unfused-rates" => fused_rates = false,
+            "--profile" => profile = true,
             other => return Err(format!("unknown option {other}").into()),
         }
     }
@@ -110,14 +122,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     scvir_engine::runtime::seed_everything(cfg.seed);
     let mut vae = Vae::new(vae_cfg, device, Some(prior))?;
     vae.fused_rates = fused_rates;
+    let mut printer = Printer { quiet, profile: profile.then(StepProfile::default) };
     let started = Instant::now();
-    let out = train::train(&mut vae, counts, &batch, &Default::default(), &cfg, &mut Printer { quiet })?;
+    let out = train::train(&mut vae, counts, &batch, &Default::default(), &cfg, &mut printer)?;
     let total = started.elapsed().as_secs_f64();
     let epochs = &out.history.epochs;
     let secs: Vec<f64> = epochs.iter().skip(2).map(|r| r.train_seconds).collect();
     let sec_per_epoch = median(if secs.is_empty() { epochs.iter().map(|r| r.train_seconds).collect() } else { secs });
     let last = epochs.last().ok_or("no epoch ran")?;
-    let result = serde_json::json!({
+    let mut result = serde_json::json!({
         "tool": "scviR",
         "version": env!("CARGO_PKG_VERSION"),
         "threads": tch::get_num_threads(),
@@ -133,6 +146,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "elbo_train_final": last.elbo_train,
         "reconstruction_loss_validation_final": last.reconstruction_loss_validation,
     });
+    if let Some(p) = &printer.profile {
+        let per_step = |ph: Phase| 1e3 * p.seconds_in(ph) / p.steps.max(1) as f64;
+        let phases: serde_json::Map<String, serde_json::Value> = Phase::ALL.iter().map(|&ph| (ph.name().to_string(), per_step(ph).into())).collect();
+        result["step_ms"] = phases.into();
+        result["steps"] = p.steps.into();
+    }
     println!("RESULT {result}");
     Ok(())
 }

@@ -6,6 +6,7 @@ use super::callbacks::{EarlyStopping, ReduceLrOnPlateau};
 use super::config::Optimizer;
 use super::history::{EpochRecord, History};
 use super::kl_schedule::kl_weight;
+use super::profile::{Phase, PhaseClock, StepProfile};
 use crate::data::split::{make_semisupervised_split, make_split};
 use crate::data::source::membership;
 use crate::data::{CountSource, Counts, Covariates, DataSplit, Minibatch, MinibatchBuilder};
@@ -25,6 +26,12 @@ pub trait TrainingObserver {
     fn interrupt_requested(&mut self) -> bool {
         false
     }
+    /// True to have the loop time the phases of its steps; they come to `on_step_profile`.
+    fn profile_steps(&self) -> bool {
+        false
+    }
+    /// Called once after the last epoch with the phases' times, when `profile_steps`.
+    fn on_step_profile(&mut self, _profile: &StepProfile) {}
 }
 
 pub struct NoObserver;
@@ -174,6 +181,7 @@ pub fn train_on(
     let mut early_stopping = cfg.early_stopping.then(|| {
         EarlyStopping::new(cfg.early_stopping_patience, cfg.early_stopping_min_delta, cfg.early_stopping_mode, cfg.early_stopping_warmup_epochs)
     });
+    let mut clock = PhaseClock::new(observer.profile_steps());
     let mut plateau = cfg
         .reduce_lr_on_plateau
         .then(|| ReduceLrOnPlateau::new(cfg.lr_factor, cfg.lr_patience, cfg.lr_threshold, cfg.lr_min, super::callbacks::Mode::Min));
@@ -191,11 +199,13 @@ pub fn train_on(
         // On disk, the epoch's order of blocks and cells comes from its own seed.
         let disk_seed: Option<u64> = train_mask.as_ref().map(|_| rng.gen());
         {
+            clock.restart();
             // One optimisation step on a minibatch of `n_cells` cells.
             let mut step = |builder: &mut MinibatchBuilder<'_>, mb: Minibatch, n_cells: usize| -> Result<()> {
                 if observer.interrupt_requested() {
                     return Err(Error::Interrupted { epoch: epoch + 1, max_epochs });
                 }
+                clock.mark(Phase::Minibatch);
                 weight = kl_weight(epoch, global_step, cfg.n_epochs_kl_warmup, cfg.n_steps_kl_warmup, cfg.max_kl_weight, cfg.min_kl_weight);
                 let mut out = vae.loss(&mb, true, weight);
                 let mut labelled_mb = None;
@@ -210,7 +220,9 @@ pub fn train_on(
                         labelled_pos = 0;
                     }
                     let end = (labelled_pos + cfg.batch_size).min(labelled_train.len());
+                    clock.mark(Phase::Forward);
                     let lmb = data.build(builder, &labelled_train[labelled_pos..end])?;
+                    clock.mark(Phase::Minibatch);
                     labelled_pos = end;
                     let logits = vae.classify(&lmb, true);
                     let ce = logits.cross_entropy_for_logits(&lmb.labels);
@@ -226,20 +238,26 @@ pub fn train_on(
                         epoch + 1
                     )));
                 }
+                clock.mark(Phase::Forward);
                 out.loss.backward();
+                clock.mark(Phase::Backward);
                 // The encoders' sparse first layers get their weight gradients here.
                 for m in std::iter::once(&mb).chain(labelled_mb.as_ref()) {
                     if let Some(rows) = &m.rows {
                         crate::nn::sparse_input::finish_backward(rows);
                     }
                 }
+                clock.mark(Phase::SparseBackward);
                 optimizer.step();
+                clock.mark(Phase::Optimizer);
                 totals.n_cells += n_cells;
                 totals.n_steps += 1;
                 totals.loss_sum += loss;
                 totals.reconstruction += scalar(&out.reconstruction.detach().sum(Kind::Double));
                 totals.kl_local += scalar(&(&out.kl_z + &out.kl_library).detach().sum(Kind::Double));
                 global_step += 1;
+                clock.profile.steps += 1;
+                clock.mark(Phase::Bookkeeping);
                 Ok(())
             };
             match (data, &train_mask) {
@@ -314,6 +332,9 @@ pub fn train_on(
             "training ended with non-finite values in the model's parameter {name}; try a smaller learning rate (lr) \
              or check the counts and covariates"
         )));
+    }
+    if observer.profile_steps() {
+        observer.on_step_profile(&clock.profile);
     }
     Ok(TrainOutcome { history, split, max_epochs })
 }
