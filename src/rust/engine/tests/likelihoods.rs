@@ -169,7 +169,12 @@ fn fused_dense_terms_match_autograd() {
             }
         }
         let terms = fused::dense_terms(&x, &mu, &theta, pi_opt);
+        // Without gradient tracking (validation, queries) the value is the kernel's, exactly,
+        // and nothing is recorded.
+        let evaluated = tch::no_grad(|| fused::attach(&terms, fused::Mean::Given(&mu), &theta, pi_opt));
+        assert!(evaluated.equal(&terms.value) && !evaluated.requires_grad());
         let attached = fused::attach(&terms, fused::Mean::Given(&mu), &theta, pi_opt);
+        assert!(attached.requires_grad());
         (&attached * &w).sum(Kind::Float).backward();
         let rel = |a: &Tensor, b: &Tensor| ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).double_value(&[]);
         assert!(rel(&attached, &reference) < 1e-5, "values differ ({per_cell}, {zinb})");

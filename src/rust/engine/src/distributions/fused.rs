@@ -470,8 +470,14 @@ fn row_dot(a: &Tensor, b: &Tensor) -> Tensor {
 }
 
 /// [`attach`] with the mean's input (mu or the logits) and pi as [`Target`]s, and the log library
-/// (cells x 1) when the mean was [`Mean::Softmax`].
+/// (cells x 1) when the mean was [`Mean::Softmax`]. Where autograd records nothing (inside
+/// `tch::no_grad`: validation and queries), the value itself.
 pub fn attach_to(terms: &DenseTerms, mean: Target<'_>, log_library: Option<&Tensor>, theta: &Tensor, pi: Option<Target<'_>>) -> Tensor {
+    if !crate::nn::sparse_input::grad_mode() {
+        // No backward will run (validation, queries): the surrogate adds only zero to the value,
+        // and its products (two per linear head) would be wasted.
+        return terms.value.shallow_clone();
+    }
     let mut s = mean.surrogate(&terms.grad_mu);
     if let (Some(l), Some(gl)) = (log_library, &terms.grad_log_library) {
         if l.requires_grad() {

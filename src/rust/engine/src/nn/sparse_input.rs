@@ -131,10 +131,16 @@ pub fn linear(input: SparseInput<'_>, weight: &Tensor) -> Option<Tensor> {
 /// Whether autograd would record a product with this weight: it requires a gradient and
 /// gradients are being tracked (probed with an operation on a one-element tensor).
 fn needs_grad(weight: &Tensor) -> bool {
+    weight.requires_grad() && grad_mode()
+}
+
+/// Whether libtorch records operations for autograd on this thread (off inside `tch::no_grad`),
+/// probed with an operation on a one-element tensor: tch does not expose the flag.
+pub(crate) fn grad_mode() -> bool {
     thread_local! {
         static PROBE: Tensor = Tensor::zeros([1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
     }
-    weight.requires_grad() && PROBE.with(|p| p.g_add_scalar(0.0).requires_grad())
+    PROBE.with(|p| p.g_add_scalar(0.0).requires_grad())
 }
 
 /// Adds the weight gradients of this minibatch's sparse products, once `backward()` has given
