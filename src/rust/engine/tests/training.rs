@@ -26,12 +26,16 @@ fn torch_turn() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn fit(counts: Counts<'_>, seed: u64, epochs: usize) -> (Vae, train::TrainOutcome) {
+    fit_watched(counts, seed, epochs, &mut NoObserver)
+}
+
+fn fit_watched(counts: Counts<'_>, seed: u64, epochs: usize, observer: &mut dyn train::TrainingObserver) -> (Vae, train::TrainOutcome) {
     let _session = runtime::Session::enter(runtime::SessionOptions { n_threads: Some(1), ..Default::default() });
     let batch = vec![0i32; counts.n_cells()];
     runtime::seed_everything(seed);
     let mut vae = Vae::new(VaeConfig::new(counts.n_genes() as i64, 1), Device::Cpu, None).unwrap();
     let cfg = TrainConfig { max_epochs: Some(epochs), seed, ..Default::default() };
-    let out = train::train(&mut vae, counts, &batch, &Default::default(), &cfg, &mut NoObserver).unwrap();
+    let out = train::train(&mut vae, counts, &batch, &Default::default(), &cfg, observer).unwrap();
     (vae, out)
 }
 
@@ -53,13 +57,8 @@ fn a_profiled_run_times_every_step_and_trains_the_same_model() {
     let d = pbmc();
     let counts = head(&d, 400);
     let (plain, a) = fit(counts, 5, 3);
-    let _session = runtime::Session::enter(runtime::SessionOptions { n_threads: Some(1), ..Default::default() });
-    let batch = vec![0i32; counts.n_cells()];
-    runtime::seed_everything(5);
-    let mut vae = Vae::new(VaeConfig::new(counts.n_genes() as i64, 1), Device::Cpu, None).unwrap();
-    let cfg = TrainConfig { max_epochs: Some(3), seed: 5, ..Default::default() };
     let mut obs = Profiled(None);
-    let b = train::train(&mut vae, counts, &batch, &Default::default(), &cfg, &mut obs).unwrap();
+    let (vae, b) = fit_watched(counts, 5, 3, &mut obs);
     let p = obs.0.expect("the profile arrives after training");
     // 360 training cells in minibatches of 128: 3 steps per epoch.
     assert_eq!(p.steps, 3 * 3);
