@@ -145,3 +145,45 @@ fn de_sampler_rows_are_proportions_and_seeded() {
     assert!((sw - 1.0).abs() < 1e-3, "weighted proportions sum to 1: {sw}");
     assert!(col(&w, "proba_de").iter().all(|&p| (0.0..=1.0).contains(&p)));
 }
+
+/// In evaluation the encoders are deterministic: a draw from the posteriors of a first
+/// `inference` is exactly what a second `inference` gives (the same random numbers in the same
+/// order), for an observed and a latent library. The marginal log-likelihood and DE's importance
+/// weights rely on it to run the encoders once per minibatch.
+#[test]
+fn a_resampled_draw_is_a_second_inference() {
+    use scvir_engine::data::MinibatchBuilder;
+    let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _session = runtime::Session::enter(runtime::SessionOptions { n_threads: Some(1), ..Default::default() });
+    let d = pbmc();
+    let x = counts(&d);
+    let batch = vec![0i32; x.n_cells()];
+    for observed in [true, false] {
+        runtime::seed_everything(4);
+        let cfg = VaeConfig { use_observed_lib_size: observed, ..VaeConfig::new(2000, 1) };
+        let registry = scvir_engine::data::Registry::with_library_prior(vec![], x, &batch, 1);
+        let prior = (registry.library_log_means.as_slice(), registry.library_log_vars.as_slice());
+        let mut vae = Vae::new(cfg, Device::Cpu, Some(prior)).unwrap();
+        train_on(&mut vae, x, &Covariates::default(), 2);
+        let mut builder = MinibatchBuilder::new(x, &batch, &Default::default(), Device::Cpu);
+        let cells: Vec<usize> = (100..228).collect();
+        let mb = builder.build(&cells);
+        let (again, drawn) = tch::no_grad(|| {
+            tch::manual_seed(11);
+            let _first = vae.inference(&mb, false);
+            let again = vae.inference(&mb, false);
+            tch::manual_seed(11);
+            let first = vae.inference(&mb, false);
+            (again, vae.resample(&first))
+        });
+        assert!(drawn.z.equal(&again.z) && drawn.library.equal(&again.library), "observed library: {observed}");
+        assert_eq!(drawn.ql.is_some(), !observed);
+        let first_z = tch::no_grad(|| {
+            tch::manual_seed(11);
+            vae.inference(&mb, false).z
+        });
+        assert!(!drawn.z.equal(&first_z), "a new draw, not the first one again");
+        let ll = infer::marginal_ll(&vae, x, &batch, &Covariates::default(), 5, 128).unwrap();
+        assert!(ll.iter().all(|v| v.is_finite() && *v < 0.0));
+    }
+}

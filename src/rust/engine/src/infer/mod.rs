@@ -3,7 +3,7 @@
 
 use crate::data::{CountSource, Covariates, Minibatch};
 use crate::error::{Error, Result};
-use crate::module::Vae;
+use crate::module::{Inference, Vae};
 use tch::{Kind, Tensor};
 
 fn check_batches(vae: &Vae, batch_codes: &[i32], cov: &Covariates<'_>, n: usize) -> Result<()> {
@@ -241,11 +241,16 @@ pub fn marginal_ll<'a>(vae: &Vae, counts: impl Into<CountSource<'a>>, batch_code
 /// The importance-sampled log p(x) of a minibatch's cells (see `marginal_ll`), cells.
 pub(crate) fn marginal_ll_minibatch(vae: &Vae, mb: &Minibatch, n_mc_samples: usize) -> Tensor {
     let mut terms = Vec::with_capacity(n_mc_samples);
+    // The encoders run for the first sample only; the others are drawn from its posteriors.
+    let mut posteriors: Option<Inference> = None;
     for _ in 0..n_mc_samples {
         if crate::runtime::cancelled() {
             break;
         }
-        let inf = vae.inference(mb, false);
+        let inf = match &posteriors {
+            Some(p) => vae.resample(p),
+            None => vae.inference(mb, false),
+        };
         let gen = vae.generative(&inf.z, &inf.library, &mb.batch_index, mb, false);
         let log_p_x = -vae.reconstruction_loss(mb, &gen);
         // Densities of the Gaussian sample (for a logistic-normal latent this is where the
@@ -259,6 +264,9 @@ pub(crate) fn marginal_ll_minibatch(vae: &Vae, mb: &Minibatch, n_mc_samples: usi
                 - normal_log_prob(&inf.library, &ql.q_mean, &ql.q_var);
         }
         terms.push(t);
+        if posteriors.is_none() {
+            posteriors = Some(inf);
+        }
     }
     if terms.is_empty() {
         return Tensor::zeros([mb.n_cells as i64], (Kind::Float, vae.device()));

@@ -208,6 +208,20 @@ impl Vae {
         Inference { qz, z_untransformed, z, library, ql }
     }
 
+    /// Another draw of z (and of the library, when it is latent) from the posteriors of `inf`,
+    /// drawn in the order `inference` draws them. In evaluation the encoders are deterministic, so
+    /// this is `inference(mb, false)` again without running them.
+    pub fn resample(&self, inf: &Inference) -> Inference {
+        let copy = |q: &EncoderOutput| EncoderOutput { q_mean: q.q_mean.shallow_clone(), q_var: q.q_var.shallow_clone() };
+        let z_untransformed = inf.qz.rsample();
+        let z = if self.config.logistic_normal() { z_untransformed.softmax(-1, Kind::Float) } else { z_untransformed.shallow_clone() };
+        let library = match &inf.ql {
+            Some(ql) => ql.rsample(),
+            None => inf.library.shallow_clone(),
+        };
+        Inference { qz: copy(&inf.qz), z_untransformed, z, library, ql: inf.ql.as_ref().map(copy) }
+    }
+
     /// q(z | x): from the encoder, or a minified model's stored posterior.
     fn posterior_z(&self, mb: &Minibatch, x_in: &Tensor, cats: &[&Tensor], train: bool) -> EncoderOutput {
         match &mb.latent {
