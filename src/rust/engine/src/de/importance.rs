@@ -69,7 +69,7 @@ fn decode_group(vae: &Vae, builder: &mut MinibatchBuilder<'_>, cells: &[usize], 
         let rows = Tensor::arange(b, (Kind::Int64, vae.device())).repeat([per_cell as i64]);
         let mean = inf.qz.q_mean.index_select(0, &rows);
         let u = &mean + inf.qz.q_var.index_select(0, &rows).sqrt() * mean.randn_like();
-        let z = if vae.config.logistic_normal() { u.softmax(-1, Kind::Float) } else { u.shallow_clone() };
+        let z = vae.latent_for_decoder(&u);
         let sub = mb.covariate_rows(&rows);
         let batch = match transform_batch {
             Some(t) => sub.batch_index.full_like(t as i64),

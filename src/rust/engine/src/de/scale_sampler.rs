@@ -13,7 +13,7 @@ use crate::infer::to_vec;
 use crate::module::Vae;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Largest number of (cell, draw) pairs decoded at once: bounds the decoder's activations.
 const DECODE_CHUNK: usize = 1024;
@@ -87,7 +87,7 @@ pub fn sample_group_scales(
                 let rows = Tensor::from_slice(sub).to_device(vae.device());
                 let mean = inf.qz.q_mean.index_select(0, &rows);
                 let z = &mean + sd.index_select(0, &rows) * mean.randn_like();
-                let z = if vae.config.logistic_normal() { z.softmax(-1, Kind::Float) } else { z };
+                let z = vae.latent_for_decoder(&z);
                 let sub_mb = mb.covariate_rows(&rows);
                 let batch = match transform_batch {
                     Some(b) => sub_mb.batch_index.full_like(b as i64),

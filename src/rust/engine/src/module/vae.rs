@@ -196,7 +196,7 @@ impl Vae {
         let cats = self.categoricals(&mb.batch_index, mb);
         let qz = self.posterior_z(mb, &x_in, &cats, train);
         let z_untransformed = qz.rsample();
-        let z = if self.config.logistic_normal() { z_untransformed.softmax(-1, Kind::Float) } else { z_untransformed.shallow_clone() };
+        let z = self.latent_for_decoder(&z_untransformed);
         let (library, ql) = match (&self.l_encoder, &mb.log_size_factor) {
             (_, Some(s)) if self.config.use_size_factor_key => (s.shallow_clone(), None),
             (None, _) => (mb.log_library.shallow_clone(), None),
@@ -208,13 +208,19 @@ impl Vae {
         Inference { qz, z_untransformed, z, library, ql }
     }
 
+    /// What the decoder sees of a Gaussian latent sample: the sample, or its softmax for a
+    /// logistic-normal latent.
+    pub fn latent_for_decoder(&self, z_untransformed: &Tensor) -> Tensor {
+        if self.config.logistic_normal() { z_untransformed.softmax(-1, Kind::Float) } else { z_untransformed.shallow_clone() }
+    }
+
     /// Another draw of z (and of the library, when it is latent) from the posteriors of `inf`,
     /// drawn in the order `inference` draws them. In evaluation the encoders are deterministic, so
     /// this is `inference(mb, false)` again without running them.
     pub fn resample(&self, inf: &Inference) -> Inference {
         let copy = |q: &EncoderOutput| EncoderOutput { q_mean: q.q_mean.shallow_clone(), q_var: q.q_var.shallow_clone() };
         let z_untransformed = inf.qz.rsample();
-        let z = if self.config.logistic_normal() { z_untransformed.softmax(-1, Kind::Float) } else { z_untransformed.shallow_clone() };
+        let z = self.latent_for_decoder(&z_untransformed);
         let library = match &inf.ql {
             Some(ql) => ql.rsample(),
             None => inf.library.shallow_clone(),
