@@ -26,7 +26,7 @@ done
 Rscript - "$out" <<'EOF'
 rows <- lapply(readLines(commandArgs(TRUE)[1]), jsonlite::fromJSON)
 threads <- vapply(rows, `[[`, 0, "threads")
-phases <- c("minibatch", "forward", "backward", "sparse_backward", "optimizer", "bookkeeping")
+phases <- c("minibatch", "forward", "backward", "finish_backward", "optimizer", "bookkeeping")
 phases <- c(intersect(phases, names(rows[[1]]$step_ms)), setdiff(names(rows[[1]]$step_ms), phases))
 med <- function(t, f) stats::median(vapply(rows[threads == t], f, 0))
 ms <- function(t) c(vapply(phases, function(p) med(t, function(r) r$step_ms[[p]]), 0),

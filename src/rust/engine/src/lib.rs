@@ -9,6 +9,7 @@ pub mod data;
 pub mod de;
 pub mod distributions;
 pub mod error;
+pub mod gemm;
 pub mod infer;
 pub mod io;
 pub mod module;

@@ -1,7 +1,7 @@
 //! Command-line front end of the engine, for benchmarks and GPU runs without R:
 //!
 //!   scvir-cli train FILE.h5ad [--epochs N] [--seed S] [--threads T] [--batch-size B]
-//!             [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--unfused-rates]
+//!             [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--unfused-rates] [--libtorch-products]
 //!             [--profile] [--quiet]
 //!
 //! Prints one line per epoch and a final `RESULT {json}` line with timing and ELBO figures;
@@ -70,7 +70,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) != Some("train") || args.len() < 2 {
         return Err("usage: scvir-cli train FILE.h5ad [--epochs N] [--seed S] [--threads T] [--batch-size B] \
-                    [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--unfused-rates] [--profile] [--quiet]"
+                    [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--unfused-rates] [--libtorch-products] [--profile] [--quiet]"
             .into());
     }
     let path = &args[1];
@@ -101,6 +101,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
             "--quiet" => quiet = true,
             "--unfused-rates" => fused_rates = false,
+            "--libtorch-products" => scvir_engine::gemm::use_libtorch(),
             "--profile" => profile = true,
             other => return Err(format!("unknown option {other}").into()),
         }

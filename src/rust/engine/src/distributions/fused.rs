@@ -24,6 +24,7 @@
 
 use super::fastmath::{exp_with, lgamma_digamma_with, ln_with, softplus_sigmoid_with, MulAdd};
 use crate::data::Minibatch;
+use crate::nn::sparse_input::HostRows;
 use crate::simd::{self, Simd};
 use super::EPS;
 use tch::{Device, Kind, Tensor};
@@ -447,15 +448,38 @@ pub enum Target<'a> {
     /// s = sum_k input_k (grad W)_k + grad . b, whose gradients for input, W and b are the head's
     /// backward. No cells x genes tensor is formed or differentiated; the matrix product grad W is
     /// the one the head's backward would run.
-    Linear { input: &'a Tensor, weight: &'a Tensor, bias: Option<&'a Tensor> },
+    ///
+    /// With `defer` (a CPU minibatch's rows) and the engine's own products (`crate::gemm`),
+    /// grad W is formed outside autograd and s gains a zero leaf per cell; after `backward()`,
+    /// `sparse_input::finish_backward` turns that leaf's gradient u into the weight's,
+    /// dL/dW = grad^T (u input), so that libtorch runs none of the head's products.
+    Linear { input: &'a Tensor, weight: &'a Tensor, bias: Option<&'a Tensor>, defer: Option<&'a HostRows> },
 }
 
 impl Target<'_> {
     fn surrogate(self, grad: &Tensor) -> Tensor {
         match self {
             Target::Tensor(t) => row_dot(t, grad),
-            Target::Linear { input, weight, bias } => {
-                let s = row_dot(input, &grad.matmul(weight));
+            Target::Linear { input, weight, bias, defer } => {
+                // The weight's gradient is added into its `.grad`, so that must exist (a fresh
+                // model's first step runs the products through autograd).
+                let tracked = weight.requires_grad();
+                let deferrable = !tracked || (defer.is_some() && weight.grad().defined());
+                let own = if deferrable { crate::gemm::matmul(grad, weight) } else { None };
+                let s = match own {
+                    Some(p) => {
+                        let s = row_dot(input, &p);
+                        match defer.filter(|_| tracked) {
+                            Some(rows) => {
+                                let probe = Tensor::zeros([grad.size()[0]], (Kind::Float, grad.device())).set_requires_grad(true);
+                                rows.defer_head(&probe, grad, input, weight);
+                                s + probe
+                            }
+                            None => s,
+                        }
+                    }
+                    None => row_dot(input, &grad.matmul(weight)),
+                };
                 match bias {
                     Some(b) => s + grad.mv(b),
                     None => s,

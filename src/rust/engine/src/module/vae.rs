@@ -4,7 +4,7 @@ use super::config::{Dispersion, VaeConfig};
 use super::scanvi::ScanviHeads;
 use crate::data::minibatch::one_hot;
 use crate::data::Minibatch;
-use crate::nn::sparse_input::SparseInput;
+use crate::nn::sparse_input::{HostRows, SparseInput};
 use crate::distributions::{self, fused, GeneLikelihood};
 use crate::nn::decoder::{Head, Scale};
 use crate::nn::{DecoderScvi, Encoder, EncoderOutput, FcLayersConfig};
@@ -51,10 +51,10 @@ pub struct Generative {
 }
 
 /// Where the fused likelihood's gradient for a decoder output enters autograd.
-fn target(h: &Head) -> fused::Target<'_> {
+fn target<'a>(h: &'a Head, rows: Option<&'a HostRows>) -> fused::Target<'a> {
     match h {
         Head::Tensor(t) => fused::Target::Tensor(t),
-        Head::Linear { input, weight, bias } => fused::Target::Linear { input, weight, bias: bias.as_ref() },
+        Head::Linear { input, weight, bias } => fused::Target::Linear { input, weight, bias: bias.as_ref(), defer: rows },
     }
 }
 
@@ -312,7 +312,8 @@ impl Vae {
             let dropout = heads.px_dropout.as_ref().filter(|_| zinb);
             let pi_values = dropout.map(Head::value);
             if let Some(terms) = fused::likelihood_terms(mb, mean, theta, pi_values.as_ref()) {
-                return &mb.lgamma_x1 - fused::attach_to(&terms, target(logits), Some(&inf.library), theta, dropout.map(target));
+                let rows = mb.rows.as_ref();
+                return &mb.lgamma_x1 - fused::attach_to(&terms, target(logits, rows), Some(&inf.library), theta, dropout.map(|d| target(d, rows)));
             }
         }
         let px_scale = heads.px_scale.proportions();

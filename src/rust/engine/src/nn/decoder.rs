@@ -65,19 +65,22 @@ impl Head {
         Head::Linear { input: input.shallow_clone(), weight: layer.ws.shallow_clone(), bias: layer.bs.as_ref().map(Tensor::shallow_clone) }
     }
 
-    /// The output, tracked by autograd.
+    /// The output, tracked by autograd (where autograd records operations).
     pub fn tensor(self) -> Tensor {
         match self {
             Head::Tensor(t) => t,
+            Head::Linear { .. } if !super::sparse_input::grad_mode() => self.value(),
             Head::Linear { input, weight, bias } => input.linear(&weight, bias.as_ref()),
         }
     }
 
-    /// The output's value, outside autograd.
+    /// The output's value, outside autograd: the engine's own product where it runs
+    /// (`crate::gemm`), so that training, validation and queries form the same logits.
     pub fn value(&self) -> Tensor {
         match self {
             Head::Tensor(t) => t.detach(),
-            Head::Linear { input, weight, bias } => tch::no_grad(|| input.linear(weight, bias.as_ref())),
+            Head::Linear { input, weight, bias } => crate::gemm::linear(input, weight, bias.as_ref())
+                .unwrap_or_else(|| tch::no_grad(|| input.linear(weight, bias.as_ref()))),
         }
     }
 }

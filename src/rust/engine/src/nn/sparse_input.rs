@@ -33,10 +33,12 @@ pub struct HostRows {
     deferred: Mutex<Vec<Deferred>>,
 }
 
-struct Deferred {
-    leaf: Tensor,
-    weight: Tensor,
-    log1p: bool,
+enum Deferred {
+    /// A sparse first layer: its output leaf, weight and input values.
+    Sparse { leaf: Tensor, weight: Tensor, log1p: bool },
+    /// A decoder head (`distributions::fused::Target::Linear`): dL/dW = grad^T (u input), with u
+    /// the gradient of the per-cell zero leaf `probe`.
+    Head { probe: Tensor, grad: Tensor, input: Tensor, weight: Tensor },
 }
 
 /// The encoders' input as nonzeros: `log1p` picks ln(1 + x) (scvi-tools' `log_variational`)
@@ -59,6 +61,17 @@ impl HostRows {
 
     pub fn n_cells(&self) -> usize {
         self.row_ptr.len() - 1
+    }
+
+    /// Registers a decoder head's weight gradient for [`finish_backward`]: `probe` (one zero
+    /// per cell, added to the head's surrogate) gives u, and dL/dW = grad^T (u input).
+    pub(crate) fn defer_head(&self, probe: &Tensor, grad: &Tensor, input: &Tensor, weight: &Tensor) {
+        self.deferred.lock().unwrap_or_else(|e| e.into_inner()).push(Deferred::Head {
+            probe: probe.shallow_clone(),
+            grad: grad.detach(),
+            input: input.detach(),
+            weight: weight.shallow_clone(),
+        });
     }
 
     fn values(&self, log1p: bool) -> &[f32] {
@@ -117,7 +130,7 @@ pub fn linear(input: SparseInput<'_>, weight: &Tensor) -> Option<Tensor> {
     crate::runtime::parallel_parts(parts, &part);
     if tracked {
         let leaf = out.set_requires_grad(true);
-        rows.deferred.lock().unwrap_or_else(|e| e.into_inner()).push(Deferred {
+        rows.deferred.lock().unwrap_or_else(|e| e.into_inner()).push(Deferred::Sparse {
             leaf: leaf.shallow_clone(),
             weight: weight.shallow_clone(),
             log1p: input.log1p,
@@ -143,8 +156,9 @@ pub(crate) fn grad_mode() -> bool {
     PROBE.with(|p| p.g_add_scalar(0.0).requires_grad())
 }
 
-/// Adds the weight gradients of this minibatch's sparse products, once `backward()` has given
-/// their outputs' gradients. Products that did not reach the loss are skipped.
+/// Adds the weight gradients of this minibatch's sparse products and deferred decoder heads, once
+/// `backward()` has given their outputs' gradients. Products that did not reach the loss are
+/// skipped.
 pub fn finish_backward(rows: &HostRows) {
     let pending = std::mem::take(&mut *rows.deferred.lock().unwrap_or_else(|e| e.into_inner()));
     // Each part's gene-ordered nonzeros, kept for the next product when its genes and values are
@@ -152,6 +166,13 @@ pub fn finish_backward(rows: &HostRows) {
     type Cached = Option<(usize, usize, bool, ByGene)>;
     let mut cache: Vec<Mutex<Cached>> = Vec::new();
     for d in pending {
+        let d = match d {
+            Deferred::Sparse { leaf, weight, log1p } => SparseProduct { leaf, weight, log1p },
+            Deferred::Head { probe, grad, input, weight } => {
+                finish_head(&probe, &grad, &input, &weight);
+                continue;
+            }
+        };
         let gy = d.leaf.grad();
         let gw = d.weight.grad();
         if !gy.defined() || !gw.defined() {
@@ -196,6 +217,31 @@ pub fn finish_backward(rows: &HostRows) {
             });
         }
     }
+}
+
+struct SparseProduct {
+    leaf: Tensor,
+    weight: Tensor,
+    log1p: bool,
+}
+
+/// A decoder head's weight gradient, grad^T (u input), added into `.grad` (skipped when the head
+/// did not reach the loss).
+fn finish_head(probe: &Tensor, grad: &Tensor, input: &Tensor, weight: &Tensor) {
+    let (u, gw) = (probe.grad(), weight.grad());
+    if !u.defined() || !gw.defined() {
+        return;
+    }
+    tch::no_grad(|| {
+        let scaled = input * u.unsqueeze(1);
+        let target = if gw.is_contiguous() && gw.kind() == Kind::Float { gw.shallow_clone() } else { gw.to_kind(Kind::Float).contiguous() };
+        if !crate::gemm::add_transposed_product(&target, grad, &scaled) {
+            let _ = target.shallow_clone().addmm_(&grad.tr(), &scaled);
+        }
+        if target.data_ptr() != gw.data_ptr() {
+            let _ = gw.shallow_clone().copy_(&target);
+        }
+    });
 }
 
 /// Genes per tile of the transpositions.

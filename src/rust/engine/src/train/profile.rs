@@ -14,8 +14,9 @@ pub enum Phase {
     Forward,
     /// libtorch's backward pass.
     Backward,
-    /// The sparse first layers' weight gradients (`sparse_input::finish_backward`).
-    SparseBackward,
+    /// Weight gradients finished by hand after backward (`sparse_input::finish_backward`): the
+    /// sparse first layers and, with the engine's own products, the decoder heads.
+    FinishBackward,
     /// The Adam update.
     Optimizer,
     /// The epoch's running sums of the loss terms.
@@ -23,14 +24,14 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] = [Phase::Minibatch, Phase::Forward, Phase::Backward, Phase::SparseBackward, Phase::Optimizer, Phase::Bookkeeping];
+    pub const ALL: [Phase; 6] = [Phase::Minibatch, Phase::Forward, Phase::Backward, Phase::FinishBackward, Phase::Optimizer, Phase::Bookkeeping];
 
     pub fn name(self) -> &'static str {
         match self {
             Phase::Minibatch => "minibatch",
             Phase::Forward => "forward",
             Phase::Backward => "backward",
-            Phase::SparseBackward => "sparse_backward",
+            Phase::FinishBackward => "finish_backward",
             Phase::Optimizer => "optimizer",
             Phase::Bookkeeping => "bookkeeping",
         }

@@ -241,13 +241,14 @@ pub fn train_on(
                 clock.mark(Phase::Forward);
                 out.loss.backward();
                 clock.mark(Phase::Backward);
-                // The encoders' sparse first layers get their weight gradients here.
+                // The encoders' sparse first layers and the deferred decoder heads get their
+                // weight gradients here.
                 for m in std::iter::once(&mb).chain(labelled_mb.as_ref()) {
                     if let Some(rows) = &m.rows {
                         crate::nn::sparse_input::finish_backward(rows);
                     }
                 }
-                clock.mark(Phase::SparseBackward);
+                clock.mark(Phase::FinishBackward);
                 optimizer.step();
                 clock.mark(Phase::Optimizer);
                 totals.n_cells += n_cells;
