@@ -476,6 +476,36 @@ mod tests {
         };
         let flops = 2.0 * (m * h * g) as f64;
         let report = |name: &str, us: f64| println!("{name}: {us:.0} us, {:.0} GFLOP/s", flops / us / 1e3);
+        // The core's peak: 24 independent multiply-add chains, at each width.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn peak(wide: bool) -> f64 {
+            use std::arch::x86_64::*;
+            let n = 20_000_000usize / 24;
+            let t = std::time::Instant::now();
+            let lanes = if wide {
+                let (b, c) = (_mm512_set1_ps(1.0000001), _mm512_set1_ps(1e-8));
+                let mut acc = [_mm512_set1_ps(1.0); 24];
+                for _ in 0..n {
+                    for a in acc.iter_mut() {
+                        *a = _mm512_fmadd_ps(*a, b, c);
+                    }
+                }
+                std::hint::black_box(acc);
+                16.0
+            } else {
+                let (b, c) = (_mm256_set1_ps(1.0000001), _mm256_set1_ps(1e-8));
+                let mut acc = [_mm256_set1_ps(1.0); 24];
+                for _ in 0..n {
+                    for a in acc.iter_mut() {
+                        *a = _mm256_fmadd_ps(*a, b, c);
+                    }
+                }
+                std::hint::black_box(acc);
+                8.0
+            };
+            (n * 24) as f64 * lanes * 2.0 / t.elapsed().as_secs_f64() / 1e9
+        }
+        println!("peak multiply-adds: {:.0} GFLOP/s with AVX-512, {:.0} with AVX2", unsafe { peak(true) }, unsafe { peak(false) });
         report("torch x W^T", time(&|| { let _ = x.matmul(&w.tr()); }));
         report("own   x W^T", time(&|| unsafe {
             gemm(m, g, h, MatRef { ptr: x.data_ptr() as *const f32, rs: h as isize, cs: 1 },

@@ -18,7 +18,7 @@
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int, c_uint, c_void};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 
 /// What a session may change, and to what.
 #[derive(Debug, Clone, Copy, Default)]
@@ -320,6 +320,50 @@ pub fn parallel_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
     if region.panicked.load(Ordering::SeqCst) {
         panic!("a parallel part of a CPU kernel panicked");
     }
+}
+
+/// Runs `here` on this thread while `there` runs on another of libtorch's threads, in one
+/// parallel region (both in turn on this thread when there is one thread). For work that keeps
+/// one core busy with little else: libtorch's operations inside the region run on their caller's
+/// thread alone. A panic in either is re-raised after both end.
+pub fn beside<H: FnOnce(), T: FnOnce() + Send>(here: H, there: T) {
+    /// `here` is not Send: it is taken only on the thread that made it (GOMP runs part 0 on the
+    /// calling thread; checked, never assumed).
+    struct CallerOnly<H> {
+        f: Mutex<Option<H>>,
+        caller: std::thread::ThreadId,
+    }
+    // SAFETY: the closure inside is only taken and run on `caller`, the thread it came from.
+    unsafe impl<H> Sync for CallerOnly<H> {}
+    impl<H: FnOnce()> CallerOnly<H> {
+        /// Runs the closure if this is the calling thread and it has not run; whether this is
+        /// the calling thread.
+        fn run_on_caller(&self) -> bool {
+            if std::thread::current().id() != self.caller {
+                return false;
+            }
+            if let Some(f) = self.f.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                f();
+            }
+            true
+        }
+    }
+    let here = CallerOnly { f: Mutex::new(Some(here)), caller: std::thread::current().id() };
+    let there = Mutex::new(Some(there));
+    let take_there = || there.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let part = |p: usize| {
+        if here.run_on_caller() {
+            // On one thread the parts run in order here.
+            if p == 1 {
+                if let Some(f) = take_there() {
+                    f();
+                }
+            }
+        } else if let Some(f) = take_there() {
+            f();
+        }
+    };
+    parallel_parts(2, &part);
 }
 
 // --- OpenMP and OpenBLAS, found in the process at run time ---------------------------------------

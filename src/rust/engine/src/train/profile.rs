@@ -8,11 +8,14 @@ use std::time::Instant;
 /// The phases of one optimisation step, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
-    /// Forming the minibatch (dense rows, nonzeros, covariates) from the counts.
+    /// Forming the minibatch (dense rows, nonzeros, covariates) from the counts. In memory with
+    /// more than one thread, only an epoch's first: the others are built during the backward pass
+    /// before them.
     Minibatch,
     /// Inference, generative pass and loss (the fused likelihood's gradient included).
     Forward,
-    /// libtorch's backward pass.
+    /// libtorch's backward pass (and beside it, with more than one thread, the next minibatch's
+    /// building).
     Backward,
     /// Weight gradients finished by hand after backward (`sparse_input::finish_backward`): the
     /// sparse first layers and, with the engine's own products, the decoder heads.

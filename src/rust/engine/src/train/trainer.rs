@@ -200,8 +200,9 @@ pub fn train_on(
         let disk_seed: Option<u64> = train_mask.as_ref().map(|_| rng.gen());
         {
             clock.restart();
-            // One optimisation step on a minibatch of `n_cells` cells.
-            let mut step = |builder: &mut MinibatchBuilder<'_>, mb: Minibatch, n_cells: usize| -> Result<()> {
+            // One optimisation step on a minibatch of `n_cells` cells. With `upcoming` cells, the
+            // minibatch of those is built beside the backward pass and returned.
+            let mut step = |builder: &mut MinibatchBuilder<'_>, mb: Minibatch, n_cells: usize, upcoming: Option<&[usize]>| -> Result<Option<Minibatch>> {
                 if observer.interrupt_requested() {
                     return Err(Error::Interrupted { epoch: epoch + 1, max_epochs });
                 }
@@ -239,7 +240,14 @@ pub fn train_on(
                     )));
                 }
                 clock.mark(Phase::Forward);
-                out.loss.backward();
+                let mut next = None;
+                match upcoming {
+                    // Autograd's backward pass is many small operations on this thread: libtorch's
+                    // other thread builds the next minibatch meanwhile (the same minibatch as
+                    // built later: it reads only the counts).
+                    Some(cells) => crate::runtime::beside(|| out.loss.backward(), || next = Some(builder.build(cells))),
+                    None => out.loss.backward(),
+                }
                 clock.mark(Phase::Backward);
                 // The encoders' sparse first layers and the deferred decoder heads get their
                 // weight gradients here.
@@ -259,19 +267,28 @@ pub fn train_on(
                 global_step += 1;
                 clock.profile.steps += 1;
                 clock.mark(Phase::Bookkeeping);
-                Ok(())
+                Ok(next)
             };
             match (data, &train_mask) {
                 (CountSource::Disk(d, _), Some(mask)) => {
                     d.for_each_shuffled(mask, cfg.batch_size, disk_seed.unwrap_or_default(), |block| {
                         let mb = builder.build_block(block);
-                        step(&mut builder, mb, block.len())
+                        step(&mut builder, mb, block.len(), None).map(|_| ())
                     })?;
                 }
                 _ => {
-                    for cells in order.chunks(cfg.batch_size) {
-                        let mb = builder.build(cells);
-                        step(&mut builder, mb, cells.len())?;
+                    // With more than one thread, each minibatch after the first is built during
+                    // the previous step's backward pass.
+                    let beside = tch::get_num_threads() > 1;
+                    let mut chunks = order.chunks(cfg.batch_size).peekable();
+                    let mut built: Option<Minibatch> = None;
+                    while let Some(cells) = chunks.next() {
+                        let mb = match built.take() {
+                            Some(mb) => mb,
+                            None => builder.build(cells),
+                        };
+                        let upcoming = chunks.peek().copied().filter(|_| beside);
+                        built = step(&mut builder, mb, cells.len(), upcoming)?;
                     }
                 }
             }
