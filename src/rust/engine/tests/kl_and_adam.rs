@@ -37,8 +37,12 @@ fn kl_of_two_normals_matches_integration() {
     }
 }
 
+/// libtorch's random generator and thread count are process-wide; the tests below take turns.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Same parameters and gradients through our Adam and libtorch's: same trajectory.
 fn compare_with_libtorch(weight_decay: f64) {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(3);
     let init = Tensor::randn([37, 5], (Kind::Float, Device::Cpu));
     let target = Tensor::randn([37, 5], (Kind::Float, Device::Cpu));
@@ -72,4 +76,41 @@ fn fused_adam_matches_libtorch_adam() {
 #[test]
 fn fused_adam_matches_libtorch_adam_with_l2_weight_decay() {
     compare_with_libtorch(0.5);
+}
+
+/// Several parameters updated in one pass, split across threads at entries inside a parameter:
+/// the same bits at 1 and 2 threads, and libtorch's Adam's trajectory.
+#[test]
+fn one_pass_over_several_parameters_does_not_depend_on_threads() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let shapes: [&[i64]; 3] = [&[100, 1000], &[7], &[1000, 200]];
+    let run = |threads: i32, libtorch: bool| -> Vec<Tensor> {
+        let before = tch::get_num_threads();
+        tch::set_num_threads(threads);
+        tch::manual_seed(4);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let params: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| vs.root().var_copy(&format!("w{i}"), &Tensor::randn(*s, (Kind::Float, Device::Cpu)))).collect();
+        let targets: Vec<Tensor> = shapes.iter().map(|s| Tensor::randn(*s, (Kind::Float, Device::Cpu))).collect();
+        let mut ours = Adam::new(params.iter().map(Tensor::shallow_clone).collect(), 1e-2, 0.01, 0.0, false);
+        let mut reference = nn::Adam { beta1: 0.9, beta2: 0.999, wd: 0.0, eps: 0.01, amsgrad: false }.build(&vs, 1e-2).unwrap();
+        for _ in 0..5 {
+            let loss: Tensor = params.iter().zip(&targets).map(|(p, t)| (p - t).square().sum(Kind::Float)).sum();
+            if libtorch {
+                reference.zero_grad();
+                loss.backward();
+                reference.step();
+            } else {
+                loss.backward();
+                ours.step();
+            }
+        }
+        tch::set_num_threads(before);
+        params.iter().map(|p| p.detach().copy()).collect()
+    };
+    let (one, two, reference) = (run(1, false), run(2, false), run(1, true));
+    for ((a, b), r) in one.iter().zip(&two).zip(&reference) {
+        assert!(a.equal(b), "1 and 2 threads differ");
+        let diff = (a - r).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "drifted from libtorch's Adam by {diff}");
+    }
 }

@@ -65,6 +65,8 @@ impl Adam {
         let bc1 = 1.0 - self.beta1.powi(self.step);
         let bc2_sqrt = (1.0 - self.beta2.powi(self.step)).sqrt();
         let step_size = self.lr / bc1;
+        // The CPU float parameters' buffers (p, g, m, v, mask) and sizes, updated together below.
+        let mut buffers: Vec<([usize; 4], Option<usize>, usize)> = Vec::with_capacity(self.params.len());
         for i in 0..self.params.len() {
             let p = &self.params[i];
             let g = p.grad();
@@ -77,25 +79,22 @@ impl Adam {
                 && p.is_contiguous()
                 && g.is_contiguous();
             if fast {
-                let n = p.numel();
-                // SAFETY: p, g, m and v are distinct contiguous f32 CPU buffers of n elements that
-                // nothing else touches during the optimiser step.
-                unsafe {
-                    let pv = std::slice::from_raw_parts_mut(p.data_ptr() as *mut f32, n);
-                    let gv = std::slice::from_raw_parts_mut(g.data_ptr() as *mut f32, n);
-                    let mv = std::slice::from_raw_parts_mut(self.exp_avg[i].data_ptr() as *mut f32, n);
-                    let vv = std::slice::from_raw_parts_mut(self.exp_avg_sq[i].data_ptr() as *mut f32, n);
-                    let mask = self.masks[i].as_ref().map(|m| std::slice::from_raw_parts(m.data_ptr() as *const f32, n));
-                    self.update_slice(pv, gv, mv, vv, mask, step_size, bc2_sqrt);
-                }
+                let ptrs = [p.data_ptr(), g.data_ptr(), self.exp_avg[i].data_ptr(), self.exp_avg_sq[i].data_ptr()].map(|a| a as usize);
+                buffers.push((ptrs, self.masks[i].as_ref().map(|m| m.data_ptr() as usize), p.numel()));
             } else {
                 self.update_tensor(i, &g, step_size, bc2_sqrt);
             }
         }
+        // SAFETY: each entry holds distinct contiguous f32 CPU buffers of its size (the
+        // parameter, its gradient and moments, the mask), alive in `self.params`, `exp_avg`,
+        // `exp_avg_sq` and `masks`, that nothing else touches during the optimiser step.
+        unsafe { self.update_buffers(&buffers, step_size, bc2_sqrt) };
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn update_slice(&self, p: &mut [f32], g: &mut [f32], m: &mut [f32], v: &mut [f32], mask: Option<&[f32]>, step_size: f64, bc2_sqrt: f64) {
+    /// Updates the parameters' entries in one pass: with enough entries, split into contiguous
+    /// ranges of all of them (across parameters) on libtorch's threads, one parallel region per
+    /// step. Entries are independent, so the result does not depend on the split.
+    unsafe fn update_buffers(&self, buffers: &[([usize; 4], Option<usize>, usize)], step_size: f64, bc2_sqrt: f64) {
         let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
         let (eps, lr) = (self.eps as f32, self.lr as f32);
         let wd = self.weight_decay as f32;
@@ -103,23 +102,29 @@ impl Adam {
         let inv_bc2_sqrt = (1.0 / bc2_sqrt) as f32;
         let decay = if self.decoupled_weight_decay { 1.0 - lr * wd } else { 1.0 };
         let coupled_wd = if self.decoupled_weight_decay { 0.0 } else { wd };
-        let n = p.len();
+        let total: usize = buffers.iter().map(|b| b.2).sum();
         let level = self.simd;
-        // Large parameters are updated in parts on libtorch's threads; entries are independent, so
-        // the result does not depend on the split.
-        let parts = if n >= 2 * PARALLEL_ENTRIES { (tch::get_num_threads().max(1) as usize).min(n / PARALLEL_ENTRIES) } else { 1 };
-        let (pp, gp, mp, vp) = (p.as_mut_ptr() as usize, g.as_mut_ptr() as usize, m.as_mut_ptr() as usize, v.as_mut_ptr() as usize);
-        let kp = mask.map(|k| k.as_ptr() as usize);
+        let parts = if total >= 2 * PARALLEL_ENTRIES { (tch::get_num_threads().max(1) as usize).min(total / PARALLEL_ENTRIES) } else { 1 };
         let part = |k: usize| {
-            let (from, len) = (n * k / parts, n * (k + 1) / parts - n * k / parts);
-            // SAFETY: p, g, m, v (and the mask) hold n entries; parts cover disjoint ranges.
-            unsafe {
-                let at = |a: usize| std::slice::from_raw_parts_mut((a as *mut f32).add(from), len);
-                let mask = kp.map(|a| std::slice::from_raw_parts((a as *const f32).add(from), len));
-                let k = AdamKernel { p: at(pp), g: at(gp), m: at(mp), v: at(vp), mask, b1, b2, eps, step_size, inv_bc2_sqrt, decay, coupled_wd };
-                // Only exact IEEE operations (no FMA contraction), so every level gives the same
-                // bits. The level comes from this CPU.
-                simd::run(level, k)
+            let (from, to) = (total * k / parts, total * (k + 1) / parts);
+            let mut start = 0;
+            for &([pp, gp, mp, vp], kp, n) in buffers {
+                // This part's entries of this parameter: [lo, hi) of its n.
+                let (lo, hi) = (from.max(start) - start, to.min(start + n).saturating_sub(start));
+                start += n;
+                if lo >= hi {
+                    continue;
+                }
+                let len = hi - lo;
+                // SAFETY: as in `step`; parts cover disjoint ranges of each buffer.
+                unsafe {
+                    let at = |a: usize| std::slice::from_raw_parts_mut((a as *mut f32).add(lo), len);
+                    let mask = kp.map(|a| std::slice::from_raw_parts((a as *const f32).add(lo), len));
+                    let k = AdamKernel { p: at(pp), g: at(gp), m: at(mp), v: at(vp), mask, b1, b2, eps, step_size, inv_bc2_sqrt, decay, coupled_wd };
+                    // Only exact IEEE operations (no FMA contraction), so every level gives the
+                    // same bits. The level comes from this CPU.
+                    simd::run(level, k)
+                }
             }
         };
         crate::runtime::parallel_parts(parts, &part);
