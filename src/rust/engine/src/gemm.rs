@@ -350,6 +350,23 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Option<Tensor> {
     Some(out)
 }
 
+/// c += a b in place (a: m x k, b: k x n, c: m x n contiguous), outside autograd; false (c
+/// untouched) where the engine's product does not run.
+pub fn add_product(c: &Tensor, a: &Tensor, b: &Tensor) -> bool {
+    let (sa, sb) = (a.size(), b.size());
+    if !available() || a.dim() != 2 || b.dim() != 2 || sa[1] != sb[0] || c.size() != [sa[0], sb[1]] || !c.is_contiguous() {
+        return false;
+    }
+    let (a, b) = (a.detach(), b.detach());
+    let (Some(av), Some(bv), Some(_)) = (view(&a, false), view(&b, false), view(c, false)) else {
+        return false;
+    };
+    let (m, k, n) = (sa[0] as usize, sa[1] as usize, sb[1] as usize);
+    // SAFETY: as in `linear`; c is contiguous (m x n) and is neither a nor b.
+    unsafe { gemm(m, n, k, av, bv, c.data_ptr() as *mut f32, n, Init::Add) };
+    true
+}
+
 /// c += a^T b in place (a: m x n, b: m x k, c: n x k contiguous), outside autograd; false (c
 /// untouched) where the engine's product does not run.
 pub fn add_transposed_product(c: &Tensor, a: &Tensor, b: &Tensor) -> bool {

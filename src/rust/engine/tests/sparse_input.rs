@@ -189,14 +189,15 @@ fn check_model_gradients(observed: bool) {
             .map(|e| &params.iter().find(|(n, _)| *n == format!("{e}.encoder.layer_0.linear.weight")).expect("first layer").1)
             .collect();
         // The decoder's linear heads (ZINB: scale and zero-inflation logits).
-        let heads: Vec<&Tensor> = ["px_scale_decoder.weight", "px_dropout_decoder.weight"]
+        let heads: Vec<&Tensor> = ["px_scale_decoder.weight", "px_scale_decoder.bias", "px_dropout_decoder.weight", "px_dropout_decoder.bias"]
             .iter()
             .map(|h| &params.iter().find(|(n, _)| n.ends_with(h)).expect("a decoder head").1)
             .collect();
         let reached = |w: &Tensor| f64::try_from(w.grad().abs().sum(Kind::Double)).unwrap() > 0.0;
         // Autograd reaches the first layers' weights only on the dense path; the sparse path's
-        // gradients arrive in finish_backward. So do the heads' where the engine runs their
-        // products itself (an AVX-512 CPU not by Intel), and only with a minibatch's rows.
+        // gradients arrive in finish_backward. So do the heads' (weights and biases) where the
+        // engine runs their products itself (an AVX-512 CPU not by Intel), and only with a
+        // minibatch's rows.
         assert!(firsts.iter().all(|w| reached(w) == !sparse));
         let own_heads = sparse && scvir_engine::gemm::available();
         assert!(heads.iter().all(|w| reached(w) == !own_heads));

@@ -450,36 +450,22 @@ pub enum Target<'a> {
     /// the one the head's backward would run.
     ///
     /// With `defer` (a CPU minibatch's rows) and the engine's own products (`crate::gemm`),
-    /// grad W is formed outside autograd and s gains a zero leaf per cell; after `backward()`,
-    /// `sparse_input::finish_backward` turns that leaf's gradient u into the weight's,
-    /// dL/dW = grad^T (u input), so that libtorch runs none of the head's products.
+    /// grad W is formed outside autograd, summed over the heads that share the input, and s
+    /// gains one zero leaf per cell; after `backward()`, `sparse_input::finish_backward` turns
+    /// that leaf's gradient u into the weights' and biases', dL/dW = grad^T (u input) and
+    /// dL/db = grad^T u, so that libtorch runs none of the heads' products ([`attach_to`]).
     Linear { input: &'a Tensor, weight: &'a Tensor, bias: Option<&'a Tensor>, defer: Option<&'a HostRows> },
 }
 
-impl Target<'_> {
+impl<'a> Target<'a> {
+    /// The surrogate with the gradient entering through autograd.
     fn surrogate(self, grad: &Tensor) -> Tensor {
         match self {
             Target::Tensor(t) => row_dot(t, grad),
-            Target::Linear { input, weight, bias, defer } => {
-                // The weight's gradient is added into its `.grad`, so that must exist (a fresh
-                // model's first step runs the products through autograd).
-                let tracked = weight.requires_grad();
-                let deferrable = !tracked || (defer.is_some() && weight.grad().defined());
-                let own = if deferrable { crate::gemm::matmul(grad, weight) } else { None };
-                let s = match own {
-                    Some(p) => {
-                        let s = row_dot(input, &p);
-                        match defer.filter(|_| tracked) {
-                            Some(rows) => {
-                                let probe = Tensor::zeros([grad.size()[0]], (Kind::Float, grad.device())).set_requires_grad(true);
-                                rows.defer_head(&probe, grad, input, weight);
-                                s + probe
-                            }
-                            None => s,
-                        }
-                    }
-                    None => row_dot(input, &grad.matmul(weight)),
-                };
+            Target::Linear { input, weight, bias, .. } => {
+                // A frozen weight needs no gradient: grad W is a constant, formed outside autograd.
+                let p = if weight.requires_grad() { None } else { crate::gemm::matmul(grad, weight) };
+                let s = row_dot(input, &p.unwrap_or_else(|| grad.matmul(weight)));
                 match bias {
                     Some(b) => s + grad.mv(b),
                     None => s,
@@ -487,6 +473,58 @@ impl Target<'_> {
             }
         }
     }
+
+    /// The head's input, weight, bias and rows when its gradients can be finished after
+    /// backward: the engine runs the products, and every trainable weight and bias already has
+    /// a `.grad` to add into (a fresh model's first step runs through autograd).
+    fn deferrable(self) -> Option<(&'a Tensor, &'a Tensor, Option<&'a Tensor>, &'a HostRows)> {
+        match self {
+            Target::Linear { input, weight, bias, defer: Some(rows) } => {
+                let ready = |t: &Tensor| t.requires_grad() && t.grad().defined();
+                let ok = crate::gemm::available() && ready(weight) && bias.map_or(true, |b| !b.requires_grad() || ready(b));
+                ok.then_some((input, weight, bias, rows))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The surrogates of the cells x genes gradients `parts` (target, gradient). Deferrable linear
+/// heads with the same input enter together: s = sum_k input_k (sum over heads of grad W)_k plus
+/// a zero leaf per cell, their gradients finished after backward.
+fn surrogates(parts: &[(Target<'_>, &Tensor)]) -> Option<Tensor> {
+    let mut s: Option<Tensor> = None;
+    let mut add = |t: Tensor| s = Some(match s.take() { Some(a) => a + t, None => t });
+    // (input, rows, sum of grad W, heads)
+    let mut groups: Vec<(&Tensor, &HostRows, Tensor, Vec<crate::nn::sparse_input::DeferredHead>)> = Vec::new();
+    for &(target, grad) in parts {
+        let Some((input, weight, bias, rows)) = target.deferrable() else {
+            add(target.surrogate(grad));
+            continue;
+        };
+        let head = crate::nn::sparse_input::DeferredHead { grad: grad.detach(), weight: weight.shallow_clone(), bias: bias.map(Tensor::shallow_clone) };
+        match groups.iter_mut().find(|g| same_input(g.0, input)) {
+            Some(g) if crate::gemm::add_product(&g.2, grad, weight) => g.3.push(head),
+            Some(_) => add(target.surrogate(grad)),
+            None => match crate::gemm::matmul(grad, weight) {
+                Some(p) => groups.push((input, rows, p, vec![head])),
+                None => add(target.surrogate(grad)),
+            },
+        }
+    }
+    for (input, rows, p, heads) in groups {
+        let probe = Tensor::zeros([p.size()[0]], (Kind::Float, p.device())).set_requires_grad(true);
+        rows.defer_heads(&probe, input, heads);
+        add(row_dot(input, &p) + probe);
+    }
+    s
+}
+
+/// Whether two heads read one input: the same entries (memory, shape, strides) seen by autograd
+/// alike (the decoder hands each head a handle of its one hidden output; a detached copy, which
+/// shares the memory, does not require a gradient).
+fn same_input(a: &Tensor, b: &Tensor) -> bool {
+    a.data_ptr() == b.data_ptr() && a.size() == b.size() && a.stride() == b.stride() && a.requires_grad() == b.requires_grad()
 }
 
 fn row_dot(a: &Tensor, b: &Tensor) -> Tensor {
@@ -502,7 +540,11 @@ pub fn attach_to(terms: &DenseTerms, mean: Target<'_>, log_library: Option<&Tens
         // and its products (two per linear head) would be wasted.
         return terms.value.shallow_clone();
     }
-    let mut s = mean.surrogate(&terms.grad_mu);
+    let mut targets = vec![(mean, &terms.grad_mu)];
+    if let (Some(p), Some(gp)) = (pi, &terms.grad_pi) {
+        targets.push((p, gp));
+    }
+    let mut s = surrogates(&targets).expect("the mean's surrogate");
     if let (Some(l), Some(gl)) = (log_library, &terms.grad_log_library) {
         if l.requires_grad() {
             s = s + l.reshape([-1]) * gl;
@@ -511,8 +553,5 @@ pub fn attach_to(terms: &DenseTerms, mean: Target<'_>, log_library: Option<&Tens
     // A per-gene theta: one matrix-vector product, whose backward is one more (instead of a
     // broadcast product, a sum, and their backward).
     s = s + if theta.dim() == 1 { terms.grad_theta.mv(theta) } else { row_dot(theta, &terms.grad_theta) };
-    if let (Some(p), Some(gp)) = (pi, &terms.grad_pi) {
-        s = s + p.surrogate(gp);
-    }
     &terms.value + &s - s.detach()
 }

@@ -36,9 +36,16 @@ pub struct HostRows {
 enum Deferred {
     /// A sparse first layer: its output leaf, weight and input values.
     Sparse { leaf: Tensor, weight: Tensor, log1p: bool },
-    /// A decoder head (`distributions::fused::Target::Linear`): dL/dW = grad^T (u input), with u
-    /// the gradient of the per-cell zero leaf `probe`.
-    Head { probe: Tensor, grad: Tensor, input: Tensor, weight: Tensor },
+    /// Decoder heads with one input (`distributions::fused::Target::Linear`): dL/dW = grad^T
+    /// (u input) and dL/db = grad^T u, with u the gradient of the per-cell zero leaf `probe`.
+    Heads { probe: Tensor, input: Tensor, heads: Vec<DeferredHead> },
+}
+
+/// A decoder head's cells x genes gradient and its parameters, for [`finish_backward`].
+pub(crate) struct DeferredHead {
+    pub grad: Tensor,
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
 }
 
 /// The encoders' input as nonzeros: `log1p` picks ln(1 + x) (scvi-tools' `log_variational`)
@@ -63,15 +70,10 @@ impl HostRows {
         self.row_ptr.len() - 1
     }
 
-    /// Registers a decoder head's weight gradient for [`finish_backward`]: `probe` (one zero
-    /// per cell, added to the head's surrogate) gives u, and dL/dW = grad^T (u input).
-    pub(crate) fn defer_head(&self, probe: &Tensor, grad: &Tensor, input: &Tensor, weight: &Tensor) {
-        self.deferred.lock().unwrap_or_else(|e| e.into_inner()).push(Deferred::Head {
-            probe: probe.shallow_clone(),
-            grad: grad.detach(),
-            input: input.detach(),
-            weight: weight.shallow_clone(),
-        });
+    /// Registers decoder heads' gradients for [`finish_backward`]: `probe` (one zero per cell,
+    /// added to the heads' surrogate) gives u.
+    pub(crate) fn defer_heads(&self, probe: &Tensor, input: &Tensor, heads: Vec<DeferredHead>) {
+        self.deferred.lock().unwrap_or_else(|e| e.into_inner()).push(Deferred::Heads { probe: probe.shallow_clone(), input: input.detach(), heads });
     }
 
     fn values(&self, log1p: bool) -> &[f32] {
@@ -168,8 +170,8 @@ pub fn finish_backward(rows: &HostRows) {
     for d in pending {
         let d = match d {
             Deferred::Sparse { leaf, weight, log1p } => SparseProduct { leaf, weight, log1p },
-            Deferred::Head { probe, grad, input, weight } => {
-                finish_head(&probe, &grad, &input, &weight);
+            Deferred::Heads { probe, input, heads } => {
+                finish_heads(&probe, &input, &heads);
                 continue;
             }
         };
@@ -225,21 +227,29 @@ struct SparseProduct {
     log1p: bool,
 }
 
-/// A decoder head's weight gradient, grad^T (u input), added into `.grad` (skipped when the head
-/// did not reach the loss).
-fn finish_head(probe: &Tensor, grad: &Tensor, input: &Tensor, weight: &Tensor) {
-    let (u, gw) = (probe.grad(), weight.grad());
-    if !u.defined() || !gw.defined() {
+/// Decoder heads' weight and bias gradients, grad^T (u input) and grad^T u, added into their
+/// `.grad` (skipped when the heads did not reach the loss).
+fn finish_heads(probe: &Tensor, input: &Tensor, heads: &[DeferredHead]) {
+    let u = probe.grad();
+    if !u.defined() {
         return;
     }
     tch::no_grad(|| {
         let scaled = input * u.unsqueeze(1);
-        let target = if gw.is_contiguous() && gw.kind() == Kind::Float { gw.shallow_clone() } else { gw.to_kind(Kind::Float).contiguous() };
-        if !crate::gemm::add_transposed_product(&target, grad, &scaled) {
-            let _ = target.shallow_clone().addmm_(&grad.tr(), &scaled);
-        }
-        if target.data_ptr() != gw.data_ptr() {
-            let _ = gw.shallow_clone().copy_(&target);
+        for h in heads {
+            let gw = h.weight.grad();
+            if gw.defined() {
+                let target = if gw.is_contiguous() && gw.kind() == Kind::Float { gw.shallow_clone() } else { gw.to_kind(Kind::Float).contiguous() };
+                if !crate::gemm::add_transposed_product(&target, &h.grad, &scaled) {
+                    let _ = target.shallow_clone().addmm_(&h.grad.tr(), &scaled);
+                }
+                if target.data_ptr() != gw.data_ptr() {
+                    let _ = gw.shallow_clone().copy_(&target);
+                }
+            }
+            if let Some(gb) = h.bias.as_ref().map(Tensor::grad).filter(Tensor::defined) {
+                let _ = gb.shallow_clone().g_add_(&h.grad.tr().mv(&u));
+            }
         }
     });
 }
