@@ -353,32 +353,30 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Option<Tensor> {
 /// c += a b in place (a: m x k, b: k x n, c: m x n contiguous), outside autograd; false (c
 /// untouched) where the engine's product does not run.
 pub fn add_product(c: &Tensor, a: &Tensor, b: &Tensor) -> bool {
-    let (sa, sb) = (a.size(), b.size());
-    if !available() || a.dim() != 2 || b.dim() != 2 || sa[1] != sb[0] || c.size() != [sa[0], sb[1]] || !c.is_contiguous() {
-        return false;
-    }
-    let (a, b) = (a.detach(), b.detach());
-    let (Some(av), Some(bv), Some(_)) = (view(&a, false), view(&b, false), view(c, false)) else {
-        return false;
-    };
-    let (m, k, n) = (sa[0] as usize, sa[1] as usize, sb[1] as usize);
-    // SAFETY: as in `linear`; c is contiguous (m x n) and is neither a nor b.
-    unsafe { gemm(m, n, k, av, bv, c.data_ptr() as *mut f32, n, Init::Add) };
-    true
+    add_into(c, a, false, b)
 }
 
-/// c += a^T b in place (a: m x n, b: m x k, c: n x k contiguous), outside autograd; false (c
+/// c += a^T b in place (a: k x m, b: k x n, c: m x n contiguous), outside autograd; false (c
 /// untouched) where the engine's product does not run.
 pub fn add_transposed_product(c: &Tensor, a: &Tensor, b: &Tensor) -> bool {
+    add_into(c, a, true, b)
+}
+
+/// c += op(a) b, op transposing a or not.
+fn add_into(c: &Tensor, a: &Tensor, transpose_a: bool, b: &Tensor) -> bool {
+    if !available() || a.dim() != 2 || b.dim() != 2 || !c.is_contiguous() {
+        return false;
+    }
     let (sa, sb) = (a.size(), b.size());
-    if !available() || a.dim() != 2 || b.dim() != 2 || sa[0] != sb[0] || c.size() != [sa[1], sb[1]] || !c.is_contiguous() {
+    let (m, k) = if transpose_a { (sa[1], sa[0]) } else { (sa[0], sa[1]) };
+    if k != sb[0] || c.size() != [m, sb[1]] {
         return false;
     }
     let (a, b) = (a.detach(), b.detach());
-    let (Some(av), Some(bv), Some(_)) = (view(&a, true), view(&b, false), view(c, false)) else {
+    let (Some(av), Some(bv), Some(_)) = (view(&a, transpose_a), view(&b, false), view(c, false)) else {
         return false;
     };
-    let (m, k, n) = (sa[1] as usize, sa[0] as usize, sb[1] as usize);
+    let (m, k, n) = (m as usize, k as usize, sb[1] as usize);
     // SAFETY: as in `linear`; c is contiguous (m x n) and is neither a nor b.
     unsafe { gemm(m, n, k, av, bv, c.data_ptr() as *mut f32, n, Init::Add) };
     true
@@ -388,6 +386,19 @@ pub fn add_transposed_product(c: &Tensor, a: &Tensor, b: &Tensor) -> bool {
 mod tests {
     use super::*;
 
+    /// The RNG's turn, seeded, on a CPU that runs the kernel; elsewhere, checks that the tensor
+    /// helpers hand the products back to libtorch (None).
+    fn kernel_turn(seed: i64) -> Option<std::sync::MutexGuard<'static, ()>> {
+        if crate::simd::Simd::detect() != crate::simd::Simd::Avx512 {
+            let x = Tensor::ones([2, 3], (Kind::Float, Device::Cpu));
+            assert!(!available() && linear(&x, &x, None).is_none() && matmul(&x, &x.tr()).is_none());
+            return None;
+        }
+        let guard = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(seed);
+        Some(guard)
+    }
+
     fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
         let d = (a - b).abs().max().double_value(&[]);
         d / b.abs().max().double_value(&[]).max(1e-30)
@@ -396,11 +407,7 @@ mod tests {
     /// Products in the three layouts the heads use, with ragged edges, against libtorch's.
     #[test]
     fn products_match_libtorch() {
-        if crate::simd::Simd::detect() != crate::simd::Simd::Avx512 {
-            return;
-        }
-        let _guard = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
-        tch::manual_seed(3);
+        let Some(_turn) = kernel_turn(3) else { return };
         let cpu = (Kind::Float, Device::Cpu);
         for &(m, k, n) in &[(128usize, 128usize, 2000usize), (37, 300, 45), (1, 1, 1), (13, 700, 129), (128, 2000, 128)] {
             let a = Tensor::randn([m as i64, k as i64], cpu);
@@ -414,6 +421,12 @@ mod tests {
                     c.data_ptr() as *mut f32, n, Init::Bias(bias.data_ptr() as *const f32));
             }
             assert!(rel_err(&c, &(a.matmul(&w.tr()) + &bias)) < 1e-5, "A W^T + b at {m} x {k} x {n}");
+            if available() {
+                // The tensor helpers, on a non-contiguous input too.
+                assert!(linear(&a, &w, Some(&bias)).expect("the engine's product").equal(&c));
+                let at = a.tr().contiguous().tr();
+                assert!(linear(&at, &w, Some(&bias)).expect("the engine's product").equal(&c));
+            }
             // C = G W (G: m x n, W: n x k).
             let g = Tensor::randn([m as i64, n as i64], cpu);
             let p = Tensor::empty([m as i64, k as i64], cpu);
@@ -423,6 +436,11 @@ mod tests {
                     p.data_ptr() as *mut f32, k, Init::Zero);
             }
             assert!(rel_err(&p, &g.matmul(&w)) < 1e-5, "G W at {m} x {n} x {k}");
+            if available() {
+                assert!(matmul(&g, &w).expect("the engine's product").equal(&p));
+                let twice = p.copy();
+                assert!(add_product(&twice, &g, &w) && rel_err(&twice, &(&p * 2.0)) < 1e-6);
+            }
             // C += G^T A (the weight's gradient, added).
             let start = Tensor::randn([n as i64, k as i64], cpu);
             let dw = start.copy();
@@ -432,17 +450,17 @@ mod tests {
                     dw.data_ptr() as *mut f32, k, Init::Add);
             }
             assert!(rel_err(&dw, &(&start + g.tr().matmul(&a))) < 1e-5, "W + G^T A at {n} x {m} x {k}");
+            if available() {
+                let again = start.copy();
+                assert!(add_transposed_product(&again, &g, &a) && again.equal(&dw));
+            }
         }
     }
 
     /// The same bits at 1 and 2 threads.
     #[test]
     fn threads_do_not_change_bits() {
-        if crate::simd::Simd::detect() != crate::simd::Simd::Avx512 {
-            return;
-        }
-        let _guard = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
-        tch::manual_seed(4);
+        let Some(_turn) = kernel_turn(4) else { return };
         let cpu = (Kind::Float, Device::Cpu);
         let (m, k, n) = (128usize, 128usize, 2000usize);
         let a = Tensor::randn([m as i64, k as i64], cpu);
@@ -499,27 +517,21 @@ mod tests {
             use std::arch::x86_64::*;
             let n = 20_000_000usize / 24;
             let t = std::time::Instant::now();
-            let lanes = if wide {
-                let (b, c) = (_mm512_set1_ps(1.0000001), _mm512_set1_ps(1e-8));
-                let mut acc = [_mm512_set1_ps(1.0); 24];
-                for _ in 0..n {
-                    for a in acc.iter_mut() {
-                        *a = _mm512_fmadd_ps(*a, b, c);
+            // 24 chains of one width's multiply-adds; the number of lanes.
+            macro_rules! chains {
+                ($set1:ident, $fmadd:ident, $lanes:expr) => {{
+                    let (b, c) = ($set1(1.0000001), $set1(1e-8));
+                    let mut acc = [$set1(1.0); 24];
+                    for _ in 0..n {
+                        for a in acc.iter_mut() {
+                            *a = $fmadd(*a, b, c);
+                        }
                     }
-                }
-                std::hint::black_box(acc);
-                16.0
-            } else {
-                let (b, c) = (_mm256_set1_ps(1.0000001), _mm256_set1_ps(1e-8));
-                let mut acc = [_mm256_set1_ps(1.0); 24];
-                for _ in 0..n {
-                    for a in acc.iter_mut() {
-                        *a = _mm256_fmadd_ps(*a, b, c);
-                    }
-                }
-                std::hint::black_box(acc);
-                8.0
-            };
+                    std::hint::black_box(acc);
+                    $lanes
+                }};
+            }
+            let lanes: f64 = if wide { chains!(_mm512_set1_ps, _mm512_fmadd_ps, 16.0) } else { chains!(_mm256_set1_ps, _mm256_fmadd_ps, 8.0) };
             (n * 24) as f64 * lanes * 2.0 / t.elapsed().as_secs_f64() / 1e9
         }
         println!("peak multiply-adds: {:.0} GFLOP/s with AVX-512, {:.0} with AVX2", unsafe { peak(true) }, unsafe { peak(false) });

@@ -323,8 +323,9 @@ pub fn parallel_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
 }
 
 /// Runs `here` on this thread while `there` runs on another of libtorch's threads, in one
-/// parallel region (both in turn on this thread when there is one thread). For work that keeps
-/// one core busy with little else: libtorch's operations inside the region run on their caller's
+/// parallel region (both in turn on this thread when there is one thread). Meant for pairing
+/// work bound by per-operation overhead (autograd's backward pass) with memory-bound work:
+/// libtorch's and the engine's parallel operations inside the region run on their caller's
 /// thread alone. A panic in either is re-raised after both end.
 pub fn beside<H: FnOnce(), T: FnOnce() + Send>(here: H, there: T) {
     /// `here` is not Send: it is taken only on the thread that made it (GOMP runs part 0 on the

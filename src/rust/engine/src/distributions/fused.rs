@@ -20,7 +20,8 @@
 //! (softmax's and the library scaling's backward in closed form). The gene proportions and the
 //! rates are then never written out, nor differentiated by autograd; with the decoder's linear
 //! heads as [`Target::Linear`], autograd does not differentiate the logits either (they are
-//! formed outside it).
+//! formed outside it), and with the engine's own products (`crate::gemm`) the heads' weight and
+//! bias gradients are finished after backward, outside autograd too.
 
 use super::fastmath::{exp_with, lgamma_digamma_with, ln_with, softplus_sigmoid_with, MulAdd};
 use crate::data::Minibatch;

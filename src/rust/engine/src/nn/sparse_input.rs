@@ -12,6 +12,10 @@
 //! training step of a fresh model takes the dense path; products without gradient tracking
 //! (inference, validation) are always sparse, so a model gives the same bits before and after
 //! saving.
+//!
+//! The decoder's linear heads use the same hand-off when the engine runs their products
+//! (`distributions::fused::Target::Linear`): a minibatch's rows carry both kinds of pending
+//! gradient, and the trainer finishes them together.
 
 use crate::distributions::fastmath::MulAdd;
 use crate::simd::{self, Simd};
