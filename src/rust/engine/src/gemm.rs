@@ -84,8 +84,7 @@ pub unsafe fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: *mut f
         return;
     }
     let (mb, nb) = (m.div_ceil(MR), n.div_ceil(NR));
-    let threads = tch::get_num_threads().max(1) as usize;
-    let parts = if m * n * k >= PARALLEL_WORK { threads.min(mb.max(nb)) } else { 1 };
+    let parts = if m * n * k >= PARALLEL_WORK { crate::runtime::parts_for(mb.max(nb)) } else { 1 };
     // Plain integers cross into the parts (raw pointers are not Sync).
     let (ap, bp, cp) = (a.ptr as usize, b.ptr as usize, c as usize);
     let ((ars, acs), (brs, bcs)) = ((a.rs, a.cs), (b.rs, b.cs));

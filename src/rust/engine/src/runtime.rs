@@ -17,7 +17,7 @@
 
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int, c_uint, c_void};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
 
 /// What a session may change, and to what.
@@ -276,45 +276,52 @@ fn omp_broadcast_mxcsr(value: u32, team: c_int) {
     parallel(set, &mut v as *mut u32 as *mut c_void, team.max(1) as c_uint, 0);
 }
 
+/// Parts per thread that [`parts_for`] cuts work into.
+const PARTS_PER_THREAD: usize = 2;
+
+/// How many parts [`parallel_parts`] should cut `units` independent units of work into: one on
+/// one thread, else up to [`PARTS_PER_THREAD`] per thread, so that a thread slowed by other work
+/// on its core (a shared server, a virtual machine's vCPU) takes fewer parts instead of holding
+/// up the others. Callers still decide what a unit is and when work is too small to split.
+pub fn parts_for(units: usize) -> usize {
+    let threads = tch::get_num_threads().max(1) as usize;
+    if threads == 1 { 1 } else { units.min(threads * PARTS_PER_THREAD).max(1) }
+}
+
 /// Runs `f(part)` for every part in `0..parts` on the threads libtorch computes on (one OpenMP
 /// parallel region through libgomp's entry point, so no second pool competes with libtorch's
 /// spinning workers), or in order on this thread when there is one part, one thread, no OpenMP,
-/// or a forked child. A panic in a part is re-raised here after the region ends.
+/// or a forked child. Each thread takes the next part not yet taken until none is left, so the
+/// parts need not be as many as the threads nor equally fast. A panic in a part is re-raised
+/// here after the region ends.
 pub fn parallel_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
     type Parallel = extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint);
     struct Region<'a> {
         f: &'a (dyn Fn(usize) + Sync),
         parts: usize,
-        thread_num: extern "C" fn() -> c_int,
-        num_threads: extern "C" fn() -> c_int,
+        next: AtomicUsize,
         panicked: AtomicBool,
     }
     extern "C" fn body(data: *mut c_void) {
         // SAFETY: `data` is the Region below, alive until GOMP_parallel returns.
         let r = unsafe { &*(data as *const Region<'_>) };
-        let (me, team) = ((r.thread_num)().max(0) as usize, (r.num_threads)().max(1) as usize);
-        for part in (me..r.parts).step_by(team) {
+        loop {
+            let part = r.next.fetch_add(1, Ordering::Relaxed);
+            if part >= r.parts {
+                break;
+            }
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (r.f)(part))).is_err() {
                 r.panicked.store(true, Ordering::SeqCst);
             }
         }
     }
     let team = tch::get_num_threads().max(1) as usize;
-    let (par, num, tid) = (symbol("GOMP_parallel"), symbol("omp_get_num_threads"), symbol("omp_get_thread_num"));
-    if parts <= 1 || team == 1 || par.is_null() || num.is_null() || tid.is_null() || in_forked_child() {
+    let par = symbol("GOMP_parallel");
+    if parts <= 1 || team == 1 || par.is_null() || in_forked_child() {
         (0..parts).for_each(f);
         return;
     }
-    // SAFETY: the symbols are libgomp's, with these C signatures.
-    let region = unsafe {
-        Region {
-            f,
-            parts,
-            thread_num: std::mem::transmute::<*mut c_void, extern "C" fn() -> c_int>(tid),
-            num_threads: std::mem::transmute::<*mut c_void, extern "C" fn() -> c_int>(num),
-            panicked: AtomicBool::new(false),
-        }
-    };
+    let region = Region { f, parts, next: AtomicUsize::new(0), panicked: AtomicBool::new(false) };
     let parallel: Parallel = unsafe { std::mem::transmute(par) };
     parallel(body, &region as *const Region<'_> as *mut c_void, team.min(parts) as c_uint, 0);
     if region.panicked.load(Ordering::SeqCst) {
@@ -323,13 +330,13 @@ pub fn parallel_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
 }
 
 /// Runs `here` on this thread while `there` runs on another of libtorch's threads, in one
-/// parallel region (both in turn on this thread when there is one thread). Meant for pairing
+/// parallel region (both in turn on this thread when there is one thread, or when no other
+/// thread came to take `there` before `here` ended). Meant for pairing
 /// work bound by per-operation overhead (autograd's backward pass) with memory-bound work:
 /// libtorch's and the engine's parallel operations inside the region run on their caller's
 /// thread alone. A panic in either is re-raised after both end.
 pub fn beside<H: FnOnce(), T: FnOnce() + Send>(here: H, there: T) {
-    /// `here` is not Send: it is taken only on the thread that made it (GOMP runs part 0 on the
-    /// calling thread; checked, never assumed).
+    /// `here` is not Send: it is taken only on the thread that made it (checked).
     struct CallerOnly<H> {
         f: Mutex<Option<H>>,
         caller: std::thread::ThreadId,
@@ -352,19 +359,20 @@ pub fn beside<H: FnOnce(), T: FnOnce() + Send>(here: H, there: T) {
     let here = CallerOnly { f: Mutex::new(Some(here)), caller: std::thread::current().id() };
     let there = Mutex::new(Some(there));
     let take_there = || there.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let part = |p: usize| {
-        if here.run_on_caller() {
-            // On one thread the parts run in order here.
-            if p == 1 {
-                if let Some(f) = take_there() {
-                    f();
-                }
+    // Whichever part this thread takes runs `here`; another thread's part runs `there`.
+    let part = |_: usize| {
+        if !here.run_on_caller() {
+            if let Some(f) = take_there() {
+                f();
             }
-        } else if let Some(f) = take_there() {
-            f();
         }
     };
     parallel_parts(2, &part);
+    // What no other thread took (one thread, or none came in time) runs here now.
+    here.run_on_caller();
+    if let Some(f) = take_there() {
+        f();
+    }
 }
 
 // --- OpenMP and OpenBLAS, found in the process at run time ---------------------------------------
@@ -510,5 +518,65 @@ mod tests {
     #[test]
     fn available_cores_is_positive() {
         assert!(available_cores() >= 1);
+    }
+
+    /// Runs `f` with libtorch on `threads` threads (this test thread's setting), then restores it.
+    fn on_threads<R>(threads: i32, f: impl FnOnce() -> R) -> R {
+        let before = tch::get_num_threads();
+        tch::set_num_threads(threads);
+        let r = f();
+        tch::set_num_threads(before);
+        r
+    }
+
+    #[test]
+    fn parts_are_many_per_thread_and_one_alone() {
+        on_threads(1, || assert_eq!(parts_for(100), 1));
+        on_threads(2, || {
+            assert_eq!(parts_for(100), 2 * PARTS_PER_THREAD);
+            assert_eq!(parts_for(3), 3);
+            assert_eq!(parts_for(0), 1);
+        });
+    }
+
+    #[test]
+    fn a_slow_part_does_not_hold_up_the_others() {
+        let parts = 2 * PARTS_PER_THREAD;
+        let ran: Vec<Mutex<Vec<std::thread::ThreadId>>> = (0..parts).map(|_| Mutex::new(Vec::new())).collect();
+        on_threads(2, || {
+            parallel_parts(parts, &|p| {
+                if p == 0 {
+                    // A part on a thread that something else slows down.
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                }
+                ran[p].lock().unwrap().push(std::thread::current().id());
+            })
+        });
+        let ran: Vec<std::thread::ThreadId> = ran.into_iter().map(|m| {
+            let v = m.into_inner().unwrap();
+            assert_eq!(v.len(), 1, "every part runs once");
+            v[0]
+        }).collect();
+        if symbol("GOMP_parallel").is_null() {
+            return; // no OpenMP: the parts ran in order here
+        }
+        // Dealt out in turn, the slow part's thread would also have run half of the others.
+        let with_slow = ran.iter().filter(|&&t| t == ran[0]).count();
+        assert!(with_slow < parts / 2, "the other thread took the parts left ({with_slow} of {parts} ran beside the slow one)");
+    }
+
+    #[test]
+    fn beside_runs_here_on_this_thread_and_each_once() {
+        for threads in [1, 2] {
+            let me = std::thread::current().id();
+            let (mut here_on, mut there_runs) = (Vec::new(), AtomicUsize::new(0));
+            on_threads(threads, || {
+                beside(|| here_on.push(std::thread::current().id()), || {
+                    there_runs.fetch_add(1, Ordering::SeqCst);
+                })
+            });
+            assert_eq!(here_on, vec![me], "{threads} thread(s)");
+            assert_eq!(*there_runs.get_mut(), 1, "{threads} thread(s)");
+        }
     }
 }

@@ -152,7 +152,7 @@ impl Nonzeros {
     }
 }
 
-/// Minibatches with at least this many cells per thread are built on libtorch's threads, each
+/// Minibatches are built in parts of at least this many cells on libtorch's threads, each part
 /// filling its own range of cells.
 const CELLS_PER_PART: usize = 32;
 
@@ -225,8 +225,7 @@ impl<'a> MinibatchBuilder<'a> {
         let dense = DenseTargets { x: x.data_ptr() as usize, log1p: x_log1p.data_ptr() as usize, n_genes: g };
         let host = self.device == Device::Cpu;
         self.nz.clear();
-        let threads = tch::get_num_threads().max(1) as usize;
-        let parts = threads.min(b / CELLS_PER_PART).max(1);
+        let parts = crate::runtime::parts_for(b / CELLS_PER_PART);
         let table = &self.log1p_small;
         let sparse = if parts == 1 {
             let mut sparse = host.then(|| SparseBuild::with_capacity(b));

@@ -186,7 +186,7 @@ fn terms(level: Simd, x: &Tensor, mean: Mean<'_>, theta: &Tensor, pi: Option<&Te
     let (vp, gmp, gtp) = (ptr(&value), ptr(&grad_mu), ptr(&grad_theta));
     let gpp = grad_pi.as_ref().map(ptr);
     let glp = grad_log_library.as_ref().map(ptr);
-    let parts = if b * g >= PARALLEL_ENTRIES { (tch::get_num_threads().max(1) as usize).min(b) } else { 1 };
+    let parts = if b * g >= PARALLEL_ENTRIES { crate::runtime::parts_for(b) } else { 1 };
     let part = |k: usize| {
         let (c0, c1) = (b * k / parts, b * (k + 1) / parts);
         let (e0, n) = (c0 * g, (c1 - c0) * g);

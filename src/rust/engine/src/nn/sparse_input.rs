@@ -110,8 +110,7 @@ pub fn linear(input: SparseInput<'_>, weight: &Tensor) -> Option<Tensor> {
     let (wp, tp, op) = (weight_c.data_ptr() as usize, wt.data_ptr() as usize, out.data_ptr() as usize);
     let values = rows.values(input.log1p);
     let level = Simd::detect();
-    let threads = tch::get_num_threads().max(1) as usize;
-    let parts = if g * h >= PARALLEL_OUTPUTS * 8 { threads.min(g.div_ceil(TILE)) } else { 1 };
+    let parts = if g * h >= PARALLEL_OUTPUTS * 8 { crate::runtime::parts_for(g.div_ceil(TILE)) } else { 1 };
     let transpose = |k: usize| {
         let (t0, t1) = (g.div_ceil(TILE) * k / parts, g.div_ceil(TILE) * (k + 1) / parts);
         let (g0, g1) = (t0 * TILE, (t1 * TILE).min(g));
@@ -123,7 +122,7 @@ pub fn linear(input: SparseInput<'_>, weight: &Tensor) -> Option<Tensor> {
         }
     };
     crate::runtime::parallel_parts(parts, &transpose);
-    let parts = if b * h >= PARALLEL_OUTPUTS { threads.min(b) } else { 1 };
+    let parts = if b * h >= PARALLEL_OUTPUTS { crate::runtime::parts_for(b) } else { 1 };
     let part = |k: usize| {
         let (c0, c1) = (b * k / parts, b * (k + 1) / parts);
         // SAFETY: wt holds genes x h floats, out b x h; each part writes its own cells' rows.
@@ -194,7 +193,7 @@ pub fn finish_backward(rows: &HostRows) {
         let (yp, wp) = (gy.data_ptr() as usize, target.data_ptr() as usize);
         let level = Simd::detect();
         let tiles = g.div_ceil(TILE);
-        let parts = if g * h >= PARALLEL_OUTPUTS * 8 { (tch::get_num_threads().max(1) as usize).min(tiles) } else { 1 };
+        let parts = if g * h >= PARALLEL_OUTPUTS * 8 { crate::runtime::parts_for(tiles) } else { 1 };
         if cache.len() < parts {
             cache.resize_with(parts, Default::default);
         }

@@ -104,7 +104,7 @@ impl Adam {
         let coupled_wd = if self.decoupled_weight_decay { 0.0 } else { wd };
         let total: usize = buffers.iter().map(|b| b.2).sum();
         let level = self.simd;
-        let parts = if total >= 2 * PARALLEL_ENTRIES { (tch::get_num_threads().max(1) as usize).min(total / PARALLEL_ENTRIES) } else { 1 };
+        let parts = if total >= 2 * PARALLEL_ENTRIES { crate::runtime::parts_for(total / PARALLEL_ENTRIES) } else { 1 };
         let part = |k: usize| {
             let (from, to) = (total * k / parts, total * (k + 1) / parts);
             let mut start = 0;
