@@ -276,16 +276,13 @@ fn omp_broadcast_mxcsr(value: u32, team: c_int) {
     parallel(set, &mut v as *mut u32 as *mut c_void, team.max(1) as c_uint, 0);
 }
 
-/// Parts per thread that [`parts_for`] cuts work into.
-const PARTS_PER_THREAD: usize = 2;
-
-/// How many parts [`parallel_parts`] should cut `units` independent units of work into: one on
-/// one thread, else up to [`PARTS_PER_THREAD`] per thread, so that a thread slowed by other work
-/// on its core (a shared server, a virtual machine's vCPU) takes fewer parts instead of holding
-/// up the others. Callers still decide what a unit is and when work is too small to split.
+/// How many parts [`parallel_parts`] should cut `units` independent units of work into: one per
+/// thread, at most one per unit. (Two per thread, taken as threads come free, made the training
+/// step about 5% slower at 2 threads on the project's test machine, each part packing its
+/// operands again, and gained nothing in its slow periods, where both threads slow down.)
+/// Callers still decide what a unit is and when work is too small to split.
 pub fn parts_for(units: usize) -> usize {
-    let threads = tch::get_num_threads().max(1) as usize;
-    if threads == 1 { 1 } else { units.min(threads * PARTS_PER_THREAD).max(1) }
+    (tch::get_num_threads().max(1) as usize).min(units).max(1)
 }
 
 /// Runs `f(part)` for every part in `0..parts` on the threads libtorch computes on (one OpenMP
@@ -530,18 +527,18 @@ mod tests {
     }
 
     #[test]
-    fn parts_are_many_per_thread_and_one_alone() {
+    fn parts_are_one_per_thread() {
         on_threads(1, || assert_eq!(parts_for(100), 1));
         on_threads(2, || {
-            assert_eq!(parts_for(100), 2 * PARTS_PER_THREAD);
-            assert_eq!(parts_for(3), 3);
+            assert_eq!(parts_for(100), 2);
+            assert_eq!(parts_for(1), 1);
             assert_eq!(parts_for(0), 1);
         });
     }
 
     #[test]
     fn a_slow_part_does_not_hold_up_the_others() {
-        let parts = 2 * PARTS_PER_THREAD;
+        let parts = 4;
         let ran: Vec<Mutex<Vec<std::thread::ThreadId>>> = (0..parts).map(|_| Mutex::new(Vec::new())).collect();
         on_threads(2, || {
             parallel_parts(parts, &|p| {
