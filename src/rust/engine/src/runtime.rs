@@ -328,10 +328,10 @@ pub fn parallel_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
 
 /// Runs `here` on this thread while `there` runs on another of libtorch's threads, in one
 /// parallel region (both in turn on this thread when there is one thread, or when no other
-/// thread came to take `there` before `here` ended). Meant for pairing
-/// work bound by per-operation overhead (autograd's backward pass) with memory-bound work:
-/// libtorch's and the engine's parallel operations inside the region run on their caller's
-/// thread alone. A panic in either is re-raised after both end.
+/// thread came to take `there` before `here` ended). Meant for pairing work bound by
+/// per-operation overhead (autograd's backward pass) with memory-bound work: libtorch's and the
+/// engine's parallel operations inside the region run on their caller's thread alone. A panic
+/// in either is re-raised after both end.
 pub fn beside<H: FnOnce(), T: FnOnce() + Send>(here: H, there: T) {
     /// `here` is not Send: it is taken only on the thread that made it (checked).
     struct CallerOnly<H> {
@@ -347,7 +347,9 @@ pub fn beside<H: FnOnce(), T: FnOnce() + Send>(here: H, there: T) {
             if std::thread::current().id() != self.caller {
                 return false;
             }
-            if let Some(f) = self.f.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // Taken first, so that the lock is not held while it runs.
+            let f = self.f.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(f) = f {
                 f();
             }
             true
