@@ -71,6 +71,7 @@
   .rs_call("scvir_write_h5ad", path, x, layers, obs, var, obsm, varm, uns)
 }
 .rs_cuda_available <- function() .rs_call("scvir_cuda_available")
+.rs_cuda_info <- function() .rs_call("scvir_cuda_info")
 .rs_debug_panic <- function() .rs_call("scvir_debug_panic")
 .rs_blas_info <- function() .rs_call("scvir_blas_info")
 .rs_de_compare <- function(model, data, opts, cells1, cells2, batches1, batches2, mode, delta,

@@ -119,12 +119,23 @@
 #' package = "scviR")`), which takes the CPU libraries from the PyPI `torch` wheel (pip and
 #' network access, or `wheel_dir`), then loads scviR's engine so that it can be used at once.
 #'
+#' With `cuda = TRUE` (or, by default, when `nvidia-smi` lists an NVIDIA GPU) it installs the
+#' CUDA build from the same wheel instead, with the nvidia-* libraries it needs beside it (about
+#' 4 GB; a CPU build already in `prefix` is replaced). scviR loads the CUDA libraries with
+#' libtorch when they are in the directory it loads libtorch from (`libtorch_info()$libtorch`;
+#' the environment variable `SCVIR_LIBTORCH` selects another), so after restarting R the
+#' installed package can train on the GPU (`accelerator = "gpu"`) without being rebuilt;
+#' [libtorch_info()] shows what it sees. An engine already loaded in this R session keeps the
+#' libtorch it loaded.
+#'
 #' @param prefix Directory to install into; libtorch goes to
 #'   `<prefix>/libtorch-2.11.0/torch`. The default is the per-user data directory (the
 #'   site-wide directory when run as root).
 #' @param wheel_dir Optional directory holding the downloaded wheels (`torch-2.11.0-*.whl` and
 #'   the two small `nvidia_cuda_runtime` / `nvidia_cuda_cupti` wheels it names), for machines
 #'   without network access.
+#' @param cuda `TRUE` for the CUDA build, `FALSE` for the CPU build, `NA` (default) for the CUDA
+#'   build when `nvidia-smi` lists a GPU.
 #' @return The libtorch directory, invisibly.
 #' @examples
 #' # Where scviR looks for libtorch, and which one it loaded:
@@ -133,7 +144,11 @@
 #' install_libtorch()
 #' }
 #' @export
-install_libtorch <- function(prefix = NULL, wheel_dir = NULL) {
+install_libtorch <- function(prefix = NULL, wheel_dir = NULL, cuda = NA) {
+  if (!is.logical(cuda) || length(cuda) != 1L) {
+    scvir_abort("cuda must be TRUE, FALSE or NA (the CUDA build when nvidia-smi lists a GPU)",
+                "scvir_config_error")
+  }
   if (is.null(prefix)) {
     root <- identical(unname(Sys.info()[["effective_user"]]), "root")
     prefix <- if (root) .libtorch_site_prefix() else .libtorch_user_prefix()
@@ -142,7 +157,8 @@ install_libtorch <- function(prefix = NULL, wheel_dir = NULL) {
     scvir_abort("prefix must be one directory path", "scvir_config_error")
   }
   script <- system.file("libtorch", "install-libtorch.sh", package = "scviR")
-  env <- if (!is.null(wheel_dir)) paste0("SCVIR_TORCH_WHEEL_DIR=", normalizePath(wheel_dir, mustWork = TRUE))
+  env <- c(if (!is.null(wheel_dir)) paste0("SCVIR_TORCH_WHEEL_DIR=", normalizePath(wheel_dir, mustWork = TRUE)),
+           if (!is.na(cuda)) paste0("SCVIR_CUDA=", as.integer(cuda)))
   status <- system2("sh", c(shQuote(script), shQuote(prefix)), env = env)
   if (!identical(status, 0L)) {
     scvir_abort(sprintf("installing libtorch into %s failed (status %s); see the messages above",
@@ -177,21 +193,28 @@ install_libtorch <- function(prefix = NULL, wheel_dir = NULL) {
 #' after; it only matters when libtorch runs on R's BLAS. `options(scviR.tune_allocator = TRUE)`
 #' (`SCVIR_TUNE_ALLOCATOR=1`) raises glibc's allocation thresholds during engine calls (fewer
 #' page faults when training; set back to glibc's defaults after).
+#'
+#' `cuda` says whether the loaded libtorch is the CUDA build (installed by `SCVIR_CUDA=1 make
+#' install`, by `install_libtorch(cuda = TRUE)`, or at set-up on a machine with an NVIDIA GPU)
+#' and `gpus` how many CUDA devices it sees: `accelerator = "gpu"` needs both.
 #' @return A list with `libtorch`, `load_error`, `blas` (`"libtorch"`: libtorch's own BLAS, or
 #'   `"R"`: R's), `blas_core` (the kernel set of R's OpenBLAS, if R runs on OpenBLAS),
 #'   `blas_core_available` (the better kernel set, if OpenBLAS fell back to a generic one),
-#'   `tune_blas` and `threads`; printed.
+#'   `tune_blas`, `threads`, `cuda` (logical) and `gpus` (integer); printed.
 #' @examples
 #' libtorch_info()
 #' @export
 libtorch_info <- function() {
-  blas <- if (!is.null(.scvir_state$routines)) .rs_blas_info() else list(core = NULL, better = NULL)
+  loaded <- !is.null(.scvir_state$routines)
+  blas <- if (loaded) .rs_blas_info() else list(core = NULL, better = NULL)
+  cuda <- if (loaded) .rs_cuda_info() else list(built = NA, devices = NA_integer_)
   info <- structure(list(
     libtorch = .scvir_state$libtorch, load_error = .scvir_state$load_error,
     torch_version = .torch_version, blas = .scvir_state$blas,
     blas_core = blas$core, blas_core_available = blas$better,
     tune_blas = .tune_option("blas"),
-    threads = if (!is.null(.scvir_state$routines)) .default_threads() else NA_integer_),
+    threads = if (loaded) .default_threads() else NA_integer_,
+    cuda = cuda$built, gpus = cuda$devices),
     class = "scvir_libtorch_info")
   info
 }
@@ -211,6 +234,12 @@ print.scvir_libtorch_info <- function(x, ...) {
                           if (x$tune_blas) " is on" else "") else ""))
   }
   cat(sprintf("threads: %s\n", x$threads))
+  if (isTRUE(x$cuda)) {
+    cat(sprintf("CUDA: yes, %d GPU(s) visible%s\n", x$gpus,
+                if (identical(x$gpus, 0L)) " (check nvidia-smi and CUDA_VISIBLE_DEVICES)" else ""))
+  } else if (isFALSE(x$cuda)) {
+    cat("CUDA: no, the CPU build (install_libtorch(cuda = TRUE) installs the CUDA build)\n")
+  }
   invisible(x)
 }
 

@@ -148,6 +148,15 @@ test_that("libtorch is found at load time, and a missing one is a classed error"
   info <- libtorch_info()
   expect_null(info$load_error)
   expect_true(file.exists(file.path(info$libtorch, "lib", "libtorch_cpu.so")))
+  # The engine's view of CUDA agrees with the libraries in the loaded directory.
+  expect_identical(info$cuda, file.exists(file.path(info$libtorch, "lib", "libtorch_cuda.so")))
+  expect_type(info$gpus, "integer")
+  expect_true(info$gpus >= 0L && (info$cuda || info$gpus == 0L))
+  shown <- capture.output(print(info))
+  expect_true(any(grepl(if (info$cuda) "^CUDA: yes, [0-9]+ GPU" else "^CUDA: no, the CPU build", shown)),
+              info = paste(shown, collapse = "\n"))
+  expect_error(install_libtorch(prefix = tempfile(), cuda = "yes"), "cuda must be TRUE, FALSE or NA",
+               class = "scvir_config_error")
   # The shared library has no run path into anybody's home directory (or anywhere).
   so <- system.file("libs", "scviR.so", package = "scviR")
   readelf <- Sys.which("readelf")

@@ -94,7 +94,11 @@ test_that("accelerator: the CPU on request, a clear error for an unavailable GPU
   fit <- quick_fit(accelerator = "cpu", max_epochs = 2L)
   expect_identical(fit$device, "Cpu")
   if (!scviR:::.rs_cuda_available()) {
-    expect_error(quick_fit(accelerator = "gpu"), "needs CUDA", class = "scvir_config_error")
+    # The error says why: a CPU build of libtorch (install the CUDA one) or no device visible.
+    why <- if (isTRUE(libtorch_info()$cuda)) "sees no CUDA device.*nvidia-smi" else
+      "CPU build.*install_libtorch\\(cuda = TRUE\\)"
+    expect_error(quick_fit(accelerator = "gpu"), paste0("needs a CUDA device, but .*", why),
+                 class = "scvir_config_error")
     expect_identical(quick_fit(accelerator = "auto", max_epochs = 2L)$device, "Cpu")
   }
   expect_error(quick_fit(accelerator = "tpu"), "accelerator must be one of")

@@ -36,10 +36,10 @@ fn device(accelerator: &str, index: i32) -> Result<Device> {
         "cpu" => Ok(Device::Cpu),
         "auto" => Ok(if runtime::cuda_available() { Device::Cuda(index.max(0) as usize) } else { Device::Cpu }),
         "gpu" | "cuda" => {
-            if !runtime::cuda_available() {
-                return Err(Error::Other(
-                    "[scviR:config] accelerator = \"gpu\" needs CUDA, but no CUDA device is available to the libtorch scviR was built with (a CPU-only libtorch, or no GPU); use \"cpu\" or \"auto\"".into(),
-                ));
+            if let Some(why) = runtime::gpu_unavailable_reason() {
+                return Err(Error::Other(format!(
+                    "[scviR:config] accelerator = \"gpu\" needs a CUDA device, but {why}; or use \"cpu\" or \"auto\""
+                )));
             }
             let n = tch::Cuda::device_count();
             if index < 0 || index as i64 >= n {
@@ -925,6 +925,15 @@ fn scvir_cuda_available() -> bool {
     runtime::cuda_available()
 }
 
+/// Whether the loaded libtorch carries CUDA, and how many CUDA devices it sees.
+/// @noRd
+#[extendr]
+fn scvir_cuda_info() -> List {
+    quiet_panics();
+    let s = runtime::cuda_state();
+    list!(built = s.built, devices = s.devices as i32)
+}
+
 /// Panics on purpose, so tests can check that a Rust panic surfaces as an R error.
 /// @noRd
 #[extendr]
@@ -961,6 +970,7 @@ extendr_module! {
     fn scvir_save_scvi_tools;
     fn scvir_write_h5ad;
     fn scvir_cuda_available;
+    fn scvir_cuda_info;
     fn scvir_set_tuning;
     fn scvir_blas_info;
     fn scvir_available_cores;

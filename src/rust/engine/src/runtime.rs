@@ -209,6 +209,36 @@ pub fn cuda_available() -> bool {
     tch::Cuda::is_available()
 }
 
+/// What the loaded libtorch offers for GPUs: whether it carries CUDA (its CUDA libraries were
+/// loaded beside it), and how many CUDA devices it sees (0 without a driver or a GPU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CudaState {
+    pub built: bool,
+    pub devices: i64,
+}
+
+pub fn cuda_state() -> CudaState {
+    let built = tch::utils::has_cudart();
+    CudaState { built, devices: if built { tch::Cuda::device_count().max(0) } else { 0 } }
+}
+
+/// Why `accelerator = "gpu"` cannot run here, with what to do; None when a CUDA device is there.
+pub fn gpu_unavailable_reason() -> Option<String> {
+    let state = cuda_state();
+    if state.devices > 0 && cuda_available() {
+        return None;
+    }
+    Some(if state.built {
+        "the libtorch scviR loaded has CUDA and sees no CUDA device (check `nvidia-smi`, the \
+         NVIDIA driver and CUDA_VISIBLE_DEVICES)"
+            .into()
+    } else {
+        "the libtorch scviR loaded is the CPU build; install the CUDA build with \
+         `SCVIR_CUDA=1 make install` or `scviR::install_libtorch(cuda = TRUE)` on a machine with an NVIDIA GPU"
+            .into()
+    })
+}
+
 /// Seeds libtorch's generator (initial weights, dropout, posterior samples). Call it before
 /// building a model so that the initial weights are repeatable too; training seeds again.
 pub fn seed_everything(seed: u64) {
@@ -512,6 +542,23 @@ mod tests {
         assert_eq!(tch::get_num_threads(), before_torch, "libtorch threads restored");
         let tiny = std::hint::black_box(f64::MIN_POSITIVE) / std::hint::black_box(4.0);
         assert!(tiny > 0.0, "denormals survive after the session");
+    }
+
+    #[test]
+    fn cuda_state_agrees_with_libtorch() {
+        let s = cuda_state();
+        assert!(s.devices >= 0);
+        if !s.built {
+            assert_eq!(s.devices, 0, "a CPU build sees no CUDA device");
+            assert!(!cuda_available());
+        }
+        // The reason for refusing the GPU is given exactly when no CUDA device can be used, and
+        // it says what to do.
+        match gpu_unavailable_reason() {
+            None => assert!(cuda_available() && s.devices > 0),
+            Some(why) if s.built => assert!(why.contains("nvidia-smi"), "{why}"),
+            Some(why) => assert!(why.contains("SCVIR_CUDA=1") && why.contains("install_libtorch(cuda = TRUE)"), "{why}"),
+        }
     }
 
     #[test]
