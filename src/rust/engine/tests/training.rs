@@ -34,10 +34,17 @@ fn fit_watched(counts: Counts<'_>, seed: u64, epochs: usize, observer: &mut dyn 
 }
 
 fn fit_on(counts: Counts<'_>, seed: u64, epochs: usize, threads: usize, observer: &mut dyn train::TrainingObserver) -> (Vae, train::TrainOutcome) {
+    fit_step(counts, seed, epochs, threads, true, observer)
+}
+
+/// `closed_form`: the standard network's steps with their gradients in closed form (the
+/// default), or through autograd.
+fn fit_step(counts: Counts<'_>, seed: u64, epochs: usize, threads: usize, closed_form: bool, observer: &mut dyn train::TrainingObserver) -> (Vae, train::TrainOutcome) {
     let _session = runtime::Session::enter(runtime::SessionOptions { n_threads: Some(threads), ..Default::default() });
     let batch = vec![0i32; counts.n_cells()];
     runtime::seed_everything(seed);
     let mut vae = Vae::new(VaeConfig::new(counts.n_genes() as i64, 1), Device::Cpu, None).unwrap();
+    vae.closed_form = closed_form;
     let cfg = TrainConfig { max_epochs: Some(epochs), seed, ..Default::default() };
     let out = train::train(&mut vae, counts, &batch, &Default::default(), &cfg, observer).unwrap();
     (vae, out)
@@ -89,6 +96,25 @@ fn two_threads_train_the_same_model_up_to_rounding() {
         assert!(rel < 1e-5, "epoch {}: training ELBO {} at 1 thread, {} at 2", a.epoch, a.elbo_train, b.elbo_train);
     }
     assert_eq!(one.history.epochs.len(), 4);
+}
+
+/// Training with the closed-form step follows training through autograd, epoch by epoch, up to
+/// rounding (their single steps are compared in tests/closed_form.rs).
+#[test]
+fn the_closed_form_step_trains_the_model_autograd_trains() {
+    let _turn = torch_turn();
+    let d = pbmc();
+    let counts = head(&d, 400);
+    let (_, autograd) = fit_step(counts, 5, 6, 1, false, &mut NoObserver);
+    let (_, closed) = fit_step(counts, 5, 6, 1, true, &mut NoObserver);
+    assert_eq!(autograd.history.epochs.len(), 6);
+    for (a, b) in autograd.history.epochs.iter().zip(&closed.history.epochs) {
+        for (x, y, what) in [(a.elbo_train, b.elbo_train, "training"), (a.elbo_validation.unwrap(), b.elbo_validation.unwrap(), "validation")] {
+            assert!((x - y).abs() / x.abs() < 1e-4, "epoch {}: {what} ELBO {x} through autograd, {y} in closed form", a.epoch);
+        }
+    }
+    let first = &closed.history.epochs[0];
+    assert!(closed.history.epochs[5].elbo_train < first.elbo_train);
 }
 
 #[test]

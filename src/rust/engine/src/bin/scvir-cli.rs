@@ -1,7 +1,7 @@
 //! Command-line front end of the engine, for benchmarks and GPU runs without R:
 //!
 //!   scvir-cli train FILE.h5ad [--epochs N] [--seed S] [--threads T] [--batch-size B]
-//!             [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--unfused-rates] [--libtorch-products]
+//!             [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--unfused-rates] [--autograd-step] [--libtorch-products]
 //!             [--profile] [--quiet]
 //!
 //! Prints one line per epoch and a final `RESULT {json}` line with timing and ELBO figures;
@@ -70,7 +70,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) != Some("train") || args.len() < 2 {
         return Err("usage: scvir-cli train FILE.h5ad [--epochs N] [--seed S] [--threads T] [--batch-size B] \
-                    [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--unfused-rates] [--libtorch-products] [--profile] [--quiet]"
+                    [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--unfused-rates] [--autograd-step] [--libtorch-products] [--profile] [--quiet]"
             .into());
     }
     let path = &args[1];
@@ -81,6 +81,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut device = tch::Device::Cpu;
     let mut quiet = false;
     let mut fused_rates = true;
+    let mut closed_form = true;
     let mut profile = false;
     let mut it = args[2..].iter();
     while let Some(a) = it.next() {
@@ -101,6 +102,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
             "--quiet" => quiet = true,
             "--unfused-rates" => fused_rates = false,
+            "--autograd-step" => closed_form = false,
             "--libtorch-products" => scvir_engine::gemm::use_libtorch(),
             "--profile" => profile = true,
             other => return Err(format!("unknown option {other}").into()),
@@ -123,6 +125,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     scvir_engine::runtime::seed_everything(cfg.seed);
     let mut vae = Vae::new(vae_cfg, device, Some(prior))?;
     vae.fused_rates = fused_rates;
+    vae.closed_form = closed_form;
     let mut printer = Printer { quiet, profile: profile.then(StepProfile::default) };
     let started = Instant::now();
     let out = train::train(&mut vae, counts, &batch, &Default::default(), &cfg, &mut printer)?;

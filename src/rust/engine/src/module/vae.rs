@@ -10,6 +10,8 @@ use crate::nn::decoder::{Head, Scale};
 use crate::nn::{DecoderScvi, Encoder, EncoderOutput, FcLayersConfig};
 use tch::{nn, Device, Kind, Tensor};
 
+mod closed_form;
+
 pub struct Vae {
     pub config: VaeConfig,
     pub vs: nn::VarStore,
@@ -29,6 +31,10 @@ pub struct Vae {
     /// `distributions::fused`); off, the decoder's softmax and the library scaling run as tensor
     /// operations. The two agree to rounding (tests); the switch exists for them and benchmarks.
     pub fused_rates: bool,
+    /// Whether training steps of the standard network run with their gradients in closed form
+    /// (see `closed_form`) instead of through autograd. The two agree to rounding (tests); the
+    /// switch exists for them and benchmarks.
+    pub closed_form: bool,
 }
 
 pub struct Inference {
@@ -166,7 +172,7 @@ impl Vae {
             Some(s) => Some(ScanviHeads::new(&root / "scanvi", c, s)?),
             None => None,
         };
-        Ok(Vae { config, vs, z_encoder, l_encoder, decoder, px_r, batch_embedding, library_log_means, library_log_vars, scanvi, fused_rates: true })
+        Ok(Vae { config, vs, z_encoder, l_encoder, decoder, px_r, batch_embedding, library_log_means, library_log_vars, scanvi, fused_rates: true, closed_form: true })
     }
 
     pub fn device(&self) -> Device {
@@ -335,7 +341,16 @@ impl Vae {
 
     /// scvi-tools' VAE loss: mean over cells of reconstruction + kl_weight * KL(z) + KL(library);
     /// the library KL is not warmed up.
+    ///
+    /// In training, the standard network's step runs with its gradients in closed form where it
+    /// can (`closed_form`): they are then already in the parameters' `.grad` and the returned
+    /// loss has no graph to run backward through.
     pub fn loss(&self, mb: &Minibatch, train: bool, kl_weight: f64) -> LossOutput {
+        if train {
+            if let Some(out) = self.closed_form_loss(mb, kl_weight) {
+                return out;
+            }
+        }
         let inf = self.inference(mb, train);
         let reconstruction = self.training_reconstruction(mb, &inf, train);
         let kl_z = kl_normal_std_normal(&inf.qz.q_mean, &inf.qz.q_var).sum_dim_intlist(1, false, Kind::Float);

@@ -38,6 +38,15 @@ impl Encoder {
         }
     }
 
+    /// The hidden block and the mean and variance heads, for the hand-written training step
+    /// (`module::vae::closed_form`): None for a deeper stack or a softplus variance.
+    pub(crate) fn parts(&self) -> Option<(super::fc_layers::SingleBlock<'_>, &nn::Linear, &nn::Linear)> {
+        if self.softplus_variance {
+            return None;
+        }
+        Some((self.fc.single_block()?, &self.mean, &self.var))
+    }
+
     /// The covariate layout of the hidden layers' weights.
     pub fn fc_layouts(&self) -> Vec<super::fc_layers::BlockLayout> {
         self.fc.layouts().to_vec()

@@ -74,9 +74,30 @@ pub struct BlockLayout {
 struct Block {
     linear: nn::Linear,
     batch_norm: Option<nn::BatchNorm>,
+    batch_norm_momentum: f64,
     layer_norm_width: Option<i64>,
     takes_covariates: bool,
     frozen_base: bool,
+}
+
+/// A one-block stack's parameters (see [`FcLayers::single_block`]).
+pub(crate) struct SingleBlock<'a> {
+    pub weight: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub batch_norm: Option<BatchNormParts<'a>>,
+    pub dropout_rate: f64,
+    /// One-hot widths of the covariates appended to the input (0: a dropped covariate).
+    pub cat_widths: Vec<i64>,
+}
+
+/// A BatchNorm layer's affine parameters, running statistics and settings.
+pub(crate) struct BatchNormParts<'a> {
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+    pub running_mean: &'a Tensor,
+    pub running_var: &'a Tensor,
+    pub momentum: f64,
+    pub eps: f64,
 }
 
 pub struct FcLayers {
@@ -114,6 +135,7 @@ impl FcLayers {
                 Block {
                     linear: init::linear(lp, n_in, w[1], cfg.bias),
                     batch_norm: cfg.use_batch_norm.then(|| init::batch_norm(&p / "batch_norm", w[1], cfg.batch_norm_momentum)),
+                    batch_norm_momentum: cfg.batch_norm_momentum,
                     layer_norm_width: cfg.use_layer_norm.then_some(w[1]),
                     takes_covariates,
                     frozen_base: cfg.frozen_base_from.is_some_and(|k| i >= k),
@@ -126,6 +148,34 @@ impl FcLayers {
     /// The covariate layout of each block's weight.
     pub fn layouts(&self) -> &[BlockLayout] {
         &self.layouts
+    }
+
+    /// The stack's parameters when it is one trainable Linear -> [BatchNorm] -> ReLU ->
+    /// [Dropout] block without layer norm, for a training step written out by hand
+    /// (`module::vae::closed_form`); None for any other stack.
+    pub(crate) fn single_block(&self) -> Option<SingleBlock<'_>> {
+        let [b] = self.blocks.as_slice() else { return None };
+        if !self.use_activation || b.layer_norm_width.is_some() || b.frozen_base {
+            return None;
+        }
+        let batch_norm = match &b.batch_norm {
+            Some(bn) => Some(BatchNormParts {
+                weight: bn.ws.as_ref()?,
+                bias: bn.bs.as_ref()?,
+                running_mean: &bn.running_mean,
+                running_var: &bn.running_var,
+                momentum: b.batch_norm_momentum,
+                eps: init::BATCH_NORM_EPS,
+            }),
+            None => None,
+        };
+        Some(SingleBlock {
+            weight: &b.linear.ws,
+            bias: b.linear.bs.as_ref(),
+            batch_norm,
+            dropout_rate: self.dropout_rate,
+            cat_widths: if b.takes_covariates { self.n_cat_list.clone() } else { vec![] },
+        })
     }
 
     /// `cats` holds one tensor of category codes (i64, per cell) for each covariate.
@@ -206,17 +256,22 @@ pub fn dropout(y: &Tensor, p: f64, train: bool) -> Tensor {
     if y.device() != tch::Device::Cpu || p >= 1.0 {
         return y.dropout(p, train);
     }
+    let mask = dropout_mask(y.numel(), p);
+    y * Tensor::from_slice(&mask).view(y.size().as_slice())
+}
+
+/// The factors [`dropout`] multiplies `n` entries by on the CPU in training (0 or 1 / (1 - p)),
+/// drawing from libtorch's generator as it does; 0 < p < 1.
+pub(crate) fn dropout_mask(n: usize, p: f64) -> Vec<f32> {
     use rand::{RngCore, SeedableRng};
     let seed = Tensor::randint(i64::MAX, [1], (tch::Kind::Int64, tch::Device::Cpu)).int64_value(&[0]) as u64;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let n = y.numel();
     let mut bits = vec![0u32; n];
     rng.fill_bytes(bytemuck_u32(&mut bits));
     // Zero when a uniform 32-bit draw falls below p * 2^32.
     let cut = (p * 4_294_967_296.0) as u64;
     let keep = (1.0 / (1.0 - p)) as f32;
-    let mask: Vec<f32> = bits.iter().map(|&b| if (b as u64) < cut { 0.0 } else { keep }).collect();
-    y * Tensor::from_slice(&mask).view(y.size().as_slice())
+    bits.iter().map(|&b| if (b as u64) < cut { 0.0 } else { keep }).collect()
 }
 
 /// The bytes of a u32 buffer, for filling it from a byte-oriented generator.

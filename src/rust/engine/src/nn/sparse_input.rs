@@ -168,8 +168,7 @@ pub fn finish_backward(rows: &HostRows) {
     let pending = std::mem::take(&mut *rows.deferred.lock().unwrap_or_else(|e| e.into_inner()));
     // Each part's gene-ordered nonzeros, kept for the next product when its genes and values are
     // the same (the z and library encoders read the same input).
-    type Cached = Option<(usize, usize, bool, ByGene)>;
-    let mut cache: Vec<Mutex<Cached>> = Vec::new();
+    let mut cache = GeneOrder::default();
     for d in pending {
         let d = match d {
             Deferred::Sparse { leaf, weight, log1p } => SparseProduct { leaf, weight, log1p },
@@ -179,48 +178,64 @@ pub fn finish_backward(rows: &HostRows) {
             }
         };
         let gy = d.leaf.grad();
-        let gw = d.weight.grad();
-        if !gy.defined() || !gw.defined() {
-            continue;
+        if gy.defined() {
+            add_weight_gradient(SparseInput { rows, log1p: d.log1p }, &gy, &d.weight, &mut cache);
         }
-        let gy = gy.to_kind(Kind::Float).contiguous();
-        let (b, h, g) = (rows.n_cells(), gy.size()[1] as usize, rows.n_genes);
-        assert!(gy.size() == [b as i64, h as i64] && gw.size() == [h as i64, g as i64], "gradient shapes");
-        // Written in place: the weight's own `.grad` (contiguous, as the optimiser keeps it) or a
-        // contiguous copy added back.
-        let target = if gw.is_contiguous() && gw.kind() == Kind::Float { gw.shallow_clone() } else { gw.to_kind(Kind::Float).contiguous() };
-        let values = rows.values(d.log1p);
-        let (yp, wp) = (gy.data_ptr() as usize, target.data_ptr() as usize);
-        let level = Simd::detect();
-        let tiles = g.div_ceil(TILE);
-        let parts = if g * h >= PARALLEL_OUTPUTS * 8 { crate::runtime::parts_for(tiles) } else { 1 };
-        if cache.len() < parts {
-            cache.resize_with(parts, Default::default);
+    }
+}
+
+/// Each parallel part's gene-ordered nonzeros (first gene, end, log1p, nonzeros), reused by the
+/// next weight gradient over the same genes and values.
+#[derive(Default)]
+pub(crate) struct GeneOrder(Vec<Mutex<Option<(usize, usize, bool, ByGene)>>>);
+
+/// Adds dL/dW = gy^T X, over the nonzeros of `input`, into the `.grad` of `weight` (out x
+/// genes), for the gradient `gy` (cells x out) of the product x W^T; nothing when the weight has
+/// no `.grad`.
+pub(crate) fn add_weight_gradient(input: SparseInput<'_>, gy: &Tensor, weight: &Tensor, cache: &mut GeneOrder) {
+    let (rows, log1p) = (input.rows, input.log1p);
+    let gw = weight.grad();
+    if !gw.defined() {
+        return;
+    }
+    let gy = gy.to_kind(Kind::Float).contiguous();
+    let (b, h, g) = (rows.n_cells(), gy.size()[1] as usize, rows.n_genes);
+    assert!(gy.size() == [b as i64, h as i64] && gw.size() == [h as i64, g as i64], "gradient shapes");
+    // Written in place: the weight's own `.grad` (contiguous, as the optimiser keeps it) or a
+    // contiguous copy added back.
+    let target = if gw.is_contiguous() && gw.kind() == Kind::Float { gw.shallow_clone() } else { gw.to_kind(Kind::Float).contiguous() };
+    let values = rows.values(log1p);
+    let (yp, wp) = (gy.data_ptr() as usize, target.data_ptr() as usize);
+    let level = Simd::detect();
+    let tiles = g.div_ceil(TILE);
+    let parts = if g * h >= PARALLEL_OUTPUTS * 8 { crate::runtime::parts_for(tiles) } else { 1 };
+    if cache.0.len() < parts {
+        cache.0.resize_with(parts, Default::default);
+    }
+    let cache = &cache.0;
+    let part = |k: usize| {
+        let (t0, t1) = (tiles * k / parts, tiles * (k + 1) / parts);
+        let (first, end) = (t0 * TILE, (t1 * TILE).min(g));
+        // Each part orders by gene only the nonzeros of its own genes.
+        let mut slot = cache[k].lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(&*slot, Some((f, e, l, _)) if (*f, *e, *l) == (first, end, log1p)) {
+            *slot = Some((first, end, log1p, ByGene::new(rows, values, first, end)));
         }
-        let part = |k: usize| {
-            let (t0, t1) = (tiles * k / parts, tiles * (k + 1) / parts);
-            let (first, end) = (t0 * TILE, (t1 * TILE).min(g));
-            // Each part orders by gene only the nonzeros of its own genes.
-            let mut slot = cache[k].lock().unwrap_or_else(|e| e.into_inner());
-            if !matches!(&*slot, Some((f, e, l, _)) if (*f, *e, *l) == (first, end, d.log1p)) {
-                *slot = Some((first, end, d.log1p, ByGene::new(rows, values, first, end)));
-            }
-            let cols = &slot.as_ref().expect("filled above").3;
-            // SAFETY: gy holds b x h floats and the target h x g; each part writes only the
-            // columns of its own tiles of genes.
-            unsafe {
-                let y = std::slice::from_raw_parts(yp as *const f32, b * h);
-                let w = std::slice::from_raw_parts_mut(wp as *mut f32, h * g);
-                simd::run(level, Backward { cols, gy: y, gw: w, h, g, tiles: (t0, t1) });
-            }
-        };
-        crate::runtime::parallel_parts(parts, &part);
-        if target.data_ptr() != gw.data_ptr() {
-            let mut gw = gw;
-            tch::no_grad(|| {
-                let _ = gw.copy_(&target);
-            });
+        let cols = &slot.as_ref().expect("filled above").3;
+        // SAFETY: gy holds b x h floats and the target h x g; each part writes only the
+        // columns of its own tiles of genes.
+        unsafe {
+            let y = std::slice::from_raw_parts(yp as *const f32, b * h);
+            let w = std::slice::from_raw_parts_mut(wp as *mut f32, h * g);
+            simd::run(level, Backward { cols, gy: y, gw: w, h, g, tiles: (t0, t1) });
         }
+    };
+    crate::runtime::parallel_parts(parts, &part);
+    if target.data_ptr() != gw.data_ptr() {
+        let mut gw = gw;
+        tch::no_grad(|| {
+            let _ = gw.copy_(&target);
+        });
     }
 }
 
@@ -234,9 +249,15 @@ struct SparseProduct {
 /// `.grad` (skipped when the heads did not reach the loss).
 fn finish_heads(probe: &Tensor, input: &Tensor, heads: &[DeferredHead]) {
     let u = probe.grad();
-    if !u.defined() {
-        return;
+    if u.defined() {
+        add_head_gradients(input, &u, heads);
     }
+}
+
+/// Adds the decoder heads' weight and bias gradients grad^T (u input) and grad^T u into their
+/// `.grad`, for heads reading `input` (cells x hidden) whose outputs' gradients are u (cells)
+/// times each head's `grad` (cells x genes).
+pub(crate) fn add_head_gradients(input: &Tensor, u: &Tensor, heads: &[DeferredHead]) {
     tch::no_grad(|| {
         let scaled = input * u.unsqueeze(1);
         for h in heads {

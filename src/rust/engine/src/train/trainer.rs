@@ -241,12 +241,16 @@ pub fn train_on(
                 }
                 clock.mark(Phase::Forward);
                 let mut next = None;
+                // A step in closed form has its gradients already; the next minibatch is then
+                // built in turn, on all threads.
+                let graph = out.loss.requires_grad();
                 match upcoming {
                     // Autograd's backward pass is many small operations on this thread: libtorch's
                     // other thread builds the next minibatch meanwhile (the same minibatch as
                     // built later: it reads only the counts).
-                    Some(cells) => crate::runtime::beside(|| out.loss.backward(), || next = Some(builder.build(cells))),
-                    None => out.loss.backward(),
+                    Some(cells) if graph => crate::runtime::beside(|| out.loss.backward(), || next = Some(builder.build(cells))),
+                    _ if graph => out.loss.backward(),
+                    _ => {}
                 }
                 clock.mark(Phase::Backward);
                 // The encoders' sparse first layers and the deferred decoder heads get their

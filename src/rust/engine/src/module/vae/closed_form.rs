@@ -1,0 +1,341 @@
+//! A training step of the standard scVI network with its gradients written out in closed form.
+//!
+//! For the network most fits use (one hidden layer in the encoder and the decoder, BatchNorm or
+//! not, ReLU, dropout in the encoder, a Gaussian latent, the observed library, an NB or ZINB
+//! likelihood with one dispersion per gene, categorical covariates into the decoder), the
+//! gradient of every parameter follows from the chain rule through a dozen small matrices.
+//! Autograd reaches the same numbers through about forty recorded operations and their backward
+//! nodes, each costing microseconds of libtorch's bookkeeping on one thread: at 128 cells that
+//! was the largest part of a step that a second thread could not share. Here the forward pass
+//! runs outside autograd, keeps what the backward pass needs, and the gradients are added into
+//! each parameter's `.grad` by hand, in the order autograd would add them; the random draws
+//! (the dropout mask, the latent sample) come from libtorch's generator in the same order as in
+//! `Vae::loss`, so both paths train the same model up to rounding (`cargo test` compares the
+//! loss, every gradient and the BatchNorm statistics).
+//!
+//! Every other configuration, and a fresh model's first step (whose parameters have no `.grad`
+//! yet), runs through autograd as before.
+
+use super::{LossOutput, Vae};
+use crate::data::minibatch::one_hot;
+use crate::data::Minibatch;
+use crate::distributions::{fused, GeneLikelihood};
+use crate::module::config::Dispersion;
+use crate::nn::encoder::VAR_EPS;
+use crate::nn::fc_layers::{dropout_mask, BatchNormParts, SingleBlock};
+use crate::nn::sparse_input::{self, DeferredHead, GeneOrder, SparseInput};
+use tch::{nn, Device, Kind, Tensor};
+
+/// What the step reads from the model, checked before anything is computed or drawn.
+struct Plan<'a> {
+    input: SparseInput<'a>,
+    encoder: SingleBlock<'a>,
+    mean: &'a nn::Linear,
+    var: &'a nn::Linear,
+    decoder: SingleBlock<'a>,
+    scale: &'a nn::Linear,
+    zero_inflation: Option<&'a nn::Linear>,
+    px_r: &'a Tensor,
+    /// The decoder's one-hot covariates (cells x width each), in input order.
+    one_hots: Vec<Tensor>,
+}
+
+impl Vae {
+    /// `loss(mb, true, kl_weight)` with the gradients already added into the parameters'
+    /// `.grad` (the returned loss has no graph), or None where the step must run through
+    /// autograd (see the module doc).
+    pub(super) fn closed_form_loss(&self, mb: &Minibatch, kl_weight: f64) -> Option<LossOutput> {
+        let plan = self.closed_form_plan(mb)?;
+        tch::no_grad(|| step(&plan, mb, kl_weight))
+    }
+
+    fn closed_form_plan<'a>(&'a self, mb: &'a Minibatch) -> Option<Plan<'a>> {
+        let c = &self.config;
+        let likelihood = matches!(c.gene_likelihood, GeneLikelihood::Nb | GeneLikelihood::Zinb);
+        if !self.closed_form
+            || !self.fused_rates
+            || !likelihood
+            || c.dispersion != Dispersion::Gene
+            || self.device() != Device::Cpu
+            || self.l_encoder.is_some()
+            || c.use_size_factor_key
+            || c.logistic_normal()
+            || self.scanvi.is_some()
+            || self.batch_embedding.is_some()
+            || mb.latent.is_some()
+            || mb.continuous.is_some()
+            || mb.n_cells < 2
+            || !(0.0..1.0).contains(&c.effective_dropout())
+            || !fused::supported(&mb.log_library)
+            || !sparse_input::grad_mode()
+        {
+            return None;
+        }
+        let px_r = self.px_r.as_ref().filter(|r| r.dim() == 1)?;
+        let input = self.sparse_input(mb)?;
+        let (encoder, mean, var) = self.z_encoder.parts()?;
+        let (decoder, scale, zero_inflation) = self.decoder.parts()?;
+        if encoder.cat_widths.iter().any(|&w| w > 0) || (c.gene_likelihood == GeneLikelihood::Zinb) != zero_inflation.is_some() {
+            return None;
+        }
+        // Every parameter must be trainable and have a `.grad` to add into.
+        let mut params: Vec<&Tensor> = vec![px_r, &mean.ws, &var.ws, &scale.ws];
+        params.extend(mean.bs.as_ref().into_iter().chain(var.bs.as_ref()).chain(scale.bs.as_ref()));
+        if let Some(z) = zero_inflation {
+            params.push(&z.ws);
+            params.extend(z.bs.as_ref());
+        }
+        for b in [&encoder, &decoder] {
+            params.push(b.weight);
+            params.extend(b.bias);
+            if let Some(bn) = &b.batch_norm {
+                params.extend([bn.weight, bn.bias]);
+            }
+        }
+        let ready = |t: &Tensor| t.requires_grad() && t.kind() == Kind::Float && t.grad().defined();
+        if !params.into_iter().all(ready) {
+            return None;
+        }
+        let cats = self.categoricals(&mb.batch_index, mb);
+        let one_hots = decoder.cat_widths.iter().zip(cats).filter(|(&w, _)| w > 0).map(|(&w, c)| one_hot(c, w)).collect();
+        Some(Plan { input, encoder, mean, var, decoder, scale, zero_inflation, px_r, one_hots })
+    }
+}
+
+/// A cells x columns matrix on the host, row-major.
+struct Mat {
+    v: Vec<f32>,
+    rows: usize,
+    cols: usize,
+}
+
+impl Mat {
+    fn of(t: &Tensor) -> Mat {
+        let s = t.size();
+        let v = Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous().view([-1])).expect("a float matrix");
+        Mat { v, rows: s[0] as usize, cols: s[1] as usize }
+    }
+
+    fn tensor(&self) -> Tensor {
+        Tensor::from_slice(&self.v).view([self.rows as i64, self.cols as i64])
+    }
+
+    /// Column sums, as a tensor (a bias's gradient).
+    fn column_sums(&self) -> Tensor {
+        let mut s = vec![0f32; self.cols];
+        for row in self.v.chunks_exact(self.cols) {
+            for (a, &x) in s.iter_mut().zip(row) {
+                *a += x;
+            }
+        }
+        Tensor::from_slice(&s)
+    }
+}
+
+/// What BatchNorm's backward pass needs from its forward pass.
+struct NormCache {
+    xhat: Vec<f32>,
+    invstd: Vec<f32>,
+    /// The running statistics to store once the step has gone through.
+    running: (Vec<f32>, Vec<f32>),
+}
+
+/// BatchNorm in training, in place (x becomes its output): each column normalised by its mean
+/// and biased variance over the cells, then scaled and shifted. The running statistics move by
+/// `momentum` towards the mean and the unbiased variance, as libtorch's do.
+fn norm_forward(x: &mut Mat, bn: &BatchNormParts<'_>) -> NormCache {
+    let (n, h) = (x.rows, x.cols);
+    let mut mean = vec![0f64; h];
+    for row in x.v.chunks_exact(h) {
+        for (m, &a) in mean.iter_mut().zip(row) {
+            *m += a as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n as f64);
+    let mut var = vec![0f64; h];
+    for row in x.v.chunks_exact(h) {
+        for ((s, &a), &m) in var.iter_mut().zip(row).zip(&mean) {
+            let d = a as f64 - m;
+            *s += d * d;
+        }
+    }
+    var.iter_mut().for_each(|s| *s /= n as f64);
+    let invstd: Vec<f32> = var.iter().map(|&s| (1.0 / (s + bn.eps).sqrt()) as f32).collect();
+    let (gamma, beta) = (Vec::<f32>::try_from(bn.weight).expect("gamma"), Vec::<f32>::try_from(bn.bias).expect("beta"));
+    let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+    let mut xhat = vec![0f32; n * h];
+    for (row, out) in x.v.chunks_exact_mut(h).zip(xhat.chunks_exact_mut(h)) {
+        for j in 0..h {
+            let t = (row[j] - mean32[j]) * invstd[j];
+            out[j] = t;
+            row[j] = t * gamma[j] + beta[j];
+        }
+    }
+    let m = bn.momentum;
+    let rm = Vec::<f64>::try_from(bn.running_mean.to_kind(Kind::Double)).expect("running mean");
+    let rv = Vec::<f64>::try_from(bn.running_var.to_kind(Kind::Double)).expect("running variance");
+    let unbiased = n as f64 / (n as f64 - 1.0);
+    let running = (
+        rm.iter().zip(&mean).map(|(&r, &x)| ((1.0 - m) * r + m * x) as f32).collect(),
+        rv.iter().zip(&var).map(|(&r, &x)| ((1.0 - m) * r + m * x * unbiased) as f32).collect(),
+    );
+    NormCache { xhat, invstd, running }
+}
+
+/// BatchNorm's backward pass: the input's gradient (in place of `dy`), and gamma's and beta's.
+fn norm_backward(dy: &mut Mat, cache: &NormCache, gamma: &Tensor) -> (Tensor, Tensor) {
+    let (n, h) = (dy.rows, dy.cols);
+    let gamma = Vec::<f32>::try_from(gamma).expect("gamma");
+    let (mut sum_dy, mut sum_dy_xhat) = (vec![0f64; h], vec![0f64; h]);
+    for (row, xr) in dy.v.chunks_exact(h).zip(cache.xhat.chunks_exact(h)) {
+        for j in 0..h {
+            sum_dy[j] += row[j] as f64;
+            sum_dy_xhat[j] += (row[j] * xr[j]) as f64;
+        }
+    }
+    let k: Vec<f32> = (0..h).map(|j| gamma[j] * cache.invstd[j] / n as f32).collect();
+    let (a, b): (Vec<f32>, Vec<f32>) = (sum_dy.iter().map(|&s| s as f32).collect(), sum_dy_xhat.iter().map(|&s| s as f32).collect());
+    for (row, xr) in dy.v.chunks_exact_mut(h).zip(cache.xhat.chunks_exact(h)) {
+        for j in 0..h {
+            row[j] = k[j] * (n as f32 * row[j] - a[j] - xr[j] * b[j]);
+        }
+    }
+    (Tensor::from_slice(&b), Tensor::from_slice(&a))
+}
+
+/// Adds `g` into the `.grad` of `param`.
+fn add_grad(param: &Tensor, g: &Tensor) {
+    let _ = param.grad().g_add_(&g.view(param.size().as_slice()));
+}
+
+/// A linear head's output (cells x out) on the engine's product where it runs.
+fn head(input: &Tensor, layer: &nn::Linear) -> Tensor {
+    crate::gemm::linear(input, &layer.ws, layer.bs.as_ref()).unwrap_or_else(|| input.linear(&layer.ws, layer.bs.as_ref()))
+}
+
+/// a b added into c (a: cells x genes, b: genes x hidden), on the engine's product where it runs.
+fn add_product(c: &mut Option<Tensor>, a: &Tensor, b: &Tensor) {
+    match c {
+        Some(c) if crate::gemm::add_product(c, a, b) => {}
+        Some(c) => {
+            let _ = c.g_add_(&a.matmul(b));
+        }
+        None => *c = Some(crate::gemm::matmul(a, b).unwrap_or_else(|| a.matmul(b))),
+    }
+}
+
+/// One step: the loss, with every gradient added (inside `tch::no_grad`).
+fn step(p: &Plan<'_>, mb: &Minibatch, kl_weight: f64) -> Option<LossOutput> {
+    let n = mb.n_cells;
+    // Encoder: the sparse first layer, BatchNorm, ReLU, dropout.
+    let a1 = sparse_input::linear(p.input, p.encoder.weight)?;
+    let mut y1 = Mat::of(&match p.encoder.bias {
+        Some(b) => a1 + b,
+        None => a1,
+    });
+    let h = y1.cols;
+    let norm1 = p.encoder.batch_norm.as_ref().map(|bn| norm_forward(&mut y1, bn));
+    let relu1: Vec<bool> = y1.v.iter().map(|&a| a > 0.0).collect();
+    let mask = (p.encoder.dropout_rate > 0.0).then(|| dropout_mask(n * h, p.encoder.dropout_rate));
+    let mut h1 = Mat { v: y1.v.iter().map(|&a| a.max(0.0)).collect(), rows: n, cols: h };
+    if let Some(m) = &mask {
+        h1.v.iter_mut().zip(m).for_each(|(a, &k)| *a *= k);
+    }
+    // The posterior's mean and variance, and the latent sample.
+    let h1_t = h1.tensor();
+    let q_mean = Mat::of(&h1_t.linear(&p.mean.ws, p.mean.bs.as_ref()));
+    let ev = Mat::of(&h1_t.linear(&p.var.ws, p.var.bs.as_ref()).exp());
+    let l = q_mean.cols;
+    let q_var: Vec<f32> = ev.v.iter().map(|&e| e + VAR_EPS as f32).collect();
+    let sd: Vec<f32> = q_var.iter().map(|v| v.sqrt()).collect();
+    // Drawn as `EncoderOutput::rsample` draws it.
+    let eps = Mat::of(&Tensor::randn([n as i64, l as i64], (Kind::Float, Device::Cpu)));
+    let z: Vec<f32> = (0..n * l).map(|k| q_mean.v[k] + sd[k] * eps.v[k]).collect();
+    // Decoder: [z, one-hot covariates] -> Linear -> BatchNorm -> ReLU.
+    let mut dec_in = vec![Tensor::from_slice(&z).view([n as i64, l as i64])];
+    dec_in.extend(p.one_hots.iter().map(Tensor::shallow_clone));
+    let dec_in = if dec_in.len() == 1 { dec_in.pop().unwrap() } else { Tensor::cat(&dec_in, 1) };
+    let mut y2 = Mat::of(&dec_in.linear(p.decoder.weight, p.decoder.bias));
+    let norm2 = p.decoder.batch_norm.as_ref().map(|bn| norm_forward(&mut y2, bn));
+    let relu2: Vec<bool> = y2.v.iter().map(|&a| a > 0.0).collect();
+    let hd = Mat { v: y2.v.iter().map(|&a| a.max(0.0)).collect(), rows: n, cols: h }.tensor();
+    // The fused likelihood on the heads' logits.
+    let theta = p.px_r.exp();
+    let logits = head(&hd, p.scale);
+    let pi = p.zero_inflation.map(|z| head(&hd, z));
+    // The plan checked what the kernel needs; were it to decline, autograd's step would run
+    // instead with fresh draws, the running statistics untouched (they are stored last).
+    let terms = fused::likelihood_terms(mb, fused::Mean::Softmax { logits: &logits, log_library: &mb.log_library }, &theta, pi.as_ref())?;
+    let reconstruction = &mb.lgamma_x1 - &terms.value;
+    let kl: Vec<f32> = (0..n)
+        .map(|c| (c * l..(c + 1) * l).map(|k| (q_var[k] + q_mean.v[k] * q_mean.v[k] - 1.0 - q_var[k].ln()) * 0.5).sum())
+        .collect();
+    let kl_z = Tensor::from_slice(&kl);
+    let loss = (&reconstruction + &kl_z * kl_weight).mean(Kind::Float);
+
+    // Backward. d loss / d (per-cell log-likelihood) = -1/n; d loss / d (per-cell KL) = w / n.
+    let u = -1.0 / n as f64;
+    let kl_scale = (kl_weight / n as f64) as f32;
+    // The heads: their weights' and biases' gradients, and the gradient for their input.
+    let mut heads = vec![DeferredHead { grad: terms.grad_mu.shallow_clone(), weight: p.scale.ws.shallow_clone(), bias: p.scale.bs.as_ref().map(Tensor::shallow_clone) }];
+    let mut grad_hd = None;
+    add_product(&mut grad_hd, &terms.grad_mu, &p.scale.ws);
+    if let (Some(z), Some(g)) = (p.zero_inflation, &terms.grad_pi) {
+        heads.push(DeferredHead { grad: g.shallow_clone(), weight: z.ws.shallow_clone(), bias: z.bs.as_ref().map(Tensor::shallow_clone) });
+        add_product(&mut grad_hd, g, &z.ws);
+    }
+    sparse_input::add_head_gradients(&hd, &Tensor::full([n as i64], u, (Kind::Float, Device::Cpu)), &heads);
+    add_grad(p.px_r, &(terms.grad_theta.sum_dim_intlist(0, false, Kind::Float) * u * &theta));
+    let mut d2 = Mat::of(&(grad_hd.expect("the scale head's product") * u));
+    d2.v.iter_mut().zip(&relu2).for_each(|(g, &on)| if !on { *g = 0.0 });
+    if let (Some(bn), Some(cache)) = (&p.decoder.batch_norm, &norm2) {
+        let (dgamma, dbeta) = norm_backward(&mut d2, cache, bn.weight);
+        add_grad(bn.weight, &dgamma);
+        add_grad(bn.bias, &dbeta);
+    }
+    let d2_t = d2.tensor();
+    add_grad(p.decoder.weight, &d2_t.tr().matmul(&dec_in));
+    if let Some(b) = p.decoder.bias {
+        add_grad(b, &d2.column_sums());
+    }
+    let dz = Mat::of(&d2_t.matmul(&p.decoder.weight.narrow(1, 0, l as i64)));
+    // Through the sample z = mean + sqrt(var) eps and the KL, to the heads' pre-activations.
+    let mut dmean = Mat { v: vec![0.0; n * l], rows: n, cols: l };
+    let mut dv = Mat { v: vec![0.0; n * l], rows: n, cols: l };
+    for k in 0..n * l {
+        dmean.v[k] = dz.v[k] + kl_scale * q_mean.v[k];
+        let dvar = dz.v[k] * eps.v[k] / (2.0 * sd[k]) + kl_scale * 0.5 * (1.0 - 1.0 / q_var[k]);
+        dv.v[k] = dvar * ev.v[k];
+    }
+    let (dmean_t, dv_t) = (dmean.tensor(), dv.tensor());
+    add_grad(&p.mean.ws, &dmean_t.tr().matmul(&h1_t));
+    add_grad(&p.var.ws, &dv_t.tr().matmul(&h1_t));
+    if let Some(b) = &p.mean.bs {
+        add_grad(b, &dmean.column_sums());
+    }
+    if let Some(b) = &p.var.bs {
+        add_grad(b, &dv.column_sums());
+    }
+    let mut d1 = Mat::of(&(dmean_t.matmul(&p.mean.ws) + dv_t.matmul(&p.var.ws)));
+    for (k, g) in d1.v.iter_mut().enumerate() {
+        let keep = mask.as_ref().map_or(1.0, |m| m[k]);
+        *g = if relu1[k] { *g * keep } else { 0.0 };
+    }
+    if let (Some(bn), Some(cache)) = (&p.encoder.batch_norm, &norm1) {
+        let (dgamma, dbeta) = norm_backward(&mut d1, cache, bn.weight);
+        add_grad(bn.weight, &dgamma);
+        add_grad(bn.bias, &dbeta);
+    }
+    if let Some(b) = p.encoder.bias {
+        add_grad(b, &d1.column_sums());
+    }
+    sparse_input::add_weight_gradient(p.input, &d1.tensor(), p.encoder.weight, &mut GeneOrder::default());
+    // The step went through: the BatchNorm layers' running statistics move.
+    for (bn, cache) in [(&p.encoder.batch_norm, &norm1), (&p.decoder.batch_norm, &norm2)] {
+        if let (Some(bn), Some(cache)) = (bn, cache) {
+            let _ = bn.running_mean.shallow_clone().copy_(&Tensor::from_slice(&cache.running.0));
+            let _ = bn.running_var.shallow_clone().copy_(&Tensor::from_slice(&cache.running.1));
+        }
+    }
+    Some(LossOutput { loss, reconstruction, kl_library: kl_z.zeros_like(), kl_z })
+}

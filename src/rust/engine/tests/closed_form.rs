@@ -1,0 +1,175 @@
+//! The standard network's training step with its gradients in closed form (`Vae::loss` in
+//! training) against the same step through autograd, on real PBMC 3k minibatches: the loss and
+//! its per-cell parts, every parameter's gradient and the BatchNorm running statistics, for
+//! ZINB and NB, with and without BatchNorm and dropout, with batches entering the decoder, on one
+//! thread and split across two. Configurations it does not cover run through autograd.
+
+mod common;
+use common::{counts, pbmc};
+use scvir_engine::data::{Minibatch, MinibatchBuilder};
+use scvir_engine::distributions::GeneLikelihood;
+use scvir_engine::module::{Vae, VaeConfig};
+use scvir_engine::nn::sparse_input;
+use scvir_engine::runtime;
+use tch::{Device, Kind, Tensor};
+
+/// libtorch's generator and thread count are process-global; tests take turns.
+static TORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    TORCH.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn largest(t: &Tensor) -> f64 {
+    f64::try_from(t.abs().max()).unwrap()
+}
+
+/// A fresh model on PBMC 3k whose parameters have a `.grad` (as after a first step), its
+/// trainable weights and its BatchNorm running statistics, sorted by name.
+fn model(config: VaeConfig, x: scvir_engine::data::Counts<'_>) -> (Vae, Vec<(String, Tensor)>, Vec<(String, Tensor)>) {
+    let log_library: Vec<f64> = (0..x.n_cells()).map(|c| x.cell(c).1.iter().sum::<f64>().ln()).collect();
+    let mean = log_library.iter().sum::<f64>() / log_library.len() as f64;
+    let var = log_library.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / log_library.len() as f64;
+    let vae = Vae::new(config, Device::Cpu, Some((&[mean], &[var]))).unwrap();
+    let mut vars: Vec<(String, Tensor)> = vae.vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let (params, stats): (Vec<_>, Vec<_>) = vars.into_iter().partition(|(_, t)| t.requires_grad());
+    let stats = stats.into_iter().filter(|(n, _)| n.contains("running_")).collect();
+    let zero: Tensor = params.iter().map(|(_, p)| p.sum(Kind::Float) * 0.0).sum();
+    zero.backward();
+    (vae, params, stats)
+}
+
+struct Step {
+    loss: f64,
+    reconstruction: Tensor,
+    kl_z: Tensor,
+    grads: Vec<Tensor>,
+    stats: Vec<Tensor>,
+    /// Whether the loss came with a graph (autograd's step).
+    graph: bool,
+}
+
+/// One training step on `mb` with the given seed; the gradients and running statistics it
+/// produced, after which both are put back as they were.
+fn step(vae: &mut Vae, closed_form: bool, mb: &Minibatch, params: &[(String, Tensor)], stats: &[(String, Tensor)]) -> Step {
+    let before: Vec<Tensor> = stats.iter().map(|(_, t)| t.copy()).collect();
+    vae.closed_form = closed_form;
+    tch::manual_seed(11);
+    let out = vae.loss(mb, true, 0.7);
+    let graph = out.loss.requires_grad();
+    if graph {
+        out.loss.backward();
+    }
+    if let Some(rows) = &mb.rows {
+        sparse_input::finish_backward(rows);
+    }
+    let grads = params.iter().map(|(_, p)| p.grad().copy()).collect();
+    let after = stats.iter().map(|(_, t)| t.copy()).collect();
+    tch::no_grad(|| {
+        for (_, p) in params {
+            let _ = p.grad().zero_();
+        }
+        for ((_, t), b) in stats.iter().zip(&before) {
+            let _ = t.shallow_clone().copy_(b);
+        }
+    });
+    Step { loss: f64::try_from(&out.loss).unwrap(), reconstruction: out.reconstruction.detach(), kl_z: out.kl_z.detach(), grads, stats: after, graph }
+}
+
+/// The closed form against autograd for one configuration, on one minibatch of 128 cells.
+fn compare(config: VaeConfig, n_batch: i32, what: &str) {
+    let d = pbmc();
+    let x = counts(&d);
+    let batch: Vec<i32> = (0..x.n_cells()).map(|c| c as i32 % n_batch).collect();
+    let mut builder = MinibatchBuilder::new(x, &batch, &Default::default(), Device::Cpu);
+    let cells: Vec<usize> = (0..128).map(|i| i * 20 + 7).collect();
+    let mb = builder.build(&cells);
+    tch::manual_seed(4);
+    let (mut vae, params, stats) = model(config, x);
+    let autograd = step(&mut vae, false, &mb, &params, &stats);
+    let closed = step(&mut vae, true, &mb, &params, &stats);
+    assert!(autograd.graph, "{what}: the autograd step has a graph");
+    assert!(!closed.graph, "{what}: the closed form applies");
+    assert!((closed.loss - autograd.loss).abs() <= 1e-5 * autograd.loss.abs(), "{what}: loss {} against {}", closed.loss, autograd.loss);
+    for (a, b, part) in [(&closed.reconstruction, &autograd.reconstruction, "reconstruction"), (&closed.kl_z, &autograd.kl_z, "KL")] {
+        assert!(largest(&(a - b)) <= 1e-5 * largest(b), "{what}: per-cell {part} differs");
+    }
+    // Every gradient within 1e-4 of its largest entry. The first layers' biases, which
+    // BatchNorm cancels, have gradients of about 0 made of rounding: those are taken relative to
+    // their layer's weight gradient, summed from the same output gradients.
+    assert!(params.len() >= 12, "{what}: every weight compared");
+    for (i, (name, _)) in params.iter().enumerate() {
+        let (a, b) = (&closed.grads[i], &autograd.grads[i]);
+        let layer_scale = name
+            .strip_suffix("linear.bias")
+            .and_then(|layer| params.iter().position(|(n, _)| *n == format!("{layer}linear.weight")))
+            .map_or(0.0, |j| largest(&autograd.grads[j]));
+        let scale = largest(b).max(layer_scale).max(1e-6);
+        assert!(largest(b) > 0.0 || layer_scale > 0.0, "{what}: {name} got no gradient");
+        let diff = largest(&(a - b));
+        assert!(diff <= 1e-4 * scale, "{what}: {name}: gradients differ by {diff} (largest {scale})");
+    }
+    for (i, (name, _)) in stats.iter().enumerate() {
+        let (a, b) = (&closed.stats[i], &autograd.stats[i]);
+        assert!(largest(&(a - b)) <= 1e-5 * largest(b).max(1e-3), "{what}: {name} differs");
+    }
+}
+
+#[test]
+fn closed_form_step_matches_autograd() {
+    let _t = turn();
+    for threads in [1, 2] {
+        let _session = runtime::Session::enter(runtime::SessionOptions { n_threads: Some(threads), ..Default::default() });
+        // (likelihood, batches, BatchNorm in the encoder / decoder, dropout)
+        for (likelihood, n_batch, bn, dropout) in [
+            (GeneLikelihood::Zinb, 1, (true, true), 0.1),
+            (GeneLikelihood::Nb, 3, (true, true), 0.1),
+            (GeneLikelihood::Zinb, 2, (false, false), 0.0),
+            (GeneLikelihood::Nb, 1, (true, false), 0.3),
+        ] {
+            let mut config = VaeConfig::new(2000, n_batch as i64);
+            config.gene_likelihood = likelihood;
+            config.use_batch_norm_encoder = bn.0;
+            config.use_batch_norm_decoder = bn.1;
+            config.dropout_rate = dropout;
+            let what = format!("{likelihood:?}, {n_batch} batches, BatchNorm {bn:?}, dropout {dropout}, {threads} threads");
+            compare(config, n_batch, &what);
+        }
+    }
+}
+
+/// Configurations outside the closed form (here: two hidden layers, a latent library, Poisson, a
+/// per-cell dispersion, covariates into the encoder) take autograd's step.
+#[test]
+fn other_networks_run_through_autograd() {
+    use scvir_engine::module::Dispersion;
+    let _t = turn();
+    let d = pbmc();
+    let x = counts(&d);
+    let batch: Vec<i32> = (0..x.n_cells()).map(|c| c as i32 % 2).collect();
+    let mut builder = MinibatchBuilder::new(x, &batch, &Default::default(), Device::Cpu);
+    let cells: Vec<usize> = (0..64).map(|i| i * 30 + 1).collect();
+    let mb = builder.build(&cells);
+    let variants: Vec<(&str, Box<dyn Fn(&mut VaeConfig)>)> = vec![
+        ("two layers", Box::new(|c| c.n_layers = 2)),
+        ("latent library", Box::new(|c| c.use_observed_lib_size = false)),
+        ("Poisson", Box::new(|c| c.gene_likelihood = GeneLikelihood::Poisson)),
+        ("gene-cell dispersion", Box::new(|c| c.dispersion = Dispersion::GeneCell)),
+        ("covariates encoded", Box::new(|c| c.encode_covariates = true)),
+    ];
+    for (what, change) in variants {
+        let mut config = VaeConfig::new(2000, 2);
+        change(&mut config);
+        tch::manual_seed(3);
+        let (vae, _, _) = model(config, x);
+        assert!(vae.loss(&mb, true, 1.0).loss.requires_grad(), "{what}: autograd's step");
+    }
+    // The closed form's own configuration takes it, but not outside training nor on its first
+    // step (no `.grad` yet).
+    let fresh = Vae::new(VaeConfig::new(2000, 2), Device::Cpu, None).unwrap();
+    assert!(fresh.loss(&mb, true, 1.0).loss.requires_grad(), "a fresh model's first step");
+    let (vae, _, _) = model(VaeConfig::new(2000, 2), x);
+    assert!(!vae.loss(&mb, true, 1.0).loss.requires_grad(), "the standard network");
+    assert!(vae.loss(&mb, false, 1.0).loss.requires_grad(), "evaluation runs the model's own forward pass");
+}
