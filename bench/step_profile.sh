@@ -5,6 +5,8 @@
 # (2,000 HVG, batch 128, seed 0) PAIRS times at 1 and 2 threads, alternating which goes first,
 # with `scvir-cli train --profile`. Prints the median milliseconds per step of each phase at each
 # thread count and their ratio (what the second thread gives that phase), then the cells/s.
+# STEP_PROFILE_FLAGS adds options of `scvir-cli train`, e.g. "--autograd-step" to time the step
+# through autograd instead of in closed form.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/.."
@@ -20,7 +22,7 @@ for i in $(seq "$pairs"); do
   if [ $((i % 2)) -eq 1 ]; then order="1 2"; else order="2 1"; fi
   for t in $order; do
     LD_LIBRARY_PATH="$LIBTORCH/lib" "$cli" train inst/extdata/pbmc3k_hvg2000.h5ad --epochs "$epochs" \
-      --threads "$t" --quiet --profile | grep '^RESULT' | cut -c8- >> "$out"
+      --threads "$t" --quiet --profile ${STEP_PROFILE_FLAGS:-} | grep '^RESULT' | cut -c8- >> "$out"
   done
 done
 Rscript - "$out" <<'EOF'
