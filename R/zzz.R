@@ -110,8 +110,9 @@
 
 #' Install the libtorch library scviR runs on
 #'
-#' scviR's engine runs on libtorch 2.11.0 (CPU), loaded when the package loads from the
-#' directory in the environment variable `SCVIR_LIBTORCH` when it is set, else the first usable
+#' scviR's engine runs on libtorch 2.11.0 (its CPU build, or its CUDA build for NVIDIA GPUs),
+#' loaded when the package loads from the directory in the environment variable
+#' `SCVIR_LIBTORCH` when it is set, else the first usable
 #' of: the directory the package was built against, the per-user directory `tools::R_user_dir("scviR", "data")`, and
 #' the site-wide `/usr/local/lib/scviR`. A site-wide install (as root, what `make install` does)
 #' serves every user of the R library. `install_libtorch()` installs it into `prefix` by running
@@ -132,8 +133,8 @@
 #'   `<prefix>/libtorch-2.11.0/torch`. The default is the per-user data directory (the
 #'   site-wide directory when run as root).
 #' @param wheel_dir Optional directory holding the downloaded wheels (`torch-2.11.0-*.whl` and
-#'   the two small `nvidia_cuda_runtime` / `nvidia_cuda_cupti` wheels it names), for machines
-#'   without network access.
+#'   the two small `nvidia_cuda_runtime` / `nvidia_cuda_cupti` wheels it names; for the CUDA
+#'   build, every `nvidia_*` wheel torch depends on), for machines without network access.
 #' @param cuda `TRUE` for the CUDA build, `FALSE` for the CPU build, `NA` (default) for the CUDA
 #'   build when `nvidia-smi` lists a GPU.
 #' @return The libtorch directory, invisibly.

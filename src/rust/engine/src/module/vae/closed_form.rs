@@ -258,7 +258,7 @@ fn step(p: &Plan<'_>, mb: &Minibatch, kl_weight: f64) -> Option<LossOutput> {
     let mut y2 = Mat::of(&dec_in.linear(p.decoder.weight, p.decoder.bias));
     let norm2 = p.decoder.batch_norm.as_ref().map(|bn| norm_forward(&mut y2, bn));
     let relu2: Vec<bool> = y2.v.iter().map(|&a| a > 0.0).collect();
-    let hd = Mat { v: y2.v.iter().map(|&a| a.max(0.0)).collect(), rows: n, cols: h }.tensor();
+    let hd = Mat { v: y2.v.iter().map(|&a| a.max(0.0)).collect(), rows: n, cols: y2.cols }.tensor();
     // The fused likelihood on the heads' logits.
     let theta = p.px_r.exp();
     let logits = head(&hd, p.scale);
