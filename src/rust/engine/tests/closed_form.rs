@@ -1,8 +1,9 @@
 //! The standard network's training step with its gradients in closed form (`Vae::loss` in
 //! training) against the same step through autograd, on real PBMC 3k minibatches: the loss and
 //! its per-cell parts, every parameter's gradient and the BatchNorm running statistics, for
-//! ZINB and NB, with and without BatchNorm and dropout, with batches entering the decoder, on one
-//! thread and split across two. Configurations it does not cover run through autograd.
+//! ZINB and NB, one to three hidden layers, with and without BatchNorm and dropout, with batches
+//! entering the decoder's layers, on one thread and split across two. Configurations it does not
+//! cover run through autograd.
 
 mod common;
 use common::{counts, pbmc};
@@ -121,26 +122,36 @@ fn closed_form_step_matches_autograd() {
     let _t = turn();
     for threads in [1, 2] {
         let _session = runtime::Session::enter(runtime::SessionOptions { n_threads: Some(threads), ..Default::default() });
-        // (likelihood, batches, BatchNorm in the encoder / decoder, dropout)
-        for (likelihood, n_batch, bn, dropout) in [
-            (GeneLikelihood::Zinb, 1, (true, true), 0.1),
-            (GeneLikelihood::Nb, 3, (true, true), 0.1),
-            (GeneLikelihood::Zinb, 2, (false, false), 0.0),
-            (GeneLikelihood::Nb, 1, (true, false), 0.3),
+        // (likelihood, batches, hidden layers, BatchNorm in the encoder / decoder, dropout,
+        // covariates into every decoder layer)
+        for (likelihood, n_batch, layers, bn, dropout, inject) in [
+            (GeneLikelihood::Zinb, 1, 1, (true, true), 0.1, true),
+            (GeneLikelihood::Nb, 3, 1, (true, true), 0.1, true),
+            (GeneLikelihood::Zinb, 2, 1, (false, false), 0.0, true),
+            (GeneLikelihood::Nb, 1, 1, (true, false), 0.3, true),
+            (GeneLikelihood::Nb, 3, 2, (true, true), 0.1, true),
+            (GeneLikelihood::Zinb, 2, 3, (true, false), 0.2, false),
         ] {
             let mut config = VaeConfig::new(2000, n_batch as i64);
             config.gene_likelihood = likelihood;
+            config.n_layers = layers;
             config.use_batch_norm_encoder = bn.0;
             config.use_batch_norm_decoder = bn.1;
             config.dropout_rate = dropout;
-            let what = format!("{likelihood:?}, {n_batch} batches, BatchNorm {bn:?}, dropout {dropout}, {threads} threads");
+            config.deeply_inject_covariates = inject;
+            if layers > 1 {
+                config.n_latent = 30;
+            }
+            let what = format!(
+                "{likelihood:?}, {n_batch} batches, {layers} layers, BatchNorm {bn:?}, dropout {dropout}, injected {inject}, {threads} threads"
+            );
             compare(config, n_batch, &what);
         }
     }
 }
 
-/// Configurations outside the closed form (here: two hidden layers, a latent library, Poisson, a
-/// per-cell dispersion, covariates into the encoder) take autograd's step.
+/// Configurations outside the closed form (here: layer norm, a latent library, Poisson, a
+/// per-cell dispersion, covariates into the encoder, a softplus variance) take autograd's step.
 #[test]
 fn other_networks_run_through_autograd() {
     use scvir_engine::module::Dispersion;
@@ -152,7 +163,8 @@ fn other_networks_run_through_autograd() {
     let cells: Vec<usize> = (0..64).map(|i| i * 30 + 1).collect();
     let mb = builder.build(&cells);
     let variants: Vec<(&str, Box<dyn Fn(&mut VaeConfig)>)> = vec![
-        ("two layers", Box::new(|c| c.n_layers = 2)),
+        ("layer norm", Box::new(|c| c.use_layer_norm_encoder = true)),
+        ("softplus variance", Box::new(|c| c.var_activation = scvir_engine::module::config::VarActivation::Softplus)),
         ("latent library", Box::new(|c| c.use_observed_lib_size = false)),
         ("Poisson", Box::new(|c| c.gene_likelihood = GeneLikelihood::Poisson)),
         ("gene-cell dispersion", Box::new(|c| c.dispersion = Dispersion::GeneCell)),

@@ -1,7 +1,7 @@
 //! Command-line front end of the engine, for benchmarks and GPU runs without R:
 //!
 //!   scvir-cli train FILE.h5ad [--epochs N] [--seed S] [--threads T] [--batch-size B]
-//!             [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--unfused-rates] [--autograd-step] [--libtorch-products]
+//!             [--likelihood zinb|nb|poisson] [--layers N] [--latent-library] [--device cpu|cuda] [--unfused-rates] [--autograd-step] [--libtorch-products]
 //!             [--profile] [--quiet]
 //!
 //! Prints one line per epoch and a final `RESULT {json}` line with timing and ELBO figures;
@@ -70,7 +70,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) != Some("train") || args.len() < 2 {
         return Err("usage: scvir-cli train FILE.h5ad [--epochs N] [--seed S] [--threads T] [--batch-size B] \
-                    [--likelihood zinb|nb|poisson] [--latent-library] [--device cpu|cuda] [--unfused-rates] [--autograd-step] [--libtorch-products] [--profile] [--quiet]"
+                    [--likelihood zinb|nb|poisson] [--layers N] [--latent-library] [--device cpu|cuda] [--unfused-rates] [--autograd-step] [--libtorch-products] [--profile] [--quiet]"
             .into());
     }
     let path = &args[1];
@@ -78,6 +78,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut threads = None;
     let mut likelihood = GeneLikelihood::Zinb;
     let mut latent_library = false;
+    let mut layers = 1;
     let mut device = tch::Device::Cpu;
     let mut quiet = false;
     let mut fused_rates = true;
@@ -93,6 +94,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--batch-size" => cfg.batch_size = val()?.parse()?,
             "--likelihood" => likelihood = GeneLikelihood::parse(&val()?)?,
             "--latent-library" => latent_library = true,
+            "--layers" => layers = val()?.parse()?,
             "--device" => {
                 device = match val()?.as_str() {
                     "cpu" => tch::Device::Cpu,
@@ -120,6 +122,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut vae_cfg = VaeConfig::new(counts.n_genes() as i64, 1);
     vae_cfg.gene_likelihood = likelihood;
     vae_cfg.use_observed_lib_size = !latent_library;
+    vae_cfg.n_layers = layers;
     let registry = Registry::with_library_prior(data.var.index.clone(), counts, &batch, 1);
     let prior = (registry.library_log_means.as_slice(), registry.library_log_vars.as_slice());
     scvir_engine::runtime::seed_everything(cfg.seed);

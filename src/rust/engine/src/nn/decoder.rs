@@ -111,12 +111,12 @@ impl DecoderScvi {
         }
     }
 
-    /// The hidden block and the scale and zero-inflation heads of a deep decoder with softmax
+    /// The hidden layers and the scale and zero-inflation heads of a deep decoder with softmax
     /// proportions and no per-cell dispersion head, for the hand-written training step
     /// (`module::vae::closed_form`); None otherwise.
-    pub(crate) fn parts(&self) -> Option<(super::fc_layers::SingleBlock<'_>, &nn::Linear, Option<&nn::Linear>)> {
+    pub(crate) fn parts(&self) -> Option<(super::fc_layers::StackParts<'_>, &nn::Linear, Option<&nn::Linear>)> {
         match &self.kind {
-            DecoderKind::Deep(d) if !d.softplus_scale && d.r.is_none() => Some((d.fc.single_block()?, &d.scale, d.dropout.as_ref())),
+            DecoderKind::Deep(d) if !d.softplus_scale && d.r.is_none() => Some((d.fc.stack()?, &d.scale, d.dropout.as_ref())),
             _ => None,
         }
     }

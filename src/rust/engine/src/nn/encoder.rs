@@ -38,13 +38,14 @@ impl Encoder {
         }
     }
 
-    /// The hidden block and the mean and variance heads, for the hand-written training step
-    /// (`module::vae::closed_form`): None for a deeper stack or a softplus variance.
-    pub(crate) fn parts(&self) -> Option<(super::fc_layers::SingleBlock<'_>, &nn::Linear, &nn::Linear)> {
+    /// The hidden layers and the mean and variance heads, for the hand-written training step
+    /// (`module::vae::closed_form`): None for a softplus variance or hidden layers it does not
+    /// cover.
+    pub(crate) fn parts(&self) -> Option<(super::fc_layers::StackParts<'_>, &nn::Linear, &nn::Linear)> {
         if self.softplus_variance {
             return None;
         }
-        Some((self.fc.single_block()?, &self.mean, &self.var))
+        Some((self.fc.stack()?, &self.mean, &self.var))
     }
 
     /// The covariate layout of the hidden layers' weights.

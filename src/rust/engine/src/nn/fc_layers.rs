@@ -80,14 +80,21 @@ struct Block {
     frozen_base: bool,
 }
 
-/// A one-block stack's parameters (see [`FcLayers::single_block`]).
-pub(crate) struct SingleBlock<'a> {
+/// A stack's parameters, block by block (see [`FcLayers::stack`]).
+pub(crate) struct StackParts<'a> {
+    pub blocks: Vec<BlockParts<'a>>,
+    pub dropout_rate: f64,
+    /// One-hot widths of the covariates appended to a block's input (0: a dropped covariate).
+    pub cat_widths: Vec<i64>,
+}
+
+/// One Linear -> [BatchNorm] -> ReLU -> [Dropout] block's parameters.
+pub(crate) struct BlockParts<'a> {
     pub weight: &'a Tensor,
     pub bias: Option<&'a Tensor>,
     pub batch_norm: Option<BatchNormParts<'a>>,
-    pub dropout_rate: f64,
-    /// One-hot widths of the covariates appended to the input (0: a dropped covariate).
-    pub cat_widths: Vec<i64>,
+    /// Whether the covariates' one-hot columns follow the block's input.
+    pub takes_covariates: bool,
 }
 
 /// A BatchNorm layer's affine parameters, running statistics and settings.
@@ -150,32 +157,35 @@ impl FcLayers {
         &self.layouts
     }
 
-    /// The stack's parameters when it is one trainable Linear -> [BatchNorm] -> ReLU ->
-    /// [Dropout] block without layer norm, for a training step written out by hand
+    /// The stack's parameters when its blocks are trainable Linear -> [BatchNorm] -> ReLU ->
+    /// [Dropout] blocks without layer norm, for a training step written out by hand
     /// (`module::vae::closed_form`); None for any other stack.
-    pub(crate) fn single_block(&self) -> Option<SingleBlock<'_>> {
-        let [b] = self.blocks.as_slice() else { return None };
-        if !self.use_activation || b.layer_norm_width.is_some() || b.frozen_base {
+    pub(crate) fn stack(&self) -> Option<StackParts<'_>> {
+        if !self.use_activation || self.blocks.is_empty() {
             return None;
         }
-        let batch_norm = match &b.batch_norm {
-            Some(bn) => Some(BatchNormParts {
-                weight: bn.ws.as_ref()?,
-                bias: bn.bs.as_ref()?,
-                running_mean: &bn.running_mean,
-                running_var: &bn.running_var,
-                momentum: b.batch_norm_momentum,
-                eps: init::BATCH_NORM_EPS,
-            }),
-            None => None,
-        };
-        Some(SingleBlock {
-            weight: &b.linear.ws,
-            bias: b.linear.bs.as_ref(),
-            batch_norm,
-            dropout_rate: self.dropout_rate,
-            cat_widths: if b.takes_covariates { self.n_cat_list.clone() } else { vec![] },
-        })
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| {
+                if b.layer_norm_width.is_some() || b.frozen_base {
+                    return None;
+                }
+                let batch_norm = match &b.batch_norm {
+                    Some(bn) => Some(BatchNormParts {
+                        weight: bn.ws.as_ref()?,
+                        bias: bn.bs.as_ref()?,
+                        running_mean: &bn.running_mean,
+                        running_var: &bn.running_var,
+                        momentum: b.batch_norm_momentum,
+                        eps: init::BATCH_NORM_EPS,
+                    }),
+                    None => None,
+                };
+                Some(BlockParts { weight: &b.linear.ws, bias: b.linear.bs.as_ref(), batch_norm, takes_covariates: b.takes_covariates })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(StackParts { blocks, dropout_rate: self.dropout_rate, cat_widths: self.n_cat_list.clone() })
     }
 
     /// `cats` holds one tensor of category codes (i64, per cell) for each covariate.

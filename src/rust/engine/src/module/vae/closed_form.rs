@@ -1,15 +1,15 @@
 //! A training step of the standard scVI network with its gradients written out in closed form.
 //!
-//! For the network most fits use (one hidden layer in the encoder and the decoder, BatchNorm or
-//! not, ReLU, dropout in the encoder, a Gaussian latent, the observed library, an NB or ZINB
-//! likelihood with one dispersion per gene, categorical covariates into the decoder), the
-//! gradient of every parameter follows from the chain rule through a dozen small matrices.
+//! For the networks most fits use (hidden layers of Linear -> BatchNorm or not -> ReLU ->
+//! dropout in the encoder, a Gaussian latent, the observed library, an NB or ZINB likelihood
+//! with one dispersion per gene, categorical covariates into the decoder's layers), the gradient
+//! of every parameter follows from the chain rule through a dozen small matrices per layer.
 //! Autograd reaches the same numbers through about forty recorded operations and their backward
-//! nodes, each costing microseconds of libtorch's bookkeeping on one thread: at 128 cells that
-//! was the largest part of a step that a second thread could not share. Here the forward pass
-//! runs outside autograd, keeps what the backward pass needs, and the gradients are added into
-//! each parameter's `.grad` by hand, in the order autograd would add them; the random draws
-//! (the dropout mask, the latent sample) come from libtorch's generator in the same order as in
+//! nodes for one hidden layer, each costing microseconds of libtorch's bookkeeping on one
+//! thread: at 128 cells that was the largest part of a step that a second thread could not
+//! share. Here the forward pass runs outside autograd, keeps what the backward pass needs, and
+//! the gradients are added into each parameter's `.grad` by hand; the random draws (the dropout
+//! masks, the latent sample) come from libtorch's generator in the same order as in
 //! `Vae::loss`, so both paths train the same model up to rounding (`cargo test` compares the
 //! loss, every gradient and the BatchNorm statistics).
 //!
@@ -22,21 +22,22 @@ use crate::data::Minibatch;
 use crate::distributions::{fused, GeneLikelihood};
 use crate::module::config::Dispersion;
 use crate::nn::encoder::VAR_EPS;
-use crate::nn::fc_layers::{dropout_mask, BatchNormParts, SingleBlock};
+use crate::nn::fc_layers::{dropout_mask, BatchNormParts, StackParts};
 use crate::nn::sparse_input::{self, DeferredHead, GeneOrder, SparseInput};
 use tch::{nn, Device, Kind, Tensor};
 
 /// What the step reads from the model, checked before anything is computed or drawn.
 struct Plan<'a> {
     input: SparseInput<'a>,
-    encoder: SingleBlock<'a>,
+    encoder: StackParts<'a>,
     mean: &'a nn::Linear,
     var: &'a nn::Linear,
-    decoder: SingleBlock<'a>,
+    decoder: StackParts<'a>,
     scale: &'a nn::Linear,
     zero_inflation: Option<&'a nn::Linear>,
     px_r: &'a Tensor,
-    /// The decoder's one-hot covariates (cells x width each), in input order.
+    /// The decoder's one-hot covariates (cells x width each), in input order; its layers take
+    /// them as extra input columns.
     one_hots: Vec<Tensor>,
 }
 
@@ -85,7 +86,7 @@ impl Vae {
             params.push(&z.ws);
             params.extend(z.bs.as_ref());
         }
-        for b in [&encoder, &decoder] {
+        for b in encoder.blocks.iter().chain(&decoder.blocks) {
             params.push(b.weight);
             params.extend(b.bias);
             if let Some(bn) = &b.batch_norm {
@@ -224,23 +225,98 @@ fn add_product(c: &mut Option<Tensor>, a: &Tensor, b: &Tensor) {
     }
 }
 
+/// What a block's backward pass needs from its forward pass.
+struct BlockCache {
+    /// The block's input with its covariate columns (None: the encoder's sparse first block).
+    input: Option<Tensor>,
+    /// Columns of the input before the covariates'.
+    base: i64,
+    norm: Option<NormCache>,
+    relu: Vec<bool>,
+    mask: Option<Vec<f32>>,
+}
+
+/// A stack's first input: the counts as nonzeros (the encoder) or a dense matrix (the decoder).
+enum First<'a> {
+    Sparse(SparseInput<'a>),
+    Dense(Tensor),
+}
+
+/// A stack's forward pass in training: each block's output and what its backward pass needs.
+/// Dropout masks are drawn block by block, as `FcLayers::forward_sparse` draws them.
+fn stack_forward(stack: &StackParts<'_>, first: First<'_>, one_hots: &[Tensor]) -> Option<(Mat, Vec<BlockCache>)> {
+    let mut caches = Vec::with_capacity(stack.blocks.len());
+    let mut x = first;
+    let mut out = None;
+    for block in &stack.blocks {
+        let (y, input, base) = match x {
+            First::Sparse(input) => {
+                let product = sparse_input::linear(input, block.weight)?;
+                (block.bias.map_or_else(|| product.shallow_clone(), |b| &product + b), None, 0)
+            }
+            First::Dense(h) => {
+                let base = h.size()[1];
+                let input = if block.takes_covariates && !one_hots.is_empty() {
+                    let mut parts = vec![h];
+                    parts.extend(one_hots.iter().map(Tensor::shallow_clone));
+                    Tensor::cat(&parts, 1)
+                } else {
+                    h
+                };
+                (input.linear(block.weight, block.bias), Some(input), base)
+            }
+        };
+        let mut y = Mat::of(&y);
+        let norm = block.batch_norm.as_ref().map(|bn| norm_forward(&mut y, bn));
+        let relu: Vec<bool> = y.v.iter().map(|&a| a > 0.0).collect();
+        y.v.iter_mut().for_each(|a| *a = a.max(0.0));
+        let mask = (stack.dropout_rate > 0.0).then(|| dropout_mask(y.v.len(), stack.dropout_rate));
+        if let Some(m) = &mask {
+            y.v.iter_mut().zip(m).for_each(|(a, &k)| *a *= k);
+        }
+        caches.push(BlockCache { input, base, norm, relu, mask });
+        x = First::Dense(y.tensor());
+        out = Some(y);
+    }
+    Some((out?, caches))
+}
+
+/// A stack's backward pass from the gradient of its output: adds every block's parameter
+/// gradients, and returns the gradient for the first block's input without its covariate
+/// columns when `want_input` (the decoder's, for z).
+fn stack_backward(stack: &StackParts<'_>, caches: &[BlockCache], mut d: Mat, sparse: Option<SparseInput<'_>>, want_input: bool) -> Option<Mat> {
+    for (i, (block, cache)) in stack.blocks.iter().zip(caches).enumerate().rev() {
+        for (k, g) in d.v.iter_mut().enumerate() {
+            let keep = cache.mask.as_ref().map_or(1.0, |m| m[k]);
+            *g = if cache.relu[k] { *g * keep } else { 0.0 };
+        }
+        if let (Some(bn), Some(norm)) = (&block.batch_norm, &cache.norm) {
+            let (dgamma, dbeta) = norm_backward(&mut d, norm, bn.weight);
+            add_grad(bn.weight, &dgamma);
+            add_grad(bn.bias, &dbeta);
+        }
+        if let Some(b) = block.bias {
+            add_grad(b, &d.column_sums());
+        }
+        let d_t = d.tensor();
+        match (&cache.input, sparse) {
+            (Some(x), _) => add_grad(block.weight, &d_t.tr().matmul(x)),
+            (None, Some(input)) => sparse_input::add_weight_gradient(input, &d_t, block.weight, &mut GeneOrder::default()),
+            (None, None) => unreachable!("a sparse block without its input"),
+        }
+        if i == 0 && !want_input {
+            return None;
+        }
+        d = Mat::of(&d_t.matmul(&block.weight.narrow(1, 0, cache.base)));
+    }
+    Some(d)
+}
+
 /// One step: the loss, with every gradient added (inside `tch::no_grad`).
 fn step(p: &Plan<'_>, mb: &Minibatch, kl_weight: f64) -> Option<LossOutput> {
     let n = mb.n_cells;
-    // Encoder: the sparse first layer, BatchNorm, ReLU, dropout.
-    let a1 = sparse_input::linear(p.input, p.encoder.weight)?;
-    let mut y1 = Mat::of(&match p.encoder.bias {
-        Some(b) => a1 + b,
-        None => a1,
-    });
-    let h = y1.cols;
-    let norm1 = p.encoder.batch_norm.as_ref().map(|bn| norm_forward(&mut y1, bn));
-    let relu1: Vec<bool> = y1.v.iter().map(|&a| a > 0.0).collect();
-    let mask = (p.encoder.dropout_rate > 0.0).then(|| dropout_mask(n * h, p.encoder.dropout_rate));
-    let mut h1 = Mat { v: y1.v.iter().map(|&a| a.max(0.0)).collect(), rows: n, cols: h };
-    if let Some(m) = &mask {
-        h1.v.iter_mut().zip(m).for_each(|(a, &k)| *a *= k);
-    }
+    // Encoder: the sparse first layer, then each block's BatchNorm, ReLU and dropout.
+    let (h1, encoder) = stack_forward(&p.encoder, First::Sparse(p.input), &[])?;
     // The posterior's mean and variance, and the latent sample.
     let h1_t = h1.tensor();
     let q_mean = Mat::of(&h1_t.linear(&p.mean.ws, p.mean.bs.as_ref()));
@@ -251,14 +327,9 @@ fn step(p: &Plan<'_>, mb: &Minibatch, kl_weight: f64) -> Option<LossOutput> {
     // Drawn as `EncoderOutput::rsample` draws it.
     let eps = Mat::of(&Tensor::randn([n as i64, l as i64], (Kind::Float, Device::Cpu)));
     let z: Vec<f32> = (0..n * l).map(|k| q_mean.v[k] + sd[k] * eps.v[k]).collect();
-    // Decoder: [z, one-hot covariates] -> Linear -> BatchNorm -> ReLU.
-    let mut dec_in = vec![Tensor::from_slice(&z).view([n as i64, l as i64])];
-    dec_in.extend(p.one_hots.iter().map(Tensor::shallow_clone));
-    let dec_in = if dec_in.len() == 1 { dec_in.pop().unwrap() } else { Tensor::cat(&dec_in, 1) };
-    let mut y2 = Mat::of(&dec_in.linear(p.decoder.weight, p.decoder.bias));
-    let norm2 = p.decoder.batch_norm.as_ref().map(|bn| norm_forward(&mut y2, bn));
-    let relu2: Vec<bool> = y2.v.iter().map(|&a| a > 0.0).collect();
-    let hd = Mat { v: y2.v.iter().map(|&a| a.max(0.0)).collect(), rows: n, cols: y2.cols }.tensor();
+    // Decoder: [z, one-hot covariates] through its blocks.
+    let (hd, decoder) = stack_forward(&p.decoder, First::Dense(Tensor::from_slice(&z).view([n as i64, l as i64])), &p.one_hots)?;
+    let hd = hd.tensor();
     // The fused likelihood on the heads' logits.
     let theta = p.px_r.exp();
     let logits = head(&hd, p.scale);
@@ -286,19 +357,8 @@ fn step(p: &Plan<'_>, mb: &Minibatch, kl_weight: f64) -> Option<LossOutput> {
     }
     sparse_input::add_head_gradients(&hd, &Tensor::full([n as i64], u, (Kind::Float, Device::Cpu)), &heads);
     add_grad(p.px_r, &(terms.grad_theta.sum_dim_intlist(0, false, Kind::Float) * u * &theta));
-    let mut d2 = Mat::of(&(grad_hd.expect("the scale head's product") * u));
-    d2.v.iter_mut().zip(&relu2).for_each(|(g, &on)| if !on { *g = 0.0 });
-    if let (Some(bn), Some(cache)) = (&p.decoder.batch_norm, &norm2) {
-        let (dgamma, dbeta) = norm_backward(&mut d2, cache, bn.weight);
-        add_grad(bn.weight, &dgamma);
-        add_grad(bn.bias, &dbeta);
-    }
-    let d2_t = d2.tensor();
-    add_grad(p.decoder.weight, &d2_t.tr().matmul(&dec_in));
-    if let Some(b) = p.decoder.bias {
-        add_grad(b, &d2.column_sums());
-    }
-    let dz = Mat::of(&d2_t.matmul(&p.decoder.weight.narrow(1, 0, l as i64)));
+    let d_hd = Mat::of(&(grad_hd.expect("the scale head's product") * u));
+    let dz = stack_backward(&p.decoder, &decoder, d_hd, None, true).expect("the decoder's input gradient");
     // Through the sample z = mean + sqrt(var) eps and the KL, to the heads' pre-activations.
     let mut dmean = Mat { v: vec![0.0; n * l], rows: n, cols: l };
     let mut dv = Mat { v: vec![0.0; n * l], rows: n, cols: l };
@@ -316,25 +376,14 @@ fn step(p: &Plan<'_>, mb: &Minibatch, kl_weight: f64) -> Option<LossOutput> {
     if let Some(b) = &p.var.bs {
         add_grad(b, &dv.column_sums());
     }
-    let mut d1 = Mat::of(&(dmean_t.matmul(&p.mean.ws) + dv_t.matmul(&p.var.ws)));
-    for (k, g) in d1.v.iter_mut().enumerate() {
-        let keep = mask.as_ref().map_or(1.0, |m| m[k]);
-        *g = if relu1[k] { *g * keep } else { 0.0 };
-    }
-    if let (Some(bn), Some(cache)) = (&p.encoder.batch_norm, &norm1) {
-        let (dgamma, dbeta) = norm_backward(&mut d1, cache, bn.weight);
-        add_grad(bn.weight, &dgamma);
-        add_grad(bn.bias, &dbeta);
-    }
-    if let Some(b) = p.encoder.bias {
-        add_grad(b, &d1.column_sums());
-    }
-    sparse_input::add_weight_gradient(p.input, &d1.tensor(), p.encoder.weight, &mut GeneOrder::default());
+    let d1 = Mat::of(&(dmean_t.matmul(&p.mean.ws) + dv_t.matmul(&p.var.ws)));
+    stack_backward(&p.encoder, &encoder, d1, Some(p.input), false);
     // The step went through: the BatchNorm layers' running statistics move.
-    for (bn, cache) in [(&p.encoder.batch_norm, &norm1), (&p.decoder.batch_norm, &norm2)] {
-        if let (Some(bn), Some(cache)) = (bn, cache) {
-            let _ = bn.running_mean.shallow_clone().copy_(&Tensor::from_slice(&cache.running.0));
-            let _ = bn.running_var.shallow_clone().copy_(&Tensor::from_slice(&cache.running.1));
+    let blocks = p.encoder.blocks.iter().zip(&encoder).chain(p.decoder.blocks.iter().zip(&decoder));
+    for (block, cache) in blocks {
+        if let (Some(bn), Some(norm)) = (&block.batch_norm, &cache.norm) {
+            let _ = bn.running_mean.shallow_clone().copy_(&Tensor::from_slice(&norm.running.0));
+            let _ = bn.running_var.shallow_clone().copy_(&Tensor::from_slice(&norm.running.1));
         }
     }
     Some(LossOutput { loss, reconstruction, kl_library: kl_z.zeros_like(), kl_z })
