@@ -185,3 +185,74 @@ fn other_networks_run_through_autograd() {
     assert!(!vae.loss(&mb, true, 1.0).loss.requires_grad(), "the standard network");
     assert!(vae.loss(&mb, false, 1.0).loss.requires_grad(), "evaluation runs the model's own forward pass");
 }
+
+/// With a second thread, the step runs the trainer's side work beside its serial stretches: the
+/// independent job (building another minibatch) and the update of the heads and the dispersion,
+/// whose gradients are final by then. The gradients come out as without side work; a loss that
+/// is not finite leaves the update unrun.
+#[test]
+fn side_work_runs_beside_the_step() {
+    use scvir_engine::module::vae::SideWork;
+    let _t = turn();
+    let d = pbmc();
+    let x = counts(&d);
+    let batch = vec![0i32; x.n_cells()];
+    let mut builder = MinibatchBuilder::new(x, &batch, &Default::default(), Device::Cpu);
+    let cells: Vec<usize> = (0..128).map(|i| i * 20 + 3).collect();
+    let upcoming: Vec<usize> = (0..128).map(|i| i * 20 + 11).collect();
+    let mb = builder.build(&cells);
+    let expected_next = builder.build(&upcoming);
+    for threads in [1, 2] {
+        let _session = runtime::Session::enter(runtime::SessionOptions { n_threads: Some(threads), ..Default::default() });
+        tch::manual_seed(5);
+        let (mut vae, params, stats) = model(VaeConfig::new(2000, 1), x);
+        let plain = step(&mut vae, true, &mb, &params, &stats);
+        // The same step with side work: the gradients the update sees are kept.
+        let mut next = None;
+        let mut updated: Vec<(usize, Tensor)> = Vec::new();
+        let out = {
+            let mut side = SideWork::default();
+            side.independent = Some(Box::new(|| next = Some(builder.build(&upcoming))));
+            side.update = Some(Box::new(|given: Vec<Tensor>| updated = given.iter().map(|t| (t.data_ptr() as usize, t.grad().copy())).collect()));
+            tch::manual_seed(11);
+            let out = vae.training_loss(&mb, 0.7, &mut side);
+            assert!(side.independent.is_none() && side.update.is_none(), "{threads} threads: both jobs taken");
+            out
+        };
+        assert!(!out.loss.requires_grad(), "the closed form ran");
+        assert_eq!(f64::try_from(&out.loss).unwrap(), plain.loss, "{threads} threads: the same loss");
+        let next = next.expect("the next minibatch was built");
+        assert!(next.nz_x.equal(&expected_next.nz_x) && next.x.equal(&expected_next.x), "the minibatch built beside is the one built alone");
+        // The update got exactly the heads' weights and biases and the dispersion, with their
+        // final gradients.
+        let names: Vec<&str> = params.iter().filter(|(_, p)| updated.iter().any(|(a, _)| *a == p.data_ptr() as usize)).map(|(n, _)| n.as_str()).collect();
+        assert_eq!(updated.len(), 5, "{names:?}");
+        assert!(names.iter().all(|n| n.contains("px_scale_decoder") || n.contains("px_dropout_decoder") || n.ends_with("px_r")), "{names:?}");
+        // The same gradients: the same bits on one thread; on two, libtorch's small products
+        // inside the stretches run on one thread beside the side work, so up to rounding.
+        for (i, (name, p)) in params.iter().enumerate() {
+            let (g, reference) = (p.grad(), &plain.grads[i]);
+            if threads == 1 {
+                assert!(g.equal(reference), "{name}: as without side work");
+            } else {
+                assert!(largest(&(&g - reference)) <= 1e-5 * largest(reference).max(1e-6), "{name}: as without side work");
+            }
+            if let Some((_, seen)) = updated.iter().find(|(a, _)| *a == p.data_ptr() as usize) {
+                assert!(seen.equal(&g), "{threads} threads: the update saw {name}'s final gradient");
+            }
+        }
+        // A loss that is not finite: no update (the trainer stops before updating anything).
+        tch::no_grad(|| {
+            for (_, p) in &params {
+                let _ = p.grad().zero_();
+            }
+        });
+        let mut ran = false;
+        let mut side = SideWork::default();
+        side.update = Some(Box::new(|_| ran = true));
+        let _ = vae.training_loss(&mb, f64::NAN, &mut side);
+        assert!(side.update.is_some(), "{threads} threads: a NaN loss leaves the update");
+        drop(side);
+        assert!(!ran);
+    }
+}

@@ -114,3 +114,43 @@ fn one_pass_over_several_parameters_does_not_depend_on_threads() {
         assert!(diff < 1e-5, "drifted from libtorch's Adam by {diff}");
     }
 }
+
+/// A step begun on some parameters (`step_first`, the trainer's update beside the training
+/// step) and finished by `step` makes the same bits as whole steps, at the same step count.
+#[test]
+fn a_step_in_two_parts_is_one_step() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let shapes: [&[i64]; 3] = [&[300, 200], &[7], &[200, 50]];
+    let run = |first: Option<&[usize]>| -> Vec<Tensor> {
+        tch::manual_seed(9);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let params: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| vs.root().var_copy(&format!("w{i}"), &Tensor::randn(*s, (Kind::Float, Device::Cpu)))).collect();
+        let targets: Vec<Tensor> = shapes.iter().map(|s| Tensor::randn(*s, (Kind::Float, Device::Cpu))).collect();
+        let mut adam = Adam::new(params.iter().map(Tensor::shallow_clone).collect(), 1e-2, 0.01, 0.0, false);
+        // A tensor that is not one of the optimiser's parameters is ignored.
+        let stranger = Tensor::zeros([3], (Kind::Float, Device::Cpu));
+        for _ in 0..6 {
+            let loss: Tensor = params.iter().zip(&targets).map(|(p, t)| (p - t).square().sum(Kind::Float)).sum();
+            loss.backward();
+            if let Some(first) = first {
+                let mut given: Vec<Tensor> = first.iter().map(|&i| params[i].shallow_clone()).collect();
+                given.push(stranger.shallow_clone());
+                adam.step_first(&given);
+                // Those parameters moved and their gradients were consumed; the others wait.
+                for (i, p) in params.iter().enumerate() {
+                    let consumed = f64::try_from(p.grad().abs().max()).unwrap() == 0.0;
+                    assert_eq!(consumed, first.contains(&i), "parameter {i} after step_first");
+                }
+            }
+            adam.step();
+            assert!(params.iter().all(|p| f64::try_from(p.grad().abs().max()).unwrap() == 0.0), "every gradient consumed");
+        }
+        params.iter().map(|p| p.detach().copy()).collect()
+    };
+    let whole = run(None);
+    for first in [&[0usize, 1][..], &[2], &[], &[0, 1, 2]] {
+        for (a, b) in run(Some(first)).iter().zip(&whole) {
+            assert!(a.equal(b), "begun on {first:?}: differs from whole steps");
+        }
+    }
+}

@@ -11,6 +11,7 @@ use crate::nn::{DecoderScvi, Encoder, EncoderOutput, FcLayersConfig};
 use tch::{nn, Device, Kind, Tensor};
 
 mod closed_form;
+pub use closed_form::SideWork;
 
 pub struct Vae {
     pub config: VaeConfig,
@@ -347,10 +348,22 @@ impl Vae {
     /// loss has no graph to run backward through.
     pub fn loss(&self, mb: &Minibatch, train: bool, kl_weight: f64) -> LossOutput {
         if train {
-            if let Some(out) = self.closed_form_loss(mb, kl_weight) {
-                return out;
-            }
+            return self.training_loss(mb, kl_weight, &mut SideWork::default());
         }
+        self.autograd_loss(mb, false, kl_weight)
+    }
+
+    /// `loss(mb, true, kl_weight)`, offering the step `side` work to run on a second thread
+    /// beside its serial stretches (see [`SideWork`]). A step in closed form takes what it can;
+    /// what is left in `side` afterwards did not run.
+    pub fn training_loss(&self, mb: &Minibatch, kl_weight: f64, side: &mut SideWork<'_>) -> LossOutput {
+        if let Some(out) = self.closed_form_loss(mb, kl_weight, side) {
+            return out;
+        }
+        self.autograd_loss(mb, true, kl_weight)
+    }
+
+    fn autograd_loss(&self, mb: &Minibatch, train: bool, kl_weight: f64) -> LossOutput {
         let inf = self.inference(mb, train);
         let reconstruction = self.training_reconstruction(mb, &inf, train);
         let kl_z = kl_normal_std_normal(&inf.qz.q_mean, &inf.qz.q_var).sum_dim_intlist(1, false, Kind::Float);

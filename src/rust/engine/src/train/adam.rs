@@ -17,6 +17,8 @@ pub struct Adam {
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
     step: i32,
+    /// Parameters already updated in the step begun by [`Adam::step_first`] (None between steps).
+    updated: Option<Vec<bool>>,
     pub lr: f64,
     pub beta1: f64,
     pub beta2: f64,
@@ -45,7 +47,7 @@ impl Adam {
             .unzip();
         let exp_avg = params.iter().map(|p| p.zeros_like()).collect();
         let exp_avg_sq = params.iter().map(|p| p.zeros_like()).collect();
-        Adam { params, masks, exp_avg, exp_avg_sq, step: 0, lr, beta1: 0.9, beta2: 0.999, eps, weight_decay, decoupled_weight_decay, simd: Simd::detect() }
+        Adam { params, masks, exp_avg, exp_avg_sq, step: 0, updated: None, lr, beta1: 0.9, beta2: 0.999, eps, weight_decay, decoupled_weight_decay, simd: Simd::detect() }
     }
 
     /// Gradients of all parameters set to zero (before the first backward they do not exist).
@@ -59,15 +61,41 @@ impl Adam {
     }
 
     /// One update; zeroes the gradients it consumed. Parameters without a gradient are skipped,
-    /// as PyTorch skips parameters whose `.grad` is None.
+    /// as PyTorch skips parameters whose `.grad` is None. After [`Adam::step_first`], updates
+    /// the parameters that it did not, ending that step.
     pub fn step(&mut self) {
+        let todo: Vec<bool> = match self.updated.take() {
+            Some(done) => done.iter().map(|&u| !u).collect(),
+            None => {
+                self.step += 1;
+                vec![true; self.params.len()]
+            }
+        };
+        self.update(&todo);
+    }
+
+    /// Begins a step by updating only `first` (parameters of this optimiser, matched by their
+    /// data, whose gradients are final before the others'); [`Adam::step`] then updates the
+    /// rest. The two together make the same update as one `step`: entries are independent.
+    pub fn step_first(&mut self, first: &[Tensor]) {
+        if self.updated.is_some() {
+            return; // a step is already begun: its rest comes in `step`
+        }
         self.step += 1;
+        let ptrs: Vec<usize> = first.iter().map(|t| t.data_ptr() as usize).collect();
+        let todo: Vec<bool> = self.params.iter().map(|p| ptrs.contains(&(p.data_ptr() as usize))).collect();
+        self.update(&todo);
+        self.updated = Some(todo);
+    }
+
+    /// The update of the parameters marked in `todo`, at the current step count.
+    fn update(&mut self, todo: &[bool]) {
         let bc1 = 1.0 - self.beta1.powi(self.step);
         let bc2_sqrt = (1.0 - self.beta2.powi(self.step)).sqrt();
         let step_size = self.lr / bc1;
         // The CPU float parameters' buffers (p, g, m, v, mask) and sizes, updated together below.
         let mut buffers: Vec<([usize; 4], Option<usize>, usize)> = Vec::with_capacity(self.params.len());
-        for i in 0..self.params.len() {
+        for i in (0..self.params.len()).filter(|&i| todo[i]) {
             let p = &self.params[i];
             let g = p.grad();
             if !g.defined() {

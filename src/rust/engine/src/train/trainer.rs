@@ -11,13 +11,14 @@ use crate::data::split::{make_semisupervised_split, make_split};
 use crate::data::source::membership;
 use crate::data::{CountSource, Counts, Covariates, DataSplit, Minibatch, MinibatchBuilder};
 use crate::error::{Error, Result};
+use crate::module::vae::SideWork;
 use crate::module::Vae;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 /// Hooks the caller (R bridge, CLI) gives the loop.
 pub trait TrainingObserver {
@@ -201,14 +202,27 @@ pub fn train_on(
         {
             clock.restart();
             // One optimisation step on a minibatch of `n_cells` cells. With `upcoming` cells, the
-            // minibatch of those is built beside the backward pass and returned.
+            // minibatch of those is built on a second thread and returned: beside the first
+            // serial stretch of a step in closed form, or else beside autograd's backward pass.
             let mut step = |builder: &mut MinibatchBuilder<'_>, mb: Minibatch, n_cells: usize, upcoming: Option<&[usize]>| -> Result<Option<Minibatch>> {
                 if observer.interrupt_requested() {
                     return Err(Error::Interrupted { epoch: epoch + 1, max_epochs });
                 }
                 clock.mark(Phase::Minibatch);
                 weight = kl_weight(epoch, global_step, cfg.n_epochs_kl_warmup, cfg.n_steps_kl_warmup, cfg.max_kl_weight, cfg.min_kl_weight);
-                let mut out = vae.loss(&mb, true, weight);
+                let mut next = None;
+                let mut out = {
+                    // Offered only with a second thread, and only without scANVI's labelled
+                    // minibatch (whose loss joins after the step, before the update).
+                    let mut side = SideWork::default();
+                    if let Some(cells) = upcoming {
+                        side.independent = Some(Box::new(|| next = Some(builder.build(cells))));
+                    }
+                    if upcoming.is_some() && labelled_train.is_empty() {
+                        side.update = Some(Box::new(|params: Vec<Tensor>| optimizer.step_first(&params)));
+                    }
+                    vae.training_loss(&mb, weight, &mut side)
+                };
                 let mut labelled_mb = None;
                 if !labelled_train.is_empty() {
                     if labelled_pos >= labelled_train.len() {
@@ -240,15 +254,13 @@ pub fn train_on(
                     )));
                 }
                 clock.mark(Phase::Forward);
-                let mut next = None;
-                // A step in closed form has its gradients already; the next minibatch is then
-                // built in turn, on all threads.
+                // A step in closed form has its gradients already (and built the next minibatch).
                 let graph = out.loss.requires_grad();
                 match upcoming {
                     // Autograd's backward pass is many small operations on this thread: libtorch's
                     // other thread builds the next minibatch meanwhile (the same minibatch as
                     // built later: it reads only the counts).
-                    Some(cells) if graph => crate::runtime::beside(|| out.loss.backward(), || next = Some(builder.build(cells))),
+                    Some(cells) if graph && next.is_none() => crate::runtime::beside(|| out.loss.backward(), || next = Some(builder.build(cells))),
                     _ if graph => out.loss.backward(),
                     _ => {}
                 }

@@ -15,6 +15,14 @@
 //!
 //! Every other configuration, and a fresh model's first step (whose parameters have no `.grad`
 //! yet), runs through autograd as before.
+//!
+//! Between its parallel parts (the sparse first layer, the heads' products, the likelihood) the
+//! step has two serial stretches of small matrices: from the first layer's product to the heads
+//! (BatchNorm, the posterior, the sample, the decoder's layers) and from the heads' gradients to
+//! the first layer's weight gradient (the same layers backwards). With a second thread, the
+//! trainer's [`SideWork`] runs beside them: the next minibatch's building (memory-bound) beside
+//! the first, the optimiser's update of the heads (memory-bound, their gradients final by then)
+//! beside the second.
 
 use super::{LossOutput, Vae};
 use crate::data::minibatch::one_hot;
@@ -41,13 +49,34 @@ struct Plan<'a> {
     one_hots: Vec<Tensor>,
 }
 
+/// Work a trainer offers a training step, to run on another of libtorch's threads beside the
+/// step's serial stretches (see the module doc). The step takes a job by running it; what is
+/// left afterwards (one thread, a step through autograd) did not run, and the trainer runs it
+/// itself.
+#[derive(Default)]
+pub struct SideWork<'a> {
+    /// Work that reads nothing the step writes (building the next minibatch).
+    pub independent: Option<Box<dyn FnOnce() + Send + 'a>>,
+    /// The optimiser's update of the given parameters, whose gradients are final when it is
+    /// called (the decoder's heads and the dispersion); run only when the loss is finite.
+    pub update: Option<Box<dyn FnOnce(Vec<Tensor>) + Send + 'a>>,
+}
+
+/// Runs `here`, and `job` beside it on another thread when there is one.
+fn beside_job(job: Option<Box<dyn FnOnce() + Send + '_>>, here: impl FnOnce()) {
+    match job {
+        Some(job) => crate::runtime::beside(here, job),
+        None => here(),
+    }
+}
+
 impl Vae {
     /// `loss(mb, true, kl_weight)` with the gradients already added into the parameters'
     /// `.grad` (the returned loss has no graph), or None where the step must run through
-    /// autograd (see the module doc).
-    pub(super) fn closed_form_loss(&self, mb: &Minibatch, kl_weight: f64) -> Option<LossOutput> {
+    /// autograd (see the module doc); `side` as in [`Vae::training_loss`].
+    pub(super) fn closed_form_loss(&self, mb: &Minibatch, kl_weight: f64, side: &mut SideWork<'_>) -> Option<LossOutput> {
         let plan = self.closed_form_plan(mb)?;
-        tch::no_grad(|| step(&plan, mb, kl_weight))
+        tch::no_grad(|| step(&plan, mb, kl_weight, side))
     }
 
     fn closed_form_plan<'a>(&'a self, mb: &'a Minibatch) -> Option<Plan<'a>> {
@@ -236,24 +265,22 @@ struct BlockCache {
     mask: Option<Vec<f32>>,
 }
 
-/// A stack's first input: the counts as nonzeros (the encoder) or a dense matrix (the decoder).
-enum First<'a> {
-    Sparse(SparseInput<'a>),
+/// A stack's first input: the first layer's product with the counts (the encoder's sparse
+/// first layer, bias not added) or a dense matrix (the decoder).
+enum First {
+    SparseProduct(Tensor),
     Dense(Tensor),
 }
 
 /// A stack's forward pass in training: each block's output and what its backward pass needs.
 /// Dropout masks are drawn block by block, as `FcLayers::forward_sparse` draws them.
-fn stack_forward(stack: &StackParts<'_>, first: First<'_>, one_hots: &[Tensor]) -> Option<(Mat, Vec<BlockCache>)> {
+fn stack_forward(stack: &StackParts<'_>, first: First, one_hots: &[Tensor]) -> (Mat, Vec<BlockCache>) {
     let mut caches = Vec::with_capacity(stack.blocks.len());
     let mut x = first;
     let mut out = None;
     for block in &stack.blocks {
         let (y, input, base) = match x {
-            First::Sparse(input) => {
-                let product = sparse_input::linear(input, block.weight)?;
-                (block.bias.map_or_else(|| product.shallow_clone(), |b| &product + b), None, 0)
-            }
+            First::SparseProduct(product) => (block.bias.map_or_else(|| product.shallow_clone(), |b| &product + b), None, 0),
             First::Dense(h) => {
                 let base = h.size()[1];
                 let input = if block.takes_covariates && !one_hots.is_empty() {
@@ -278,14 +305,23 @@ fn stack_forward(stack: &StackParts<'_>, first: First<'_>, one_hots: &[Tensor]) 
         x = First::Dense(y.tensor());
         out = Some(y);
     }
-    Some((out?, caches))
+    (out.expect("a stack has a block"), caches)
+}
+
+/// What a stack's backward pass returns.
+enum Back {
+    /// The gradient for the first block's input without its covariate columns (the decoder's,
+    /// for z).
+    Input(Mat),
+    /// The gradient of the sparse first layer's output (pre-activation): its weight gradient is
+    /// left to the caller, outside the serial stretch.
+    SparseOutput(Tensor),
 }
 
 /// A stack's backward pass from the gradient of its output: adds every block's parameter
-/// gradients, and returns the gradient for the first block's input without its covariate
-/// columns when `want_input` (the decoder's, for z).
-fn stack_backward(stack: &StackParts<'_>, caches: &[BlockCache], mut d: Mat, sparse: Option<SparseInput<'_>>, want_input: bool) -> Option<Mat> {
-    for (i, (block, cache)) in stack.blocks.iter().zip(caches).enumerate().rev() {
+/// gradients but the sparse first layer's weight gradient (see [`Back`]).
+fn stack_backward(stack: &StackParts<'_>, caches: &[BlockCache], mut d: Mat) -> Back {
+    for (block, cache) in stack.blocks.iter().zip(caches).rev() {
         for (k, g) in d.v.iter_mut().enumerate() {
             let keep = cache.mask.as_ref().map_or(1.0, |m| m[k]);
             *g = if cache.relu[k] { *g * keep } else { 0.0 };
@@ -299,47 +335,100 @@ fn stack_backward(stack: &StackParts<'_>, caches: &[BlockCache], mut d: Mat, spa
             add_grad(b, &d.column_sums());
         }
         let d_t = d.tensor();
-        match (&cache.input, sparse) {
-            (Some(x), _) => add_grad(block.weight, &d_t.tr().matmul(x)),
-            (None, Some(input)) => sparse_input::add_weight_gradient(input, &d_t, block.weight, &mut GeneOrder::default()),
-            (None, None) => unreachable!("a sparse block without its input"),
-        }
-        if i == 0 && !want_input {
-            return None;
+        match &cache.input {
+            Some(x) => add_grad(block.weight, &d_t.tr().matmul(x)),
+            None => return Back::SparseOutput(d_t),
         }
         d = Mat::of(&d_t.matmul(&block.weight.narrow(1, 0, cache.base)));
     }
-    Some(d)
+    Back::Input(d)
 }
 
-/// One step: the loss, with every gradient added (inside `tch::no_grad`).
-fn step(p: &Plan<'_>, mb: &Minibatch, kl_weight: f64) -> Option<LossOutput> {
-    let n = mb.n_cells;
-    // Encoder: the sparse first layer, then each block's BatchNorm, ReLU and dropout.
-    let (h1, encoder) = stack_forward(&p.encoder, First::Sparse(p.input), &[])?;
+/// The forward pass from the first layer's product to the decoder's last hidden layer, with what
+/// the backward pass needs.
+struct Middle {
+    encoder: Vec<BlockCache>,
+    h1: Tensor,
+    q_mean: Mat,
+    /// exp of the variance head's output.
+    ev: Mat,
+    q_var: Vec<f32>,
+    sd: Vec<f32>,
+    eps: Mat,
+    decoder: Vec<BlockCache>,
+    hd: Tensor,
+}
+
+/// The first serial stretch: the encoder's blocks after the first layer's product, the
+/// posterior, the sample and the decoder's blocks.
+fn middle(p: &Plan<'_>, product: Tensor) -> Middle {
+    let (h1, encoder) = stack_forward(&p.encoder, First::SparseProduct(product), &[]);
     // The posterior's mean and variance, and the latent sample.
-    let h1_t = h1.tensor();
-    let q_mean = Mat::of(&h1_t.linear(&p.mean.ws, p.mean.bs.as_ref()));
-    let ev = Mat::of(&h1_t.linear(&p.var.ws, p.var.bs.as_ref()).exp());
-    let l = q_mean.cols;
+    let h1 = h1.tensor();
+    let q_mean = Mat::of(&h1.linear(&p.mean.ws, p.mean.bs.as_ref()));
+    let ev = Mat::of(&h1.linear(&p.var.ws, p.var.bs.as_ref()).exp());
+    let (n, l) = (q_mean.rows, q_mean.cols);
     let q_var: Vec<f32> = ev.v.iter().map(|&e| e + VAR_EPS as f32).collect();
     let sd: Vec<f32> = q_var.iter().map(|v| v.sqrt()).collect();
     // Drawn as `EncoderOutput::rsample` draws it.
     let eps = Mat::of(&Tensor::randn([n as i64, l as i64], (Kind::Float, Device::Cpu)));
     let z: Vec<f32> = (0..n * l).map(|k| q_mean.v[k] + sd[k] * eps.v[k]).collect();
     // Decoder: [z, one-hot covariates] through its blocks.
-    let (hd, decoder) = stack_forward(&p.decoder, First::Dense(Tensor::from_slice(&z).view([n as i64, l as i64])), &p.one_hots)?;
-    let hd = hd.tensor();
+    let (hd, decoder) = stack_forward(&p.decoder, First::Dense(Tensor::from_slice(&z).view([n as i64, l as i64])), &p.one_hots);
+    Middle { encoder, h1, q_mean, ev, q_var, sd, eps, decoder, hd: hd.tensor() }
+}
+
+/// The second serial stretch: from the gradient of the decoder's last hidden layer back through
+/// the decoder, the sample, the KL and the posterior's heads to the gradient of the encoder's
+/// first layer's output (its weight gradient excluded).
+fn middle_backward(p: &Plan<'_>, m: &Middle, d_hd: Mat, kl_scale: f32) -> Tensor {
+    let Back::Input(dz) = stack_backward(&p.decoder, &m.decoder, d_hd) else { unreachable!("the decoder's input gradient") };
+    // Through the sample z = mean + sqrt(var) eps and the KL, to the heads' pre-activations.
+    let (n, l) = (m.q_mean.rows, m.q_mean.cols);
+    let mut dmean = Mat { v: vec![0.0; n * l], rows: n, cols: l };
+    let mut dv = Mat { v: vec![0.0; n * l], rows: n, cols: l };
+    for k in 0..n * l {
+        dmean.v[k] = dz.v[k] + kl_scale * m.q_mean.v[k];
+        let dvar = dz.v[k] * m.eps.v[k] / (2.0 * m.sd[k]) + kl_scale * 0.5 * (1.0 - 1.0 / m.q_var[k]);
+        dv.v[k] = dvar * m.ev.v[k];
+    }
+    let (dmean_t, dv_t) = (dmean.tensor(), dv.tensor());
+    add_grad(&p.mean.ws, &dmean_t.tr().matmul(&m.h1));
+    add_grad(&p.var.ws, &dv_t.tr().matmul(&m.h1));
+    if let Some(b) = &p.mean.bs {
+        add_grad(b, &dmean.column_sums());
+    }
+    if let Some(b) = &p.var.bs {
+        add_grad(b, &dv.column_sums());
+    }
+    let d1 = Mat::of(&(dmean_t.matmul(&p.mean.ws) + dv_t.matmul(&p.var.ws)));
+    match stack_backward(&p.encoder, &m.encoder, d1) {
+        Back::SparseOutput(d) => d,
+        Back::Input(_) => unreachable!("the encoder starts with its sparse layer"),
+    }
+}
+
+/// One step: the loss, with every gradient added (inside `tch::no_grad`), and the work in `side`
+/// taken as it fits (see [`SideWork`]).
+fn step(p: &Plan<'_>, mb: &Minibatch, kl_weight: f64, side: &mut SideWork<'_>) -> Option<LossOutput> {
+    let n = mb.n_cells;
+    // The encoder's sparse first layer (parallel), checked before anything is drawn.
+    let first = &p.encoder.blocks[0];
+    let product = sparse_input::linear(p.input, first.weight)?;
+    let mut m = None;
+    beside_job(side.independent.take(), || m = Some(middle(p, product)));
+    let m = m.expect("the forward pass ran");
     // The fused likelihood on the heads' logits.
     let theta = p.px_r.exp();
-    let logits = head(&hd, p.scale);
-    let pi = p.zero_inflation.map(|z| head(&hd, z));
+    let logits = head(&m.hd, p.scale);
+    let pi = p.zero_inflation.map(|z| head(&m.hd, z));
     // The plan checked what the kernel needs; were it to decline, autograd's step would run
     // instead with fresh draws, the running statistics untouched (they are stored last).
     let terms = fused::likelihood_terms(mb, fused::Mean::Softmax { logits: &logits, log_library: &mb.log_library }, &theta, pi.as_ref())?;
     let reconstruction = &mb.lgamma_x1 - &terms.value;
+    let l = m.q_mean.cols;
     let kl: Vec<f32> = (0..n)
-        .map(|c| (c * l..(c + 1) * l).map(|k| (q_var[k] + q_mean.v[k] * q_mean.v[k] - 1.0 - q_var[k].ln()) * 0.5).sum())
+        .map(|c| (c * l..(c + 1) * l).map(|k| (m.q_var[k] + m.q_mean.v[k] * m.q_mean.v[k] - 1.0 - m.q_var[k].ln()) * 0.5).sum())
         .collect();
     let kl_z = Tensor::from_slice(&kl);
     let loss = (&reconstruction + &kl_z * kl_weight).mean(Kind::Float);
@@ -355,31 +444,26 @@ fn step(p: &Plan<'_>, mb: &Minibatch, kl_weight: f64) -> Option<LossOutput> {
         heads.push(DeferredHead { grad: g.shallow_clone(), weight: z.ws.shallow_clone(), bias: z.bs.as_ref().map(Tensor::shallow_clone) });
         add_product(&mut grad_hd, g, &z.ws);
     }
-    sparse_input::add_head_gradients(&hd, &Tensor::full([n as i64], u, (Kind::Float, Device::Cpu)), &heads);
+    sparse_input::add_head_gradients(&m.hd, &Tensor::full([n as i64], u, (Kind::Float, Device::Cpu)), &heads);
     add_grad(p.px_r, &(terms.grad_theta.sum_dim_intlist(0, false, Kind::Float) * u * &theta));
     let d_hd = Mat::of(&(grad_hd.expect("the scale head's product") * u));
-    let dz = stack_backward(&p.decoder, &decoder, d_hd, None, true).expect("the decoder's input gradient");
-    // Through the sample z = mean + sqrt(var) eps and the KL, to the heads' pre-activations.
-    let mut dmean = Mat { v: vec![0.0; n * l], rows: n, cols: l };
-    let mut dv = Mat { v: vec![0.0; n * l], rows: n, cols: l };
-    for k in 0..n * l {
-        dmean.v[k] = dz.v[k] + kl_scale * q_mean.v[k];
-        let dvar = dz.v[k] * eps.v[k] / (2.0 * sd[k]) + kl_scale * 0.5 * (1.0 - 1.0 / q_var[k]);
-        dv.v[k] = dvar * ev.v[k];
-    }
-    let (dmean_t, dv_t) = (dmean.tensor(), dv.tensor());
-    add_grad(&p.mean.ws, &dmean_t.tr().matmul(&h1_t));
-    add_grad(&p.var.ws, &dv_t.tr().matmul(&h1_t));
-    if let Some(b) = &p.mean.bs {
-        add_grad(b, &dmean.column_sums());
-    }
-    if let Some(b) = &p.var.bs {
-        add_grad(b, &dv.column_sums());
-    }
-    let d1 = Mat::of(&(dmean_t.matmul(&p.mean.ws) + dv_t.matmul(&p.var.ws)));
-    stack_backward(&p.encoder, &encoder, d1, Some(p.input), false);
+    // The heads' and the dispersion's gradients are final: the optimiser may update them beside
+    // the second serial stretch, unless the loss is not finite (the trainer then stops before
+    // any update).
+    let update = side.update.take_if(|_| f64::try_from(&loss).map_or(false, f64::is_finite));
+    let update = update.map(|f| {
+        let mut params = vec![p.px_r.shallow_clone()];
+        for h in &heads {
+            params.push(h.weight.shallow_clone());
+            params.extend(h.bias.as_ref().map(Tensor::shallow_clone));
+        }
+        Box::new(move || f(params)) as Box<dyn FnOnce() + Send + '_>
+    });
+    let mut d_first = None;
+    beside_job(update, || d_first = Some(middle_backward(p, &m, d_hd, kl_scale)));
+    sparse_input::add_weight_gradient(p.input, &d_first.expect("the backward pass ran"), first.weight, &mut GeneOrder::default());
     // The step went through: the BatchNorm layers' running statistics move.
-    let blocks = p.encoder.blocks.iter().zip(&encoder).chain(p.decoder.blocks.iter().zip(&decoder));
+    let blocks = p.encoder.blocks.iter().zip(&m.encoder).chain(p.decoder.blocks.iter().zip(&m.decoder));
     for (block, cache) in blocks {
         if let (Some(bn), Some(norm)) = (&block.batch_norm, &cache.norm) {
             let _ = bn.running_mean.shallow_clone().copy_(&Tensor::from_slice(&norm.running.0));
