@@ -9,10 +9,13 @@ use std::time::Instant;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     /// Forming the minibatch (dense rows, nonzeros, covariates) from the counts. In memory with
-    /// more than one thread, only an epoch's first: the others are built during the backward pass
-    /// before them.
+    /// more than one thread, only an epoch's first: the others are built during the step before
+    /// them.
     Minibatch,
-    /// Inference, generative pass and loss (the fused likelihood's gradient included).
+    /// Inference, generative pass and loss (the fused likelihood's gradient included). A step in
+    /// closed form does its whole backward pass here and, with more than one thread, builds the
+    /// next minibatch and updates the decoder heads beside its serial stretches
+    /// (`module::vae::SideWork`).
     Forward,
     /// libtorch's backward pass (and beside it, with more than one thread, the next minibatch's
     /// building).
@@ -20,7 +23,7 @@ pub enum Phase {
     /// Weight gradients finished by hand after backward (`sparse_input::finish_backward`): the
     /// sparse first layers and, with the engine's own products, the decoder heads.
     FinishBackward,
-    /// The Adam update.
+    /// The Adam update (of the parameters not already updated beside the step).
     Optimizer,
     /// The epoch's running sums of the loss terms.
     Bookkeeping,
