@@ -2,7 +2,8 @@
 //! training) against the same step through autograd, on real PBMC 3k minibatches: the loss and
 //! its per-cell parts, every parameter's gradient and the BatchNorm running statistics, for
 //! ZINB and NB, one to three hidden layers, with and without BatchNorm and dropout, with batches
-//! entering the decoder's layers, on one thread and split across two. Configurations it does not
+//! entering the decoder's layers and continuous covariates its first, on one thread and split
+//! across two. Configurations it does not
 //! cover run through autograd.
 
 mod common;
@@ -78,12 +79,30 @@ fn step(vae: &mut Vae, closed_form: bool, mb: &Minibatch, params: &[(String, Ten
     Step { loss: f64::try_from(&out.loss).unwrap(), reconstruction: out.reconstruction.detach(), kl_z: out.kl_z.detach(), grads, stats: after, graph }
 }
 
-/// The closed form against autograd for one configuration, on one minibatch of 128 cells.
+/// Two continuous covariates of each cell, from its counts as QC metrics are: the log total
+/// count and the fraction of counts in the first 100 genes.
+fn qc_covariates(x: scvir_engine::data::Counts<'_>) -> [Vec<f64>; 2] {
+    let (mut log_total, mut fraction) = (Vec::new(), Vec::new());
+    for c in 0..x.n_cells() {
+        let (genes, values) = x.cell(c);
+        let total: f64 = values.iter().sum();
+        let first: f64 = genes.iter().zip(values).filter(|(&g, _)| g < 100).map(|(_, &v)| v).sum();
+        log_total.push(total.ln());
+        fraction.push(first / total);
+    }
+    [log_total, fraction]
+}
+
+/// The closed form against autograd for one configuration, on one minibatch of 128 cells, with
+/// `config.n_continuous_cov` (0 to 2) continuous covariates.
 fn compare(config: VaeConfig, n_batch: i32, what: &str) {
     let d = pbmc();
     let x = counts(&d);
     let batch: Vec<i32> = (0..x.n_cells()).map(|c| c as i32 % n_batch).collect();
-    let mut builder = MinibatchBuilder::new(x, &batch, &Default::default(), Device::Cpu);
+    let qc = qc_covariates(x);
+    let mut covariates = scvir_engine::data::Covariates::default();
+    covariates.continuous = qc.iter().take(config.n_continuous_cov as usize).map(Vec::as_slice).collect();
+    let mut builder = MinibatchBuilder::new(x, &batch, &covariates, Device::Cpu);
     let cells: Vec<usize> = (0..128).map(|i| i * 20 + 7).collect();
     let mb = builder.build(&cells);
     tch::manual_seed(4);
@@ -123,16 +142,19 @@ fn closed_form_step_matches_autograd() {
     for threads in [1, 2] {
         let _session = runtime::Session::enter(runtime::SessionOptions { n_threads: Some(threads), ..Default::default() });
         // (likelihood, batches, hidden layers, BatchNorm in the encoder / decoder, dropout,
-        // covariates into every decoder layer)
-        for (likelihood, n_batch, layers, bn, dropout, inject) in [
-            (GeneLikelihood::Zinb, 1, 1, (true, true), 0.1, true),
-            (GeneLikelihood::Nb, 3, 1, (true, true), 0.1, true),
-            (GeneLikelihood::Zinb, 2, 1, (false, false), 0.0, true),
-            (GeneLikelihood::Nb, 1, 1, (true, false), 0.3, true),
-            (GeneLikelihood::Nb, 3, 2, (true, true), 0.1, true),
-            (GeneLikelihood::Zinb, 2, 3, (true, false), 0.2, false),
+        // covariates into every decoder layer, continuous covariates)
+        for (likelihood, n_batch, layers, bn, dropout, inject, continuous) in [
+            (GeneLikelihood::Zinb, 1, 1, (true, true), 0.1, true, 0),
+            (GeneLikelihood::Nb, 3, 1, (true, true), 0.1, true, 0),
+            (GeneLikelihood::Zinb, 2, 1, (false, false), 0.0, true, 0),
+            (GeneLikelihood::Nb, 1, 1, (true, false), 0.3, true, 0),
+            (GeneLikelihood::Nb, 3, 2, (true, true), 0.1, true, 0),
+            (GeneLikelihood::Zinb, 2, 3, (true, false), 0.2, false, 0),
+            (GeneLikelihood::Zinb, 1, 1, (true, true), 0.1, true, 2),
+            (GeneLikelihood::Nb, 2, 2, (true, true), 0.1, true, 1),
         ] {
             let mut config = VaeConfig::new(2000, n_batch as i64);
+            config.n_continuous_cov = continuous;
             config.gene_likelihood = likelihood;
             config.n_layers = layers;
             config.use_batch_norm_encoder = bn.0;
@@ -143,7 +165,7 @@ fn closed_form_step_matches_autograd() {
                 config.n_latent = 30;
             }
             let what = format!(
-                "{likelihood:?}, {n_batch} batches, {layers} layers, BatchNorm {bn:?}, dropout {dropout}, injected {inject}, {threads} threads"
+                "{likelihood:?}, {n_batch} batches, {layers} layers, BatchNorm {bn:?}, dropout {dropout}, injected {inject}, {continuous} continuous, {threads} threads"
             );
             compare(config, n_batch, &what);
         }

@@ -2,7 +2,8 @@
 //!
 //! For the networks most fits use (hidden layers of Linear -> BatchNorm or not -> ReLU ->
 //! dropout in the encoder, a Gaussian latent, the observed library, an NB or ZINB likelihood
-//! with one dispersion per gene, categorical covariates into the decoder's layers), the gradient
+//! with one dispersion per gene, categorical covariates into the decoder's layers and continuous
+//! ones into its first), the gradient
 //! of every parameter follows from the chain rule through a dozen small matrices per layer.
 //! Autograd reaches the same numbers through about forty recorded operations and their backward
 //! nodes for one hidden layer, each costing microseconds of libtorch's bookkeeping on one
@@ -47,6 +48,8 @@ struct Plan<'a> {
     /// The decoder's one-hot covariates (cells x width each), in input order; its layers take
     /// them as extra input columns.
     one_hots: Vec<Tensor>,
+    /// The continuous covariates (cells x k), appended to z as the decoder's input.
+    continuous: Option<Tensor>,
 }
 
 /// Work a trainer offers a training step, to run on another of libtorch's threads beside the
@@ -93,7 +96,6 @@ impl Vae {
             || self.scanvi.is_some()
             || self.batch_embedding.is_some()
             || mb.latent.is_some()
-            || mb.continuous.is_some()
             || mb.n_cells < 2
             || !(0.0..1.0).contains(&c.effective_dropout())
             || !fused::supported(&mb.log_library)
@@ -128,7 +130,8 @@ impl Vae {
         }
         let cats = self.categoricals(&mb.batch_index, mb);
         let one_hots = decoder.cat_widths.iter().zip(cats).filter(|(&w, _)| w > 0).map(|(&w, c)| one_hot(c, w)).collect();
-        Some(Plan { input, encoder, mean, var, decoder, scale, zero_inflation, px_r, one_hots })
+        let continuous = mb.continuous.as_ref().map(|c| c.to_kind(Kind::Float));
+        Some(Plan { input, encoder, mean, var, decoder, scale, zero_inflation, px_r, one_hots, continuous })
     }
 }
 
@@ -373,8 +376,13 @@ fn middle(p: &Plan<'_>, product: Tensor) -> Middle {
     // Drawn as `EncoderOutput::rsample` draws it.
     let eps = Mat::of(&Tensor::randn([n as i64, l as i64], (Kind::Float, Device::Cpu)));
     let z: Vec<f32> = (0..n * l).map(|k| q_mean.v[k] + sd[k] * eps.v[k]).collect();
-    // Decoder: [z, one-hot covariates] through its blocks.
-    let (hd, decoder) = stack_forward(&p.decoder, First::Dense(Tensor::from_slice(&z).view([n as i64, l as i64])), &p.one_hots);
+    // Decoder: [z, continuous covariates] (with the one-hot covariates) through its blocks.
+    let z = Tensor::from_slice(&z).view([n as i64, l as i64]);
+    let z_in = match &p.continuous {
+        Some(c) => Tensor::cat(&[z, c.shallow_clone()], 1),
+        None => z,
+    };
+    let (hd, decoder) = stack_forward(&p.decoder, First::Dense(z_in), &p.one_hots);
     Middle { encoder, h1, q_mean, ev, q_var, sd, eps, decoder, hd: hd.tensor() }
 }
 
@@ -382,9 +390,11 @@ fn middle(p: &Plan<'_>, product: Tensor) -> Middle {
 /// the decoder, the sample, the KL and the posterior's heads to the gradient of the encoder's
 /// first layer's output (its weight gradient excluded).
 fn middle_backward(p: &Plan<'_>, m: &Middle, d_hd: Mat, kl_scale: f32) -> Tensor {
-    let Back::Input(dz) = stack_backward(&p.decoder, &m.decoder, d_hd) else { unreachable!("the decoder's input gradient") };
-    // Through the sample z = mean + sqrt(var) eps and the KL, to the heads' pre-activations.
+    let Back::Input(d_in) = stack_backward(&p.decoder, &m.decoder, d_hd) else { unreachable!("the decoder's input gradient") };
+    // z's columns of the decoder's input (the continuous covariates' follow).
     let (n, l) = (m.q_mean.rows, m.q_mean.cols);
+    let dz = if d_in.cols == l { d_in } else { Mat { v: d_in.v.chunks_exact(d_in.cols).flat_map(|row| &row[..l]).copied().collect(), rows: n, cols: l } };
+    // Through the sample z = mean + sqrt(var) eps and the KL, to the heads' pre-activations.
     let mut dmean = Mat { v: vec![0.0; n * l], rows: n, cols: l };
     let mut dv = Mat { v: vec![0.0; n * l], rows: n, cols: l };
     for k in 0..n * l {
