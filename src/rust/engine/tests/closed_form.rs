@@ -63,7 +63,7 @@ fn step(vae: &mut Vae, closed_form: bool, mb: &Minibatch, params: &[(String, Ten
     if graph {
         out.loss.backward();
     }
-    if let Some(rows) = &mb.rows {
+    if let Some(rows) = mb.rows() {
         sparse_input::finish_backward(rows);
     }
     let grads = params.iter().map(|(_, p)| p.grad().copy()).collect();
@@ -244,7 +244,7 @@ fn side_work_runs_beside_the_step() {
         assert!(!out.loss.requires_grad(), "the closed form ran");
         assert_eq!(f64::try_from(&out.loss).unwrap(), plain.loss, "{threads} threads: the same loss");
         let next = next.expect("the next minibatch was built");
-        assert!(next.nz_x.equal(&expected_next.nz_x) && next.x.equal(&expected_next.x), "the minibatch built beside is the one built alone");
+        assert!(next.nz_x().equal(expected_next.nz_x()) && next.x.equal(&expected_next.x), "the minibatch built beside is the one built alone");
         // The update got exactly the heads' weights and biases and the dispersion, with their
         // final gradients.
         let names: Vec<&str> = params.iter().filter(|(_, p)| updated.iter().any(|(a, _)| *a == p.data_ptr() as usize)).map(|(n, _)| n.as_str()).collect();

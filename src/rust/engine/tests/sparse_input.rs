@@ -1,12 +1,14 @@
 //! The encoders' sparse first layer against the dense product and autograd, on real PBMC 3k
 //! minibatches: values, weight gradients (counts and log1p), independence from the thread count,
-//! and a whole model's gradients with and without it. Also: minibatches built on several threads
-//! are the ones built on one, and a model's gradients are the same whether the likelihood or
-//! tensor operations form the rates from the decoder's logits.
+//! and a whole model's gradients with and without it. Also: a minibatch's tensor forms of its
+//! nonzeros come from its host rows, minibatches built on several threads are the ones built on
+//! one, and a model's gradients are the same whether the likelihood or tensor operations form
+//! the rates from the decoder's logits.
 
 mod common;
 use common::{counts, pbmc};
 use scvir_engine::data::{Minibatch, MinibatchBuilder};
+use scvir_engine::distributions::fused::{self, Mean};
 use scvir_engine::module::{Vae, VaeConfig};
 use scvir_engine::nn::sparse_input::{self, SparseInput};
 use scvir_engine::runtime;
@@ -48,19 +50,56 @@ fn weight(g: i64) -> Tensor {
 
 /// Output and weight gradient of sum(R * (x W^T)): densely through autograd, and sparsely.
 fn both(mb: &Minibatch, w: &mut Tensor, log1p: bool) -> ((Tensor, Tensor), (Tensor, Tensor)) {
-    let x = if log1p { &mb.x_log1p } else { &mb.x };
+    let x = if log1p { mb.x_log1p() } else { &mb.x };
     let r = Tensor::randn([mb.n_cells as i64, 128], (Kind::Float, Device::Cpu));
     let yd = x.matmul(&w.tr());
     (&yd * &r).sum(Kind::Float).backward();
     let gd = w.grad().copy();
     let _ = w.grad().zero_();
-    let rows = mb.rows.as_ref().expect("a CPU minibatch carries its nonzeros");
+    let rows = mb.rows().expect("a CPU minibatch carries its nonzeros");
     let ys = sparse_input::linear(SparseInput { rows, log1p }, w).expect("the sparse path applies");
     (&ys * &r).sum(Kind::Float).backward();
     sparse_input::finish_backward(rows);
     let gs = w.grad().copy();
     let _ = w.grad().zero_();
     ((yd.detach(), gd), (ys.detach(), gs))
+}
+
+/// A CPU minibatch collects its nonzeros once, as host rows; the nonzeros as tensors and the
+/// dense log1p counts formed from them on demand are the dense block's, and the fused likelihood
+/// gives the same terms from the rows as from those tensors.
+#[test]
+fn tensor_forms_come_from_the_host_rows() {
+    let _t = turn();
+    let d = pbmc();
+    let x = counts(&d);
+    let batch = vec![0i32; x.n_cells()];
+    let mut builder = MinibatchBuilder::new(x, &batch, &Default::default(), Device::Cpu);
+    let mut mb = minibatch(&mut builder);
+    let g = mb.x.size()[1];
+    let flat_x = mb.x.reshape([-1]);
+    let positions = flat_x.nonzero().squeeze_dim(1);
+    assert!(positions.size()[0] > 10_000, "a real minibatch's nonzeros");
+    assert!(mb.nz_flat().equal(&positions), "the nonzeros' positions are the dense block's, in cell and gene order");
+    assert!(mb.nz_x().equal(&flat_x.index_select(0, &positions)));
+    assert!(mb.nz_row().equal(&positions.divide_scalar_mode(g, "floor")));
+    assert!(mb.nz_gene().equal(&positions.remainder(g)));
+    assert!(close(mb.x_log1p(), &mb.x.log1p(), 1e-6), "log1p counts");
+
+    tch::manual_seed(3);
+    let shape = [mb.n_cells as i64, g];
+    let logits = Tensor::randn(shape, (Kind::Float, Device::Cpu));
+    let theta = Tensor::rand([g], (Kind::Float, Device::Cpu)) * 5.0 + 0.1;
+    let pi = Tensor::randn(shape, (Kind::Float, Device::Cpu));
+    let terms = |mb: &Minibatch| {
+        let mean = Mean::Softmax { logits: &logits, log_library: &mb.log_library };
+        fused::likelihood_terms(mb, mean, &theta, Some(&pi)).expect("the fused likelihood applies")
+    };
+    let from_rows = terms(&mb);
+    mb.drop_host_rows();
+    assert!(mb.rows().is_none());
+    let from_tensors = terms(&mb);
+    assert!(from_rows.value.equal(&from_tensors.value) && from_rows.grad_mu.equal(&from_tensors.grad_mu));
 }
 
 /// Minibatches are built by parts on libtorch's threads (each part fills its own cells); the
@@ -82,18 +121,18 @@ fn minibatches_do_not_depend_on_threads() {
     let (a, b) = (&built[0], &built[1]);
     for (name, u, v) in [
         ("x", &a.x, &b.x),
-        ("x_log1p", &a.x_log1p, &b.x_log1p),
-        ("nz_flat", &a.nz_flat, &b.nz_flat),
-        ("nz_row", &a.nz_row, &b.nz_row),
-        ("nz_gene", &a.nz_gene, &b.nz_gene),
-        ("nz_x", &a.nz_x, &b.nz_x),
+        ("x_log1p", a.x_log1p(), b.x_log1p()),
+        ("nz_flat", a.nz_flat(), b.nz_flat()),
+        ("nz_row", a.nz_row(), b.nz_row()),
+        ("nz_gene", a.nz_gene(), b.nz_gene()),
+        ("nz_x", a.nz_x(), b.nz_x()),
         ("lgamma_x1", &a.lgamma_x1, &b.lgamma_x1),
         ("log_library", &a.log_library, &b.log_library),
     ] {
         assert!(u.equal(v), "{name} differs between 1 and 3 threads");
     }
-    assert!(a.nz_x.size()[0] > 10_000, "a real minibatch's nonzeros");
-    let (ra, rb) = (a.rows.as_ref().unwrap(), b.rows.as_ref().unwrap());
+    assert!(a.nz_x().size()[0] > 10_000, "a real minibatch's nonzeros");
+    let (ra, rb) = (a.rows().unwrap(), b.rows().unwrap());
     assert_eq!((&ra.row_ptr, &ra.gene, &ra.x, &ra.log1p), (&rb.row_ptr, &rb.gene, &rb.x, &rb.log1p));
 }
 
@@ -106,7 +145,7 @@ fn sparse_first_layer_matches_the_dense_product_and_its_gradient() {
 fn check_against_dense(mb: &Minibatch) {
     tch::manual_seed(11);
     let fresh = (Tensor::randn([128, 2000], (Kind::Float, Device::Cpu)) * 0.05).set_requires_grad(true);
-    let rows = mb.rows.as_ref().unwrap();
+    let rows = mb.rows().unwrap();
     assert!(
         sparse_input::linear(SparseInput { rows, log1p: true }, &fresh).is_none(),
         "a trained weight without .grad takes the dense path (which creates .grad)"
@@ -122,7 +161,7 @@ fn check_against_dense(mb: &Minibatch) {
     // A frozen weight: the product alone, nothing deferred.
     let frozen = w.detach();
     let y = sparse_input::linear(SparseInput { rows, log1p: true }, &frozen).unwrap();
-    assert!(!y.requires_grad() && close(&y, &mb.x_log1p.matmul(&frozen.tr()), 1e-5));
+    assert!(!y.requires_grad() && close(&y, &mb.x_log1p().matmul(&frozen.tr()), 1e-5));
 }
 
 #[test]
@@ -181,7 +220,7 @@ fn check_model_gradients(observed: bool) {
     let mut grads = |sparse: bool| -> Vec<Tensor> {
         let mut mb = minibatch(&mut builder);
         if !sparse {
-            mb.rows = None;
+            mb.drop_host_rows();
         }
         tch::manual_seed(9);
         let out = vae.loss(&mb, true, 1.0);
@@ -204,7 +243,7 @@ fn check_model_gradients(observed: bool) {
         assert!(firsts.iter().all(|w| reached(w) == !sparse));
         let own_heads = sparse && scvir_engine::gemm::available();
         assert!(heads.iter().all(|w| reached(w) == !own_heads));
-        if let Some(rows) = &mb.rows {
+        if let Some(rows) = mb.rows() {
             sparse_input::finish_backward(rows);
         }
         assert!(firsts.iter().chain(&heads).all(|w| reached(w)));
@@ -283,7 +322,7 @@ fn check_rates(config: VaeConfig, what: &str) {
     let batch = vec![0i32; x.n_cells()];
     let mut builder = MinibatchBuilder::new(x, &batch, &Default::default(), Device::Cpu);
     let mut mb = minibatch(&mut builder);
-    mb.rows = None; // the dense first layer: autograd reaches every weight
+    mb.drop_host_rows(); // the dense first layer: autograd reaches every weight
     tch::manual_seed(6);
     let (mut vae, params) = model(config, x);
     let mut run = |fused: bool| -> (Tensor, Vec<Tensor>) {

@@ -111,10 +111,23 @@ pub fn likelihood_terms(mb: &Minibatch, mean: Mean<'_>, theta: &Tensor, pi: Opti
             return None;
         }
     }
-    let rows = mb.nz_row.contiguous();
-    let genes = mb.nz_gene.contiguous();
-    let xs = mb.nz_x.contiguous();
     let b = mu.size()[0] as usize;
+    let g = mu.size()[1] as usize;
+    if mb.x.size() != mu.size() {
+        return None;
+    }
+    // The host rows (checked when they were formed), or the nonzero tensors, checked here for
+    // cell order and bounds in the pass that forms the cells' ranges.
+    if let Some(rows) = mb.rows() {
+        if rows.n_cells() != b || rows.n_genes != g {
+            return None;
+        }
+        let nz = Nonzeros { row_ptr: &rows.row_ptr, gene: &rows.gene, x: &rows.x };
+        return Some(terms(level, &mb.x, mean, theta, pi, Some(&nz)));
+    }
+    let rows = mb.nz_row().contiguous();
+    let genes = mb.nz_gene().contiguous();
+    let xs = mb.nz_x().contiguous();
     let n = rows.numel();
     if rows.kind() != Kind::Int64 || genes.kind() != Kind::Int64 || xs.kind() != Kind::Float || genes.numel() != n || xs.numel() != n {
         return None;
@@ -127,32 +140,28 @@ pub fn likelihood_terms(mb: &Minibatch, mean: Mean<'_>, theta: &Tensor, pi: Opti
             std::slice::from_raw_parts(xs.data_ptr() as *const f32, n),
         )
     };
-    let g = mu.size()[1];
-    if mb.x.size() != mu.size() {
-        return None;
-    }
-    // Cell ranges of the nonzeros, checking in the same pass that they are in cell order and in
-    // bounds.
     let mut row_ptr = vec![0usize; b + 1];
+    let mut gene = Vec::with_capacity(n);
     let mut last = 0i64;
     for (&r, &j) in rows_s.iter().zip(genes_s) {
-        if r < last || r as usize >= b || j < 0 || j >= g {
+        if r < last || r as usize >= b || j < 0 || j as usize >= g {
             return None;
         }
         last = r;
         row_ptr[r as usize + 1] += 1;
+        gene.push(j as u32);
     }
     for c in 0..b {
         row_ptr[c + 1] += row_ptr[c];
     }
-    let nz = Nonzeros { row_ptr: &row_ptr, gene: genes_s, x: xs_s };
+    let nz = Nonzeros { row_ptr: &row_ptr, gene: &gene, x: xs_s };
     Some(terms(level, &mb.x, mean, theta, pi, Some(&nz)))
 }
 
 /// The minibatch's nonzero entries, in cell order: cell c's are `row_ptr[c]..row_ptr[c + 1]`.
 struct Nonzeros<'a> {
     row_ptr: &'a [usize],
-    gene: &'a [i64],
+    gene: &'a [u32],
     x: &'a [f32],
 }
 

@@ -16,15 +16,15 @@ use tch::{Kind, Tensor};
 /// Values of a cells x genes (or genes-only) tensor at the minibatch's nonzero entries.
 fn at_nonzeros(t: &Tensor, mb: &Minibatch) -> Tensor {
     if t.dim() == 1 {
-        t.index_select(0, &mb.nz_gene)
+        t.index_select(0, mb.nz_gene())
     } else {
-        t.reshape([-1]).index_select(0, &mb.nz_flat)
+        t.reshape([-1]).index_select(0, mb.nz_flat())
     }
 }
 
 /// Sums per-entry values of the nonzeros into one value per cell.
 fn per_cell(values: &Tensor, mb: &Minibatch) -> Tensor {
-    Tensor::zeros([mb.n_cells as i64], (Kind::Float, values.device())).index_add(0, &mb.nz_row, values)
+    Tensor::zeros([mb.n_cells as i64], (Kind::Float, values.device())).index_add(0, mb.nz_row(), values)
 }
 
 /// Per-cell log p(x | mu, theta, pi), summed over genes; includes the -lgamma(x + 1) constant so
@@ -43,7 +43,7 @@ pub fn log_likelihood(
         }
         GeneLikelihood::Poisson => {
             // x log mu - mu - lgamma(x + 1); x log mu vanishes on zeros.
-            let nz = &mb.nz_x * at_nonzeros(mu, mb).log();
+            let nz = mb.nz_x() * at_nonzeros(mu, mb).log();
             per_cell(&nz, mb) - mu.sum_dim_intlist(1, false, Kind::Float) - &mb.lgamma_x1
         }
         GeneLikelihood::Nb | GeneLikelihood::Zinb => {
@@ -54,7 +54,7 @@ pub fn log_likelihood(
             if let Some(terms) = super::fused::likelihood_terms(mb, mean, theta, pi) {
                 return super::fused::attach(&terms, mean, theta, pi) - &mb.lgamma_x1;
             }
-            let x = &mb.nz_x;
+            let x = mb.nz_x();
             let theta_nz = at_nonzeros(theta, mb);
             let mu_nz = at_nonzeros(mu, mb);
             // Count-dependent terms, on the nonzeros only.

@@ -247,14 +247,14 @@ impl Vae {
     /// covariates appended) and the minibatch has them on the host.
     fn sparse_input<'m>(&self, mb: &'m Minibatch) -> Option<SparseInput<'m>> {
         let alone = !self.config.encode_covariates || (mb.continuous.is_none() && self.batch_embedding.is_none());
-        let rows = mb.rows.as_ref().filter(|_| alone)?;
+        let rows = mb.rows().filter(|_| alone)?;
         Some(SparseInput { rows, log1p: self.config.log_variational })
     }
 
     /// The encoders' input: log1p counts (or counts), with the continuous covariates and batch
     /// embedding when `encode_covariates`.
     fn encoder_input(&self, mb: &Minibatch) -> Tensor {
-        let x = if self.config.log_variational { mb.x_log1p.shallow_clone() } else { mb.x.shallow_clone() };
+        let x = if self.config.log_variational { mb.x_log1p().shallow_clone() } else { mb.x.shallow_clone() };
         let mut parts = vec![x];
         if self.config.encode_covariates {
             parts.extend(mb.continuous.as_ref().map(|c| c.shallow_clone()));
@@ -319,7 +319,7 @@ impl Vae {
             let dropout = heads.px_dropout.as_ref().filter(|_| zinb);
             let pi_values = dropout.map(Head::value);
             if let Some(terms) = fused::likelihood_terms(mb, mean, theta, pi_values.as_ref()) {
-                let rows = mb.rows.as_ref();
+                let rows = mb.rows();
                 return &mb.lgamma_x1 - fused::attach_to(&terms, target(logits, rows), Some(&inf.library), theta, dropout.map(|d| target(d, rows)));
             }
         }

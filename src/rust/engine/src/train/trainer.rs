@@ -268,7 +268,7 @@ pub fn train_on(
                 // The encoders' sparse first layers and the deferred decoder heads get their
                 // weight gradients here.
                 for m in std::iter::once(&mb).chain(labelled_mb.as_ref()) {
-                    if let Some(rows) = &m.rows {
+                    if let Some(rows) = m.rows() {
                         crate::nn::sparse_input::finish_backward(rows);
                     }
                 }
