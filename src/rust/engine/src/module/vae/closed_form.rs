@@ -1,16 +1,16 @@
 //! A training step of the standard scVI network with its gradients written out in closed form.
 //!
 //! For the networks most fits use (hidden layers of Linear -> BatchNorm or not -> ReLU ->
-//! dropout in the encoder, a Gaussian latent, the observed library, an NB or ZINB likelihood
-//! with one dispersion per gene, categorical covariates into the decoder's layers and continuous
-//! ones into its first), the gradient
+//! dropout in the encoder, a Gaussian latent, the observed library or a latent one from its own
+//! encoder, an NB or ZINB likelihood with one dispersion per gene, categorical covariates into
+//! the decoder's layers and continuous ones into its first), the gradient
 //! of every parameter follows from the chain rule through a dozen small matrices per layer.
 //! Autograd reaches the same numbers through about forty recorded operations and their backward
 //! nodes for one hidden layer, each costing microseconds of libtorch's bookkeeping on one
 //! thread: at 128 cells that was the largest part of a step that a second thread could not
 //! share. Here the forward pass runs outside autograd, keeps what the backward pass needs, and
 //! the gradients are added into each parameter's `.grad` by hand; the random draws (the dropout
-//! masks, the latent sample) come from libtorch's generator in the same order as in
+//! masks, the latent samples) come from libtorch's generator in the same order as in
 //! `Vae::loss`, so both paths train the same model up to rounding (`cargo test` compares the
 //! loss, every gradient and the BatchNorm statistics).
 //!
@@ -50,6 +50,18 @@ struct Plan<'a> {
     one_hots: Vec<Tensor>,
     /// The continuous covariates (cells x k), appended to z as the decoder's input.
     continuous: Option<Tensor>,
+    /// The library encoder, when the library is latent.
+    library: Option<LibraryPlan<'a>>,
+}
+
+/// A latent library's encoder (one output: the log library's mean and variance) and each cell's
+/// prior, from its batch.
+struct LibraryPlan<'a> {
+    encoder: StackParts<'a>,
+    mean: &'a nn::Linear,
+    var: &'a nn::Linear,
+    prior_mean: Vec<f32>,
+    prior_var: Vec<f32>,
 }
 
 /// Work a trainer offers a training step, to run on another of libtorch's threads beside the
@@ -90,7 +102,6 @@ impl Vae {
             || !likelihood
             || c.dispersion != Dispersion::Gene
             || self.device() != Device::Cpu
-            || self.l_encoder.is_some()
             || c.use_size_factor_key
             || c.logistic_normal()
             || self.scanvi.is_some()
@@ -110,6 +121,18 @@ impl Vae {
         if encoder.cat_widths.iter().any(|&w| w > 0) || (c.gene_likelihood == GeneLikelihood::Zinb) != zero_inflation.is_some() {
             return None;
         }
+        let library = match &self.l_encoder {
+            Some(l) => {
+                let (encoder, mean, var) = l.parts()?;
+                let (prior_mean, prior_var) = self.library_prior(&mb.batch_index)?;
+                let per_cell = |t: Tensor| Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous().view([-1])).ok();
+                if encoder.cat_widths.iter().any(|&w| w > 0) || encoder.blocks.is_empty() {
+                    return None;
+                }
+                Some(LibraryPlan { encoder, mean, var, prior_mean: per_cell(prior_mean)?, prior_var: per_cell(prior_var)? })
+            }
+            None => None,
+        };
         // Every parameter must be trainable and have a `.grad` to add into.
         let mut params: Vec<&Tensor> = vec![px_r, &mean.ws, &var.ws, &scale.ws];
         params.extend(mean.bs.as_ref().into_iter().chain(var.bs.as_ref()).chain(scale.bs.as_ref()));
@@ -117,7 +140,12 @@ impl Vae {
             params.push(&z.ws);
             params.extend(z.bs.as_ref());
         }
-        for b in encoder.blocks.iter().chain(&decoder.blocks) {
+        if let Some(l) = &library {
+            params.extend([&l.mean.ws, &l.var.ws]);
+            params.extend(l.mean.bs.as_ref().into_iter().chain(l.var.bs.as_ref()));
+        }
+        let library_blocks = library.iter().flat_map(|l| &l.encoder.blocks);
+        for b in encoder.blocks.iter().chain(&decoder.blocks).chain(library_blocks) {
             params.push(b.weight);
             params.extend(b.bias);
             if let Some(bn) = &b.batch_norm {
@@ -131,7 +159,7 @@ impl Vae {
         let cats = self.categoricals(&mb.batch_index, mb);
         let one_hots = decoder.cat_widths.iter().zip(cats).filter(|(&w, _)| w > 0).map(|(&w, c)| one_hot(c, w)).collect();
         let continuous = mb.continuous.as_ref().map(|c| c.to_kind(Kind::Float));
-        Some(Plan { input, encoder, mean, var, decoder, scale, zero_inflation, px_r, one_hots, continuous })
+        Some(Plan { input, encoder, mean, var, decoder, scale, zero_inflation, px_r, one_hots, continuous, library })
     }
 }
 
@@ -351,82 +379,138 @@ fn stack_backward(stack: &StackParts<'_>, caches: &[BlockCache], mut d: Mat) -> 
 /// the backward pass needs.
 struct Middle {
     encoder: Vec<BlockCache>,
-    h1: Tensor,
-    q_mean: Mat,
-    /// exp of the variance head's output.
-    ev: Mat,
-    q_var: Vec<f32>,
-    sd: Vec<f32>,
-    eps: Mat,
+    /// q(z | x) and z.
+    z: Posterior,
+    /// The latent library's encoder pass and sample.
+    library: Option<LibraryMiddle>,
     decoder: Vec<BlockCache>,
     hd: Tensor,
 }
 
+/// A Gaussian posterior's heads and its sample: mean and variance from the encoder's last
+/// hidden layer `h`, variance = exp(v) + eps, sample = mean + sqrt(variance) eps.
+struct Posterior {
+    h: Tensor,
+    mean: Mat,
+    /// exp of the variance head's output.
+    ev: Mat,
+    var: Vec<f32>,
+    sd: Vec<f32>,
+    eps: Mat,
+    sample: Vec<f32>,
+}
+
+impl Posterior {
+    /// The heads on `h`, and a sample drawn as `EncoderOutput::rsample` draws it.
+    fn new(h: Tensor, mean: &nn::Linear, var: &nn::Linear) -> Posterior {
+        let q_mean = Mat::of(&h.linear(&mean.ws, mean.bs.as_ref()));
+        let ev = Mat::of(&h.linear(&var.ws, var.bs.as_ref()).exp());
+        let (n, l) = (q_mean.rows, q_mean.cols);
+        let q_var: Vec<f32> = ev.v.iter().map(|&e| e + VAR_EPS as f32).collect();
+        let sd: Vec<f32> = q_var.iter().map(|v| v.sqrt()).collect();
+        let eps = Mat::of(&Tensor::randn([n as i64, l as i64], (Kind::Float, Device::Cpu)));
+        let sample = (0..n * l).map(|k| q_mean.v[k] + sd[k] * eps.v[k]).collect();
+        Posterior { h, mean: q_mean, ev, var: q_var, sd, eps, sample }
+    }
+
+    /// Adds the heads' weight and bias gradients for the gradients `dmean` and `dvar` of the
+    /// posterior's mean and variance, and returns the gradient for `h`.
+    fn backward(&self, mean: &nn::Linear, var: &nn::Linear, dmean: Mat, dvar: &[f32]) -> Mat {
+        let dv = Mat { v: dvar.iter().zip(&self.ev.v).map(|(&d, &e)| d * e).collect(), rows: dmean.rows, cols: dmean.cols };
+        let (dmean_t, dv_t) = (dmean.tensor(), dv.tensor());
+        add_grad(&mean.ws, &dmean_t.tr().matmul(&self.h));
+        add_grad(&var.ws, &dv_t.tr().matmul(&self.h));
+        if let Some(b) = &mean.bs {
+            add_grad(b, &dmean.column_sums());
+        }
+        if let Some(b) = &var.bs {
+            add_grad(b, &dv.column_sums());
+        }
+        Mat::of(&(dmean_t.matmul(&mean.ws) + dv_t.matmul(&var.ws)))
+    }
+}
+
+/// The library encoder's blocks and its posterior.
+struct LibraryMiddle {
+    blocks: Vec<BlockCache>,
+    posterior: Posterior,
+}
+
 /// The first serial stretch: the encoder's blocks after the first layer's product, the
-/// posterior, the sample and the decoder's blocks.
-fn middle(p: &Plan<'_>, product: Tensor) -> Middle {
+/// posterior, the sample, the library encoder's blocks, posterior and sample (a latent
+/// library: `library_product` is its first layer's product) and the decoder's blocks.
+fn middle(p: &Plan<'_>, product: Tensor, library_product: Option<Tensor>) -> Middle {
     let (h1, encoder) = stack_forward(&p.encoder, First::SparseProduct(product), &[]);
-    // The posterior's mean and variance, and the latent sample.
-    let h1 = h1.tensor();
-    let q_mean = Mat::of(&h1.linear(&p.mean.ws, p.mean.bs.as_ref()));
-    let ev = Mat::of(&h1.linear(&p.var.ws, p.var.bs.as_ref()).exp());
-    let (n, l) = (q_mean.rows, q_mean.cols);
-    let q_var: Vec<f32> = ev.v.iter().map(|&e| e + VAR_EPS as f32).collect();
-    let sd: Vec<f32> = q_var.iter().map(|v| v.sqrt()).collect();
-    // Drawn as `EncoderOutput::rsample` draws it.
-    let eps = Mat::of(&Tensor::randn([n as i64, l as i64], (Kind::Float, Device::Cpu)));
-    let z: Vec<f32> = (0..n * l).map(|k| q_mean.v[k] + sd[k] * eps.v[k]).collect();
+    let z = Posterior::new(h1.tensor(), p.mean, p.var);
+    // The library encoder runs after z's sample is drawn, as `Vae::inference` runs it.
+    let library = p.library.as_ref().zip(library_product).map(|(lp, product)| {
+        let (h, blocks) = stack_forward(&lp.encoder, First::SparseProduct(product), &[]);
+        LibraryMiddle { blocks, posterior: Posterior::new(h.tensor(), lp.mean, lp.var) }
+    });
     // Decoder: [z, continuous covariates] (with the one-hot covariates) through its blocks.
-    let z = Tensor::from_slice(&z).view([n as i64, l as i64]);
+    let (n, l) = (z.mean.rows, z.mean.cols);
+    let z_t = Tensor::from_slice(&z.sample).view([n as i64, l as i64]);
     let z_in = match &p.continuous {
-        Some(c) => Tensor::cat(&[z, c.shallow_clone()], 1),
-        None => z,
+        Some(c) => Tensor::cat(&[z_t, c.shallow_clone()], 1),
+        None => z_t,
     };
     let (hd, decoder) = stack_forward(&p.decoder, First::Dense(z_in), &p.one_hots);
-    Middle { encoder, h1, q_mean, ev, q_var, sd, eps, decoder, hd: hd.tensor() }
+    Middle { encoder, z, library, decoder, hd: hd.tensor() }
 }
 
 /// The second serial stretch: from the gradient of the decoder's last hidden layer back through
 /// the decoder, the sample, the KL and the posterior's heads to the gradient of the encoder's
-/// first layer's output (its weight gradient excluded).
-fn middle_backward(p: &Plan<'_>, m: &Middle, d_hd: Mat, kl_scale: f32) -> Tensor {
+/// first layer's output (its weight gradient excluded); with a latent library, from the
+/// likelihood's gradient for each cell's log library (`d_library`, already scaled as the loss
+/// takes it) back through its sample, its KL and its encoder, to the gradient of that
+/// encoder's first layer's output.
+fn middle_backward(p: &Plan<'_>, m: &Middle, d_hd: Mat, kl_scale: f32, d_library: Option<&[f32]>) -> (Tensor, Option<Tensor>) {
     let Back::Input(d_in) = stack_backward(&p.decoder, &m.decoder, d_hd) else { unreachable!("the decoder's input gradient") };
     // z's columns of the decoder's input (the continuous covariates' follow).
-    let (n, l) = (m.q_mean.rows, m.q_mean.cols);
+    let q = &m.z;
+    let (n, l) = (q.mean.rows, q.mean.cols);
     let dz = if d_in.cols == l { d_in } else { Mat { v: d_in.v.chunks_exact(d_in.cols).flat_map(|row| &row[..l]).copied().collect(), rows: n, cols: l } };
-    // Through the sample z = mean + sqrt(var) eps and the KL, to the heads' pre-activations.
+    // Through the sample z = mean + sqrt(var) eps and the KL, to the posterior's heads.
     let mut dmean = Mat { v: vec![0.0; n * l], rows: n, cols: l };
-    let mut dv = Mat { v: vec![0.0; n * l], rows: n, cols: l };
+    let mut dvar = vec![0.0; n * l];
     for k in 0..n * l {
-        dmean.v[k] = dz.v[k] + kl_scale * m.q_mean.v[k];
-        let dvar = dz.v[k] * m.eps.v[k] / (2.0 * m.sd[k]) + kl_scale * 0.5 * (1.0 - 1.0 / m.q_var[k]);
-        dv.v[k] = dvar * m.ev.v[k];
+        dmean.v[k] = dz.v[k] + kl_scale * q.mean.v[k];
+        dvar[k] = dz.v[k] * q.eps.v[k] / (2.0 * q.sd[k]) + kl_scale * 0.5 * (1.0 - 1.0 / q.var[k]);
     }
-    let (dmean_t, dv_t) = (dmean.tensor(), dv.tensor());
-    add_grad(&p.mean.ws, &dmean_t.tr().matmul(&m.h1));
-    add_grad(&p.var.ws, &dv_t.tr().matmul(&m.h1));
-    if let Some(b) = &p.mean.bs {
-        add_grad(b, &dmean.column_sums());
-    }
-    if let Some(b) = &p.var.bs {
-        add_grad(b, &dv.column_sums());
-    }
-    let d1 = Mat::of(&(dmean_t.matmul(&p.mean.ws) + dv_t.matmul(&p.var.ws)));
-    match stack_backward(&p.encoder, &m.encoder, d1) {
-        Back::SparseOutput(d) => d,
-        Back::Input(_) => unreachable!("the encoder starts with its sparse layer"),
-    }
+    let d1 = q.backward(p.mean, p.var, dmean, &dvar);
+    let Back::SparseOutput(d_first) = stack_backward(&p.encoder, &m.encoder, d1) else { unreachable!("the encoder starts with its sparse layer") };
+    // The library: l = mean + sqrt(var) eps, and its KL against the batch's prior (weight 1, as
+    // `Vae::loss` takes it), d KL / d mean = (mean - prior mean) / prior var and
+    // d KL / d var = (1 / prior var - 1 / var) / 2, each over the n cells of the mean loss.
+    let d_library_first = p.library.as_ref().zip(m.library.as_ref()).zip(d_library).map(|((lp, lm), dl)| {
+        let q = &lm.posterior;
+        let inv_n = 1.0 / n as f32;
+        let mut dmean = Mat { v: vec![0.0; n], rows: n, cols: 1 };
+        let mut dvar = vec![0.0; n];
+        for c in 0..n {
+            dmean.v[c] = dl[c] + inv_n * (q.mean.v[c] - lp.prior_mean[c]) / lp.prior_var[c];
+            dvar[c] = dl[c] * q.eps.v[c] / (2.0 * q.sd[c]) + inv_n * 0.5 * (1.0 / lp.prior_var[c] - 1.0 / q.var[c]);
+        }
+        let d1 = q.backward(lp.mean, lp.var, dmean, &dvar);
+        let Back::SparseOutput(d) = stack_backward(&lp.encoder, &lm.blocks, d1) else { unreachable!("the library encoder starts with its sparse layer") };
+        d
+    });
+    (d_first, d_library_first)
 }
 
 /// One step: the loss, with every gradient added (inside `tch::no_grad`), and the work in `side`
 /// taken as it fits (see [`SideWork`]).
 fn step(p: &Plan<'_>, mb: &Minibatch, kl_weight: f64, side: &mut SideWork<'_>) -> Option<LossOutput> {
     let n = mb.n_cells;
-    // The encoder's sparse first layer (parallel), checked before anything is drawn.
+    // The encoders' sparse first layers (parallel), checked before anything is drawn.
     let first = &p.encoder.blocks[0];
     let product = sparse_input::linear(p.input, first.weight)?;
+    let library_product = match &p.library {
+        Some(lp) => Some(sparse_input::linear(p.input, lp.encoder.blocks[0].weight)?),
+        None => None,
+    };
     let mut m = None;
-    beside_job(side.independent.take(), || m = Some(middle(p, product)));
+    beside_job(side.independent.take(), || m = Some(middle(p, product, library_product)));
     let m = m.expect("the forward pass ran");
     // The fused likelihood on the heads' logits.
     let theta = p.px_r.exp();
@@ -434,14 +518,30 @@ fn step(p: &Plan<'_>, mb: &Minibatch, kl_weight: f64, side: &mut SideWork<'_>) -
     let pi = p.zero_inflation.map(|z| head(&m.hd, z));
     // The plan checked what the kernel needs; were it to decline, autograd's step would run
     // instead with fresh draws, the running statistics untouched (they are stored last).
-    let terms = fused::likelihood_terms(mb, fused::Mean::Softmax { logits: &logits, log_library: &mb.log_library }, &theta, pi.as_ref())?;
+    let log_library = match &m.library {
+        Some(lm) => Tensor::from_slice(&lm.posterior.sample).view([n as i64, 1]),
+        None => mb.log_library.shallow_clone(),
+    };
+    let terms = fused::likelihood_terms(mb, fused::Mean::Softmax { logits: &logits, log_library: &log_library }, &theta, pi.as_ref())?;
     let reconstruction = &mb.lgamma_x1 - &terms.value;
-    let l = m.q_mean.cols;
-    let kl: Vec<f32> = (0..n)
-        .map(|c| (c * l..(c + 1) * l).map(|k| (m.q_var[k] + m.q_mean.v[k] * m.q_mean.v[k] - 1.0 - m.q_var[k].ln()) * 0.5).sum())
-        .collect();
+    let (q, l) = (&m.z, m.z.mean.cols);
+    let kl: Vec<f32> = (0..n).map(|c| (c * l..(c + 1) * l).map(|k| (q.var[k] + q.mean.v[k] * q.mean.v[k] - 1.0 - q.var[k].ln()) * 0.5).sum()).collect();
     let kl_z = Tensor::from_slice(&kl);
-    let loss = (&reconstruction + &kl_z * kl_weight).mean(Kind::Float);
+    // The library's KL against its batch's prior, as `kl_normal_normal` forms it.
+    let kl_library = match (&p.library, &m.library) {
+        (Some(lp), Some(lm)) => {
+            let q = &lm.posterior;
+            let kl: Vec<f32> = (0..n)
+                .map(|c| {
+                    let (mean, var, prior_mean, prior_var) = (q.mean.v[c], q.var[c], lp.prior_mean[c], lp.prior_var[c]);
+                    ((prior_var.ln() - var.ln()) + (var + (mean - prior_mean) * (mean - prior_mean)) / prior_var - 1.0) * 0.5
+                })
+                .collect();
+            Tensor::from_slice(&kl)
+        }
+        _ => kl_z.zeros_like(),
+    };
+    let loss = (&reconstruction + &kl_z * kl_weight + &kl_library).mean(Kind::Float);
 
     // Backward. d loss / d (per-cell log-likelihood) = -1/n; d loss / d (per-cell KL) = w / n.
     let u = -1.0 / n as f64;
@@ -469,16 +569,29 @@ fn step(p: &Plan<'_>, mb: &Minibatch, kl_weight: f64, side: &mut SideWork<'_>) -
         }
         Box::new(move || f(params)) as Box<dyn FnOnce() + Send + '_>
     });
-    let mut d_first = None;
-    beside_job(update, || d_first = Some(middle_backward(p, &m, d_hd, kl_scale)));
-    sparse_input::add_weight_gradient(p.input, &d_first.expect("the backward pass ran"), first.weight, &mut GeneOrder::default());
+    // The likelihood's gradient for each cell's log library, as the loss takes it.
+    let d_library = match (&m.library, &terms.grad_log_library) {
+        (Some(_), Some(g)) => Some(Vec::<f32>::try_from(g * u).expect("the log library's gradient")),
+        (Some(_), None) => unreachable!("the fused likelihood gives the log library's gradient"),
+        _ => None,
+    };
+    let mut back = None;
+    beside_job(update, || back = Some(middle_backward(p, &m, d_hd, kl_scale, d_library.as_deref())));
+    let (d_first, d_library_first) = back.expect("the backward pass ran");
+    // Both encoders read the same nonzeros: the gene order formed for the first is reused.
+    let mut order = GeneOrder::default();
+    sparse_input::add_weight_gradient(p.input, &d_first, first.weight, &mut order);
+    if let (Some(lp), Some(d)) = (&p.library, &d_library_first) {
+        sparse_input::add_weight_gradient(p.input, d, lp.encoder.blocks[0].weight, &mut order);
+    }
     // The step went through: the BatchNorm layers' running statistics move.
-    let blocks = p.encoder.blocks.iter().zip(&m.encoder).chain(p.decoder.blocks.iter().zip(&m.decoder));
+    let library_blocks = p.library.iter().flat_map(|lp| &lp.encoder.blocks).zip(m.library.iter().flat_map(|lm| &lm.blocks));
+    let blocks = p.encoder.blocks.iter().zip(&m.encoder).chain(p.decoder.blocks.iter().zip(&m.decoder)).chain(library_blocks);
     for (block, cache) in blocks {
         if let (Some(bn), Some(norm)) = (&block.batch_norm, &cache.norm) {
             let _ = bn.running_mean.shallow_clone().copy_(&Tensor::from_slice(&norm.running.0));
             let _ = bn.running_var.shallow_clone().copy_(&Tensor::from_slice(&norm.running.1));
         }
     }
-    Some(LossOutput { loss, reconstruction, kl_library: kl_z.zeros_like(), kl_z })
+    Some(LossOutput { loss, reconstruction, kl_library, kl_z })
 }
