@@ -104,7 +104,8 @@ fn qc_covariates(x: scvir_engine::data::Counts<'_>) -> [Vec<f64>; 2] {
 fn compare(config: VaeConfig, n_batch: i32, what: &str) {
     let d = pbmc();
     let x = counts(&d);
-    let batch: Vec<i32> = (0..x.n_cells()).map(|c| c as i32 % n_batch).collect();
+    // The minibatch's i-th cell (20 i + 7) in batch i mod n_batch: every batch in it.
+    let batch: Vec<i32> = (0..x.n_cells()).map(|c| (c / 20) as i32 % n_batch).collect();
     let qc = qc_covariates(x);
     let mut covariates = scvir_engine::data::Covariates::default();
     covariates.continuous = qc.iter().take(config.n_continuous_cov as usize).map(Vec::as_slice).collect();
@@ -155,41 +156,72 @@ fn closed_form_step_matches_autograd() {
     for threads in [1, 2] {
         let _session = runtime::Session::enter(runtime::SessionOptions { n_threads: Some(threads), ..Default::default() });
         // (likelihood, batches, hidden layers, BatchNorm in the encoder / decoder, dropout,
-        // covariates into every decoder layer, continuous covariates, latent library)
-        for (likelihood, n_batch, layers, bn, dropout, inject, continuous, latent_library) in [
-            (GeneLikelihood::Zinb, 1, 1, (true, true), 0.1, true, 0, false),
-            (GeneLikelihood::Nb, 3, 1, (true, true), 0.1, true, 0, false),
-            (GeneLikelihood::Zinb, 2, 1, (false, false), 0.0, true, 0, false),
-            (GeneLikelihood::Nb, 1, 1, (true, false), 0.3, true, 0, false),
-            (GeneLikelihood::Nb, 3, 2, (true, true), 0.1, true, 0, false),
-            (GeneLikelihood::Zinb, 2, 3, (true, false), 0.2, false, 0, false),
-            (GeneLikelihood::Zinb, 1, 1, (true, true), 0.1, true, 2, false),
-            (GeneLikelihood::Nb, 2, 2, (true, true), 0.1, true, 1, false),
-            (GeneLikelihood::Zinb, 3, 1, (true, true), 0.1, true, 0, true),
-            (GeneLikelihood::Nb, 2, 2, (false, true), 0.2, true, 1, true),
+        // covariates into every layer, continuous covariates, latent library, covariates into
+        // the encoders)
+        for (likelihood, n_batch, layers, bn, dropout, inject, continuous, latent_library, encode) in [
+            (GeneLikelihood::Zinb, 1, 1, (true, true), 0.1, true, 0, false, false),
+            (GeneLikelihood::Nb, 3, 1, (true, true), 0.1, true, 0, false, false),
+            (GeneLikelihood::Zinb, 2, 1, (false, false), 0.0, true, 0, false, false),
+            (GeneLikelihood::Nb, 1, 1, (true, false), 0.3, true, 0, false, false),
+            (GeneLikelihood::Nb, 3, 2, (true, true), 0.1, true, 0, false, false),
+            (GeneLikelihood::Zinb, 2, 3, (true, false), 0.2, false, 0, false, false),
+            (GeneLikelihood::Zinb, 1, 1, (true, true), 0.1, true, 2, false, false),
+            (GeneLikelihood::Nb, 2, 2, (true, true), 0.1, true, 1, false, false),
+            (GeneLikelihood::Zinb, 3, 1, (true, true), 0.1, true, 0, true, false),
+            (GeneLikelihood::Nb, 2, 2, (false, true), 0.2, true, 1, true, false),
+            (GeneLikelihood::Zinb, 3, 1, (true, true), 0.1, false, 0, false, true),
+            (GeneLikelihood::Nb, 2, 2, (true, true), 0.1, true, 0, false, true),
+            (GeneLikelihood::Zinb, 2, 2, (true, false), 0.2, false, 0, true, true),
         ] {
-            let mut config = VaeConfig::new(2000, n_batch as i64);
-            config.use_observed_lib_size = !latent_library;
-            config.n_continuous_cov = continuous;
-            config.gene_likelihood = likelihood;
-            config.n_layers = layers;
-            config.use_batch_norm_encoder = bn.0;
-            config.use_batch_norm_decoder = bn.1;
-            config.dropout_rate = dropout;
-            config.deeply_inject_covariates = inject;
-            if layers > 1 {
-                config.n_latent = 30;
-            }
-            let what = format!(
-                "{likelihood:?}, {n_batch} batches, {layers} layers, BatchNorm {bn:?}, dropout {dropout}, injected {inject}, {continuous} continuous, latent library {latent_library}, {threads} threads"
-            );
-            compare(config, n_batch, &what);
+            let (config, what) = standard(likelihood, n_batch, layers, bn, dropout, inject, continuous, latent_library, encode);
+            compare(config, n_batch, &format!("{what}, {threads} threads"));
+        }
+        // LayerNorm (no affine parameters, as scvi-tools'), with or without BatchNorm before it:
+        // (LayerNorm in the encoder / decoder, BatchNorm in both, layers, latent library), with
+        // covariates into the encoders, as scArches' reference models are set up.
+        for (ln, bn, layers, latent_library) in [((true, true), false, 2, false), ((true, false), true, 1, true), ((false, true), true, 1, false)] {
+            let (mut config, what) = standard(GeneLikelihood::Nb, 2, layers, (bn, bn), 0.2, true, 0, latent_library, true);
+            config.use_layer_norm_encoder = ln.0;
+            config.use_layer_norm_decoder = ln.1;
+            compare(config, 2, &format!("{what}, LayerNorm {ln:?}, {threads} threads"));
         }
     }
 }
 
-/// Configurations outside the closed form (here: layer norm, Poisson, a per-cell dispersion,
-/// covariates into the encoder, a softplus variance) take autograd's step.
+/// A configuration of the standard network, and its description.
+#[allow(clippy::too_many_arguments)]
+fn standard(
+    likelihood: GeneLikelihood,
+    n_batch: i32,
+    layers: i64,
+    bn: (bool, bool),
+    dropout: f64,
+    inject: bool,
+    continuous: i64,
+    latent_library: bool,
+    encode: bool,
+) -> (VaeConfig, String) {
+    let mut config = VaeConfig::new(2000, n_batch as i64);
+    config.encode_covariates = encode;
+    config.use_observed_lib_size = !latent_library;
+    config.n_continuous_cov = continuous;
+    config.gene_likelihood = likelihood;
+    config.n_layers = layers;
+    config.use_batch_norm_encoder = bn.0;
+    config.use_batch_norm_decoder = bn.1;
+    config.dropout_rate = dropout;
+    config.deeply_inject_covariates = inject;
+    if layers > 1 {
+        config.n_latent = 30;
+    }
+    let what = format!(
+        "{likelihood:?}, {n_batch} batches, {layers} layers, BatchNorm {bn:?}, dropout {dropout}, injected {inject}, {continuous} continuous, latent library {latent_library}, encoded {encode}"
+    );
+    (config, what)
+}
+
+/// Configurations outside the closed form (here: Poisson, a per-cell dispersion, a softplus
+/// variance, a batch embedding) take autograd's step.
 #[test]
 fn other_networks_run_through_autograd() {
     use scvir_engine::module::Dispersion;
@@ -201,11 +233,10 @@ fn other_networks_run_through_autograd() {
     let cells: Vec<usize> = (0..64).map(|i| i * 30 + 1).collect();
     let mb = builder.build(&cells);
     let variants: Vec<(&str, Box<dyn Fn(&mut VaeConfig)>)> = vec![
-        ("layer norm", Box::new(|c| c.use_layer_norm_encoder = true)),
         ("softplus variance", Box::new(|c| c.var_activation = scvir_engine::module::config::VarActivation::Softplus)),
         ("Poisson", Box::new(|c| c.gene_likelihood = GeneLikelihood::Poisson)),
         ("gene-cell dispersion", Box::new(|c| c.dispersion = Dispersion::GeneCell)),
-        ("covariates encoded", Box::new(|c| c.encode_covariates = true)),
+        ("batch embedding", Box::new(|c| c.batch_representation = scvir_engine::module::config::BatchRepresentation::Embedding)),
     ];
     for (what, change) in variants {
         let mut config = VaeConfig::new(2000, 2);

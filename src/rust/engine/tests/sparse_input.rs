@@ -191,23 +191,31 @@ fn check_threads(mb: &Minibatch) {
 fn model_gradients_are_the_same_with_the_sparse_first_layer() {
     let _t = turn();
     // The observed library (one sparse product per step), and a latent library, whose library
-    // encoder reads the same input (two products, sharing their gene-ordered nonzeros).
+    // encoder reads the same input (two products, sharing their gene-ordered nonzeros); each
+    // also with two batches encoded (the first layers' weights then have the batch's one-hot
+    // columns after the genes', whose gradient autograd gives).
     for threads in [1, 2] {
         let _session = runtime::Session::enter(runtime::SessionOptions { n_threads: Some(threads), ..Default::default() });
         for observed in [true, false] {
-            check_model_gradients(observed);
+            for encode in [false, true] {
+                check_model_gradients(observed, encode);
+            }
         }
     }
 }
 
-fn check_model_gradients(observed: bool) {
+fn check_model_gradients(observed: bool, encode: bool) {
     let d = pbmc();
     let x = counts(&d);
-    let batch = vec![0i32; x.n_cells()];
+    let n_batch = if encode { 2 } else { 1 };
+    // Cell 20 i + 3 (the minibatch's i-th) in batch i mod 2: both batches in the minibatch, or
+    // BatchNorm would cancel the covariates' columns.
+    let batch: Vec<i32> = (0..x.n_cells()).map(|c| ((c / 20) % n_batch) as i32).collect();
     let mut builder = MinibatchBuilder::new(x, &batch, &Default::default(), Device::Cpu);
     tch::manual_seed(5);
-    let mut config = VaeConfig::new(2000, 1);
+    let mut config = VaeConfig::new(2000, n_batch as i64);
     config.use_observed_lib_size = observed;
+    config.encode_covariates = encode;
     let (mut vae, params) = model(config, x);
     // The autograd step's sparse layer is what is compared here (the closed-form step has its
     // own test, tests/closed_form.rs).
@@ -236,11 +244,16 @@ fn check_model_gradients(observed: bool) {
             .map(|h| &params.iter().find(|(n, _)| n.ends_with(h)).expect("a decoder head").1)
             .collect();
         let reached = |w: &Tensor| f64::try_from(w.grad().abs().sum(Kind::Double)).unwrap() > 0.0;
-        // Autograd reaches the first layers' weights only on the dense path; the sparse path's
-        // gradients arrive in finish_backward. So do the heads' (weights and biases) where the
+        let reached_genes = |w: &Tensor| f64::try_from(w.grad().narrow(1, 0, 2000).abs().sum(Kind::Double)).unwrap() > 0.0;
+        // Autograd reaches the first layers' genes' columns only on the dense path; the sparse
+        // path's gradients arrive in finish_backward (the covariates' columns get theirs from
+        // autograd on both). So do the heads' (weights and biases) where the
         // engine runs their products itself (an AVX-512 CPU not by Intel), and only with a
         // minibatch's rows.
-        assert!(firsts.iter().all(|w| reached(w) == !sparse));
+        assert!(firsts.iter().all(|w| reached_genes(w) == !sparse));
+        if encode {
+            assert!(firsts.iter().all(|w| w.size()[1] == 2002 && f64::try_from(w.grad().narrow(1, 2000, 2).abs().sum(Kind::Double)).unwrap() > 0.0));
+        }
         let own_heads = sparse && scvir_engine::gemm::available();
         assert!(heads.iter().all(|w| reached(w) == !own_heads));
         if let Some(rows) = mb.rows() {
@@ -255,7 +268,7 @@ fn check_model_gradients(observed: bool) {
     };
     let dense = grads(false);
     let sparse = grads(true);
-    assert_same_gradients(&params, &dense, &sparse, 1e-5, 1.0, &format!("observed library: {observed}"));
+    assert_same_gradients(&params, &dense, &sparse, 1e-5, 1.0, &format!("observed library: {observed}, encoded batch: {encode}"));
 }
 
 /// A fresh model on PBMC 3k (with its library prior) and its trainable weights, sorted by name.

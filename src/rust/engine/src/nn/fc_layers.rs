@@ -71,6 +71,9 @@ pub struct BlockLayout {
     pub widths: Vec<i64>,
 }
 
+/// LayerNorm's epsilon (torch's default, which scvi-tools keeps).
+pub(crate) const LAYER_NORM_EPS: f64 = 1e-5;
+
 struct Block {
     linear: nn::Linear,
     batch_norm: Option<nn::BatchNorm>,
@@ -88,11 +91,14 @@ pub(crate) struct StackParts<'a> {
     pub cat_widths: Vec<i64>,
 }
 
-/// One Linear -> [BatchNorm] -> ReLU -> [Dropout] block's parameters.
+/// One Linear -> [BatchNorm] -> [LayerNorm] -> ReLU -> [Dropout] block's parameters.
 pub(crate) struct BlockParts<'a> {
     pub weight: &'a Tensor,
     pub bias: Option<&'a Tensor>,
     pub batch_norm: Option<BatchNormParts<'a>>,
+    /// A LayerNorm over the block's outputs, without affine parameters (as scvi-tools'), with
+    /// [`LAYER_NORM_EPS`].
+    pub layer_norm: bool,
     /// Whether the covariates' one-hot columns follow the block's input.
     pub takes_covariates: bool,
 }
@@ -157,8 +163,8 @@ impl FcLayers {
         &self.layouts
     }
 
-    /// The stack's parameters when its blocks are trainable Linear -> [BatchNorm] -> ReLU ->
-    /// [Dropout] blocks without layer norm, for a training step written out by hand
+    /// The stack's parameters when its blocks are trainable Linear -> [BatchNorm] -> [LayerNorm]
+    /// -> ReLU -> [Dropout] blocks, for a training step written out by hand
     /// (`module::vae::closed_form`); None for any other stack.
     pub(crate) fn stack(&self) -> Option<StackParts<'_>> {
         if !self.use_activation || self.blocks.is_empty() {
@@ -168,7 +174,7 @@ impl FcLayers {
             .blocks
             .iter()
             .map(|b| {
-                if b.layer_norm_width.is_some() || b.frozen_base {
+                if b.frozen_base || b.layer_norm_width.is_some_and(|w| Some(w) != b.linear.ws.size().first().copied()) {
                     return None;
                 }
                 let batch_norm = match &b.batch_norm {
@@ -182,7 +188,13 @@ impl FcLayers {
                     }),
                     None => None,
                 };
-                Some(BlockParts { weight: &b.linear.ws, bias: b.linear.bs.as_ref(), batch_norm, takes_covariates: b.takes_covariates })
+                Some(BlockParts {
+                    weight: &b.linear.ws,
+                    bias: b.linear.bs.as_ref(),
+                    batch_norm,
+                    layer_norm: b.layer_norm_width.is_some(),
+                    takes_covariates: b.takes_covariates,
+                })
             })
             .collect::<Option<Vec<_>>>()?;
         Some(StackParts { blocks, dropout_rate: self.dropout_rate, cat_widths: self.n_cat_list.clone() })
@@ -194,8 +206,9 @@ impl FcLayers {
     }
 
     /// [`forward`](Self::forward) with the input also given as nonzeros (`x` is then their dense
-    /// form): the first block's product runs over the nonzeros when it takes no covariates and
-    /// its weight is not frozen (see `sparse_input`).
+    /// form): the first block's product runs over the nonzeros (see `sparse_input`), with its
+    /// covariates' one-hot columns added as a product, unless its weight is frozen and it takes
+    /// no covariates.
     pub fn forward_sparse(&self, x: &Tensor, sparse: Option<SparseInput<'_>>, cats: &[&Tensor], train: bool) -> Tensor {
         let one_hots: Vec<Tensor> = self
             .n_cat_list
@@ -209,6 +222,9 @@ impl FcLayers {
             let covariates = block.takes_covariates && !one_hots.is_empty();
             let product = match sparse {
                 Some(s) if i == 0 && !covariates && !block.frozen_base => sparse_input::linear(s, &block.linear.ws),
+                // The genes' columns over the nonzeros and the covariates' one-hot columns as a
+                // product; a frozen base's genes get no gradient, as below.
+                Some(s) if i == 0 && covariates => sparse_input::linear_with_covariates(s, &block.linear.ws, &Tensor::cat(&one_hots, 1), block.frozen_base),
                 _ => None,
             };
             let mut y = if let Some(p) = product {
@@ -241,7 +257,7 @@ impl FcLayers {
                 y = bn.forward_t(&y, train);
             }
             if let Some(w) = block.layer_norm_width {
-                y = y.layer_norm([w], None::<&Tensor>, None::<&Tensor>, 1e-5, false);
+                y = y.layer_norm([w], None::<&Tensor>, None::<&Tensor>, LAYER_NORM_EPS, false);
             }
             if self.use_activation {
                 y = y.relu();

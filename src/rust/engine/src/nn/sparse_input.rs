@@ -90,18 +90,42 @@ impl HostRows {
 /// that has no `.grad` yet). When gradients are tracked for the weight, the result is a leaf
 /// whose gradient [`finish_backward`] turns into the weight's.
 pub fn linear(input: SparseInput<'_>, weight: &Tensor) -> Option<Tensor> {
+    if weight.size().get(1).copied() != Some(input.rows.n_genes as i64) {
+        return None;
+    }
+    genes_product(input, weight)
+}
+
+/// The product of a layer whose input is the genes followed by covariates' one-hot columns
+/// (`cats`, cells x k; the encoders' first layer with `encode_covariates`): x W_genes^T over the
+/// nonzeros plus cats W_cov^T, for a weight (out x (genes + k)). The genes' part is
+/// [`linear`]'s (its weight gradient left to [`finish_backward`]); the covariates' part is an
+/// ordinary product, whose gradient autograd gives. With `frozen_genes` (a query model's
+/// frozen first layer), the genes' columns get no gradient. None as for [`linear`].
+pub fn linear_with_covariates(input: SparseInput<'_>, weight: &Tensor, cats: &Tensor, frozen_genes: bool) -> Option<Tensor> {
+    let (g, k) = (input.rows.n_genes as i64, cats.size().get(1).copied()?);
+    if weight.size().get(1).copied() != Some(g + k) || cats.size()[0] != input.rows.n_cells() as i64 {
+        return None;
+    }
+    let genes = if frozen_genes { genes_product(input, &weight.detach())? } else { genes_product(input, weight)? };
+    Some(genes + cats.to_kind(Kind::Float).matmul(&weight.narrow(1, g, k).tr()))
+}
+
+/// x W_genes^T over the nonzeros, W_genes being the first `n_genes` columns of the weight (out x
+/// columns, columns >= genes; the caller adds what the other columns give); see [`linear`].
+pub(crate) fn genes_product(input: SparseInput<'_>, weight: &Tensor) -> Option<Tensor> {
     let rows = input.rows;
     let size = weight.size();
     let tracked = needs_grad(weight);
     let usable = weight.device() == Device::Cpu
         && weight.kind() == Kind::Float
         && size.len() == 2
-        && size[1] as usize == rows.n_genes
+        && size[1] as usize >= rows.n_genes
         && (!tracked || weight.grad().defined());
     if !usable {
         return None;
     }
-    let (b, h, g) = (rows.n_cells(), size[0] as usize, rows.n_genes);
+    let (b, h, g, stride) = (rows.n_cells(), size[0] as usize, rows.n_genes, size[1] as usize);
     let weight_c = weight.detach().contiguous();
     let cpu = (Kind::Float, Device::Cpu);
     // W^T (genes x out), every entry written below: each nonzero then reads one contiguous row.
@@ -114,11 +138,12 @@ pub fn linear(input: SparseInput<'_>, weight: &Tensor) -> Option<Tensor> {
     let transpose = |k: usize| {
         let (t0, t1) = (g.div_ceil(TILE) * k / parts, g.div_ceil(TILE) * (k + 1) / parts);
         let (g0, g1) = (t0 * TILE, (t1 * TILE).min(g));
-        // SAFETY: the weight holds h x g floats, wt g x h; each part writes its own genes' rows.
+        // SAFETY: the weight holds h x stride floats, wt g x h; each part writes its own genes'
+        // rows.
         unsafe {
-            let w = std::slice::from_raw_parts(wp as *const f32, h * g);
+            let w = std::slice::from_raw_parts(wp as *const f32, h * stride);
             let t = std::slice::from_raw_parts_mut((tp as *mut f32).add(g0 * h), (g1 - g0) * h);
-            transpose_genes(level, w, h, g, g0, g1, t);
+            transpose_genes(level, w, h, stride, g, g0, g1, t);
         }
     };
     crate::runtime::parallel_parts(parts, &transpose);
@@ -190,8 +215,8 @@ pub fn finish_backward(rows: &HostRows) {
 pub(crate) struct GeneOrder(Vec<Mutex<Option<(usize, usize, bool, ByGene)>>>);
 
 /// Adds dL/dW = gy^T X, over the nonzeros of `input`, into the `.grad` of `weight` (out x
-/// genes), for the gradient `gy` (cells x out) of the product x W^T; nothing when the weight has
-/// no `.grad`.
+/// genes, or out x columns whose first are the genes': only those get this gradient), for the
+/// gradient `gy` (cells x out) of the product x W^T; nothing when the weight has no `.grad`.
 pub(crate) fn add_weight_gradient(input: SparseInput<'_>, gy: &Tensor, weight: &Tensor, cache: &mut GeneOrder) {
     let (rows, log1p) = (input.rows, input.log1p);
     let gw = weight.grad();
@@ -200,7 +225,8 @@ pub(crate) fn add_weight_gradient(input: SparseInput<'_>, gy: &Tensor, weight: &
     }
     let gy = gy.to_kind(Kind::Float).contiguous();
     let (b, h, g) = (rows.n_cells(), gy.size()[1] as usize, rows.n_genes);
-    assert!(gy.size() == [b as i64, h as i64] && gw.size() == [h as i64, g as i64], "gradient shapes");
+    let stride = gw.size().get(1).copied().unwrap_or(0) as usize;
+    assert!(gy.size() == [b as i64, h as i64] && gw.size()[0] == h as i64 && stride >= g, "gradient shapes");
     // Written in place: the weight's own `.grad` (contiguous, as the optimiser keeps it) or a
     // contiguous copy added back.
     let target = if gw.is_contiguous() && gw.kind() == Kind::Float { gw.shallow_clone() } else { gw.to_kind(Kind::Float).contiguous() };
@@ -222,12 +248,12 @@ pub(crate) fn add_weight_gradient(input: SparseInput<'_>, gy: &Tensor, weight: &
             *slot = Some((first, end, log1p, ByGene::new(rows, values, first, end)));
         }
         let cols = &slot.as_ref().expect("filled above").3;
-        // SAFETY: gy holds b x h floats and the target h x g; each part writes only the
+        // SAFETY: gy holds b x h floats and the target h x stride; each part writes only the
         // columns of its own tiles of genes.
         unsafe {
             let y = std::slice::from_raw_parts(yp as *const f32, b * h);
-            let w = std::slice::from_raw_parts_mut(wp as *mut f32, h * g);
-            simd::run(level, Backward { cols, gy: y, gw: w, h, g, tiles: (t0, t1) });
+            let w = std::slice::from_raw_parts_mut(wp as *mut f32, h * stride);
+            simd::run(level, Backward { cols, gy: y, gw: w, h, stride, g, tiles: (t0, t1) });
         }
     };
     crate::runtime::parallel_parts(parts, &part);
@@ -281,12 +307,13 @@ pub(crate) fn add_head_gradients(input: &Tensor, u: &Tensor, heads: &[DeferredHe
 /// Genes per tile of the transpositions.
 const TILE: usize = 16;
 
-/// Rows g0..g1 of W^T (genes x h) from W (h x g), in blocks of 16 genes x 16 outputs: each
+/// Rows g0..g1 of W^T (genes x h) from the genes' columns of W (h rows of `stride` >= g floats,
+/// the genes' first), in blocks of 16 genes x 16 outputs: each
 /// block's 16 lines of W are read before any is written out, so that many cache lines are in
 /// flight at once (W usually comes from the last-level cache, just updated by the optimiser),
 /// and the block is transposed in registers with AVX-512 where the CPU has it.
-fn transpose_genes(level: Simd, w: &[f32], h: usize, g: usize, g0: usize, g1: usize, out: &mut [f32]) {
-    assert!(g0 <= g1 && g1 <= g && w.len() >= h * g && out.len() >= (g1 - g0) * h, "transpose bounds");
+fn transpose_genes(level: Simd, w: &[f32], h: usize, stride: usize, g: usize, g0: usize, g1: usize, out: &mut [f32]) {
+    assert!(g0 <= g1 && g1 <= g && g <= stride && w.len() >= h * stride && out.len() >= (g1 - g0) * h, "transpose bounds");
     let mut block = [[0f32; TILE]; TILE];
     for t0 in (g0..g1).step_by(TILE) {
         let gw = (g1 - t0).min(TILE);
@@ -296,11 +323,11 @@ fn transpose_genes(level: Simd, w: &[f32], h: usize, g: usize, g0: usize, g1: us
             if level == Simd::Avx512 && gw == TILE && ow == TILE {
                 // SAFETY: `level` was detected on this CPU; the block's 16 rows of 16 genes of W
                 // and 16 rows of 16 outputs of `out` are in bounds (asserted above).
-                unsafe { transpose_block_avx512(w.as_ptr().add(o0 * g + t0), g, out.as_mut_ptr().add((t0 - g0) * h + o0), h) };
+                unsafe { transpose_block_avx512(w.as_ptr().add(o0 * stride + t0), stride, out.as_mut_ptr().add((t0 - g0) * h + o0), h) };
                 continue;
             }
             for (r, row) in block.iter_mut().enumerate().take(ow) {
-                row[..gw].copy_from_slice(&w[(o0 + r) * g + t0..(o0 + r) * g + t0 + gw]);
+                row[..gw].copy_from_slice(&w[(o0 + r) * stride + t0..(o0 + r) * stride + t0 + gw]);
             }
             for j in 0..gw {
                 let dst = &mut out[(t0 - g0 + j) * h + o0..(t0 - g0 + j) * h + o0 + ow];
@@ -425,9 +452,10 @@ struct Backward<'a> {
     /// The nonzeros of this part's genes.
     cols: &'a ByGene,
     gy: &'a [f32],
-    /// dL/dW (h x g), added to.
+    /// dL/dW (h rows of `stride` floats, the genes' columns first), added to.
     gw: &'a mut [f32],
     h: usize,
+    stride: usize,
     g: usize,
     /// The range of tiles of genes this part writes.
     tiles: (usize, usize),
@@ -438,7 +466,7 @@ impl simd::Kernel for Backward<'_> {
 
     #[inline(always)]
     fn run<M: MulAdd>(self) {
-        let (h, g) = (self.h, self.g);
+        let (h, g, stride) = (self.h, self.g, self.stride);
         // One tile of dL/dW^T (TILE genes x h), summed over the tile's nonzeros in cell order,
         // then added into dL/dW column-wise.
         let mut tile = vec![0f32; TILE * h];
@@ -456,7 +484,7 @@ impl simd::Kernel for Backward<'_> {
                 }
             }
             for o in 0..h {
-                for (j, w) in self.gw[o * g + t0..o * g + t1].iter_mut().enumerate() {
+                for (j, w) in self.gw[o * stride + t0..o * stride + t1].iter_mut().enumerate() {
                     *w += tile[j * h + o];
                 }
             }
@@ -469,18 +497,21 @@ mod tests {
     use super::{transpose_genes, TILE};
     use crate::simd::Simd;
 
-    /// W^T's rows g0..g1 at every level this CPU runs, for shapes with and without partial blocks
-    /// (the values are their own positions, so any misplaced entry shows).
+    /// W^T's rows g0..g1 at every level this CPU runs, for shapes with and without partial blocks,
+    /// and for weights whose rows go on past the genes (covariates' columns: `stride` > g). The
+    /// values are their own positions, so any misplaced entry shows.
     #[test]
     fn transposes_match_the_definition() {
         for (h, g, g0, g1) in [(128, 2000, 0, 2000), (128, 2000, 992, 2000), (16, 16, 0, 16), (37, 53, 16, 50), (5, 3, 0, 3), (48, 40, 32, 40)] {
-            let w: Vec<f32> = (0..h * g).map(|i| i as f32).collect();
-            for level in [Simd::Avx512, Simd::Avx2, Simd::Baseline].into_iter().filter(|l| l.runs_here()) {
-                let mut out = vec![f32::NAN; (g1 - g0) * h];
-                transpose_genes(level, &w, h, g, g0, g1, &mut out);
-                for j in g0..g1 {
-                    for o in 0..h {
-                        assert_eq!(out[(j - g0) * h + o], w[o * g + j], "{level:?}, {h} x {g}, genes {g0}..{g1}: W[{o}, {j}]");
+            for stride in [g, g + 3, g + 16] {
+                let w: Vec<f32> = (0..h * stride).map(|i| i as f32).collect();
+                for level in [Simd::Avx512, Simd::Avx2, Simd::Baseline].into_iter().filter(|l| l.runs_here()) {
+                    let mut out = vec![f32::NAN; (g1 - g0) * h];
+                    transpose_genes(level, &w, h, stride, g, g0, g1, &mut out);
+                    for j in g0..g1 {
+                        for o in 0..h {
+                            assert_eq!(out[(j - g0) * h + o], w[o * stride + j], "{level:?}, {h} x {g} (stride {stride}), genes {g0}..{g1}: W[{o}, {j}]");
+                        }
                     }
                 }
             }

@@ -1,10 +1,10 @@
 //! A training step of the standard scVI network with its gradients written out in closed form.
 //!
-//! For the networks most fits use (hidden layers of Linear -> BatchNorm or not -> ReLU ->
-//! dropout in the encoder, a Gaussian latent, the observed library or a latent one from its own
+//! For the networks most fits use (hidden layers of Linear -> BatchNorm or not -> LayerNorm or
+//! not -> ReLU -> dropout, a Gaussian latent, the observed library or a latent one from its own
 //! encoder, an NB or ZINB likelihood with one dispersion per gene, categorical covariates into
-//! the decoder's layers and continuous ones into its first), the gradient
-//! of every parameter follows from the chain rule through a dozen small matrices per layer.
+//! the decoder's layers (and the encoders' with `encode_covariates`) and continuous ones into
+//! the decoder's first), the gradient of every parameter follows from the chain rule through a dozen small matrices per layer.
 //! Autograd reaches the same numbers through about forty recorded operations and their backward
 //! nodes for one hidden layer, each costing microseconds of libtorch's bookkeeping on one
 //! thread: at 128 cells that was the largest part of a step that a second thread could not
@@ -31,7 +31,7 @@ use crate::data::Minibatch;
 use crate::distributions::{fused, GeneLikelihood};
 use crate::module::config::Dispersion;
 use crate::nn::encoder::VAR_EPS;
-use crate::nn::fc_layers::{dropout_mask, BatchNormParts, StackParts};
+use crate::nn::fc_layers::{dropout_mask, BatchNormParts, StackParts, LAYER_NORM_EPS};
 use crate::nn::sparse_input::{self, DeferredHead, GeneOrder, SparseInput};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -48,6 +48,9 @@ struct Plan<'a> {
     /// The decoder's one-hot covariates (cells x width each), in input order; its layers take
     /// them as extra input columns.
     one_hots: Vec<Tensor>,
+    /// The encoder's (with `encode_covariates`; empty otherwise), which its first layer takes
+    /// after the genes.
+    encoder_one_hots: Vec<Tensor>,
     /// The continuous covariates (cells x k), appended to z as the decoder's input.
     continuous: Option<Tensor>,
     /// The library encoder, when the library is latent.
@@ -58,6 +61,8 @@ struct Plan<'a> {
 /// prior, from its batch.
 struct LibraryPlan<'a> {
     encoder: StackParts<'a>,
+    /// Its one-hot covariates, as the z encoder's.
+    one_hots: Vec<Tensor>,
     mean: &'a nn::Linear,
     var: &'a nn::Linear,
     prior_mean: Vec<f32>,
@@ -118,7 +123,20 @@ impl Vae {
         let input = self.sparse_input(mb)?;
         let (encoder, mean, var) = self.z_encoder.parts()?;
         let (decoder, scale, zero_inflation) = self.decoder.parts()?;
-        if encoder.cat_widths.iter().any(|&w| w > 0) || (c.gene_likelihood == GeneLikelihood::Zinb) != zero_inflation.is_some() {
+        if (c.gene_likelihood == GeneLikelihood::Zinb) != zero_inflation.is_some() {
+            return None;
+        }
+        let cats = self.categoricals(&mb.batch_index, mb);
+        // The one-hot covariates a stack takes, in input order (a dropped covariate has width 0).
+        let one_hots_for = |stack: &StackParts<'_>| -> Vec<Tensor> {
+            stack.cat_widths.iter().zip(&cats).filter(|(&w, _)| w > 0).map(|(&w, c)| one_hot(c, w)).collect()
+        };
+        // With covariates, the encoders' first block must take them (as FcLayers' first always does).
+        let first_takes = |stack: &StackParts<'_>| stack.cat_widths.iter().all(|&w| w == 0) || stack.blocks.first().is_some_and(|b| b.takes_covariates);
+        // ... and its weight must be the genes' columns followed by theirs.
+        let genes_then_covariates =
+            |stack: &StackParts<'_>| stack.blocks.first().is_some_and(|b| b.weight.size()[1] == (input.rows.n_genes as i64) + stack.cat_widths.iter().sum::<i64>());
+        if !first_takes(&encoder) || !genes_then_covariates(&encoder) {
             return None;
         }
         let library = match &self.l_encoder {
@@ -126,10 +144,11 @@ impl Vae {
                 let (encoder, mean, var) = l.parts()?;
                 let (prior_mean, prior_var) = self.library_prior(&mb.batch_index)?;
                 let per_cell = |t: Tensor| Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous().view([-1])).ok();
-                if encoder.cat_widths.iter().any(|&w| w > 0) || encoder.blocks.is_empty() {
+                if encoder.blocks.is_empty() || !first_takes(&encoder) || !genes_then_covariates(&encoder) {
                     return None;
                 }
-                Some(LibraryPlan { encoder, mean, var, prior_mean: per_cell(prior_mean)?, prior_var: per_cell(prior_var)? })
+                let one_hots = one_hots_for(&encoder);
+                Some(LibraryPlan { encoder, one_hots, mean, var, prior_mean: per_cell(prior_mean)?, prior_var: per_cell(prior_var)? })
             }
             None => None,
         };
@@ -156,10 +175,10 @@ impl Vae {
         if !params.into_iter().all(ready) {
             return None;
         }
-        let cats = self.categoricals(&mb.batch_index, mb);
-        let one_hots = decoder.cat_widths.iter().zip(cats).filter(|(&w, _)| w > 0).map(|(&w, c)| one_hot(c, w)).collect();
+        let one_hots = one_hots_for(&decoder);
+        let encoder_one_hots = one_hots_for(&encoder);
         let continuous = mb.continuous.as_ref().map(|c| c.to_kind(Kind::Float));
-        Some(Plan { input, encoder, mean, var, decoder, scale, zero_inflation, px_r, one_hots, continuous, library })
+        Some(Plan { input, encoder, mean, var, decoder, scale, zero_inflation, px_r, one_hots, encoder_one_hots, continuous, library })
     }
 }
 
@@ -264,6 +283,43 @@ fn norm_backward(dy: &mut Mat, cache: &NormCache, gamma: &Tensor) -> (Tensor, Te
     (Tensor::from_slice(&b), Tensor::from_slice(&a))
 }
 
+/// What LayerNorm's backward pass needs from its forward pass: the normalised values and each
+/// row's 1 / sqrt(variance + eps).
+struct LayerCache {
+    xhat: Vec<f32>,
+    invstd: Vec<f32>,
+}
+
+/// LayerNorm without affine parameters, in place: each row normalised by its mean and biased
+/// variance over its columns (as `torch.nn.LayerNorm(width, elementwise_affine = False)`).
+fn layer_norm_forward(x: &mut Mat) -> LayerCache {
+    let h = x.cols;
+    let mut invstd = Vec::with_capacity(x.rows);
+    for row in x.v.chunks_exact_mut(h) {
+        let mean = row.iter().map(|&a| a as f64).sum::<f64>() / h as f64;
+        let var = row.iter().map(|&a| (a as f64 - mean) * (a as f64 - mean)).sum::<f64>() / h as f64;
+        let r = 1.0 / (var + LAYER_NORM_EPS).sqrt();
+        for a in row.iter_mut() {
+            *a = ((*a as f64 - mean) * r) as f32;
+        }
+        invstd.push(r as f32);
+    }
+    LayerCache { xhat: x.v.clone(), invstd }
+}
+
+/// LayerNorm's backward pass, in place of `dy`: dx = (dy - mean(dy) - xhat mean(dy xhat)) / sd,
+/// the means over each row's columns.
+fn layer_norm_backward(dy: &mut Mat, cache: &LayerCache) {
+    let h = dy.cols;
+    for ((row, xr), &r) in dy.v.chunks_exact_mut(h).zip(cache.xhat.chunks_exact(h)).zip(&cache.invstd) {
+        let mean_dy = row.iter().map(|&a| a as f64).sum::<f64>() / h as f64;
+        let mean_dy_xhat = row.iter().zip(xr).map(|(&a, &x)| a as f64 * x as f64).sum::<f64>() / h as f64;
+        for (g, &x) in row.iter_mut().zip(xr) {
+            *g = ((*g as f64 - mean_dy - x as f64 * mean_dy_xhat) * r as f64) as f32;
+        }
+    }
+}
+
 /// Adds `g` into the `.grad` of `param`.
 fn add_grad(param: &Tensor, g: &Tensor) {
     let _ = param.grad().g_add_(&g.view(param.size().as_slice()));
@@ -291,7 +347,11 @@ struct BlockCache {
     input: Option<Tensor>,
     /// Columns of the input before the covariates'.
     base: i64,
+    /// The sparse first block's one-hot covariates (cells x k), which its weight's columns after
+    /// the genes' multiply.
+    covariates: Option<Tensor>,
     norm: Option<NormCache>,
+    layer: Option<LayerCache>,
     relu: Vec<bool>,
     mask: Option<Vec<f32>>,
 }
@@ -310,8 +370,21 @@ fn stack_forward(stack: &StackParts<'_>, first: First, one_hots: &[Tensor]) -> (
     let mut x = first;
     let mut out = None;
     for block in &stack.blocks {
+        let mut covariates = None;
         let (y, input, base) = match x {
-            First::SparseProduct(product) => (block.bias.map_or_else(|| product.shallow_clone(), |b| &product + b), None, 0),
+            First::SparseProduct(product) => {
+                // The genes' product, plus the covariates' columns of the weight for each cell.
+                let product = if block.takes_covariates && !one_hots.is_empty() {
+                    let cats = Tensor::cat(one_hots, 1);
+                    let (width, k) = (block.weight.size()[1], cats.size()[1]);
+                    let y = product + cats.matmul(&block.weight.narrow(1, width - k, k).tr());
+                    covariates = Some(cats);
+                    y
+                } else {
+                    product
+                };
+                (block.bias.map_or_else(|| product.shallow_clone(), |b| &product + b), None, 0)
+            }
             First::Dense(h) => {
                 let base = h.size()[1];
                 let input = if block.takes_covariates && !one_hots.is_empty() {
@@ -326,13 +399,14 @@ fn stack_forward(stack: &StackParts<'_>, first: First, one_hots: &[Tensor]) -> (
         };
         let mut y = Mat::of(&y);
         let norm = block.batch_norm.as_ref().map(|bn| norm_forward(&mut y, bn));
+        let layer = block.layer_norm.then(|| layer_norm_forward(&mut y));
         let relu: Vec<bool> = y.v.iter().map(|&a| a > 0.0).collect();
         y.v.iter_mut().for_each(|a| *a = a.max(0.0));
         let mask = (stack.dropout_rate > 0.0).then(|| dropout_mask(y.v.len(), stack.dropout_rate));
         if let Some(m) = &mask {
             y.v.iter_mut().zip(m).for_each(|(a, &k)| *a *= k);
         }
-        caches.push(BlockCache { input, base, norm, relu, mask });
+        caches.push(BlockCache { input, base, covariates, norm, layer, relu, mask });
         x = First::Dense(y.tensor());
         out = Some(y);
     }
@@ -357,6 +431,9 @@ fn stack_backward(stack: &StackParts<'_>, caches: &[BlockCache], mut d: Mat) -> 
             let keep = cache.mask.as_ref().map_or(1.0, |m| m[k]);
             *g = if cache.relu[k] { *g * keep } else { 0.0 };
         }
+        if let Some(layer) = &cache.layer {
+            layer_norm_backward(&mut d, layer);
+        }
         if let (Some(bn), Some(norm)) = (&block.batch_norm, &cache.norm) {
             let (dgamma, dbeta) = norm_backward(&mut d, norm, bn.weight);
             add_grad(bn.weight, &dgamma);
@@ -368,7 +445,14 @@ fn stack_backward(stack: &StackParts<'_>, caches: &[BlockCache], mut d: Mat) -> 
         let d_t = d.tensor();
         match &cache.input {
             Some(x) => add_grad(block.weight, &d_t.tr().matmul(x)),
-            None => return Back::SparseOutput(d_t),
+            None => {
+                // The covariates' columns here; the genes' are the caller's (see `Back`).
+                if let Some(cats) = &cache.covariates {
+                    let (width, k) = (block.weight.size()[1], cats.size()[1]);
+                    let _ = block.weight.grad().narrow(1, width - k, k).g_add_(&d_t.tr().matmul(cats));
+                }
+                return Back::SparseOutput(d_t);
+            }
         }
         d = Mat::of(&d_t.matmul(&block.weight.narrow(1, 0, cache.base)));
     }
@@ -440,11 +524,11 @@ struct LibraryMiddle {
 /// posterior, the sample, the library encoder's blocks, posterior and sample (a latent
 /// library: `library_product` is its first layer's product) and the decoder's blocks.
 fn middle(p: &Plan<'_>, product: Tensor, library_product: Option<Tensor>) -> Middle {
-    let (h1, encoder) = stack_forward(&p.encoder, First::SparseProduct(product), &[]);
+    let (h1, encoder) = stack_forward(&p.encoder, First::SparseProduct(product), &p.encoder_one_hots);
     let z = Posterior::new(h1.tensor(), p.mean, p.var);
     // The library encoder runs after z's sample is drawn, as `Vae::inference` runs it.
     let library = p.library.as_ref().zip(library_product).map(|(lp, product)| {
-        let (h, blocks) = stack_forward(&lp.encoder, First::SparseProduct(product), &[]);
+        let (h, blocks) = stack_forward(&lp.encoder, First::SparseProduct(product), &lp.one_hots);
         LibraryMiddle { blocks, posterior: Posterior::new(h.tensor(), lp.mean, lp.var) }
     });
     // Decoder: [z, continuous covariates] (with the one-hot covariates) through its blocks.
@@ -504,9 +588,9 @@ fn step(p: &Plan<'_>, mb: &Minibatch, kl_weight: f64, side: &mut SideWork<'_>) -
     let n = mb.n_cells;
     // The encoders' sparse first layers (parallel), checked before anything is drawn.
     let first = &p.encoder.blocks[0];
-    let product = sparse_input::linear(p.input, first.weight)?;
+    let product = sparse_input::genes_product(p.input, first.weight)?;
     let library_product = match &p.library {
-        Some(lp) => Some(sparse_input::linear(p.input, lp.encoder.blocks[0].weight)?),
+        Some(lp) => Some(sparse_input::genes_product(p.input, lp.encoder.blocks[0].weight)?),
         None => None,
     };
     let mut m = None;
