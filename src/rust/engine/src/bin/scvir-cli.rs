@@ -1,7 +1,7 @@
 //! Command-line front end of the engine, for benchmarks and GPU runs without R:
 //!
 //!   scvir-cli train FILE.h5ad [--epochs N] [--seed S] [--threads T] [--batch-size B]
-//!             [--likelihood zinb|nb|poisson] [--layers N] [--latent-library] [--batches N] [--encode-covariates] [--layer-norm] [--device cpu|cuda] [--unfused-rates] [--autograd-step] [--libtorch-products]
+//!             [--likelihood zinb|nb|poisson] [--layers N] [--latent-library] [--batches N] [--encode-covariates] [--layer-norm] [--scanvi K] [--device cpu|cuda] [--unfused-rates] [--autograd-step] [--libtorch-products]
 //!             [--profile] [--quiet]
 //!
 //! Prints one line per epoch and a final `RESULT {json}` line with timing and ELBO figures;
@@ -70,7 +70,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) != Some("train") || args.len() < 2 {
         return Err("usage: scvir-cli train FILE.h5ad [--epochs N] [--seed S] [--threads T] [--batch-size B] \
-                    [--likelihood zinb|nb|poisson] [--layers N] [--latent-library] [--batches N] [--encode-covariates] [--layer-norm] [--device cpu|cuda] [--unfused-rates] [--autograd-step] [--libtorch-products] [--profile] [--quiet]"
+                    [--likelihood zinb|nb|poisson] [--layers N] [--latent-library] [--batches N] [--encode-covariates] [--layer-norm] [--scanvi K] [--device cpu|cuda] [--unfused-rates] [--autograd-step] [--libtorch-products] [--profile] [--quiet]"
             .into());
     }
     let path = &args[1];
@@ -82,6 +82,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut n_batch = 1usize;
     let mut encode_covariates = false;
     let mut layer_norm = false;
+    let mut scanvi_labels = 0i64;
     let mut device = tch::Device::Cpu;
     let mut quiet = false;
     let mut fused_rates = true;
@@ -102,6 +103,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--encode-covariates" => encode_covariates = true,
             // LayerNorm in place of BatchNorm in both networks (scArches' recommended reference).
             "--layer-norm" => layer_norm = true,
+            // scANVI with K labels: cell i labelled i mod K when i is even, unlabelled otherwise
+            // (stand-in labels for timing).
+            "--scanvi" => scanvi_labels = val()?.parse()?,
             "--device" => {
                 device = match val()?.as_str() {
                     "cpu" => tch::Device::Cpu,
@@ -138,6 +142,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     vae_cfg.gene_likelihood = likelihood;
     vae_cfg.use_observed_lib_size = !latent_library;
     vae_cfg.n_layers = layers;
+    let labels: Vec<i32> = (0..counts.n_cells()).map(|i| if i % 2 == 0 { (i / 2) as i32 % scanvi_labels.max(1) as i32 } else { scanvi_labels as i32 }).collect();
+    if scanvi_labels > 0 {
+        vae_cfg.scanvi = Some(scvir_engine::module::ScanviConfig { n_labels: scanvi_labels, ..Default::default() });
+        // The unlabelled code K is a label category of its own, as scvi-tools registers it.
+        vae_cfg.n_labels = scanvi_labels + 1;
+    }
     let registry = Registry::with_library_prior(data.var.index.clone(), counts, &batch, n_batch);
     let prior = (registry.library_log_means.as_slice(), registry.library_log_vars.as_slice());
     scvir_engine::runtime::seed_everything(cfg.seed);
@@ -146,7 +156,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     vae.closed_form = closed_form;
     let mut printer = Printer { quiet, profile: profile.then(StepProfile::default) };
     let started = Instant::now();
-    let out = train::train(&mut vae, counts, &batch, &Default::default(), &cfg, &mut printer)?;
+    let mut covariates = scvir_engine::data::Covariates::default();
+    if scanvi_labels > 0 {
+        covariates.labels = Some(&labels);
+    }
+    let out = train::train(&mut vae, counts, &batch, &covariates, &cfg, &mut printer)?;
     let total = started.elapsed().as_secs_f64();
     let epochs = &out.history.epochs;
     let secs: Vec<f64> = epochs.iter().skip(2).map(|r| r.train_seconds).collect();
