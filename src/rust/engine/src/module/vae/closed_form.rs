@@ -4,7 +4,8 @@
 //! not -> ReLU -> dropout, a Gaussian latent, the observed library or a latent one from its own
 //! encoder, an NB or ZINB likelihood with one dispersion per gene, categorical covariates into
 //! the decoder's layers (and the encoders' with `encode_covariates`) and continuous ones into
-//! the decoder's first), the gradient of every parameter follows from the chain rule through a dozen small matrices per layer.
+//! the decoder's first), the gradient of every parameter follows from the chain rule through a
+//! dozen small matrices per layer.
 //! Autograd reaches the same numbers through about forty recorded operations and their backward
 //! nodes for one hidden layer, each costing microseconds of libtorch's bookkeeping on one
 //! thread: at 128 cells that was the largest part of a step that a second thread could not
