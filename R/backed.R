@@ -21,9 +21,14 @@
                       n_cells = as.integer(info$n_cells), file_genes = genes,
                       gene_index = seq_along(genes), var = .frame_to_df(info$var),
                       obs_columns = info$obs_columns, in_memory = in_memory,
+                      fingerprint = info$fingerprint,
                       cache = new.env(parent = emptyenv())),
                  class = "scvir_h5ad")
-  if (in_memory) .h5ad_memory(h)
+  if (in_memory) {
+    .h5ad_memory(h)
+    # the cell names with the counts, so that both come from the file as it was read
+    .h5ad_cells(h)
+  }
   h
 }
 
@@ -37,15 +42,22 @@
       .signal_progress(sprintf("Reading the counts of %s into memory again (the handle was saved and loaded)", x$path))
     }
     loaded <- .engine(.rs_h5ad_load(x$path, x$location))
-    if (loaded$n_cells != x$n_cells || loaded$n_genes != length(x$file_genes)) {
-      scvir_abort(sprintf(paste("%s: %s now holds %g cells x %g genes, not the %d x %d of the handle: the file",
-                                "changed since it was opened; open it again with read_h5ad()"),
+    if (loaded$n_cells != x$n_cells || loaded$n_genes != length(x$file_genes) ||
+        !.same_fingerprint(x, loaded$fingerprint)) {
+      scvir_abort(sprintf(paste("%s: %s now holds %g cells x %g genes (the handle: %d x %d), laid out otherwise:",
+                                "the file changed since it was opened; open it again with read_h5ad()"),
                           x$path, x$location, loaded$n_cells, loaded$n_genes, x$n_cells, length(x$file_genes)),
                   "scvir_input_error")
     }
     x$cache$memory <- loaded$memory
   }
   x$cache$memory
+}
+
+# Whether a file's fingerprint is the one the handle was opened with (a handle saved before
+# fingerprints were kept has none, and is not checked).
+.same_fingerprint <- function(x, fingerprint) {
+  !nzchar(x$fingerprint %||% "") || identical(x$fingerprint, fingerprint)
 }
 
 .is_backed <- function(x) inherits(x, "scvir_h5ad")
@@ -104,7 +116,7 @@
   h <- structure(list(path = path, layer = NULL, location = location, n_cells = ncol(x),
                       file_genes = genes, gene_index = seq_along(genes),
                       var = data.frame(row.names = genes), obs_columns = character(),
-                      cache = new.env(parent = emptyenv())),
+                      fingerprint = shape$fingerprint, cache = new.env(parent = emptyenv())),
                  class = "scvir_h5ad")
   h$cache$cells <- dn[[2]] %||% paste0("cell", seq_len(ncol(x)))
   h
@@ -160,17 +172,18 @@ dimnames.scvir_h5ad <- function(x) list(x$file_genes[x$gene_index], .h5ad_cells(
 }
 
 .h5ad_read_cells <- function(x, cells) {
-  m <- .engine(.rs_h5ad_read_cells(x$path, x$location, as.integer(x$gene_index - 1L), as.integer(cells),
-                                   .h5ad_memory(x)))
+  m <- .engine(.rs_h5ad_read_cells(.backed_arg(x), cells))
   methods::new("dgCMatrix", i = m$indices, p = m$indptr, x = m$values,
                Dim = c(length(x$gene_index), length(cells)),
                Dimnames = list(x$file_genes[x$gene_index], .h5ad_cells(x)[cells]))
 }
 
-# The engine's description of the counts: the file, the matrix and the genes in use.
+# The engine's description of the counts: the file, the matrix, the genes in use, the matrix
+# in memory (backed = "memory") and the file's fingerprint when the handle was opened, which the
+# engine compares with the file's now.
 .backed_arg <- function(x) {
   list(path = x$path, location = x$location, genes = as.integer(x$gene_index - 1L),
-       memory = .h5ad_memory(x))
+       memory = .h5ad_memory(x), fingerprint = x$fingerprint %||% "")
 }
 
 #' @method print scvir_h5ad
@@ -199,9 +212,8 @@ print.scvir_h5ad <- function(x, ...) {
   codes <- as.integer(batch_f) - 1L
   nb <- nlevels(batch_f)
   g <- length(x$gene_index)
-  genes0 <- as.integer(x$gene_index - 1L)
-  memory <- .h5ad_memory(x)
-  first <- .engine(.rs_h5ad_gene_sums(x$path, x$location, genes0, codes, nb, NULL, memory))
+  handle <- .backed_arg(x)
+  first <- .engine(.rs_h5ad_gene_sums(handle, codes, nb, NULL))
   sums <- matrix(first$sum, nrow = nb, ncol = g, byrow = TRUE)
   sqs <- matrix(first$sq, nrow = nb, ncol = g, byrow = TRUE)
   n_b <- as.numeric(tabulate(codes + 1L, nbins = nb))
@@ -220,7 +232,7 @@ print.scvir_h5ad <- function(x, ...) {
     per[[b]] <- list(mean = mv$mean, reg_std = reg_std, n = n_b[b])
     clip[b, ] <- reg_std * sqrt(n_b[b]) + mv$mean
   }
-  second <- .engine(.rs_h5ad_gene_sums(x$path, x$location, genes0, codes, nb, clip, memory))
+  second <- .engine(.rs_h5ad_gene_sums(handle, codes, nb, clip))
   s1 <- matrix(second$sum, nrow = nb, ncol = g, byrow = TRUE)
   s2 <- matrix(second$sq, nrow = nb, ncol = g, byrow = TRUE)
   norm_var <- matrix(0, nrow = nb, ncol = g)

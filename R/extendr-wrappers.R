@@ -52,13 +52,11 @@
 .rs_read_h5ad <- function(path, layer) .rs_call("scvir_read_h5ad", path, layer)
 .rs_h5ad_backed <- function(path, layer) .rs_call("scvir_h5ad_backed", path, layer)
 .rs_h5ad_obs <- function(path, columns, index) .rs_call("scvir_h5ad_obs", path, as.character(columns), index)
-.rs_h5ad_gene_sums <- function(path, location, genes, codes, n_batches, clip, memory = NULL) {
-  .rs_call("scvir_h5ad_gene_sums", path, location, as.integer(genes), as.integer(codes),
-           as.integer(n_batches), if (is.null(clip)) NULL else as.double(clip), memory)
+.rs_h5ad_gene_sums <- function(handle, codes, n_batches, clip) {
+  .rs_call("scvir_h5ad_gene_sums", handle, as.integer(codes), as.integer(n_batches),
+           if (is.null(clip)) NULL else as.double(clip))
 }
-.rs_h5ad_read_cells <- function(path, location, genes, cells, memory = NULL) {
-  .rs_call("scvir_h5ad_read_cells", path, location, as.integer(genes), as.integer(cells), memory)
-}
+.rs_h5ad_read_cells <- function(handle, cells) .rs_call("scvir_h5ad_read_cells", handle, as.integer(cells))
 .rs_h5ad_load <- function(path, location) .rs_call("scvir_h5ad_load", path, location)
 .rs_h5ad_memory_bytes <- function(memory) .rs_call("scvir_h5ad_memory_bytes", memory)
 .rs_disk_shape <- function(path, location) .rs_call("scvir_disk_shape", path, location)

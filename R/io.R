@@ -289,6 +289,12 @@ load_model <- function(dir) {
 #'   trained from disk (which differs from one trained on a `dgCMatrix` only by the order of
 #'   the minibatches). A handle saved with `saveRDS()` and loaded again reads the file again at
 #'   its first use.
+#'
+#'   A handle keeps a fingerprint of the matrix as it was opened (its shape and the number of
+#'   stored values of every cell). Every later use of the file, by the handle or by a model
+#'   trained from it, compares it and refuses a file rewritten since with a
+#'   `scvir_input_error`, rather than reading other cells under the names read before: open the
+#'   file again and give the new handle as `newdata`.
 #' @return A SingleCellExperiment, or with `backed = TRUE` or `"memory"` an `scvir_h5ad` handle.
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
 #' # PBMC 3k (10x Genomics), 2,000 highly variable genes, with published cell types

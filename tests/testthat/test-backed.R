@@ -181,6 +181,40 @@ test_that("bad files on disk give classed errors naming the file and the cell", 
   expect_error(get_latent_representation(fit), "gone.h5ad", class = "scvir_input_error")
 })
 
+test_that("a file rewritten under a handle, or under a model trained from it, is refused", {
+  skip_if_not_installed("SingleCellExperiment")
+  dir <- tempfile("scvir-rewritten-")
+  dir.create(dir)
+  on.exit(unlink(dir, recursive = TRUE))
+  x <- pbmc_small_counts()
+  p <- file.path(dir, "cells.h5ad")
+  write_h5ad(x, p)
+  h <- read_h5ad(p, backed = TRUE)
+  m <- read_h5ad(p, backed = "memory")
+  fit <- quick_fit(h, n_top_genes = NULL, max_epochs = 1L)
+  z <- get_latent_representation(fit)
+  saved_m <- tempfile(fileext = ".rds", tmpdir = dir)
+  saveRDS(m, saved_m)
+  # The same genes and as many cells, in another order: without the check, the model's queries
+  # would read the new cells under the names read before.
+  swapped <- x[, c(2, 1, 3:ncol(x))]
+  write_h5ad(swapped, p, overwrite = TRUE)
+  rewritten <- "cells.h5ad: X changed since it was opened"
+  expect_error(get_latent_representation(fit), rewritten, class = "scvir_input_error")
+  expect_error(h[, 1:2], rewritten, class = "scvir_input_error")
+  expect_error(quick_fit(h, n_top_genes = 50L, max_epochs = 1L), rewritten, class = "scvir_input_error")
+  # A handle in memory serves what it read; saved and loaded, it reads the file again and refuses it.
+  expect_identical(m[, 1:2], x[, 1:2])
+  expect_error(readRDS(saved_m)[, 1:2], "changed since it was opened", class = "scvir_input_error")
+  # The handle and the model were left as they were: the file opened again answers, and with the
+  # original file back the model gives its latent again.
+  z2 <- get_latent_representation(fit, newdata = read_h5ad(p, backed = TRUE))
+  expect_identical(rownames(z2)[1:2], colnames(x)[2:1])
+  expect_equal(z2[colnames(x), ], z, tolerance = 1e-5)
+  write_h5ad(x, p, overwrite = TRUE)
+  expect_equal(get_latent_representation(fit), z, tolerance = 0)
+})
+
 # scVI on a SingleCellExperiment whose counts stay in their file, against the same counts `x` in
 # memory.
 expect_trains_from_file <- function(sce, x) {

@@ -32,6 +32,26 @@ fn int(map: &HashMap<String, Robj>, name: &str) -> Result<i32> {
         .ok_or_else(|| Error::Other(format!("[scviR:engine] field {name} is not a number")))
 }
 
+/// The counts of an `.h5ad` handle, `list(path, location, genes, memory, fingerprint)`: the
+/// file, "X" or "layers/<name>", the 0-based file positions of the model's genes, the matrix when
+/// it was read into memory, and the file's fingerprint when the handle was opened (checked here,
+/// so that every use of a handle refuses a file that changed under it).
+pub fn open_handle(h: &List) -> Result<DiskCounts> {
+    let h = fields(h, "h5ad", &["path", "location", "genes", "memory", "fingerprint"])?;
+    let text = |k: &str| field(&h, k).map(|v| v.as_str().unwrap_or("").to_string());
+    let genes: Vec<usize> = field(&h, "genes")?
+        .as_integer_slice()
+        .ok_or_else(|| Error::Other("[scviR:engine] h5ad genes must be integer".into()))?
+        .iter()
+        .map(|&g| g.max(0) as usize)
+        .collect();
+    let path = text("path")?;
+    let fingerprint = h.get("fingerprint").and_then(|f| f.as_str()).unwrap_or("");
+    crate::convert::handle_counts(&path, &text("location")?, &genes, h.get("memory"), fingerprint)
+        .map_err(|e| crate::h5ad_error(&path, e))
+        .map_err(engine_error)
+}
+
 pub struct DataArgs {
     map: HashMap<String, Robj>,
     n_cells: usize,
@@ -49,17 +69,7 @@ impl DataArgs {
             None => OwnedCovariates::default(),
         };
         if let Some(h) = map.get("h5ad").and_then(|h| h.as_list()) {
-            // list(path, location, genes, memory): the file, "X" or "layers/<name>", the 0-based
-            // file positions of the model's genes, and the matrix when it was read into memory.
-            let h = fields(&h, "h5ad", &["path", "location", "genes", "memory"])?;
-            let text = |k: &str| field(&h, k).map(|v| v.as_str().unwrap_or("").to_string());
-            let genes: Vec<usize> = field(&h, "genes")?
-                .as_integer_slice()
-                .ok_or_else(|| Error::Other("[scviR:engine] h5ad genes must be integer".into()))?
-                .iter()
-                .map(|&g| g.max(0) as usize)
-                .collect();
-            let disk = crate::convert::handle_counts(&text("path")?, &text("location")?, &genes, h.get("memory")).map_err(engine_error)?;
+            let disk = open_handle(&h)?;
             let summaries = disk.summaries().map_err(engine_error)?;
             let (n_cells, n_genes) = (disk.n_cells(), disk.n_genes());
             return Ok(DataArgs { map, n_cells, n_genes, covariates, disk: Some((disk, summaries)) });

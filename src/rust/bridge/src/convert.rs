@@ -150,10 +150,13 @@ pub fn loaded_matrix(robj: &Robj) -> Option<std::sync::Arc<scvir_engine::data::d
     p.try_addr().ok().cloned()
 }
 
-/// A handle's counts: the matrix it read into memory when `memory` holds one, else the file.
-pub fn handle_counts(path: &str, location: &str, genes: &[usize], memory: Option<&Robj>) -> scvir_engine::Result<scvir_engine::data::DiskCounts> {
-    match memory.and_then(loaded_matrix) {
-        Some(m) => scvir_engine::data::DiskCounts::in_memory(m, genes),
-        None => scvir_engine::data::DiskCounts::open(path, location, genes),
-    }
+/// A handle's counts: the matrix it read into memory when `memory` holds one, else the file,
+/// checked against the handle's `fingerprint`.
+pub fn handle_counts(path: &str, location: &str, genes: &[usize], memory: Option<&Robj>, fingerprint: &str) -> scvir_engine::Result<scvir_engine::data::DiskCounts> {
+    let disk = match memory.and_then(loaded_matrix) {
+        Some(m) => scvir_engine::data::DiskCounts::in_memory(m, genes)?,
+        None => scvir_engine::data::DiskCounts::reopen(path, location, genes, fingerprint)?,
+    };
+    disk.check_fingerprint(fingerprint)?;
+    Ok(disk)
 }

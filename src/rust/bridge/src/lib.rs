@@ -788,7 +788,7 @@ fn scvir_h5ad_backed(path: &str, layer: &str) -> Result<List> {
     quiet_panics();
     let info = h5ad::backed_info(path, (!layer.is_empty()).then_some(layer)).map_err(|e| h5ad_error(path, e)).map_err(engine_error)?;
     List::from_names_and_values(
-        ["location", "encoding", "n_cells", "n_genes", "var", "obs_columns"],
+        ["location", "encoding", "n_cells", "n_genes", "var", "obs_columns", "fingerprint"],
         [
             info.location.into_robj(),
             info.encoding.into_robj(),
@@ -796,6 +796,7 @@ fn scvir_h5ad_backed(path: &str, layer: &str) -> Result<List> {
             (info.n_genes as f64).into_robj(),
             frame_to_list(&info.var)?.into_robj(),
             info.obs_columns.into_robj(),
+            info.fingerprint.into_robj(),
         ],
     )
 }
@@ -816,19 +817,14 @@ fn scvir_disk_shape(path: &str, location: &str) -> Result<List> {
     quiet_panics();
     let disk = open_disk(path, location, &[])?;
     List::from_names_and_values(
-        ["n_cells", "n_genes", "dense"],
-        [(disk.n_cells() as f64).into_robj(), (disk.n_file_genes() as f64).into_robj(), disk.is_dense().into_robj()],
+        ["n_cells", "n_genes", "dense", "fingerprint"],
+        [(disk.n_cells() as f64).into_robj(), (disk.n_file_genes() as f64).into_robj(), disk.is_dense().into_robj(), disk.fingerprint().into_robj()],
     )
 }
 
 fn open_disk(path: &str, location: &str, genes: &[i32]) -> Result<scvir_engine::data::DiskCounts> {
-    open_counts(path, location, genes, &Robj::from(()))
-}
-
-/// The counts of a handle: the matrix in memory when `memory` holds it, else the file.
-fn open_counts(path: &str, location: &str, genes: &[i32], memory: &Robj) -> Result<scvir_engine::data::DiskCounts> {
     let genes: Vec<usize> = genes.iter().map(|&g| g.max(0) as usize).collect();
-    crate::convert::handle_counts(path, location, &genes, Some(memory)).map_err(|e| h5ad_error(path, e)).map_err(engine_error)
+    scvir_engine::data::DiskCounts::open(path, location, &genes).map_err(|e| h5ad_error(path, e)).map_err(engine_error)
 }
 
 /// Reads the count matrix at `location` of a file into memory once, for a handle to serve
@@ -840,10 +836,11 @@ fn scvir_h5ad_load(path: &str, location: &str) -> Result<List> {
     let _session = prepare(1);
     let m = scvir_engine::data::disk::LoadedMatrix::load(path, location).map_err(|e| h5ad_error(path, e)).map_err(engine_error)?;
     let (nnz, bytes, n_cells, n_genes) = (m.nnz() as f64, m.bytes() as f64, m.n_cells() as f64, m.n_file_genes() as f64);
+    let fingerprint = m.fingerprint();
     let ptr = ExternalPtr::new(std::sync::Arc::new(m));
     List::from_names_and_values(
-        ["memory", "nnz", "bytes", "n_cells", "n_genes"],
-        [Robj::from(ptr), nnz.into_robj(), bytes.into_robj(), n_cells.into_robj(), n_genes.into_robj()],
+        ["memory", "nnz", "bytes", "n_cells", "n_genes", "fingerprint"],
+        [Robj::from(ptr), nnz.into_robj(), bytes.into_robj(), n_cells.into_robj(), n_genes.into_robj(), fingerprint.into_robj()],
     )
 }
 
@@ -863,12 +860,13 @@ fn scvir_h5ad_memory_bytes(memory: Robj) -> Robj {
 /// of seurat_v3 gene selection.
 /// @noRd
 #[extendr]
-fn scvir_h5ad_gene_sums(path: &str, location: &str, genes: &[i32], batch_codes: &[i32], n_batches: i32, clip: Robj, memory: Robj) -> Result<List> {
+fn scvir_h5ad_gene_sums(handle: List, batch_codes: &[i32], n_batches: i32, clip: Robj) -> Result<List> {
     let _session = prepare(1);
-    let disk = open_counts(path, location, genes, &memory)?;
+    let disk = crate::args::open_handle(&handle)?;
+    let path = disk.path().to_string();
     // R's batches x genes matrix is column-major; the engine wants batch-major rows.
     let clip: Option<Vec<f64>> = clip.as_real_slice().map(|c| {
-        let (nb, g) = (n_batches.max(1) as usize, genes.len());
+        let (nb, g) = (n_batches.max(1) as usize, disk.n_genes());
         let mut out = vec![0.0; nb * g];
         for b in 0..nb {
             for j in 0..g {
@@ -877,26 +875,26 @@ fn scvir_h5ad_gene_sums(path: &str, location: &str, genes: &[i32], batch_codes: 
         }
         out
     });
-    let (sum, sq) = disk.gene_sums(batch_codes, n_batches.max(1) as usize, clip.as_deref()).map_err(|e| h5ad_error(path, e)).map_err(engine_error)?;
+    let (sum, sq) = disk.gene_sums(batch_codes, n_batches.max(1) as usize, clip.as_deref()).map_err(|e| h5ad_error(&path, e)).map_err(engine_error)?;
     List::from_names_and_values(["sum", "sq"], [sum.into_robj(), sq.into_robj()])
 }
 
 /// The counts of some cells (1-based) of a file, restricted to `genes`, as compressed rows.
 /// @noRd
 #[extendr]
-fn scvir_h5ad_read_cells(path: &str, location: &str, genes: &[i32], cells: &[i32], memory: Robj) -> Result<List> {
+fn scvir_h5ad_read_cells(handle: List, cells: &[i32]) -> Result<List> {
     let _session = prepare(1);
-    let disk = open_counts(path, location, genes, &memory)?;
+    let disk = crate::args::open_handle(&handle)?;
     let cells: Vec<usize> = cells.iter().map(|&c| (c.max(1) - 1) as usize).collect();
-    let block = disk.read_cells(&cells).map_err(|e| h5ad_error(path, e)).map_err(engine_error)?;
+    let block = disk.read_cells(&cells).map_err(|e| h5ad_error(disk.path(), e)).map_err(engine_error)?;
     let (indptr, indices, values) = block.to_csr();
     List::from_names_and_values(
         ["indptr", "indices", "values", "n_cells", "n_genes"],
-        [indptr.into_robj(), indices.into_robj(), values.into_robj(), (cells.len() as i32).into_robj(), (genes.len() as i32).into_robj()],
+        [indptr.into_robj(), indices.into_robj(), values.into_robj(), (cells.len() as i32).into_robj(), (disk.n_genes() as i32).into_robj()],
     )
 }
 
-fn h5ad_error(path: &str, e: scvir_engine::Error) -> scvir_engine::Error {
+pub(crate) fn h5ad_error(path: &str, e: scvir_engine::Error) -> scvir_engine::Error {
     match e {
         scvir_engine::Error::Hdf5(h) => scvir_engine::Error::InvalidInput(format!("{path}: {h}")),
         scvir_engine::Error::Io(io) => scvir_engine::Error::InvalidInput(format!("{path}: {io}")),

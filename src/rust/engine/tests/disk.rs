@@ -251,6 +251,75 @@ fn a_matrix_read_into_memory_serves_the_same_blocks_as_the_file() {
 }
 
 #[test]
+fn a_file_rewritten_under_its_fingerprint_is_refused() {
+    // The fingerprint is the file's, whichever genes are selected and whether the matrix is read
+    // from the file or from memory; backed_info gives the same one.
+    let fp = DiskCounts::open(&path(), "X", &[]).unwrap().fingerprint();
+    assert_eq!(fp.len(), 16);
+    assert_eq!(DiskCounts::open(&path(), "X", &genes(2000)).unwrap().fingerprint(), fp);
+    let m = Arc::new(LoadedMatrix::load(&path(), "X").unwrap());
+    assert_eq!(m.fingerprint(), fp);
+    assert_eq!(DiskCounts::in_memory(m, &[3, 1]).unwrap().fingerprint(), fp);
+    assert_eq!(h5ad::backed_info(&path(), None).unwrap().fingerprint, fp);
+    // A copy of the file with its first two cells swapped (the same shape and the same number of
+    // stored values): another fingerprint, and a handle of the original refuses it.
+    let dir = std::env::temp_dir().join(format!("scvir-fingerprint-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("copy.h5ad");
+    std::fs::copy(path(), &copy).unwrap();
+    let cs = copy.to_str().unwrap();
+    assert_eq!(DiskCounts::open(cs, "X", &[]).unwrap().fingerprint(), fp);
+    {
+        let f = hdf5::File::open_rw(&copy).unwrap();
+        let x = f.group("X").unwrap();
+        let (ip, ix, dt) = (x.dataset("indptr").unwrap(), x.dataset("indices").unwrap(), x.dataset("data").unwrap());
+        let indptr: Vec<i64> = ip.read_raw().unwrap();
+        let (a, b, c) = (indptr[0] as usize, indptr[1] as usize, indptr[2] as usize);
+        assert_ne!(b - a, c - b, "the first two cells must differ in their stored values");
+        let swap_rows = |ds: &hdf5::Dataset| {
+            let v: Vec<f64> = ds.read_raw().unwrap();
+            let mut w = v[b..c].to_vec();
+            w.extend_from_slice(&v[a..b]);
+            let mut out = v.clone();
+            out[a..c].copy_from_slice(&w);
+            out
+        };
+        let (new_ix, new_dt) = (swap_rows(&ix), swap_rows(&dt));
+        ix.write_raw(&new_ix.iter().map(|&v| v as i32).collect::<Vec<i32>>()).unwrap();
+        dt.write_raw(&new_dt.iter().map(|&v| v as f32).collect::<Vec<f32>>()).unwrap();
+        let mut new_ip = indptr.clone();
+        new_ip[1] = indptr[0] + (indptr[2] - indptr[1]);
+        ip.write_raw(&new_ip.iter().map(|&v| v as i32).collect::<Vec<i32>>()).unwrap();
+    }
+    let changed = DiskCounts::open(cs, "X", &[]).unwrap();
+    assert_eq!((changed.n_cells(), changed.nnz()), (2638, DiskCounts::open(&path(), "X", &[]).unwrap().nnz()));
+    assert_ne!(changed.fingerprint(), fp);
+    let e = changed.check_fingerprint(&fp).err().unwrap().to_string();
+    assert!(e.contains("copy.h5ad") && e.contains("changed since it was opened") && e.contains("read_h5ad()"), "{e}");
+    // The file's own fingerprint passes, and so does none (a handle saved before they were kept).
+    changed.check_fingerprint(&changed.fingerprint()).unwrap();
+    changed.check_fingerprint("").unwrap();
+    // Opening a handle's file again checks it, and a missing file says what to do.
+    assert!(DiskCounts::reopen(cs, "X", &[], &fp).is_err());
+    DiskCounts::reopen(&path(), "X", &[], &fp).unwrap();
+    let gone = dir.join("gone.h5ad");
+    let e = DiskCounts::reopen(gone.to_str().unwrap(), "X", &[], &fp).err().unwrap().to_string();
+    assert!(e.contains("gone.h5ad") && e.contains("not found") && e.contains("newdata"), "{e}");
+    // A dense dataset: its shape is its layout.
+    let p = dir.join("dense.h5");
+    {
+        let f = hdf5::File::create(&p).unwrap();
+        f.new_dataset::<i32>().shape([4, 3]).create("a").unwrap().write_raw(&[0i32; 12]).unwrap();
+        f.new_dataset::<i32>().shape([3, 4]).create("b").unwrap().write_raw(&[0i32; 12]).unwrap();
+    }
+    let ps = p.to_str().unwrap();
+    let (da, db) = (DiskCounts::open(ps, "a", &[]).unwrap(), DiskCounts::open(ps, "b", &[]).unwrap());
+    assert_ne!(da.fingerprint(), db.fingerprint());
+    assert!(db.check_fingerprint(&da.fingerprint()).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn a_matrix_read_into_memory_widens_what_16_bits_cannot_hold() {
     // Synthetic, for the sizes: 70,000 genes (positions past 65,535) and a count of 100,000 in the
     // last cell, after two cells held in 16 bits. Dense, so the zeros are left out as it loads.

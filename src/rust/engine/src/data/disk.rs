@@ -104,6 +104,8 @@ pub struct DiskCounts {
     n_genes: usize,
     /// The matrix read into memory, served instead of the file.
     memory: Option<Arc<LoadedMatrix>>,
+    /// [`DiskCounts::fingerprint`] of the file as opened.
+    fingerprint: u64,
 }
 
 /// A count matrix read once from a file into memory: its cells' compressed rows, zeros left out,
@@ -119,6 +121,8 @@ pub struct LoadedMatrix {
     genes: Column<i32>,
     values: Column<f32>,
     n_file_genes: usize,
+    /// The file's [`DiskCounts::fingerprint`] when it was read.
+    fingerprint: u64,
 }
 
 /// Numbers kept in 16 bits when they fit, else at full width.
@@ -207,6 +211,7 @@ impl LoadedMatrix {
             genes: if narrow_genes { Column::Narrow(Vec::with_capacity(cap)) } else { Column::Wide(Vec::with_capacity(cap)) },
             values: Column::Narrow(Vec::with_capacity(cap)),
             n_file_genes,
+            fingerprint: disk.fingerprint,
         };
         out.indptr.push(0);
         let narrow = |x: i32| u16::try_from(x).ok();
@@ -239,6 +244,11 @@ impl LoadedMatrix {
         self.values.len()
     }
 
+    /// The file's fingerprint when it was read ([`DiskCounts::fingerprint`]).
+    pub fn fingerprint(&self) -> String {
+        format!("{:016x}", self.fingerprint)
+    }
+
     /// Bytes the matrix holds.
     pub fn bytes(&self) -> usize {
         self.indptr.len() * 8 + self.genes.bytes() + self.values.bytes()
@@ -263,6 +273,22 @@ fn gene_map(n_file_genes: usize, genes: &[usize]) -> Result<Vec<i32>> {
         gene_map[gene] = pos as i32;
     }
     Ok(gene_map)
+}
+
+/// A 64-bit hash of a matrix's shape, layout and row pointers (FNV-1a's constants, taken a
+/// 64-bit word at a time): fixed, so that fingerprints saved with a handle or a model compare
+/// equal under any later build.
+fn layout_hash(n_file_genes: usize, dense: bool, indptr: &[u64]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |w: u64| h = (h ^ w).wrapping_mul(PRIME).rotate_left(23);
+    eat(n_file_genes as u64);
+    eat(dense as u64);
+    eat(indptr.len() as u64);
+    for &w in indptr {
+        eat(w);
+    }
+    h
 }
 
 fn err(path: &str, what: impl std::fmt::Display) -> Error {
@@ -357,7 +383,54 @@ impl DiskCounts {
             Matrix::Memory(m) => (m.indptr.clone(), m.n_file_genes, false),
         };
         let gene_map = gene_map(n_file_genes, genes)?;
-        Ok(DiskCounts { path: path.to_string(), location: location.to_string(), indptr, dense, block_cells, n_file_genes, gene_map, n_genes: genes.len(), memory: None })
+        let fingerprint = layout_hash(n_file_genes, dense, &indptr);
+        Ok(DiskCounts { path: path.to_string(), location: location.to_string(), indptr, dense, block_cells, n_file_genes, gene_map, n_genes: genes.len(), memory: None, fingerprint })
+    }
+
+    /// The matrix's layout as it was opened, hashed: its shape, whether it is dense, and the
+    /// stored entries of every cell (its row pointers). A handle keeps the fingerprint its file
+    /// had when it was opened and every later use compares it ([`DiskCounts::check_fingerprint`]),
+    /// so a file rewritten or replaced under a handle, or under a model trained from one, is
+    /// refused rather than read as if it held the cells it had. The same for a matrix read into
+    /// memory as for its file; 16 hex digits, the same on every platform and build.
+    pub fn fingerprint(&self) -> String {
+        format!("{:016x}", self.fingerprint)
+    }
+
+    /// Opens the file again for a handle made earlier (or a model trained from one), whose
+    /// fingerprint was `expected`: a missing or rewritten file is an error that says where the
+    /// counts came from and what to do.
+    pub fn reopen(path: &str, location: &str, genes: &[usize], expected: &str) -> Result<Self> {
+        if !std::path::Path::new(path).exists() {
+            return Err(err(
+                path,
+                "file not found: the handle, or the model trained from it, reads its counts from this file. \
+                 Put the file back, or open the counts again (read_h5ad()) and give them as newdata",
+            ));
+        }
+        let disk = DiskCounts::open(path, location, genes)?;
+        disk.check_fingerprint(expected)?;
+        Ok(disk)
+    }
+
+    /// An error naming the file when its fingerprint is not `expected` (no check when `expected`
+    /// is empty: a handle saved before fingerprints were kept).
+    pub fn check_fingerprint(&self, expected: &str) -> Result<()> {
+        if expected.is_empty() || expected == self.fingerprint() {
+            return Ok(());
+        }
+        Err(err(
+            &self.path,
+            format!(
+                "{} changed since it was opened (it now holds {} cells x {} genes, {} stored values, laid out otherwise): \
+                 the handle, or the model trained from it, no longer describes this file. Open the file again with \
+                 read_h5ad() (and give it as newdata to a model's queries), or put back the file it was made from",
+                self.location,
+                self.n_cells(),
+                self.n_file_genes,
+                self.nnz()
+            ),
+        ))
     }
 
     /// The matrix `m` read into memory, seen through the gene selection `genes` (as in
@@ -374,6 +447,7 @@ impl DiskCounts {
             n_file_genes: m.n_file_genes,
             gene_map,
             n_genes: genes.len(),
+            fingerprint: m.fingerprint,
             memory: Some(m),
         })
     }

@@ -334,6 +334,9 @@ pub struct BackedInfo {
     pub n_genes: usize,
     pub var: Frame,
     pub obs_columns: Vec<String>,
+    /// The matrix's [`crate::data::DiskCounts::fingerprint`] (empty for an encoding that is
+    /// not read from disk).
+    pub fingerprint: String,
 }
 
 /// Opens a file for reading from disk: the matrix's shape and encoding, var in full, obs's
@@ -362,7 +365,23 @@ pub fn backed_info(path: &str, layer: Option<&str>) -> Result<BackedInfo> {
         Err(_) if file.dataset(&location).is_ok() => "array".to_string(),
         Err(_) => return Err(fmt_err(path, format!("no matrix {location}"))),
     };
-    Ok(BackedInfo { location, encoding, n_cells, n_genes: var.index.len(), var, obs_columns: column_names(&obs) })
+    let n_genes = var.index.len();
+    let mut fingerprint = String::new();
+    if encoding == "csr_matrix" || encoding == "array" {
+        let disk = crate::data::DiskCounts::open(path, &location, &[])?;
+        if disk.n_cells() != n_cells || disk.n_file_genes() != n_genes {
+            return Err(fmt_err(
+                path,
+                format!(
+                    "{location} holds {} cells x {} genes, but obs has {n_cells} cells and var {n_genes} genes; the file is damaged: write it again",
+                    disk.n_cells(),
+                    disk.n_file_genes()
+                ),
+            ));
+        }
+        fingerprint = disk.fingerprint();
+    }
+    Ok(BackedInfo { location, encoding, n_cells, n_genes, var, obs_columns: column_names(&obs), fingerprint })
 }
 
 fn read_column(g: &Group, name: &str) -> Result<Option<Column>> {
