@@ -1,7 +1,8 @@
 # Runs R code in a separate process and interrupts it with a real SIGINT (tests of Ctrl-C).
 
-# Starts `train` (R code using `counts`) in another R process, interrupts it, returns its output.
-interrupted_run <- function(train) {
+# Starts `train` (R code using `counts`) in another R process, interrupts it, returns its output;
+# `after` (lines of R code) runs in the same process once the interrupt was caught.
+interrupted_run <- function(train, after = character()) {
   dir <- tempfile("scvir-interrupt-")
   dir.create(dir)
   pid_file <- file.path(dir, "pid")
@@ -15,7 +16,8 @@ interrupted_run <- function(train) {
     sprintf("writeLines(as.character(Sys.getpid()), '%s')", pid_file),
     sprintf("res <- tryCatch(%s,", train),
     "  scvir_interrupted = function(e) { cat('CAUGHT:', conditionMessage(e), '\\n'); 'interrupted' })",
-    "cat('ALIVE', identical(res, 'interrupted'), identical(counts, before), '\\n')"
+    "cat('ALIVE', identical(res, 'interrupted'), identical(counts, before), '\\n')",
+    after
   ), script)
   rscript <- file.path(R.home("bin"), "Rscript")
   system2(rscript, script, stdout = out_file, stderr = out_file, wait = FALSE)
@@ -29,10 +31,10 @@ interrupted_run <- function(train) {
   out <- character()
   while (Sys.time() < deadline) {
     out <- if (file.exists(out_file)) readLines(out_file, warn = FALSE) else character()
-    if (any(grepl("^ALIVE", out))) break
+    if (any(grepl(if (length(after)) "^DONE" else "^ALIVE", out))) break
     Sys.sleep(0.2)
   }
-  if (!any(grepl("^ALIVE", out))) tools::pskill(pid, tools::SIGKILL)
+  if (!any(grepl(if (length(after)) "^DONE" else "^ALIVE", out))) tools::pskill(pid, tools::SIGKILL)
   out
 }
 

@@ -16,3 +16,21 @@ test_that("an interrupt stops scANVI training cleanly too", {
   expect_true(any(grepl("CAUGHT: training interrupted by the user", out)), info = paste(out, collapse = "\n"))
   expect_true(any(grepl("^ALIVE TRUE TRUE", out)), info = paste(out, collapse = "\n"))
 })
+
+test_that("an interrupt stops training from disk, and the same file trains again in that process", {
+  skip_on_os("windows")
+  # The bundled PBMC 3k .h5ad, read in blocks by a background thread while training.
+  path <- "system.file('extdata', 'pbmc3k_hvg2000.h5ad', package = 'scviR')"
+  fit <- function(epochs) {
+    sprintf("scvi_model(read_h5ad(%s, backed = TRUE), n_top_genes = NULL, max_epochs = %s, seed = 1, n_threads = 2, verbose = FALSE)",
+            path, epochs)
+  }
+  out <- interrupted_run(fit("1e6"), after = c(
+    sprintf("fit <- %s", fit(2)),
+    "z <- get_latent_representation(fit)",
+    "cat('DONE', nrow(z), all(is.finite(z)), training_history(fit)$epoch[2], '\\n')"
+  ))
+  expect_true(any(grepl("CAUGHT: training interrupted by the user", out)), info = paste(out, collapse = "\n"))
+  expect_true(any(grepl("^ALIVE TRUE TRUE", out)), info = paste(out, collapse = "\n"))
+  expect_true(any(grepl("^DONE 2638 TRUE 2", out)), info = paste(out, collapse = "\n"))
+})
