@@ -352,9 +352,9 @@ train_model <- function(model, ..., newdata = NULL, batch = NULL, labels = NULL,
   max_epochs <- train$max_epochs %||% .default_max_epochs(ncol(d$counts))
   what <- if (isTRUE(model$is_trained)) "Training further" else "Training query"
   progress <- .progress_reporter(verbose, sprintf(
-    "%s %s model on %d cells x %d genes for %d epochs (%d thread%s, seed %d)", what,
-    model$model_type, ncol(d$counts), nrow(d$counts), max_epochs, n_threads,
-    if (n_threads == 1) "" else "s", seed))
+    "%s %s model on %d cells x %d genes for %s (%s, seed %d)", what,
+    model$model_type, ncol(d$counts), nrow(d$counts), .counted(max_epochs, "epoch"),
+    .counted(n_threads, "thread"), seed))
   if (!is.null(progress)) on.exit(progress$done(), add = TRUE)
   started <- proc.time()[["elapsed"]]
   res <- .engine(.rs_train(.data_arg(d$counts, d$codes, d$cov), model$genes, model$batches, "",

@@ -195,6 +195,9 @@ scvi_model <- function(counts, ..., batch = NULL, labels = NULL, categorical_cov
 
 `%||%` <- function(a, b) if (is.null(a)) b else a
 
+# "1 epoch", "12 epochs".
+.counted <- function(n, word) sprintf("%d %s%s", as.integer(n), word, if (n == 1) "" else "s")
+
 # scvi-tools' rule min(round(20000 / n_cells * 400), 400), as the engine applies it.
 .default_max_epochs <- function(n_cells) .rs_call("scvir_default_max_epochs", as.numeric(n_cells))
 
@@ -243,8 +246,8 @@ scvi_model <- function(counts, ..., batch = NULL, labels = NULL, categorical_cov
   max_epochs <- train$max_epochs %||% .default_max_epochs(ncol(counts))
   name <- if (!is.null(model$scanvi)) "scANVI" else if (isTRUE(model$linear_decoder)) "LDVAE" else "scVI"
   progress <- .progress_reporter(verbose, sprintf(
-    "Training %s on %d cells x %d genes for %d epochs (%d thread%s, seed %d)", name, ncol(counts),
-    nrow(counts), max_epochs, n_threads, if (n_threads == 1) "" else "s", seed))
+    "Training %s on %d cells x %d genes for %s (%s, seed %d)", name, ncol(counts),
+    nrow(counts), .counted(max_epochs, "epoch"), .counted(n_threads, "thread"), seed))
   if (!is.null(progress)) on.exit(progress$done(), add = TRUE)
   started <- proc.time()[["elapsed"]]
   res <- .engine(.rs_train(.data_arg(counts, codes, cov$engine), .gene_names(counts), batches,
@@ -338,8 +341,8 @@ print.scvi_model <- function(x, ...) {
     cat(sprintf("%s model imported from scvi-tools %s (%s)\n", x$model_type, x$source$version %||% "",
                 x$source$model %||% x$model_type))
   } else {
-    cat(sprintf("%s model (scviR %s), trained for %d epochs%s\n", x$model_type, x$engine_version,
-                if (is.data.frame(h)) nrow(h) else 0L,
+    cat(sprintf("%s model (scviR %s), trained for %s%s\n", x$model_type, x$engine_version,
+                .counted(if (is.data.frame(h)) nrow(h) else 0L, "epoch"),
                 if (!is.null(x$stopped_early_at)) " (stopped early)" else ""))
   }
   cat(sprintf("  data:     %d genes x %d cells (train %d, validation %d, test %d)\n",
