@@ -305,6 +305,26 @@ fn a_file_rewritten_under_its_fingerprint_is_refused() {
     let gone = dir.join("gone.h5ad");
     let e = DiskCounts::reopen(gone.to_str().unwrap(), "X", &[], &fp).err().unwrap().to_string();
     assert!(e.contains("gone.h5ad") && e.contains("not found") && e.contains("newdata"), "{e}");
+    // A layer whose matrix disagrees with obs is refused as the file is opened, naming both.
+    {
+        let f = hdf5::File::open_rw(&copy).unwrap();
+        let x = f.group("X").unwrap();
+        let indptr: Vec<i64> = x.dataset("indptr").unwrap().read_raw().unwrap();
+        let end = indptr[10] as usize;
+        let indices: Vec<i32> = x.dataset("indices").unwrap().read_raw().unwrap();
+        let data: Vec<f32> = x.dataset("data").unwrap().read_raw().unwrap();
+        let layers = f.group("layers").or_else(|_| f.create_group("layers")).unwrap();
+        let layer = layers.create_group("short").unwrap();
+        let enc: hdf5::types::VarLenUnicode = "csr_matrix".parse().unwrap();
+        layer.new_attr::<hdf5::types::VarLenUnicode>().create("encoding-type").unwrap().write_scalar(&enc).unwrap();
+        layer.new_attr::<i64>().shape([2]).create("shape").unwrap().write_raw(&[10i64, 2000]).unwrap();
+        layer.new_dataset::<i64>().shape([11]).create("indptr").unwrap().write_raw(&indptr[..11]).unwrap();
+        layer.new_dataset::<i32>().shape([end]).create("indices").unwrap().write_raw(&indices[..end]).unwrap();
+        layer.new_dataset::<f32>().shape([end]).create("data").unwrap().write_raw(&data[..end]).unwrap();
+    }
+    let e = h5ad::backed_info(cs, Some("short")).err().unwrap().to_string();
+    assert!(e.contains("copy.h5ad") && e.contains("10 cells") && e.contains("obs has 2638"), "{e}");
+    assert!(!h5ad::backed_info(cs, None).unwrap().fingerprint.is_empty());
     // A dense dataset: its shape is its layout.
     let p = dir.join("dense.h5");
     {
