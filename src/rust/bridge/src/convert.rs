@@ -151,12 +151,11 @@ pub fn loaded_matrix(robj: &Robj) -> Option<std::sync::Arc<scvir_engine::data::d
 }
 
 /// A handle's counts: the matrix it read into memory when `memory` holds one, else the file,
-/// checked against the handle's `fingerprint`.
+/// either checked against the handle's `fingerprint`.
 pub fn handle_counts(path: &str, location: &str, genes: &[usize], memory: Option<&Robj>, fingerprint: &str) -> scvir_engine::Result<scvir_engine::data::DiskCounts> {
-    let disk = match memory.and_then(loaded_matrix) {
-        Some(m) => scvir_engine::data::DiskCounts::in_memory(m, genes)?,
-        None => scvir_engine::data::DiskCounts::reopen(path, location, genes, fingerprint)?,
-    };
-    disk.check_fingerprint(fingerprint)?;
-    Ok(disk)
+    use scvir_engine::data::DiskCounts;
+    match memory.and_then(loaded_matrix) {
+        Some(m) => DiskCounts::in_memory(m, genes).and_then(|d| d.check_fingerprint(fingerprint).map(|()| d)),
+        None => DiskCounts::reopen(path, location, genes, fingerprint),
+    }
 }
