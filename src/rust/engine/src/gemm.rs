@@ -158,9 +158,17 @@ unsafe fn block(rows: std::ops::Range<usize>, cols: std::ops::Range<usize>, k: u
                 let i0 = rows.start + t * MR;
                 let mr = MR.min(rows.end - i0);
                 let tile = &mut apack[t * KC * MR..(t + 1) * KC * MR];
+                // With A's rows contiguous, 16 k's at a time are transposed in registers.
+                let (mut kk0, row0) = (0, a.ptr.offset(i0 as isize * a.rs + k0 as isize * a.cs));
+                if a.cs == 1 && a.rs > 0 {
+                    while kk0 + 16 <= kc {
+                        transpose16(row0.add(kk0), a.rs as usize, mr, tile.as_mut_ptr().add(kk0 * MR), MR, (1 << MR) - 1);
+                        kk0 += 16;
+                    }
+                }
                 for r in 0..mr {
-                    let src = a.ptr.offset((i0 + r) as isize * a.rs + k0 as isize * a.cs);
-                    for kk in 0..kc {
+                    let src = row0.offset(r as isize * a.rs);
+                    for kk in kk0..kc {
                         tile[kk * MR + r] = *src.offset(kk as isize * a.cs);
                     }
                 }
@@ -175,9 +183,22 @@ unsafe fn block(rows: std::ops::Range<usize>, cols: std::ops::Range<usize>, k: u
             }
             let nr = NR.min(cols.end - j0);
             let dst = &mut bpack[slot * KC * NR..(slot + 1) * KC * NR];
+            // With B's columns contiguous, blocks of 16 k's x 16 columns are transposed in
+            // registers (columns beyond the panel's as zeros).
+            let col0 = b.ptr.offset(k0 as isize * b.rs + j0 as isize * b.cs);
+            let mut kk0 = 0;
+            if b.rs == 1 && b.cs > 0 {
+                while kk0 + 16 <= kc {
+                    for jj in (0..nr).step_by(16) {
+                        let src = col0.add(kk0 + jj * b.cs as usize);
+                        transpose16(src, b.cs as usize, (nr - jj).min(16), dst.as_mut_ptr().add(kk0 * NR + jj), NR, 0xffff);
+                    }
+                    kk0 += 16;
+                }
+            }
             for j in 0..nr {
-                let src = b.ptr.offset(k0 as isize * b.rs + (j0 + j) as isize * b.cs);
-                for kk in 0..kc {
+                let src = col0.offset(j as isize * b.cs);
+                for kk in kk0..kc {
                     dst[kk * NR + j] = *src.offset(kk as isize * b.rs);
                 }
             }
@@ -238,6 +259,54 @@ unsafe fn block(rows: std::ops::Range<usize>, cols: std::ops::Range<usize>, k: u
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn block(_: std::ops::Range<usize>, _: std::ops::Range<usize>, _: usize, _: MatRef, _: MatRef, _: *mut f32, _: usize, _: Init) {
     unreachable!("the engine's matrix products need AVX-512")
+}
+
+/// Transposes a block of up to 16 x 16 floats: row i < `rows` of `src` (16 floats at
+/// `src + i * src_stride`) becomes column i of `dst`'s 16 rows (`dst + k * dst_stride`), whose
+/// lanes in `lanes` are stored (columns `rows..16` as zeros). Per 128-bit lane, pairs of rows
+/// are interleaved, then groups of four rows, then the lanes are gathered across groups in two
+/// rounds of lane shuffles.
+///
+/// # Safety
+/// AVX-512 F must be available; `src` must be valid for `rows` (at most 16) rows of 16 floats,
+/// and `dst` for 16 rows with the lanes in `lanes`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn transpose16(src: *const f32, src_stride: usize, rows: usize, dst: *mut f32, dst_stride: usize, lanes: std::arch::x86_64::__mmask16) {
+    use std::arch::x86_64::*;
+    // Rows past `rows` are masked loads of nothing (no access, so no fault): the loop has a
+    // fixed count and the rows stay in registers.
+    let mut r = [_mm512_setzero_ps(); 16];
+    for (i, v) in r.iter_mut().enumerate() {
+        let live: __mmask16 = if i < rows { 0xffff } else { 0 };
+        *v = _mm512_maskz_loadu_ps(live, src.wrapping_add(i * src_stride));
+    }
+    // t[2p], t[2p + 1]: rows 2p and 2p + 1 interleaved (columns 4L, 4L + 1 and 4L + 2, 4L + 3 of
+    // lane L).
+    let mut t = [_mm512_setzero_ps(); 16];
+    for p in 0..8 {
+        t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+        t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+    }
+    // u[4q + k], lane L: column 4L + k of rows 4q..4q + 4.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for q in 0..4 {
+        u[4 * q] = _mm512_shuffle_ps::<0x44>(t[4 * q], t[4 * q + 2]);
+        u[4 * q + 1] = _mm512_shuffle_ps::<0xEE>(t[4 * q], t[4 * q + 2]);
+        u[4 * q + 2] = _mm512_shuffle_ps::<0x44>(t[4 * q + 1], t[4 * q + 3]);
+        u[4 * q + 3] = _mm512_shuffle_ps::<0xEE>(t[4 * q + 1], t[4 * q + 3]);
+    }
+    // Column 4L + k is lane L of u[k], u[4 + k], u[8 + k] and u[12 + k].
+    for k in 0..4 {
+        let even_lo = _mm512_shuffle_f32x4::<0x88>(u[k], u[4 + k]);
+        let even_hi = _mm512_shuffle_f32x4::<0x88>(u[8 + k], u[12 + k]);
+        let odd_lo = _mm512_shuffle_f32x4::<0xDD>(u[k], u[4 + k]);
+        let odd_hi = _mm512_shuffle_f32x4::<0xDD>(u[8 + k], u[12 + k]);
+        _mm512_mask_storeu_ps(dst.add(k * dst_stride), lanes, _mm512_shuffle_f32x4::<0x88>(even_lo, even_hi));
+        _mm512_mask_storeu_ps(dst.add((8 + k) * dst_stride), lanes, _mm512_shuffle_f32x4::<0xDD>(even_lo, even_hi));
+        _mm512_mask_storeu_ps(dst.add((4 + k) * dst_stride), lanes, _mm512_shuffle_f32x4::<0x88>(odd_lo, odd_hi));
+        _mm512_mask_storeu_ps(dst.add((12 + k) * dst_stride), lanes, _mm512_shuffle_f32x4::<0xDD>(odd_lo, odd_hi));
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -323,7 +323,7 @@ fn transpose_genes(level: Simd, w: &[f32], h: usize, stride: usize, g: usize, g0
             if level == Simd::Avx512 && gw == TILE && ow == TILE {
                 // SAFETY: `level` was detected on this CPU; the block's 16 rows of 16 genes of W
                 // and 16 rows of 16 outputs of `out` are in bounds (asserted above).
-                unsafe { transpose_block_avx512(w.as_ptr().add(o0 * stride + t0), stride, out.as_mut_ptr().add((t0 - g0) * h + o0), h) };
+                unsafe { crate::gemm::transpose16(w.as_ptr().add(o0 * stride + t0), stride, TILE, out.as_mut_ptr().add((t0 - g0) * h + o0), h, 0xffff) };
                 continue;
             }
             for (r, row) in block.iter_mut().enumerate().take(ow) {
@@ -336,48 +336,6 @@ fn transpose_genes(level: Simd, w: &[f32], h: usize, stride: usize, g: usize, g0
                 }
             }
         }
-    }
-}
-
-/// Transposes one 16 x 16 block: row i of `src` (16 floats at `src + i * src_stride`) becomes
-/// column i of `dst`. Per 128-bit lane, pairs of rows are interleaved, then groups of four
-/// rows, then the lanes are gathered across groups in two rounds of lane shuffles.
-///
-/// # Safety
-/// AVX-512 F must be available, and both blocks must be valid for 16 rows of 16 floats.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn transpose_block_avx512(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
-    use std::arch::x86_64::*;
-    let mut r = [_mm512_setzero_ps(); 16];
-    for (i, v) in r.iter_mut().enumerate() {
-        *v = _mm512_loadu_ps(src.add(i * src_stride));
-    }
-    // t[2p], t[2p + 1]: rows 2p and 2p + 1 interleaved (columns 4L, 4L + 1 and 4L + 2, 4L + 3 of
-    // lane L).
-    let mut t = [_mm512_setzero_ps(); 16];
-    for p in 0..8 {
-        t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
-        t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
-    }
-    // u[4q + k], lane L: column 4L + k of rows 4q..4q + 4.
-    let mut u = [_mm512_setzero_ps(); 16];
-    for q in 0..4 {
-        u[4 * q] = _mm512_shuffle_ps::<0x44>(t[4 * q], t[4 * q + 2]);
-        u[4 * q + 1] = _mm512_shuffle_ps::<0xEE>(t[4 * q], t[4 * q + 2]);
-        u[4 * q + 2] = _mm512_shuffle_ps::<0x44>(t[4 * q + 1], t[4 * q + 3]);
-        u[4 * q + 3] = _mm512_shuffle_ps::<0xEE>(t[4 * q + 1], t[4 * q + 3]);
-    }
-    // Column 4L + k is lane L of u[k], u[4 + k], u[8 + k] and u[12 + k].
-    for k in 0..4 {
-        let even_lo = _mm512_shuffle_f32x4::<0x88>(u[k], u[4 + k]);
-        let even_hi = _mm512_shuffle_f32x4::<0x88>(u[8 + k], u[12 + k]);
-        let odd_lo = _mm512_shuffle_f32x4::<0xDD>(u[k], u[4 + k]);
-        let odd_hi = _mm512_shuffle_f32x4::<0xDD>(u[8 + k], u[12 + k]);
-        _mm512_storeu_ps(dst.add(k * dst_stride), _mm512_shuffle_f32x4::<0x88>(even_lo, even_hi));
-        _mm512_storeu_ps(dst.add((8 + k) * dst_stride), _mm512_shuffle_f32x4::<0xDD>(even_lo, even_hi));
-        _mm512_storeu_ps(dst.add((4 + k) * dst_stride), _mm512_shuffle_f32x4::<0x88>(odd_lo, odd_hi));
-        _mm512_storeu_ps(dst.add((12 + k) * dst_stride), _mm512_shuffle_f32x4::<0xDD>(odd_lo, odd_hi));
     }
 }
 
