@@ -18,6 +18,7 @@
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int, c_uint, c_void};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::cell::Cell;
 use std::sync::{Mutex, Once};
 
 /// What a session may change, and to what.
@@ -310,37 +311,73 @@ fn omp_broadcast_mxcsr(value: u32, team: c_int) {
 /// thread, at most one per unit. (Two per thread, taken as threads come free, made the training
 /// step about 5% slower at 2 threads on the project's test machine, each part packing its
 /// operands again, and gained nothing in its slow periods, where both threads slow down.)
-/// Callers still decide what a unit is and when work is too small to split.
+/// Inside [`beside`]'s `there`, four per thread, so that the caller of `beside` can take some
+/// once its own work is done. Callers still decide what a unit is and when work is too small to
+/// split.
 pub fn parts_for(units: usize) -> usize {
-    (tch::get_num_threads().max(1) as usize).min(units).max(1)
+    let per_thread = if SHARING.with(Cell::get) != 0 { 4 } else { 1 };
+    (tch::get_num_threads().max(1) as usize * per_thread).min(units).max(1)
+}
+
+/// One parallel region's parts, taken in turn by the threads that work on it.
+struct Region<'a> {
+    f: &'a (dyn Fn(usize) + Sync),
+    parts: usize,
+    next: AtomicUsize,
+    panicked: AtomicBool,
+    /// Threads other than its owner working on it (published regions, see [`beside`]).
+    helpers: AtomicUsize,
+}
+
+impl Region<'_> {
+    fn new(f: &(dyn Fn(usize) + Sync), parts: usize) -> Region<'_> {
+        Region { f, parts, next: AtomicUsize::new(0), panicked: AtomicBool::new(false), helpers: AtomicUsize::new(0) }
+    }
+
+    /// Takes the next part not yet taken until none is left.
+    fn work(&self) {
+        loop {
+            let part = self.next.fetch_add(1, Ordering::Relaxed);
+            if part >= self.parts {
+                break;
+            }
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.f)(part))).is_err() {
+                self.panicked.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn raise(&self) {
+        if self.panicked.load(Ordering::SeqCst) {
+            panic!("a parallel part of a CPU kernel panicked");
+        }
+    }
 }
 
 /// Runs `f(part)` for every part in `0..parts` on the threads libtorch computes on (one OpenMP
 /// parallel region through libgomp's entry point, so no second pool competes with libtorch's
 /// spinning workers), or in order on this thread when there is one part, one thread, no OpenMP,
 /// or a forked child. Each thread takes the next part not yet taken until none is left, so the
-/// parts need not be as many as the threads nor equally fast. A panic in a part is re-raised
-/// here after the region ends.
+/// parts need not be as many as the threads nor equally fast. Inside [`beside`]'s `there` the
+/// parts run on this thread and on `beside`'s caller once it is free. A panic in a part is
+/// re-raised here after the region ends.
 pub fn parallel_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
-    type Parallel = extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint);
-    struct Region<'a> {
-        f: &'a (dyn Fn(usize) + Sync),
-        parts: usize,
-        next: AtomicUsize,
-        panicked: AtomicBool,
+    let shared = SHARING.with(Cell::get);
+    if parts > 1 && shared != 0 {
+        // SAFETY: SHARING holds the address of the `Shared` of the `beside` running `there` on
+        // this thread, alive until `there` returns (and its guard clears SHARING).
+        return publish(unsafe { &*(shared as *const Shared) }, parts, f);
     }
+    omp_parts(parts, f);
+}
+
+/// [`parallel_parts`] on OpenMP's threads (or in order on this thread).
+fn omp_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
+    type Parallel = extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint);
     extern "C" fn body(data: *mut c_void) {
         // SAFETY: `data` is the Region below, alive until GOMP_parallel returns.
         let r = unsafe { &*(data as *const Region<'_>) };
-        loop {
-            let part = r.next.fetch_add(1, Ordering::Relaxed);
-            if part >= r.parts {
-                break;
-            }
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (r.f)(part))).is_err() {
-                r.panicked.store(true, Ordering::SeqCst);
-            }
-        }
+        r.work();
     }
     let team = tch::get_num_threads().max(1) as usize;
     let par = symbol("GOMP_parallel");
@@ -348,20 +385,77 @@ pub fn parallel_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
         (0..parts).for_each(f);
         return;
     }
-    let region = Region { f, parts, next: AtomicUsize::new(0), panicked: AtomicBool::new(false) };
+    let region = Region::new(f, parts);
     let parallel: Parallel = unsafe { std::mem::transmute(par) };
     parallel(body, &region as *const Region<'_> as *mut c_void, team.min(parts) as c_uint, 0);
-    if region.panicked.load(Ordering::SeqCst) {
-        panic!("a parallel part of a CPU kernel panicked");
+    region.raise();
+}
+
+/// What [`beside`]'s two threads share: `there`'s state and the parallel region it has
+/// published, if any.
+struct Shared {
+    /// The address of the published [`Region`] (0 when none); helpers join it under this lock.
+    region: Mutex<usize>,
+    /// Whether a region is published (read without the lock while waiting).
+    published: AtomicBool,
+    /// `there`: 0 not taken, 1 running, 2 done.
+    state: AtomicUsize,
+}
+
+thread_local! {
+    /// On a thread running [`beside`]'s `there`: the address of that `beside`'s [`Shared`].
+    static SHARING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Runs a region's parts on this thread, published for the other thread of `shared`'s `beside`
+/// to join; returns once every part has ended.
+fn publish(shared: &Shared, parts: usize, f: &(dyn Fn(usize) + Sync)) {
+    let region = Region::new(f, parts);
+    *shared.region.lock().unwrap_or_else(|e| e.into_inner()) = &region as *const Region<'_> as usize;
+    shared.published.store(true, Ordering::SeqCst);
+    region.work();
+    // No helper joins after this, and those that joined finish their part before it returns.
+    shared.published.store(false, Ordering::SeqCst);
+    *shared.region.lock().unwrap_or_else(|e| e.into_inner()) = 0;
+    while region.helpers.load(Ordering::SeqCst) != 0 {
+        std::hint::spin_loop();
+    }
+    region.raise();
+}
+
+/// Works on the regions `there` publishes until `there` ends.
+fn help(shared: &Shared) {
+    while shared.state.load(Ordering::SeqCst) == 1 {
+        if !shared.published.load(Ordering::SeqCst) {
+            std::hint::spin_loop();
+            continue;
+        }
+        let joined = {
+            let guard = shared.region.lock().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: a published region stays alive until it is unpublished and its helpers
+            // are gone; this one is counted before the lock is released.
+            let r = (*guard != 0).then(|| unsafe { &*(*guard as *const Region<'_>) });
+            r.filter(|r| r.next.load(Ordering::Relaxed) < r.parts).inspect(|r| {
+                r.helpers.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        match joined {
+            Some(r) => {
+                r.work();
+                r.helpers.fetch_sub(1, Ordering::SeqCst);
+            }
+            None => std::hint::spin_loop(),
+        }
     }
 }
 
 /// Runs `here` on this thread while `there` runs on another of libtorch's threads, in one
 /// parallel region (both in turn on this thread when there is one thread, or when no other
 /// thread came to take `there` before `here` ended). Meant for pairing work bound by
-/// per-operation overhead (autograd's backward pass) with memory-bound work: libtorch's and the
-/// engine's parallel operations inside the region run on their caller's thread alone. A panic
-/// in either is re-raised after both end.
+/// per-operation overhead (autograd's backward pass) with memory-bound work: libtorch's
+/// parallel operations inside the region run on their caller's thread alone, and the engine's
+/// ([`parallel_parts`]) inside `there` are shared with this thread once `here` has ended. A
+/// panic in either is re-raised after both end.
 pub fn beside<H: FnOnce(), T: FnOnce() + Send>(here: H, there: T) {
     /// `here` is not Send: it is taken only on the thread that made it (checked).
     struct CallerOnly<H> {
@@ -385,22 +479,50 @@ pub fn beside<H: FnOnce(), T: FnOnce() + Send>(here: H, there: T) {
             true
         }
     }
+    /// Clears SHARING when `there` ends, unwinding included.
+    struct Sharing(usize);
+    impl Drop for Sharing {
+        fn drop(&mut self) {
+            SHARING.with(|s| s.set(self.0));
+        }
+    }
     let here = CallerOnly { f: Mutex::new(Some(here)), caller: std::thread::current().id() };
+    let shared = Shared { region: Mutex::new(0), published: AtomicBool::new(false), state: AtomicUsize::new(0) };
     let there = Mutex::new(Some(there));
-    let take_there = || there.lock().unwrap_or_else(|e| e.into_inner()).take();
-    // Whichever part this thread takes runs `here`; another thread's part runs `there`.
-    let part = |_: usize| {
-        if !here.run_on_caller() {
-            if let Some(f) = take_there() {
-                f();
-            }
+    // Taken (and marked running) under the lock, so a thread that finds it gone sees it running
+    // or done.
+    let take_there = || {
+        let mut slot = there.lock().unwrap_or_else(|e| e.into_inner());
+        let f = slot.take();
+        if f.is_some() {
+            shared.state.store(1, Ordering::SeqCst);
+        }
+        f
+    };
+    let run_there = |f: T| {
+        let outer = SHARING.with(|s| s.replace(&shared as *const Shared as usize));
+        let _restore = Sharing(outer);
+        let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        shared.state.store(2, Ordering::SeqCst);
+        if let Err(e) = ended {
+            std::panic::resume_unwind(e);
         }
     };
-    parallel_parts(2, &part);
+    // Each thread does its own work (the caller `here`, another thread `there`), then takes
+    // `there` if no thread has, or else helps with its parallel parts until it ends.
+    let part = |_: usize| {
+        here.run_on_caller();
+        match take_there() {
+            Some(f) => run_there(f),
+            None => help(&shared),
+        }
+    };
+    // Its own region (never published, should this run inside another `beside`'s `there`).
+    omp_parts(2, &part);
     // What no other thread took (one thread, or none came in time) runs here now.
     here.run_on_caller();
     if let Some(f) = take_there() {
-        f();
+        run_there(f);
     }
 }
 
@@ -582,33 +704,80 @@ mod tests {
             assert_eq!(parts_for(100), 2);
             assert_eq!(parts_for(1), 1);
             assert_eq!(parts_for(0), 1);
+            // Inside beside's `there`, four per thread (the caller of beside takes some).
+            beside(|| {}, || assert_eq!(parts_for(100), 8));
+            assert_eq!(parts_for(100), 2);
         });
     }
 
-    #[test]
-    fn a_slow_part_does_not_hold_up_the_others() {
-        let parts = 4;
+    /// Runs `run` at 2 threads with a recorder of the thread each part ran on, checks that every
+    /// part ran once, and gives those threads (None without OpenMP, where all ran here in order).
+    fn threads_of_parts(parts: usize, run: impl FnOnce(&(dyn Fn(usize) + Sync))) -> Option<Vec<std::thread::ThreadId>> {
         let ran: Vec<Mutex<Vec<std::thread::ThreadId>>> = (0..parts).map(|_| Mutex::new(Vec::new())).collect();
-        on_threads(2, || {
-            parallel_parts(parts, &|p| {
-                if p == 0 {
-                    // A part on a thread that something else slows down.
-                    std::thread::sleep(std::time::Duration::from_millis(300));
-                }
-                ran[p].lock().unwrap().push(std::thread::current().id());
-            })
-        });
+        on_threads(2, || run(&|p| ran[p].lock().unwrap().push(std::thread::current().id())));
         let ran: Vec<std::thread::ThreadId> = ran.into_iter().map(|m| {
             let v = m.into_inner().unwrap();
             assert_eq!(v.len(), 1, "every part runs once");
             v[0]
         }).collect();
-        if symbol("GOMP_parallel").is_null() {
-            return; // no OpenMP: the parts ran in order here
-        }
+        (!symbol("GOMP_parallel").is_null()).then_some(ran)
+    }
+
+    #[test]
+    fn a_slow_part_does_not_hold_up_the_others() {
+        let parts = 4;
+        let Some(ran) = threads_of_parts(parts, |record| {
+            parallel_parts(parts, &|p| {
+                if p == 0 {
+                    // A part on a thread that something else slows down.
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                }
+                record(p);
+            })
+        }) else { return };
         // Dealt out in turn, the slow part's thread would also have run half of the others.
         let with_slow = ran.iter().filter(|&&t| t == ran[0]).count();
         assert!(with_slow < parts / 2, "the other thread took the parts left ({with_slow} of {parts} ran beside the slow one)");
+    }
+
+    #[test]
+    fn beside_shares_the_parts_of_there_once_here_is_done() {
+        let parts = 8;
+        let me = std::thread::current().id();
+        let Some(ran) = threads_of_parts(parts, |record| {
+            beside(|| {}, || {
+                parallel_parts(parts, &|p| {
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                    record(p);
+                })
+            })
+        }) else { return };
+        let by_caller = ran.iter().filter(|&&t| t == me).count();
+        assert!(by_caller > 0 && by_caller < parts, "the caller of beside took {by_caller} of {parts} parts");
+    }
+
+    #[test]
+    fn a_panic_in_a_shared_part_reaches_the_caller_and_sharing_ends() {
+        on_threads(2, || {
+            let hit = std::panic::catch_unwind(|| {
+                beside(|| {}, || {
+                    parallel_parts(8, &|p| {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        if p == 5 {
+                            panic!("part 5");
+                        }
+                    })
+                })
+            });
+            assert!(hit.is_err(), "the panic is raised again");
+            assert_eq!(SHARING.with(Cell::get), 0, "no thread is left sharing");
+            // Regions run as before afterwards.
+            let count = AtomicUsize::new(0);
+            parallel_parts(4, &|_| {
+                count.fetch_add(1, Ordering::SeqCst);
+            });
+            assert_eq!(count.load(Ordering::SeqCst), 4);
+        });
     }
 
     #[test]
